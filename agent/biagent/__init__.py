@@ -1,0 +1,7 @@
+"""biagent: the light agent that runs on a board (gRPC server, model store, runtimes).
+
+It depends only on the base install (grpcio, protobuf, numpy, pyyaml) and never imports
+torch, so it installs on a Raspberry Pi in a minute. The server arrives with the farm issue.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""Exporters: a registry of formats, each turning a (binarized) model into artifact bytes.
+
+An exporter either produces a valid artifact or raises `ExportError` naming the operator
+it cannot express; it never writes a partial file.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from ..registry import Registry
+
+
+class ExportError(RuntimeError):
+    """The model cannot be expressed in the target format; the message names the operator."""
+
+
+Exporter = Callable[[nn.Module, Tensor], bytes]
+EXPORTERS: Registry[Exporter] = Registry("export format")
+
+
+def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
+    return EXPORTERS.register(name)
+
+
+def list_formats() -> list[str]:
+    return EXPORTERS.names()
+
+
+def export(model: nn.Module, format: str, example_input: Tensor) -> bytes:
+    """Export `model` (eval semantics) to `format`; returns the artifact's bytes."""
+    return EXPORTERS.get(format)(model, example_input)
+
+
+from . import onnx as _onnx  # noqa: E402,F401  (registers "onnx")
+
+__all__ = ["EXPORTERS", "ExportError", "export", "list_formats", "register_exporter"]
