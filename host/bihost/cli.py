@@ -23,9 +23,10 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from .commands import complexity, export, models
+    from .commands import board, board_check, complexity, export, metrics, models, profile, results
 
-    for module in (models, complexity, export):
+    board.command.add_command(board_check.command)
+    for module in (models, complexity, export, board, profile, results, metrics):
         cli.add_command(module.command)
 
 

@@ -18,12 +18,19 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    rows = [list(r) for r in rows]
     table = Table(title=title)
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
+        numeric = i > 0 and rows and all(isinstance(r[i], (int, float)) or _looks_numeric(r[i]) for r in rows)
+        table.add_column(col, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(_fmt(v) for v in row))
     console.print(table)
+
+
+def _looks_numeric(v: Any) -> bool:
+    text = str(v).rstrip("x%").replace(",", "").replace("e-", "").replace("e+", "")
+    return text == "" or text.replace(".", "", 1).lstrip("-").isdigit()
 
 
 def _fmt(v: Any) -> str:

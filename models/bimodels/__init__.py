@@ -8,6 +8,7 @@ from .algorithms import get_algorithm, list_algorithms
 from .architectures import create_model, example_input, get_arch_info, list_architectures
 from .binarize import binarize, binary_layers, set_epoch, to_deploy
 from .export import ExportError, export, list_formats
+from .init import trained_like_norms
 from .layers import BinarizationError, is_binary
 from .registry import UnknownNameError
 
@@ -28,4 +29,5 @@ __all__ = [
     "list_formats",
     "set_epoch",
     "to_deploy",
+    "trained_like_norms",
 ]

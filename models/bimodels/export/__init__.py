@@ -34,5 +34,6 @@ def export(model: nn.Module, format: str, example_input: Tensor) -> bytes:
 
 
 from . import onnx as _onnx  # noqa: E402,F401  (registers "onnx")
+from . import custom as _custom  # noqa: E402,F401  (registers "custom")
 
 __all__ = ["EXPORTERS", "ExportError", "export", "list_formats", "register_exporter"]

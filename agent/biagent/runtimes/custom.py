@@ -1,0 +1,65 @@
+"""The "custom" runtime: our own artifact format run by numpy XNOR-popcount kernels.
+
+Artifacts come from `bimodels.export(model, "custom", x)`; the format is specified in
+bimodels/export/custom.py and executed by `custom_engine` (numpy only, no torch). Thread
+count: numpy runs these kernels on one thread except BLAS (full-precision convs and
+linears); the agent applies `threads` through environment variables (OMP_NUM_THREADS,
+OPENBLAS_NUM_THREADS, ...) in the worker process that loads the model, before numpy is
+imported. This class only records it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .base import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
+from .custom_engine import Graph, load_artifact
+
+
+class CustomModel(LoadedModel):
+    def __init__(self, graph: Graph, threads: int):
+        self.graph, self.threads = graph, threads
+        self.inputs = [TensorSpec(s.name, s.shape, s.dtype) for s in graph.inputs]
+        self.outputs = [TensorSpec(s.name, s.shape, s.dtype) for s in graph.outputs]
+        self._inputs: list[np.ndarray] | None = None
+        self._outputs: list[np.ndarray] | None = None
+
+    def set_inputs(self, arrays: list[np.ndarray]) -> None:
+        if len(arrays) != len(self.inputs):
+            raise InvokeError(f"expected {len(self.inputs)} input(s), got {len(arrays)}")
+        self._inputs = [np.array(a, copy=True) for a in arrays]
+
+    def invoke(self) -> None:
+        if self._inputs is None:
+            raise InvokeError("invoke() before set_inputs()")
+        self._outputs = self.graph.run(self._inputs)
+
+    def get_outputs(self) -> list[np.ndarray]:
+        if self._outputs is None:
+            raise InvokeError("get_outputs() before invoke()")
+        return [np.array(o, copy=True) for o in self._outputs]
+
+    def close(self) -> None:
+        self._inputs = self._outputs = None
+
+
+class CustomRuntime(Runtime):
+    name = "custom"
+    formats = ("custom",)
+
+    @classmethod
+    def describe(cls) -> RuntimeInfo:
+        return RuntimeInfo(
+            cls.name, True, version=__version__,
+            detail=f"numpy XNOR-popcount reference kernels (numpy {'.'.join(np.__version__.split('.')[:2])})",
+            formats=cls.formats,
+        )
+
+    def load(self, path: Path, threads: int) -> LoadedModel:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read custom artifact {path}: {exc}") from exc
+        return CustomModel(load_artifact(data), threads)

@@ -1,0 +1,434 @@
+"""Load and run "custom" artifacts (format: bimodels/export/custom.py's docstring), numpy only.
+
+`load_artifact(bytes)` validates everything before anything runs: the zip, graph.json, the
+format name and version, every op, attr and tensor (dtype and shape), and that the shapes
+chain from the declared input through every node (inferred at the declared batch size).
+Any problem is a `ModelLoadError` that names the node or tensor. `Graph.run(inputs)` then
+accepts any batch size; a failure while running is an `InvokeError` naming the node.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import custom_ops as ops
+from .base import InvokeError, ModelLoadError
+
+FORMAT, VERSION = "bibench-custom", 1
+
+
+@dataclass
+class Node:
+    op: str
+    name: str
+    inputs: list[str]
+    output: str
+    fn: Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    name: str
+    shape: tuple[int, ...]  # at the declared batch size
+    dtype: str = "float32"
+
+
+class Graph:
+    """A validated graph, ready to run."""
+
+    def __init__(self, inputs: list[ValueSpec], outputs: list[ValueSpec], nodes: list[Node]):
+        self.inputs, self.outputs, self.nodes = inputs, outputs, nodes
+        self._last_use: dict[str, int] = {}
+        for i, node in enumerate(nodes):
+            for v in node.inputs:
+                self._last_use[v] = i
+        for spec in outputs:
+            self._last_use[spec.name] = len(nodes)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != len(self.inputs):
+            raise InvokeError(f"expected {len(self.inputs)} input(s), got {len(inputs)}")
+        values: dict[str, np.ndarray] = {}
+        for spec, arr in zip(self.inputs, inputs):
+            arr = np.asarray(arr)
+            if arr.dtype != np.float32:
+                raise InvokeError(f"input {spec.name} must be float32, got {arr.dtype}")
+            if arr.ndim != len(spec.shape) or arr.shape[1:] != spec.shape[1:] or arr.shape[0] < 1:
+                want = ("N",) + spec.shape[1:]
+                raise InvokeError(f"input {spec.name} must have shape {want} (any batch N >= 1), got {arr.shape}")
+            values[spec.name] = arr
+        for i, node in enumerate(self.nodes):
+            try:
+                values[node.output] = node.fn(*(values[v] for v in node.inputs))
+            except Exception as exc:  # a kernel failure on these inputs (shapes, memory)
+                raise InvokeError(f"node {node.name} ({node.op}) failed: {type(exc).__name__}: {exc}") from exc
+            for v in set(node.inputs):
+                if self._last_use.get(v) == i:
+                    del values[v]
+        return [values[spec.name] for spec in self.outputs]
+
+
+# -- loading ---------------------------------------------------------------------------
+def load_artifact(data: bytes) -> Graph:
+    """Parse and validate an artifact; every failure is a ModelLoadError with a reason."""
+    try:
+        return _load(data)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # anything unforeseen in a malformed file is still a load error
+        raise ModelLoadError(f"invalid custom artifact: {type(exc).__name__}: {exc}") from exc
+
+
+def _load(data: bytes) -> Graph:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ModelLoadError(f"custom artifact must be bytes, got {type(data).__name__}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+            names = set(zf.namelist())
+            for member in ("graph.json", "tensors.npz"):
+                if member not in names:
+                    raise ModelLoadError(f"custom artifact has no {member} (members: {sorted(names)})")
+            graph_bytes, npz_bytes = zf.read("graph.json"), zf.read("tensors.npz")
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # BadZipFile, truncated data, CRC errors, ...
+        raise ModelLoadError(f"custom artifact is not a readable zip archive: {type(exc).__name__}: {exc}") from exc
+    try:
+        doc = json.loads(graph_bytes.decode("utf-8"))
+    except Exception as exc:
+        raise ModelLoadError(f"graph.json is not valid UTF-8 JSON: {exc}") from exc
+    _check_header(doc)  # a newer version may store its tensors differently: say so first
+    tensors = _read_npz(npz_bytes)
+    return _build(doc, tensors)
+
+
+def _read_npz(data: bytes) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            tensors = {key: npz[key] for key in npz.files}
+    except Exception as exc:
+        raise ModelLoadError(f"tensors.npz is not a readable npz archive: {type(exc).__name__}: {exc}") from exc
+    return tensors
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ModelLoadError(msg)
+
+
+def _check_header(doc: Any) -> None:
+    _check(isinstance(doc, dict), "graph.json must hold a JSON object")
+    _check(doc.get("format") == FORMAT, f"graph.json format must be {FORMAT!r}, got {doc.get('format')!r}")
+    version = doc.get("version")
+    _check(version == VERSION and type(version) is int,
+           f"unsupported custom format version {version!r}; this runtime reads version {VERSION}")
+
+
+def _build(doc: dict, tensors: dict[str, np.ndarray]) -> Graph:
+    raw_inputs, raw_outputs, raw_nodes = doc.get("inputs"), doc.get("outputs"), doc.get("nodes")
+    _check(isinstance(raw_inputs, list) and len(raw_inputs) >= 1, "graph.json 'inputs' must be a non-empty list")
+    _check(isinstance(raw_outputs, list) and len(raw_outputs) >= 1, "graph.json 'outputs' must be a non-empty list")
+    _check(isinstance(raw_nodes, list), "graph.json 'nodes' must be a list")
+    shapes: dict[str, tuple[int, ...]] = {}
+    inputs = []
+    for i, spec in enumerate(raw_inputs):
+        _check(isinstance(spec, dict) and isinstance(spec.get("name"), str), f"input #{i} must have a string name")
+        name, shape = spec["name"], spec.get("shape")
+        _check(isinstance(shape, list) and len(shape) >= 1 and all(type(d) is int and d >= 1 for d in shape),
+               f"input {name}: shape must be a list of positive ints with the batch axis first, got {shape!r}")
+        _check(spec.get("dtype") == "float32", f"input {name}: dtype must be 'float32', got {spec.get('dtype')!r}")
+        _check(name not in shapes, f"input name {name!r} is used twice")
+        shapes[name] = tuple(shape)
+        inputs.append(ValueSpec(name, tuple(shape)))
+    nodes = []
+    for i, raw in enumerate(raw_nodes):
+        _check(isinstance(raw, dict), f"node #{i} must be a JSON object")
+        name = raw.get("name")
+        _check(isinstance(name, str) and name != "", f"node #{i} has no name")
+        op, ins, outs, attrs = raw.get("op"), raw.get("inputs"), raw.get("outputs"), raw.get("attrs", {})
+        _check(op in _OPS, f"node {name}: unknown op {op!r} (known ops: {', '.join(sorted(_OPS))})")
+        _check(isinstance(ins, list) and all(isinstance(v, str) for v in ins), f"node {name}: inputs must be a list of names")
+        _check(isinstance(outs, list) and len(outs) == 1 and isinstance(outs[0], str), f"node {name}: must have exactly one output")
+        _check(isinstance(attrs, dict), f"node {name}: attrs must be an object")
+        for v in ins:
+            _check(v in shapes, f"node {name}: input {v!r} is not produced by an earlier node or a graph input")
+        _check(outs[0] not in shapes, f"node {name}: output {outs[0]!r} is produced twice")
+        ctx = _Ctx(name, op, attrs, tensors)
+        out_shape, fn = _OPS[op](ctx, [shapes[v] for v in ins])
+        _check(all(d >= 1 for d in out_shape), f"node {name} ({op}): output shape {out_shape} is empty")
+        shapes[outs[0]] = tuple(int(d) for d in out_shape)
+        nodes.append(Node(op, name, list(ins), outs[0], fn))
+    outputs = []
+    for out in raw_outputs:
+        _check(isinstance(out, str) and out in shapes, f"graph output {out!r} is not produced by any node or input")
+        outputs.append(ValueSpec(out, shapes[out]))
+    return Graph(inputs, outputs, nodes)
+
+
+class _Ctx:
+    """One node's attrs and tensors, with checks that name the node."""
+
+    def __init__(self, name: str, op: str, attrs: dict, tensors: dict[str, np.ndarray]):
+        self.name, self.op, self.attrs, self.tensors = name, op, attrs, tensors
+
+    def fail(self, msg: str) -> ModelLoadError:
+        return ModelLoadError(f"node {self.name} ({self.op}): {msg}")
+
+    def check(self, cond: bool, msg: str) -> None:
+        if not cond:
+            raise self.fail(msg)
+
+    def has(self, key: str) -> bool:
+        return self.attrs.get(key) is not None
+
+    def get(self, key: str, kind: type | tuple, default: Any = ...) -> Any:
+        if key not in self.attrs:
+            if default is ...:
+                raise self.fail(f"missing attr {key!r}")
+            return default
+        v = self.attrs[key]
+        ok = isinstance(v, kind) and not (isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)))
+        self.check(ok, f"attr {key!r} has the wrong type ({type(v).__name__})")
+        return v
+
+    def ints(self, key: str, n: int, minimum: int = 0) -> list[int]:
+        v = self.get(key, list)
+        self.check(len(v) == n and all(type(i) is int and i >= minimum for i in v),
+                   f"attr {key!r} must be {n} int(s) >= {minimum}, got {v!r}")
+        return v
+
+    def pads(self, n: int) -> list[list[int]]:
+        v = self.get("pads", list)
+        self.check(len(v) == n and all(isinstance(p, list) and len(p) == 2 and all(type(i) is int and i >= 0 for i in p) for p in v),
+                   f"attr 'pads' must be {n} [before, after] pairs of ints >= 0, got {v!r}")
+        return v
+
+    def axes(self, rank: int) -> list[int]:
+        v = self.get("axes", list)
+        self.check(len(v) >= 1 and all(type(a) is int and 0 <= a < rank for a in v) and len(set(v)) == len(v),
+                   f"attr 'axes' must be distinct axes of a rank-{rank} input, got {v!r}")
+        return v
+
+    def tensor(self, key: str, dtype: str = "float32", shape: tuple | None = None, optional: bool = False) -> np.ndarray | None:
+        if optional and not self.has(key):
+            return None
+        ref = self.get(key, str)
+        if ref not in self.tensors:
+            raise self.fail(f"tensor {ref!r} (attr {key!r}) is missing from tensors.npz")
+        arr = self.tensors[ref]
+        want = np.dtype(np.float32 if dtype == "float32" else np.uint64)
+        self.check(arr.dtype.kind == want.kind and arr.dtype.itemsize == want.itemsize,
+                   f"tensor {ref!r} must be {dtype}, got {arr.dtype}")
+        if shape is not None:
+            self.check(arr.shape == tuple(shape), f"tensor {ref!r} must have shape {tuple(shape)}, got {arr.shape}")
+        return np.ascontiguousarray(arr.astype(want, copy=False))  # native byte order
+
+    def arity(self, ins: list, n: int | None, at_least: int = 1) -> None:
+        if n is not None:
+            self.check(len(ins) == n, f"takes {n} input(s), got {len(ins)}")
+        self.check(len(ins) >= at_least, f"takes at least {at_least} input(s), got {len(ins)}")
+
+
+def _spatial_out(ctx: _Ctx, spatial, kernel, stride, dilation, pads) -> tuple[int, ...]:
+    out = tuple(ops.out_size(i, tuple(p), k, s, d) for i, p, k, s, d in zip(spatial, pads, kernel, stride, dilation))
+    ctx.check(all(o >= 1 for o in out), f"input spatial size {tuple(spatial)} is too small for kernel {tuple(kernel)}")
+    return out
+
+
+def _op_binary_conv(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    kind = ctx.get("kind", str)
+    ctx.check(kind in ("conv1d", "conv2d", "linear"), f"unknown kind {kind!r}")
+    nd = {"conv1d": 1, "conv2d": 2, "linear": 0}[kind]
+    wshape = ctx.ints("weight_shape", 2 + nd, 1)
+    k = ctx.get("k", int)
+    ctx.check(k == math.prod(wshape[1:]), f"k={k} but weight_shape {wshape} has {math.prod(wshape[1:])} bits per output channel")
+    cout = wshape[0]
+    bits = ctx.tensor("weight_bits", "uint64", (cout, ops.n_words(k)))
+    tail = k % 64
+    if tail:
+        ctx.check(not np.any(bits[:, -1] >> np.uint64(tail)), "weight_bits has nonzero padding bits past k")
+    attrs = dict(ctx.attrs)
+    if kind == "linear":
+        ctx.check(len(x) >= 2 and x[-1] == wshape[1], f"input shape {x} does not end with {wshape[1]} features")
+        cin, out = wshape[1], x[:-1] + (cout,)
+    else:
+        ctx.check(len(x) == 2 + nd, f"{kind} needs a rank-{2 + nd} input, got shape {x}")
+        groups = ctx.get("groups", int)
+        ctx.check(groups >= 1 and cout % groups == 0 and x[1] == wshape[1] * groups,
+                  f"input has {x[1]} channels; weight_shape {wshape} with groups={groups} needs {wshape[1] * groups}")
+        stride, dilation = ctx.ints("stride", nd, 1), ctx.ints("dilation", nd, 1)
+        pads = ctx.pads(nd)
+        pv = ctx.get("pad_value", (int, float))
+        ctx.check(pv in (0, 1, -1), f"pad_value must be 0, 1 or -1, got {pv!r}")
+        attrs["pad_value"] = int(pv)
+        cin = x[1]
+        out = (x[0], cout) + _spatial_out(ctx, x[2:], wshape[2:], stride, dilation, pads)
+    scale = ctx.get("input_scale", (str, type(None)), None)
+    ctx.check(scale in (None, "mean_abs"), f"unknown input_scale {scale!r}")
+    t = {attrs["weight_bits"]: bits}
+    for key, n in (("input_shift", cin), ("weight_scale", cout), ("channel_scale", cout), ("bias", cout)):
+        arr = ctx.tensor(key, shape=(n,), optional=True)
+        if arr is not None:
+            t[attrs[key]] = arr
+    gain = ctx.tensor("output_gain", optional=True)
+    if gain is not None:
+        ok = gain.ndim <= len(out) - 1
+        try:
+            ok = ok and np.broadcast_shapes(gain.shape, out[1:]) == out[1:]
+        except ValueError:
+            ok = False
+        ctx.check(ok, f"output_gain of shape {gain.shape} does not broadcast over the output {out[1:]}")
+        t[attrs["output_gain"]] = gain
+    return out, ops.BinaryConv(attrs, t)
+
+
+def _op_conv(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    ctx.check(len(x) in (3, 4), f"conv needs a rank-3 or rank-4 input, got shape {x}")
+    nd = len(x) - 2
+    w = ctx.tensor("weight")
+    ctx.check(w.ndim == 2 + nd and all(d >= 1 for d in w.shape), f"weight shape {w.shape} does not fit a rank-{len(x)} input")
+    groups = ctx.get("groups", int)
+    ctx.check(groups >= 1 and w.shape[0] % groups == 0 and x[1] == w.shape[1] * groups,
+              f"input has {x[1]} channels; weight {w.shape} with groups={groups} needs {w.shape[1] * groups}")
+    stride, dilation, pads = ctx.ints("stride", nd, 1), ctx.ints("dilation", nd, 1), ctx.pads(nd)
+    bias = ctx.tensor("bias", shape=(w.shape[0],), optional=True)
+    t = {ctx.attrs["weight"]: w} | ({ctx.attrs["bias"]: bias} if bias is not None else {})
+    out = (x[0], w.shape[0]) + _spatial_out(ctx, x[2:], w.shape[2:], stride, dilation, pads)
+    return out, ops.Conv(ctx.attrs, t)
+
+
+def _op_linear(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    w = ctx.tensor("weight")
+    ctx.check(w.ndim == 2 and len(x) >= 2 and x[-1] == w.shape[1], f"weight {w.shape} does not fit input shape {x}")
+    b = ctx.tensor("bias", shape=(w.shape[0],), optional=True)
+    return x[:-1] + (w.shape[0],), lambda v: ops.linear(v, w, b)
+
+
+def _channels(ctx: _Ctx, x, n: int) -> None:
+    ctx.check(len(x) >= 2 and x[1] == n, f"per-channel tensors of size {n} do not fit input shape {x}")
+
+
+def _op_channel_affine(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    scale = ctx.tensor("scale")
+    ctx.check(scale.ndim == 1, f"scale must be 1-D, got {scale.shape}")
+    shift = ctx.tensor("shift", shape=scale.shape)
+    _channels(ctx, ins[0], scale.size)
+    return ins[0], lambda v: ops.channel_affine(v, scale, shift)
+
+
+def _op_prelu(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    w = ctx.tensor("weight")
+    ctx.check(w.ndim == 1, f"weight must be 1-D, got {w.shape}")
+    if w.size != 1:
+        _channels(ctx, ins[0], w.size)
+    return ins[0], lambda v: ops.prelu(v, w)
+
+
+def _op_relu(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    return ins[0], lambda v: np.maximum(v, np.float32(0))
+
+
+def _op_hardtanh(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    lo, hi = (np.float32(ctx.get(k, (int, float))) for k in ("min_val", "max_val"))
+    ctx.check(lo <= hi, f"min_val {lo} > max_val {hi}")
+    return ins[0], lambda v: np.clip(v, lo, hi)
+
+
+def _pool(ctx: _Ctx, ins, with_dilation: bool):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    ctx.check(len(x) in (3, 4), f"pooling needs a rank-3 or rank-4 input, got shape {x}")
+    nd = len(x) - 2
+    kernel, stride, pads = ctx.ints("kernel", nd, 1), ctx.ints("stride", nd, 1), ctx.pads(nd)
+    dilation = ctx.ints("dilation", nd, 1) if with_dilation else [1] * nd
+    ctx.check(all(2 * max(p) <= k for p, k in zip(pads, kernel)), f"pads {pads} exceed half the kernel {kernel}")
+    return x[:2] + _spatial_out(ctx, x[2:], kernel, stride, dilation, pads), (kernel, stride, pads, dilation)
+
+
+def _op_max_pool(ctx: _Ctx, ins):
+    out, (k, s, p, d) = _pool(ctx, ins, True)
+    return out, lambda v: ops.max_pool(v, k, s, p, d)
+
+
+def _op_avg_pool(ctx: _Ctx, ins):
+    out, (k, s, p, _) = _pool(ctx, ins, False)
+    include = ctx.get("count_include_pad", bool)
+    return out, lambda v: ops.avg_pool(v, k, s, p, include)
+
+
+def _reduce(ctx: _Ctx, ins, fn):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    axes, keep = tuple(ctx.axes(len(x))), ctx.get("keepdims", bool)
+    out = tuple(1 if i in axes else d for i, d in enumerate(x)) if keep else tuple(d for i, d in enumerate(x) if i not in axes)
+    return out, lambda v: np.asarray(fn(v, axis=axes, keepdims=keep), dtype=np.float32)
+
+
+def _op_flatten(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    start, end = ctx.get("start", int), ctx.get("end", int)
+    ctx.check(0 <= start <= end < len(x), f"start={start}, end={end} do not fit a rank-{len(x)} input")
+    out = x[:start] + (math.prod(x[start : end + 1]),) + x[end + 1 :]
+    return out, lambda v: v.reshape(v.shape[:start] + (-1,) + v.shape[end + 1 :])
+
+
+def _op_add(ctx: _Ctx, ins):
+    ctx.arity(ins, 2)
+    try:
+        out = np.broadcast_shapes(ins[0], ins[1])
+    except ValueError:
+        raise ctx.fail(f"input shapes {ins[0]} and {ins[1]} do not broadcast") from None
+    return out, np.add
+
+
+def _op_concat(ctx: _Ctx, ins):
+    ctx.arity(ins, None)
+    axis = ctx.get("axis", int)
+    first = ins[0]
+    ctx.check(0 <= axis < len(first), f"axis {axis} does not fit a rank-{len(first)} input")
+    for s in ins[1:]:
+        ctx.check(len(s) == len(first) and all(a == b for i, (a, b) in enumerate(zip(s, first)) if i != axis),
+                  f"input shapes {ins} differ outside axis {axis}")
+    out = first[:axis] + (sum(s[axis] for s in ins),) + first[axis + 1 :]
+    return out, lambda *vs: np.concatenate(vs, axis=axis)
+
+
+def _op_identity(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    return ins[0], lambda v: v
+
+
+_OPS: dict[str, Callable[[_Ctx, list], tuple[tuple[int, ...], Callable[..., np.ndarray]]]] = {
+    "binary_conv": _op_binary_conv,
+    "conv": _op_conv,
+    "linear": _op_linear,
+    "channel_affine": _op_channel_affine,
+    "relu": _op_relu,
+    "hardtanh": _op_hardtanh,
+    "prelu": _op_prelu,
+    "max_pool": _op_max_pool,
+    "avg_pool": _op_avg_pool,
+    "reduce_mean": lambda ctx, ins: _reduce(ctx, ins, np.mean),
+    "reduce_max": lambda ctx, ins: _reduce(ctx, ins, np.max),
+    "flatten": _op_flatten,
+    "add": _op_add,
+    "concat": _op_concat,
+    "identity": _op_identity,
+}

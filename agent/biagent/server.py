@@ -1,0 +1,244 @@
+"""The agent's gRPC server: model store, board identity and benchmarks in worker processes."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from biproto import agent_pb2 as pb
+from biproto import agent_pb2_grpc as pb_grpc
+
+from . import hwinfo, wire
+from .runtimes import describe_all, get_runtime, UnknownRuntime
+from .store import ModelStore, StoreError, UploadCorrupt
+from .worker import thread_env
+
+log = logging.getLogger("biagent")
+SERVICE_NAME = "bibench.farm.v1.Agent"
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class BenchmarkSlot:
+    """One benchmark at a time per board: others wait in line, never interleave."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, context: grpc.ServicerContext, max_wait_s: float) -> Iterator[pb.BenchmarkEvent]:
+        start = time.monotonic()
+        while not self._lock.acquire(timeout=0.25):
+            if not context.is_active():
+                return
+            waited = time.monotonic() - start
+            if waited > max_wait_s:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"board busy: another benchmark has run for more than {max_wait_s:.0f} s; retry later")
+            yield pb.BenchmarkEvent(progress=pb.Progress(phase="queued", message=f"waiting {waited:.0f} s for the board"))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class AgentServicer(pb_grpc.AgentServicer):
+    def __init__(self, store: ModelStore, name: str, max_queue_wait_s: float = 600.0, work_dir: Path | None = None):
+        self.store, self.name = store, name
+        self.max_queue_wait_s = max_queue_wait_s
+        self.slot = BenchmarkSlot()
+        self.work_dir = Path(work_dir or store.root / "jobs")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- identity ---------------------------------------------------------------------
+    def GetBoardInfo(self, request, context):
+        return wire.board_info(self.name, hwinfo.measure(), describe_all())
+
+    # -- models -----------------------------------------------------------------------
+    def PushModel(self, request_iterator, context):
+        upload = None
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("kind") != "header":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first chunk of a push must be the model header")
+            header = wire.header_to_model(first.header)
+            try:
+                existing = self.store.stat(header.model_id)
+            except StoreError:
+                existing = None
+            if existing is not None and existing.size_bytes == header.size_bytes:
+                return pb.PushModelResponse(model=wire.model_info(existing), already_present=True)
+            upload = self.store.begin(header)
+            for chunk in request_iterator:
+                if chunk.WhichOneof("kind") != "data":
+                    raise UploadCorrupt("a second header arrived in the middle of the upload")
+                if len(chunk.data) > (1 << 20):
+                    raise UploadCorrupt(f"chunk of {len(chunk.data)} bytes is larger than 1 MiB")
+                upload.write(chunk.data)
+            model = upload.commit()
+            upload = None
+            log.info("stored model %s (%s, %d bytes)", model.model_id[:12], model.format, model.size_bytes)
+            return pb.PushModelResponse(model=wire.model_info(model), already_present=False)
+        except StoreError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        finally:
+            if upload is not None:
+                upload.abort()
+
+    def StatModel(self, request, context):
+        try:
+            return wire.model_info(self.store.stat(request.model_id))
+        except StoreError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[wire.model_info(m) for m in self.store.list()])
+
+    def DeleteModel(self, request, context):
+        try:
+            return pb.DeleteModelResponse(deleted=self.store.delete(request.model_id))
+        except StoreError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+
+    # -- benchmarks -------------------------------------------------------------------
+    def RunBenchmark(self, request, context):
+        try:
+            model = self.store.stat(request.model_id)
+            get_runtime(request.runtime)
+            arrays = self._arrays(request)
+        except StoreError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        except (UnknownRuntime, wire.WireError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if request.threads < 0 or request.min_runs < 0 or request.warmup_runs < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "threads, min_runs and warmup_runs must not be negative")
+        yield from self.slot.acquire(context, self.max_queue_wait_s)
+        try:
+            yield from self._run_worker(request, model, arrays, context)
+        finally:
+            self.slot.release()
+
+    def _arrays(self, request) -> dict[str, np.ndarray]:
+        arrays = {}
+        for i, case in enumerate(request.checks):
+            if not case.inputs or not case.expected:
+                raise wire.WireError(f"numerics case {i} needs inputs and expected outputs")
+            for j, t in enumerate(case.inputs):
+                arrays[f"case{i}_in{j}"] = wire.to_array(t)
+            for j, t in enumerate(case.expected):
+                arrays[f"case{i}_out{j}"] = wire.to_array(t)
+        for j, t in enumerate(request.inputs):
+            arrays[f"timing{j}"] = wire.to_array(t)
+        return arrays
+
+    def _run_worker(self, request, model, arrays, context) -> Iterator[pb.BenchmarkEvent]:
+        job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.work_dir))
+        try:
+            npz = job_dir / "arrays.npz"
+            np.savez(npz, **arrays)
+            threads = max(1, request.threads)
+            job = {
+                "runtime": request.runtime, "format": model.format,
+                "model_path": str(self.store.path(model.model_id)),
+                "threads": threads, "warmup_runs": request.warmup_runs, "min_runs": request.min_runs or 10,
+                "min_duration_s": request.min_duration_s, "max_duration_s": request.max_duration_s,
+                "atol": request.atol or 1e-4, "rtol": request.rtol or 1e-5, "arrays": str(npz),
+            }
+            (job_dir / "job.json").write_text(json.dumps(job))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "biagent.worker", str(job_dir / "job.json")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=thread_env(threads), text=True, bufsize=1,
+            )
+            yield from self._relay(proc, context)
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _relay(self, proc: subprocess.Popen, context) -> Iterator[pb.BenchmarkEvent]:
+        stderr_lines: list[str] = []
+        reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: ([lines.put(l) for l in proc.stdout], lines.put(None)), daemon=True).start()
+        finished = False
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=0.25)
+                except queue.Empty:
+                    if not context.is_active():  # the host went away: stop the measurement
+                        return
+                    continue
+                if line is None:
+                    break
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue  # a runtime printing to stdout is not an event
+                if msg.get("event") == "error":
+                    finished = True
+                    context.abort(getattr(grpc.StatusCode, msg.get("code", "INTERNAL"), grpc.StatusCode.INTERNAL),
+                                  msg.get("message", "benchmark failed"))
+                event = wire.event_from_worker(msg)
+                if event is not None:
+                    finished = finished or msg.get("event") == "summary"
+                    yield event
+            code = proc.wait()
+            if not finished:
+                reader.join(timeout=1)
+                tail = "".join(stderr_lines[-5:]).strip()
+                how = f"signal {-code}" if code < 0 else f"exit code {code}"
+                log.error("benchmark worker died (%s): %s", how, tail)
+                context.abort(grpc.StatusCode.INTERNAL,
+                              f"the runtime crashed the benchmark worker ({how}); the agent is still serving"
+                              + (f": {tail.splitlines()[-1][:300]}" if tail else ""))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+class AgentServer:
+    """A started agent: `port` is the bound port (useful with port 0)."""
+
+    def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int = 50051, name: str | None = None,
+                 max_model_bytes: int = 2 << 30, max_queue_wait_s: float = 600.0, workers: int = 8):
+        self.store = ModelStore(Path(store_dir), max_model_bytes)
+        self.name = name or hwinfo.measure().hostname
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers),
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        )
+        self.servicer = AgentServicer(self.store, self.name, max_queue_wait_s)
+        pb_grpc.add_AgentServicer_to_server(self.servicer, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        self.host = host
+
+    def start(self) -> "AgentServer":
+        self.server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()

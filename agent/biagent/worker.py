@@ -1,0 +1,184 @@
+"""One benchmark in its own process: `python -m biagent.worker JOB.json`.
+
+Isolation is the point: a runtime that segfaults or leaks takes down this process, not the
+agent; the thread count is fixed through the environment before any library starts its
+pools; peak RSS is this process's own. Events go to stdout as JSON lines:
+  {"event": "progress", "phase", "done", "total", "message"}
+  {"event": "samples", "latency_s": [...]}
+  {"event": "summary", ...}            last line on success
+  {"event": "error", "code", "message"} last line on a failure the worker understood
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import hwinfo
+from .measure import max_abs_error, summarize
+from .runtimes import InvokeError, ModelLoadError, RuntimeNotInstalled, UnknownRuntime, get_runtime
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment for a worker that must use exactly `threads` threads."""
+    env = dict(os.environ)
+    env.update({k: str(threads) for k in THREAD_ENV})
+    return env
+
+
+def emit(event: str, **fields) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+class Failure(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def load_cases(path: str | None) -> tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], list[np.ndarray]]:
+    """Numerics cases and the timing input from the job's npz (see server.write_job)."""
+    if not path:
+        return [], []
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    cases = []
+    i = 0
+    while f"case{i}_in0" in arrays:
+        ins = [arrays[f"case{i}_in{j}"] for j in range(_count(arrays, f"case{i}_in"))]
+        outs = [arrays[f"case{i}_out{j}"] for j in range(_count(arrays, f"case{i}_out"))]
+        cases.append((ins, outs))
+        i += 1
+    timing = [arrays[f"timing{j}"] for j in range(_count(arrays, "timing"))]
+    return cases, timing
+
+
+def _count(arrays: dict, prefix: str) -> int:
+    n = 0
+    while f"{prefix}{n}" in arrays:
+        n += 1
+    return n
+
+
+def run(job: dict) -> None:
+    threads = max(1, int(job.get("threads") or 1))
+    emit("progress", phase="loading", done=0, total=1, message=f"{job['runtime']} loading model")
+    try:
+        runtime_cls = get_runtime(job["runtime"])
+    except UnknownRuntime as exc:
+        raise Failure("INVALID_ARGUMENT", str(exc)) from None
+    info = runtime_cls.describe()
+    if not info.installed:
+        raise Failure("FAILED_PRECONDITION", f"runtime {info.name} is not installed on this board: {info.detail}")
+    fmt = job.get("format", "")
+    if fmt and fmt not in runtime_cls.formats:
+        raise Failure("INVALID_ARGUMENT",
+                      f"runtime {info.name} loads {', '.join(runtime_cls.formats)} artifacts, not {fmt!r}")
+    t0 = time.perf_counter()
+    try:
+        model = runtime_cls().load(Path(job["model_path"]), threads)
+    except ModelLoadError as exc:
+        raise Failure("INVALID_ARGUMENT", f"{info.name} cannot load this model: {exc}") from None
+    except RuntimeNotInstalled as exc:
+        raise Failure("FAILED_PRECONDITION", str(exc)) from None
+    load_s = time.perf_counter() - t0
+
+    cases, timing_inputs = load_cases(job.get("arrays"))
+    atol, rtol = float(job.get("atol", 1e-4)), float(job.get("rtol", 1e-5))
+    errors, reasons = [], []
+    for i, (ins, expected) in enumerate(cases):
+        emit("progress", phase="checking", done=i, total=len(cases), message="comparing with the reference")
+        try:
+            model.set_inputs(ins)
+            model.invoke()
+            err, scale, problem = max_abs_error(model.get_outputs(), expected)
+        except InvokeError as exc:
+            raise Failure("INVALID_ARGUMENT", f"{info.name} failed on the check input: {exc}") from None
+        errors.append(err)
+        if problem:
+            reasons.append(problem)
+        elif err > atol + rtol * scale:
+            reasons.append(f"case {i}: max abs error {err:.3g} > {atol:g} + {rtol:g} * {scale:.3g}")
+    passed = len(cases) - len(reasons)
+    # Float rounding can flip one sign in a binary net (rare, input-dependent); a wrong
+    # kernel fails every input. So at least half of the cases must match.
+    numerics_ok = not cases or passed * 2 >= len(cases)
+    if reasons and numerics_ok:
+        reasons.insert(0, f"matched on {passed} of {len(cases)} check inputs (a rounding sign flip on the others?)")
+
+    inputs = timing_inputs or (cases[0][0] if cases else [np.zeros(s.shape, s.dtype) for s in model.inputs])
+    try:
+        model.set_inputs(inputs)
+    except InvokeError as exc:
+        raise Failure("INVALID_ARGUMENT", f"{info.name} rejected the timing input: {exc}") from None
+    warmup = max(0, int(job.get("warmup_runs", 1)))
+    for i in range(warmup):
+        emit("progress", phase="warmup", done=i, total=warmup, message="")
+        model.invoke()
+    min_runs = max(1, int(job.get("min_runs", 10)))
+    min_duration = float(job.get("min_duration_s", 0.0))
+    max_duration = float(job.get("max_duration_s", 0.0))
+    samples: list[float] = []
+    start = last_report = time.perf_counter()
+    clock = time.perf_counter
+    while True:
+        t = clock()
+        model.invoke()
+        samples.append(clock() - t)
+        now = clock()
+        elapsed = now - start
+        if len(samples) >= min_runs and elapsed >= min_duration:
+            break
+        if max_duration and elapsed >= max_duration:
+            break
+        if now - last_report > 0.5:
+            emit("progress", phase="timing", done=len(samples), total=min_runs, message=f"{elapsed:.1f} s")
+            last_report = now
+    model.close()
+    emit("samples", latency_s=samples)
+    temp = hwinfo.temperature_c()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    emit(
+        "summary",
+        status="ok" if numerics_ok else "numerics_error",
+        reason="; ".join(reasons),
+        latency=summarize(samples).as_dict(),
+        runs=len(samples),
+        warmup_runs=warmup,
+        threads=threads,
+        model_bytes=os.path.getsize(job["model_path"]),
+        peak_rss_bytes=int(rss if sys.platform == "darwin" else rss * 1024),
+        max_abs_errors=errors,
+        runtime=info.name,
+        runtime_version=info.version,
+        load_s=load_s,
+        governor=hwinfo.governor(),
+        temperature_c=temp,
+        affinity=hwinfo.affinity(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    try:
+        run(job)
+    except Failure as exc:
+        emit("error", code=exc.code, message=str(exc))
+        return 2
+    except InvokeError as exc:
+        emit("error", code="INTERNAL", message=f"runtime failed while running: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

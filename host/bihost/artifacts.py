@@ -1,0 +1,86 @@
+"""Models and artifacts for a campaign: built once on the host, shared by every board.
+
+A model is built from a seed (random weights, trained-looking batch norms) or a checkpoint;
+each runtime gets the artifact format it loads; numerics cases (inputs and torch eval
+outputs) go with every benchmark.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: the artifact format each runtime loads (the exporter registry names these)
+RUNTIME_FORMATS = {"custom": "custom", "larq": "tflite", "dabnn": "dab", "onnxruntime": "onnx"}
+FP32 = "fp32"  # the algorithm label of the full-precision baseline
+CHECK_CASES = 3
+
+
+class NoExporter(Exception):
+    """The runtime's format has no exporter yet: the combination is unsupported."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    data: bytes
+    format: str
+    sha256: str
+
+
+@dataclass
+class ModelCase:
+    arch: str
+    algorithm: str
+    model: object  # torch.nn.Module, eval mode
+    checks: list[tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+
+class ArtifactCache:
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._cases: dict[tuple[str, str], ModelCase] = {}
+        self._lock = threading.Lock()
+
+    def case(self, arch: str, algorithm: str) -> ModelCase:
+        with self._lock:
+            key = (arch, algorithm)
+            if key not in self._cases:
+                self._cases[key] = self._build(arch, algorithm)
+            return self._cases[key]
+
+    def _build(self, arch: str, algorithm: str) -> ModelCase:
+        import torch
+
+        import bimodels
+
+        torch.manual_seed(self.seed)
+        model = bimodels.trained_like_norms(bimodels.create_model(arch), self.seed)
+        if algorithm != FP32:
+            model = bimodels.binarize(model, algorithm)
+        model.eval()
+        checks = []
+        for i in range(CHECK_CASES):
+            x = bimodels.example_input(model, batch_size=1, seed=self.seed + 1 + i)
+            with torch.no_grad():
+                y = model(x)
+            checks.append(([x.numpy()], [y.numpy()]))
+        return ModelCase(arch, algorithm, model, checks)
+
+    def artifact(self, arch: str, algorithm: str, runtime: str) -> Artifact:
+        """The artifact `runtime` loads; ExportError (unsupported op) or NoExporter otherwise."""
+        import hashlib
+
+        import bimodels
+
+        fmt = RUNTIME_FORMATS[runtime]
+        if fmt not in bimodels.list_formats():
+            raise NoExporter(f"no exporter writes {fmt!r} (the {runtime} format) yet")
+        case = self.case(arch, algorithm)
+        with self._lock:
+            if fmt not in case.artifacts:
+                x = bimodels.example_input(case.model, batch_size=1, seed=self.seed)
+                data = bimodels.export(case.model, fmt, x)
+                case.artifacts[fmt] = Artifact(data, fmt, hashlib.sha256(data).hexdigest())
+            return case.artifacts[fmt]

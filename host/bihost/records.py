@@ -1,0 +1,57 @@
+"""One measurement as the host files it: the row of the results store and of `profile --json`."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATUSES = ("ok", "unsupported", "numerics_error", "error")
+
+
+@dataclass
+class Measurement:
+    """A finished (or refused) measurement of one model on one board with one runtime.
+
+    `status`: ok | unsupported (the runtime cannot express the model; `reason` says which
+    operator) | numerics_error (runs, but its output disagrees with torch: the latency is
+    kept for diagnosis and is not a valid result) | error (the board or runtime failed).
+    """
+
+    campaign: str  # groups the rows of one `bihost profile` invocation; reused by --resume
+    board: str  # inventory name of the board
+    chip: str  # SoC / chip label from the inventory
+    arch: str
+    algorithm: str  # "fp32" for the full-precision baseline
+    runtime: str
+    status: str
+    reason: str = ""
+    latency_ms: dict[str, float] = field(default_factory=dict)  # min, median, mean, p90, p99, std, max
+    runs: int = 0
+    warmup: int = 0
+    threads: int = 1
+    model_sha256: str = ""
+    model_bytes: int = 0
+    fp32_model_bytes: int = 0
+    speedup_vs_fp32: float | None = None
+    storage_ratio: float | None = None
+    max_abs_err: float | None = None
+    peak_rss_bytes: int = 0
+    runtime_version: str = ""
+    agent_version: str = ""
+    agent: dict[str, Any] = field(default_factory=dict)  # cpu_model, machine, cores
+    forced: bool = False  # filed although the agent's identity disagreed with the inventory
+    created_at: float = 0.0
+    samples_ms: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    def key(self) -> tuple[str, str, str, str, str, int]:
+        """What makes a row unique within a campaign: resume skips keys already stored."""
+        return (self.board, self.arch, self.algorithm, self.runtime, self.campaign, self.threads)
+
+    def as_dict(self, samples: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not samples:
+            d.pop("samples_ms")
+        return d

@@ -1,0 +1,204 @@
+"""The results store: one durable SQLite row per measurement.
+
+Durability is the point (DESIGN.md, "Results are durable"): `add` commits (WAL,
+synchronous=FULL) before it returns, so a crash loses at most the measurement in flight,
+and a UNIQUE key per campaign lets `--resume` skip what is already stored.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .errors import UserError
+from .records import Measurement
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+FILENAME = "results.sqlite"
+LATENCY_KEYS = ("min", "median", "mean", "p90", "p99", "std", "max")
+AGENT_KEYS = ("cpu_model", "machine", "cores")
+DONE_STATUSES = ("ok", "unsupported")  # what --resume skips; failures are retried
+
+# (column, SQL type) in table order; `extra` keeps latency/agent keys beyond the named columns.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("campaign", "TEXT NOT NULL"), ("board", "TEXT NOT NULL"), ("chip", "TEXT NOT NULL"),
+    ("arch", "TEXT NOT NULL"), ("algorithm", "TEXT NOT NULL"), ("runtime", "TEXT NOT NULL"),
+    ("threads", "INTEGER NOT NULL"), ("status", "TEXT NOT NULL"), ("reason", "TEXT NOT NULL"),
+    *((f"latency_{k}_ms", "REAL") for k in LATENCY_KEYS),
+    ("runs", "INTEGER NOT NULL"), ("warmup", "INTEGER NOT NULL"), ("model_sha256", "TEXT NOT NULL"),
+    ("model_bytes", "INTEGER NOT NULL"), ("fp32_model_bytes", "INTEGER NOT NULL"),
+    ("speedup_vs_fp32", "REAL"), ("storage_ratio", "REAL"), ("max_abs_err", "REAL"),
+    ("peak_rss_bytes", "INTEGER NOT NULL"), ("runtime_version", "TEXT NOT NULL"),
+    ("agent_version", "TEXT NOT NULL"),
+    *((f"agent_{k}", "INTEGER" if k == "cores" else "TEXT") for k in AGENT_KEYS),
+    ("forced", "INTEGER NOT NULL"), ("created_at", "REAL NOT NULL"),
+    ("samples_ms", "TEXT NOT NULL"), ("extra", "TEXT NOT NULL"),
+)
+KEY_COLUMNS = ("campaign", "board", "arch", "algorithm", "runtime", "threads")
+_NAMES = [c for c, _ in COLUMNS]
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    {", ".join(f"{c} {t}" for c, t in COLUMNS)},
+    UNIQUE ({", ".join(KEY_COLUMNS)})
+);
+CREATE INDEX IF NOT EXISTS measurements_board ON measurements (board, created_at);
+"""
+
+
+class DuplicateMeasurement(UserError):
+    """The campaign already holds a successful row for this key: resume it, or start a new campaign."""
+
+
+class ResultsSchemaError(UserError):
+    """The file was written by a newer bihost; refusing to read (or corrupt) it."""
+
+
+class ResultsStore:
+    """`<directory>/results.sqlite`; safe to share between processes (each call opens its own connection)."""
+
+    def __init__(self, directory: Path | str, timeout: float = 30.0):
+        self.directory = Path(directory)
+        self.path = self.directory / FILENAME
+        self.timeout = timeout
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            if version is not None and version > SCHEMA_VERSION:
+                raise ResultsSchemaError(
+                    f"{self.path} has results schema version {version}, this bihost reads up to "
+                    f"{SCHEMA_VERSION}: upgrade bihost")
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(stmt)
+            if version is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # A connection per call: the metrics server reads from its own threads, the scheduler writes.
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def add(self, m: Measurement) -> None:
+        """Store `m`, committed on return. A stored non-"ok" row with the same key is replaced (a retry).
+
+        A zero `created_at` is stored as the time of the call: "latest row wins" needs an order.
+        """
+        values = _flatten(m)
+        key = [values[c] for c in KEY_COLUMNS]
+        where = " AND ".join(f"{c} = ?" for c in KEY_COLUMNS)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")  # the check and the write are one atomic step
+            old = db.execute(f"SELECT status FROM measurements WHERE {where}", key).fetchone()
+            if old is not None and old[0] == "ok":
+                db.execute("ROLLBACK")
+                raise DuplicateMeasurement(
+                    f"campaign {m.campaign} already has an ok result for board {m.board}, {m.arch}/"
+                    f"{m.algorithm} on {m.runtime} with {m.threads} threads: use --resume or a new campaign")
+            if old is not None:
+                db.execute(f"DELETE FROM measurements WHERE {where}", key)
+            db.execute(f"INSERT INTO measurements ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})",
+                       [values[c] for c in _NAMES])
+            db.execute("COMMIT")
+
+    def done_keys(self, campaign: str) -> set[tuple[str, str, str, str, str, int]]:
+        """Keys (as `Measurement.key()`) that `--resume` skips: rows that succeeded or cannot run at all."""
+        marks = ", ".join("?" * len(DONE_STATUSES))
+        with self._connect() as db:
+            found = db.execute(
+                f"SELECT board, arch, algorithm, runtime, campaign, threads FROM measurements "
+                f"WHERE campaign = ? AND status IN ({marks})", (campaign, *DONE_STATUSES)).fetchall()
+        return {tuple(r) for r in found}  # type: ignore[misc]
+
+    def rows(self, campaign: str | None = None, board: str | None = None) -> list[Measurement]:
+        """Stored measurements, oldest first, optionally of one campaign and/or one board."""
+        return [_unflatten(r) for r in self._select(campaign, board)]
+
+    def frame(self, campaign: str | None = None, board: str | None = None, samples: bool = False) -> pd.DataFrame:
+        """A flat DataFrame (one column per stored column); raw samples only when asked (they are large)."""
+        import pandas as pd
+
+        records = []
+        for r in self._select(campaign, board):
+            r.pop("extra")
+            raw = r.pop("samples_ms")
+            if samples:
+                r["samples_ms"] = json.loads(raw)
+            r["forced"] = bool(r["forced"])
+            records.append(r)
+        columns = [c for c in _NAMES if c != "extra" and (samples or c != "samples_ms")]
+        df = pd.DataFrame.from_records(records, columns=columns)
+        for column, sql in COLUMNS:  # missing values are NaN/NA, not object columns of None
+            if sql == "REAL" or sql.startswith("REAL "):
+                df[column] = df[column].astype("float64")
+            elif sql.startswith("INTEGER") and column != "forced":
+                df[column] = df[column].astype("int64" if "NOT NULL" in sql else "Int64")
+        return df
+
+    def campaigns(self) -> list[str]:
+        """Campaign ids, the most recently written first."""
+        with self._connect() as db:
+            found = db.execute("SELECT campaign FROM measurements GROUP BY campaign "
+                               "ORDER BY MAX(created_at) DESC, MAX(id) DESC").fetchall()
+        return [r[0] for r in found]
+
+    def latest_campaign(self) -> str | None:
+        found = self.campaigns()
+        return found[0] if found else None
+
+    def _select(self, campaign: str | None, board: str | None) -> list[dict[str, Any]]:
+        clauses, params = [], []
+        for column, value in (("campaign", campaign), ("board", board)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute(f"SELECT {', '.join(_NAMES)} FROM measurements {where} ORDER BY created_at, id",
+                               params).fetchall()
+        return [dict(r) for r in found]
+
+
+def _flatten(m: Measurement) -> dict[str, Any]:
+    d = m.as_dict(samples=True)
+    latency, agent = dict(d.pop("latency_ms")), dict(d.pop("agent"))
+    for k in LATENCY_KEYS:
+        d[f"latency_{k}_ms"] = latency.pop(k, None)
+    for k in AGENT_KEYS:
+        d[f"agent_{k}"] = agent.pop(k, None)
+    d["forced"] = int(d["forced"])
+    d["samples_ms"] = json.dumps(d["samples_ms"])
+    d["extra"] = json.dumps({"latency_ms": latency, "agent": agent})
+    if not d["created_at"]:
+        d["created_at"] = time.time()
+    return d
+
+
+def _unflatten(r: dict[str, Any]) -> Measurement:
+    extra = json.loads(r.pop("extra"))
+    latency = {k: r.pop(f"latency_{k}_ms") for k in LATENCY_KEYS}
+    agent = {k: r.pop(f"agent_{k}") for k in AGENT_KEYS}
+    r["latency_ms"] = {k: v for k, v in latency.items() if v is not None} | extra["latency_ms"]
+    r["agent"] = {k: v for k, v in agent.items() if v is not None} | extra["agent"]
+    r["forced"] = bool(r["forced"])
+    r["samples_ms"] = json.loads(r["samples_ms"])
+    return Measurement(**r)

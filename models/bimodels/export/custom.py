@@ -1,0 +1,495 @@
+"""Export to the "custom" runtime: our own artifact, run as XNOR + popcount on packed bits.
+
+The model is reduced with `to_deploy` and traced with torch.fx (binary layers and standard
+torch.nn modules are leaves); every FX node becomes one op of the format below, or the
+export fails with `ExportError` naming the operator and its node. The executor is
+`biagent.runtimes.custom_engine` (numpy only); C kernels of a later issue read the same
+artifact.
+
+Artifact format, version 1 (the contract between exporter and kernels)
+======================================================================
+
+The artifact is a zip archive (ZIP_STORED, every entry dated 1980-01-01 00:00:00, entries
+in a fixed order, so one model always gives the same bytes) with two members:
+
+* ``graph.json``: UTF-8 JSON::
+
+      {"format": "bibench-custom", "version": 1,
+       "inputs":  [{"name": "input", "shape": [B, ...], "dtype": "float32"}],
+       "outputs": ["output"],
+       "nodes":   [{"op": ..., "name": ..., "inputs": [value names], "outputs": [value names],
+                    "attrs": {...}}, ...]}
+
+  ``shape`` is the example input's shape; axis 0 is the batch axis and may take any size
+  at run time (every other axis is fixed). Nodes are in execution (topological) order;
+  each reads values produced by the graph inputs or by earlier nodes and produces exactly
+  one new value (names are unique). An attr that names a tensor holds its key in
+  ``tensors.npz``; an optional tensor attr is ``null`` when absent. Axes in attrs are
+  non-negative and count the batch axis. Every value is a C-ordered float32 array; conv
+  and pool values are (N, C, L) or (N, C, H, W), channel-wise ops act on axis 1.
+
+* ``tensors.npz``: a zip (same rules) of ``<key>.npy`` members written by
+  ``numpy.lib.format.write_array``, loadable with ``numpy.load``. Float tensors are
+  little-endian float32 (``<f4``); packed bits are little-endian uint64 (``<u8``).
+
+Ops (x = the first input, N = batch, C = channels, ``pads`` = [[before, after]] per
+spatial axis, ``stride``/``dilation``/``kernel`` = one int per spatial axis):
+
+``binary_conv`` (kind: "conv1d" | "conv2d" | "linear") -- a binarized layer in its
+  DeployForm. attrs: kind, weight_bits (tensor), weight_shape ([C_out, C_in/groups, *kernel]
+  or [out, in] for linear), k (bits per output channel), stride, dilation, pads, groups
+  (convs only), pad_value (0, 1 or -1; convs only), and the optional float32 tensors
+  input_shift (C_in,), weight_scale (C_out,), channel_scale (C_out,), output_gain
+  (broadcasts against the output without its batch axis), bias (C_out,), plus input_scale
+  ("mean_abs" or null). It computes::
+
+      s   = sign(x + input_shift)          sign(t) = +1 if t >= 0 else -1 (NaN -> -1)
+      dot = conv(pad(s, pads, pad_value), sign weights)   exact integers; pad_value 0 means
+                                            a padded tap contributes 0
+      y   = dot * weight_scale             (the float32 product, in this order, each factor
+      y   = y * mean(|x|)                   only if present; mean(|x|) is float32 over all
+      y   = y * channel_scale               non-batch axes for convs, over the last axis
+                                            for linear, summation order unspecified)
+      y   = y * output_gain
+      y   = y + bias
+
+  Linear acts on the last axis of an input of any rank >= 2.
+
+  Bit packing. For output channel (row) o, its weights are flattened in PyTorch order,
+  (C_in/groups, kh, kw) for conv2d, (C_in/groups, kw) for conv1d, (in,) for linear, giving
+  K = k bits. Bit i of the row is 1 when the weight is -1 and 0 when it is +1; it is stored
+  in word i // 64 at bit position i % 64 (LSB first), in W = ceil(K / 64) uint64 words, so
+  weight_bits has shape (C_out, W). Bits K..64W-1 of the last word are 0. Activations are
+  packed the same way: the im2col patch of one output position, in the same (c, kh, kw)
+  order over the group's input channels, bit = 1 where the binarized input is -1. Both
+  operands have zero tail bits, so for one output position and channel::
+
+      dot = K - 2 * popcount(act_words XOR weight_words)      (summed over the W words)
+
+  Padded taps: pad_value +1 is packed as bit 0 and -1 as bit 1, with no correction.
+  pad_value 0 (the reference zero padding) packs padded taps as bit 0 (+1) and subtracts,
+  per output position and channel, the sum of the weight signs over that position's padded
+  taps (input independent: cache it per input size). With groups g, output channels
+  [j*C_out/g, (j+1)*C_out/g) read input channels [j*C_in/g, (j+1)*C_in/g).
+
+``conv`` -- full-precision Conv1d/Conv2d (zero padding). attrs: weight (C_out, C_in/groups,
+  *kernel), bias (C_out,) or null, stride, dilation, pads, groups.
+``linear`` -- y = x @ weight.T + bias over the last axis. attrs: weight (out, in), bias or null.
+``channel_affine`` -- eval batch norm: y = fma(x, scale[c], shift[c]) on axis 1 (one
+  rounding, as torch's CPU kernel does). attrs: scale, shift (C,). The exporter computes
+  scale = weight * (1 / sqrt(running_var + eps)) and shift = fma(-running_mean, scale, bias)
+  in float32, exactly as torch's eval batch norm.
+``relu``; ``hardtanh`` (attrs: min_val, max_val); ``prelu`` (attrs: weight, (C,) applied
+  on axis 1 or (1,)): y = x if x > 0 else weight * x.
+``max_pool`` (attrs: kernel, stride, pads, dilation; padded taps are -inf) and ``avg_pool``
+  (attrs: kernel, stride, pads, count_include_pad; padded taps are 0; the window sum in
+  row-major tap order, divided by the kernel size, or with count_include_pad false by the
+  number of taps inside the input).
+``reduce_mean`` / ``reduce_max`` (attrs: axes, keepdims).
+``flatten`` (attrs: start, end; axes start..end inclusive become one). ``add`` (two inputs, numpy broadcasting).
+``concat`` (any number of inputs; attrs: axis). ``identity``.
+
+A reader must reject an unknown format name, version or op, a missing tensor, a tensor of
+the wrong dtype or shape, and a graph whose shapes do not chain.
+"""
+from __future__ import annotations
+
+import io
+import json
+import operator
+import zipfile
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
+
+from ..binarize import to_deploy
+from ..layers import DeployedBinaryLayer
+from . import ExportError, register_exporter
+
+FORMAT, VERSION = "bibench-custom", 1
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+# -- packing (the contract above) -----------------------------------------------------
+def pack_sign_rows(signs: np.ndarray) -> tuple[np.ndarray, int]:
+    """(rows, ...) array of +/-1 -> ((rows, W) little-endian uint64, K); bit 1 means -1."""
+    rows = np.asarray(signs).reshape(len(signs), -1)
+    k = rows.shape[1]
+    words = max(1, -(-k // 64))
+    packed = np.packbits(rows < 0, axis=1, bitorder="little")
+    buf = np.zeros((rows.shape[0], words * 8), np.uint8)
+    buf[:, : packed.shape[1]] = packed
+    return buf.view("<u8"), k
+
+
+def write_zip(members: list[tuple[str, bytes]]) -> bytes:
+    """A deterministic ZIP_STORED archive of (name, data) in the given order."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def _npz(tensors: dict[str, np.ndarray]) -> bytes:
+    members = []
+    for key, arr in tensors.items():
+        out = io.BytesIO()
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))  # little-endian on any host
+        np.lib.format.write_array(out, arr, allow_pickle=False)
+        members.append((f"{key}.npy", out.getvalue()))
+    return write_zip(members)
+
+
+# -- tracing ----------------------------------------------------------------------------
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, DeployedBinaryLayer) or super().is_leaf_module(m, qualname)
+
+
+class _Unsupported(Exception):
+    """One node the format cannot express (collected, then raised as one ExportError)."""
+
+
+def _f32(t: Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().to(torch.float32).cpu().numpy().copy()
+
+
+def _target_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    fn = node.target
+    name = getattr(fn, "__name__", str(fn))
+    for prefix, mod in (("torch", torch), ("torch.nn.functional", F), ("operator", operator)):
+        if getattr(mod, name, None) is fn:
+            return f"{prefix}.{name}"
+    return f"{getattr(fn, '__module__', None) or '?'}.{name}"
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.nodes: list[dict] = []
+        self.tensors: dict[str, np.ndarray] = {}
+        self.alias: dict[str, str] = {}  # fx node name -> value name
+        self.errors: list[str] = []
+
+    # helpers ------------------------------------------------------------------------
+    def value(self, arg: Any, node: fx.Node) -> str:
+        if not isinstance(arg, fx.Node) or arg.name not in self.alias:
+            raise _Unsupported(f"{self.what(node)} with the operand {arg!r}")
+        return self.alias[arg.name]
+
+    def what(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            m = type(self.gm.get_submodule(node.target))
+            return f"{m.__module__}.{m.__name__}".replace("torch.nn.modules.", "torch.nn.").replace("bimodels.layers.", "")
+        return _target_name(node)
+
+    def tensor(self, key: str, arr: np.ndarray | None) -> str | None:
+        if arr is None:
+            return None
+        self.tensors[key] = arr
+        return key
+
+    def emit(self, node: fx.Node, op: str, inputs: list[str], **attrs: Any) -> None:
+        self.nodes.append({"op": op, "name": node.name, "inputs": inputs, "outputs": [node.name], "attrs": attrs})
+        self.alias[node.name] = node.name
+
+    @staticmethod
+    def rank(node: fx.Node) -> int:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise _Unsupported(f"node {node.name} whose result is not a single tensor")
+        return len(meta.shape)
+
+    def axes(self, dims: Any, node: fx.Node, src: fx.Node) -> list[int]:
+        r = self.rank(src)
+        if dims is None:
+            return list(range(r))
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if not all(isinstance(d, int) and -r <= d < r for d in dims):
+            raise _Unsupported(f"{_target_name(node)} over axes {dims!r}")
+        return sorted({d % r for d in dims})
+
+    @staticmethod
+    def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+        if len(node.args) > index:
+            return node.args[index]
+        return node.kwargs.get(name, default)
+
+    # the walk -----------------------------------------------------------------------
+    def run(self) -> tuple[list[str], list[str]]:
+        inputs: list[str] = []
+        outputs: list[str] = []
+        for node in self.gm.graph.nodes:
+            try:
+                if node.op == "placeholder":
+                    self.alias[node.name] = node.name
+                    inputs.append(node.name)
+                elif node.op == "output":
+                    outs = node.args[0]
+                    outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+                    outputs = [self.value(o, node) for o in outs]
+                elif node.op == "call_module":
+                    self.module(node, self.gm.get_submodule(node.target))
+                elif node.op == "get_attr":
+                    raise _Unsupported(f"a constant tensor (get_attr {node.target})")
+                else:
+                    self.function(node)
+            except _Unsupported as exc:
+                # Later nodes read it as if it existed: report each unsupported operator once,
+                # not every node downstream of it.
+                self.alias.setdefault(node.name, node.name)
+                if not any(e.startswith(f"{exc} (node ") for e in self.errors):
+                    self.errors.append(f"{exc} (node {node.name})")
+        return inputs, outputs
+
+    # modules ------------------------------------------------------------------------
+    def module(self, node: fx.Node, m: nn.Module) -> None:
+        x = node.args[0] if node.args else None
+        if isinstance(m, DeployedBinaryLayer):
+            return self.binary(node, m)
+        if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)):
+            self.alias[node.name] = self.value(x, node)
+            return None
+        if type(m) in (nn.Conv1d, nn.Conv2d):
+            return self.conv(node, m)
+        if type(m) is nn.Linear:
+            return self.emit(node, "linear", [self.value(x, node)], weight=self.tensor(f"{node.name}.weight", _f32(m.weight)),
+                             bias=self.tensor(f"{node.name}.bias", _f32(m.bias)))
+        if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d):
+            return self.batch_norm(node, m)
+        if type(m) is nn.ReLU:
+            return self.emit(node, "relu", [self.value(x, node)])
+        if type(m) is nn.Hardtanh:
+            return self.emit(node, "hardtanh", [self.value(x, node)], min_val=float(m.min_val), max_val=float(m.max_val))
+        if type(m) is nn.PReLU:
+            return self.emit(node, "prelu", [self.value(x, node)], weight=self.tensor(f"{node.name}.weight", _f32(m.weight).reshape(-1)))
+        if type(m) in (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d):
+            return self.pool(node, m)
+        if type(m) in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d):
+            nd = 1 if type(m) is nn.AdaptiveAvgPool1d else 2
+            size = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * nd
+            if any(s != 1 for s in size):
+                raise _Unsupported(f"{type(m).__name__}(output_size={m.output_size}) (only global pooling, output size 1)")
+            r = self.rank(node.args[0])
+            return self.emit(node, "reduce_mean", [self.value(x, node)], axes=list(range(r - nd, r)), keepdims=True)
+        if type(m) is nn.Flatten:
+            return self.flatten(node, x, m.start_dim, m.end_dim)
+        raise _Unsupported(self.what(node))
+
+    def conv(self, node: fx.Node, m: nn.Conv1d | nn.Conv2d) -> None:
+        if m.padding_mode != "zeros":
+            raise _Unsupported(f"{type(m).__name__} with padding_mode={m.padding_mode!r}")
+        nd = len(m.kernel_size)
+        if isinstance(m.padding, str):
+            pads = []
+            for k, d in zip(m.kernel_size, m.dilation):
+                total = 0 if m.padding == "valid" else d * (k - 1)
+                pads.append([total // 2, total - total // 2])
+        else:
+            pads = [[int(p), int(p)] for p in m.padding]
+        self.emit(node, "conv", [self.value(node.args[0], node)],
+                  weight=self.tensor(f"{node.name}.weight", _f32(m.weight)),
+                  bias=self.tensor(f"{node.name}.bias", _f32(m.bias)),
+                  stride=list(m.stride)[:nd], dilation=list(m.dilation)[:nd], pads=pads, groups=int(m.groups))
+
+    def binary(self, node: fx.Node, m: DeployedBinaryLayer) -> None:
+        form = m.form
+        signs = form.weight_sign.detach().cpu().numpy()
+        if not np.all(np.abs(signs) == 1):
+            raise _Unsupported(f"DeployedBinaryLayer whose weight_sign is not +/-1 ({m.algorithm})")
+        if form.extra:
+            raise _Unsupported(f"DeployedBinaryLayer with DeployForm.extra {sorted(form.extra)}")
+        if m.input_scale not in (None, "mean_abs"):
+            raise _Unsupported(f"DeployedBinaryLayer with input_scale={m.input_scale!r}")
+        bits, k = pack_sign_rows(signs)
+        name = node.name
+        attrs: dict[str, Any] = {
+            "kind": m.kind,
+            "weight_bits": self.tensor(f"{name}.weight_bits", bits),
+            "weight_shape": list(signs.shape),
+            "k": k,
+        }
+        if m.kind != "linear":
+            nd = signs.ndim - 2
+            pads = [[int(m.pads[2 * (nd - 1 - i)]), int(m.pads[2 * (nd - 1 - i) + 1])] for i in range(nd)]
+            attrs.update(stride=[int(s) for s in m.stride], dilation=[int(d) for d in m.dilation], pads=pads,
+                         groups=int(m.groups), pad_value=int(m.pad_value))
+        flat = lambda t: None if t is None else _f32(t).reshape(-1)  # noqa: E731
+        attrs.update(
+            input_shift=self.tensor(f"{name}.input_shift", flat(m.input_shift)),
+            input_scale=m.input_scale,
+            weight_scale=self.tensor(f"{name}.weight_scale", flat(form.weight_scale)),
+            channel_scale=self.tensor(f"{name}.channel_scale", flat(m.channel_scale)),
+            output_gain=self.tensor(f"{name}.output_gain", _f32(m.output_gain)),
+            bias=self.tensor(f"{name}.bias", flat(m.bias)),
+        )
+        self.emit(node, "binary_conv", [self.value(node.args[0], node)], **attrs)
+
+    def batch_norm(self, node: fx.Node, m: nn.modules.batchnorm._BatchNorm) -> None:
+        if m.running_mean is None or m.running_var is None:
+            raise _Unsupported(f"{type(m).__name__} without running statistics (track_running_stats=False)")
+        c = m.num_features
+        mean, var = _f32(m.running_mean), _f32(m.running_var)
+        weight = _f32(m.weight) if m.weight is not None else np.ones(c, np.float32)
+        bias = _f32(m.bias) if m.bias is not None else np.zeros(c, np.float32)
+        # torch (CPU, eval): invstd = 1 / sqrt(var + eps); alpha = invstd * weight;
+        # beta = bias - mean * alpha as one fused multiply-add; all float32.
+        invstd = np.float32(1) / np.sqrt(var + np.float32(m.eps))
+        scale = (invstd * weight).astype(np.float32)
+        shift = (bias.astype(np.float64) - mean.astype(np.float64) * scale).astype(np.float32)
+        self.emit(node, "channel_affine", [self.value(node.args[0], node)],
+                  scale=self.tensor(f"{node.name}.scale", scale), shift=self.tensor(f"{node.name}.shift", shift))
+
+    def pool(self, node: fx.Node, m: nn.Module) -> None:
+        nd = 2 if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) else 1
+        tup = lambda v: [int(i) for i in v] if isinstance(v, (tuple, list)) else [int(v)] * nd  # noqa: E731
+        if m.ceil_mode:
+            raise _Unsupported(f"{type(m).__name__} with ceil_mode=True")
+        kernel, stride = tup(m.kernel_size), tup(m.stride if m.stride is not None else m.kernel_size)
+        pads = [[p, p] for p in tup(m.padding)]
+        x = [self.value(node.args[0], node)]
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+            if m.return_indices:
+                raise _Unsupported(f"{type(m).__name__} with return_indices=True")
+            return self.emit(node, "max_pool", x, kernel=kernel, stride=stride, pads=pads, dilation=tup(m.dilation))
+        if getattr(m, "divisor_override", None):
+            raise _Unsupported(f"{type(m).__name__} with divisor_override")
+        return self.emit(node, "avg_pool", x, kernel=kernel, stride=stride, pads=pads,
+                         count_include_pad=bool(m.count_include_pad))
+
+    def flatten(self, node: fx.Node, x: fx.Node, start: Any, end: Any) -> None:
+        start, end = self.axes(start, node, x)[0], self.axes(end, node, x)[0]
+        if start > end:
+            raise _Unsupported(f"{self.what(node)} with start_dim > end_dim")
+        self.emit(node, "flatten", [self.value(x, node)], start=start, end=end)
+
+    # functions and methods ----------------------------------------------------------
+    def function(self, node: fx.Node) -> None:
+        t, op = node.target, node.op
+        meth = t if op == "call_method" else None
+        x = node.args[0] if node.args else None
+        if t in (operator.add, operator.iadd, torch.add) or meth in ("add", "__add__"):
+            alpha = node.kwargs.get("alpha", 1)
+            a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+            if alpha != 1:
+                raise _Unsupported(f"{_target_name(node)} with alpha={alpha!r}")
+            return self.emit(node, "add", [self.value(a, node), self.value(b, node)])
+        if t in (torch.cat, torch.concat, getattr(torch, "concatenate", None)):
+            tensors = self.arg(node, 0, "tensors")
+            first = tensors[0] if isinstance(tensors, (list, tuple)) and tensors else None
+            if not isinstance(first, fx.Node):
+                raise _Unsupported(f"{_target_name(node)} of {tensors!r}")
+            dim = self.arg(node, 1, "dim", self.arg(node, 1, "axis", 0))
+            return self.emit(node, "concat", [self.value(v, node) for v in tensors], axis=self.axes(dim, node, first)[0])
+        if t is torch.flatten or meth == "flatten":
+            return self.flatten(node, x, self.arg(node, 1, "start_dim", 0), self.arg(node, 2, "end_dim", -1))
+        if t in (torch.relu, F.relu) or meth == "relu":
+            return self.emit(node, "relu", [self.value(x, node)])
+        if t is F.hardtanh:
+            lo, hi = self.arg(node, 1, "min_val", -1.0), self.arg(node, 2, "max_val", 1.0)
+            return self.emit(node, "hardtanh", [self.value(x, node)], min_val=float(lo), max_val=float(hi))
+        if t is F.dropout or meth in ("contiguous", "clone"):
+            self.alias[node.name] = self.value(x, node)
+            return None
+        if t is torch.mean or meth == "mean":
+            if node.kwargs.get("dtype") is not None:
+                raise _Unsupported(f"{_target_name(node)} with dtype")
+            dims = self.axes(self.arg(node, 1, "dim"), node, x)
+            return self.emit(node, "reduce_mean", [self.value(x, node)], axes=dims, keepdims=bool(self.arg(node, 2, "keepdim", False)))
+        if t is torch.amax or meth == "amax":
+            dim = self.arg(node, 1, "dim", ())
+            dims = self.axes(None if dim in ((), []) else dim, node, x)
+            return self.emit(node, "reduce_max", [self.value(x, node)], axes=dims, keepdims=bool(self.arg(node, 2, "keepdim", False)))
+        if t is torch.max or meth == "max":
+            return self.max_over_dim(node, x)
+        if t is operator.getitem or (t is getattr and len(node.args) > 1 and node.args[1] == "values"):
+            src = node.args[0]
+            if isinstance(src, fx.Node) and src.meta.get("custom_max_values") and (t is getattr or node.args[1] == 0):
+                self.alias[node.name] = self.value(src, node)
+                return None
+        raise _Unsupported(_target_name(node))
+
+    def max_over_dim(self, node: fx.Node, x: Any) -> None:
+        dim = self.arg(node, 1, "dim")
+        if not isinstance(dim, int):
+            raise _Unsupported(f"{_target_name(node)} other than a reduction over one dim")
+        users = list(node.users)
+        if not all((u.target is operator.getitem and u.args[1] == 0) or (u.target is getattr and u.args[1] == "values") for u in users):
+            raise _Unsupported(f"{_target_name(node)} whose indices are used")
+        node.meta["custom_max_values"] = True
+        self.emit(node, "reduce_max", [self.value(x, node)], axes=self.axes(dim, node, x), keepdims=bool(self.arg(node, 2, "keepdim", False)))
+
+
+def _rename(nodes: list[dict], old: str, new: str) -> None:
+    for n in nodes:
+        n["inputs"] = [new if v == old else v for v in n["inputs"]]
+        n["outputs"] = [new if v == old else v for v in n["outputs"]]
+
+
+@register_exporter("custom")
+def export_custom(model: nn.Module, example_input: Tensor) -> bytes:
+    if not isinstance(example_input, Tensor) or example_input.dtype != torch.float32:
+        dtype = getattr(example_input, "dtype", type(example_input).__name__)
+        raise ExportError(f"custom runtime takes one float32 input tensor; the example input for {type(model).__name__} is {dtype}")
+    if example_input.dim() < 1:
+        raise ExportError("custom runtime needs an input with a batch axis")
+    deployed = to_deploy(model)
+    try:
+        graph = _Tracer().trace(deployed)
+    except Exception as exc:  # fx raises many types on data-dependent Python
+        raise ExportError(
+            f"custom runtime cannot trace {type(model).__name__} with torch.fx (the format needs a static graph: "
+            f"no data-dependent shapes or control flow): {type(exc).__name__}: {exc}"
+        ) from exc
+    gm = fx.GraphModule(deployed, graph)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    except Exception as exc:
+        raise ExportError(f"custom runtime could not run {type(model).__name__} on the example input: {exc}") from exc
+    builder = _Builder(gm)
+    inputs, outputs = builder.run()
+    if builder.errors:
+        builder.errors.sort(key=lambda e: e.startswith("a constant"))  # operators first
+        more = f"; also: {'; '.join(builder.errors[1:])}" if len(builder.errors) > 1 else ""
+        raise ExportError(f"custom runtime cannot express {builder.errors[0]}{more}")
+    if len(inputs) != 1:
+        raise ExportError(f"custom runtime exports models with exactly one input, {type(model).__name__} has {len(inputs)}")
+    nodes = builder.nodes
+    produced = {n["outputs"][0] for n in nodes}
+    for i, out in enumerate(outputs):  # an output that is an input (or repeated) gets its own node
+        if out not in produced or outputs.index(out) != i:
+            nodes.append({"op": "identity", "name": f"output_{i}", "inputs": [out], "outputs": [f"output_{i}"], "attrs": {}})
+            outputs[i] = f"output_{i}"
+    names = {n["name"] for n in nodes} | {v for n in nodes for v in n["outputs"]}
+    if "input" not in names:
+        _rename(nodes, inputs[0], "input")
+        outputs = ["input" if o == inputs[0] else o for o in outputs]
+        inputs = ["input"]
+    if len(outputs) == 1 and "output" not in names:
+        _rename(nodes, outputs[0], "output")
+        outputs = ["output"]
+    used = {v for n in nodes for v in n["attrs"].values() if isinstance(v, str)}
+    tensors = {k: v for k, v in builder.tensors.items() if k in used}
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "inputs": [{"name": inputs[0], "shape": [int(s) for s in example_input.shape], "dtype": "float32"}],
+        "outputs": outputs,
+        "nodes": nodes,
+    }
+    graph_json = json.dumps(doc, indent=1, sort_keys=False).encode("utf-8")
+    return write_zip([("graph.json", graph_json), ("tensors.npz", _npz(tensors))])
+
+
+__all__ = ["FORMAT", "VERSION", "export_custom", "pack_sign_rows", "write_zip"]
