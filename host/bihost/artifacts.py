@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 #: the artifact format each runtime loads (the exporter registry names these)
-RUNTIME_FORMATS = {"custom": "custom", "larq": "tflite", "dabnn": "dab", "onnxruntime": "onnx"}
+RUNTIME_FORMATS = {"custom": "custom", "larq": "lce", "dabnn": "dabnn", "onnxruntime": "onnx"}
 FP32 = "fp32"  # the algorithm label of the full-precision baseline
 CHECK_CASES = 3
 

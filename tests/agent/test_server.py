@@ -144,7 +144,7 @@ def test_bad_benchmark_requests_get_clear_errors(start_agent, resnet20):
             client.benchmark(model_id, "tensorrt", QUICK)
         with pytest.raises(BoardError, match="FAILED_PRECONDITION.*BIAGENT_DABNN_ROOT"):
             client.benchmark(model_id, "dabnn", QUICK)
-        with pytest.raises(BoardError, match="loads tflite artifacts, not 'onnx'"):
+        with pytest.raises(BoardError, match="loads lce, tflite artifacts, not 'onnx'"):
             client.benchmark(model_id, "larq", QUICK)
         junk = client.push(b"\x08\x01garbage" * 100, "onnx").model_id
         with pytest.raises(BoardError, match="INVALID_ARGUMENT.*cannot load this model"):

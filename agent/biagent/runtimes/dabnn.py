@@ -15,7 +15,7 @@ CONFIG_KEY = "BIAGENT_DABNN_ROOT"
 
 class DabnnRuntime(Runtime):
     name = "dabnn"
-    formats = ("dab",)
+    formats = ("dabnn", "dab")
 
     @classmethod
     def describe(cls) -> RuntimeInfo:

@@ -78,7 +78,7 @@ class _LceModel(LoadedModel):
 
 class LarqRuntime(Runtime):
     name = "larq"
-    formats = ("tflite",)
+    formats = ("lce", "tflite")
 
     @classmethod
     def describe(cls) -> RuntimeInfo:

@@ -436,19 +436,29 @@ def _rename(nodes: list[dict], old: str, new: str) -> None:
         n["outputs"] = [new if v == old else v for v in n["outputs"]]
 
 
-@register_exporter("custom")
-def export_custom(model: nn.Module, example_input: Tensor) -> bytes:
+class IR:
+    """The traced graph in the format above, before serialisation; other exporters lower it further."""
+
+    def __init__(self, inputs: list[dict], outputs: list[str], nodes: list[dict], tensors: dict[str, np.ndarray]):
+        self.inputs, self.outputs, self.nodes, self.tensors = inputs, outputs, nodes, tensors
+
+
+def trace_ir(model: nn.Module, example_input: Tensor, runtime: str = "custom runtime") -> IR:
+    """Reduce `model` to its deploy form and trace it into the op list documented above.
+
+    `runtime` names the target in error messages ("larq (LCE)", "daBNN", ...).
+    """
     if not isinstance(example_input, Tensor) or example_input.dtype != torch.float32:
         dtype = getattr(example_input, "dtype", type(example_input).__name__)
-        raise ExportError(f"custom runtime takes one float32 input tensor; the example input for {type(model).__name__} is {dtype}")
+        raise ExportError(f"{runtime} takes one float32 input tensor; the example input for {type(model).__name__} is {dtype}")
     if example_input.dim() < 1:
-        raise ExportError("custom runtime needs an input with a batch axis")
+        raise ExportError(f"{runtime} needs an input with a batch axis")
     deployed = to_deploy(model)
     try:
         graph = _Tracer().trace(deployed)
     except Exception as exc:  # fx raises many types on data-dependent Python
         raise ExportError(
-            f"custom runtime cannot trace {type(model).__name__} with torch.fx (the format needs a static graph: "
+            f"{runtime} cannot trace {type(model).__name__} with torch.fx (the format needs a static graph: "
             f"no data-dependent shapes or control flow): {type(exc).__name__}: {exc}"
         ) from exc
     gm = fx.GraphModule(deployed, graph)
@@ -456,15 +466,15 @@ def export_custom(model: nn.Module, example_input: Tensor) -> bytes:
         with torch.no_grad():
             ShapeProp(gm).propagate(example_input)
     except Exception as exc:
-        raise ExportError(f"custom runtime could not run {type(model).__name__} on the example input: {exc}") from exc
+        raise ExportError(f"{runtime} could not run {type(model).__name__} on the example input: {exc}") from exc
     builder = _Builder(gm)
     inputs, outputs = builder.run()
     if builder.errors:
         builder.errors.sort(key=lambda e: e.startswith("a constant"))  # operators first
         more = f"; also: {'; '.join(builder.errors[1:])}" if len(builder.errors) > 1 else ""
-        raise ExportError(f"custom runtime cannot express {builder.errors[0]}{more}")
+        raise ExportError(f"{runtime} cannot express {builder.errors[0]}{more}")
     if len(inputs) != 1:
-        raise ExportError(f"custom runtime exports models with exactly one input, {type(model).__name__} has {len(inputs)}")
+        raise ExportError(f"{runtime} exports models with exactly one input, {type(model).__name__} has {len(inputs)}")
     nodes = builder.nodes
     produced = {n["outputs"][0] for n in nodes}
     for i, out in enumerate(outputs):  # an output that is an input (or repeated) gets its own node
@@ -481,15 +491,23 @@ def export_custom(model: nn.Module, example_input: Tensor) -> bytes:
         outputs = ["output"]
     used = {v for n in nodes for v in n["attrs"].values() if isinstance(v, str)}
     tensors = {k: v for k, v in builder.tensors.items() if k in used}
-    doc = {
-        "format": FORMAT,
-        "version": VERSION,
-        "inputs": [{"name": inputs[0], "shape": [int(s) for s in example_input.shape], "dtype": "float32"}],
-        "outputs": outputs,
-        "nodes": nodes,
-    }
+    ins = [{"name": inputs[0], "shape": [int(s) for s in example_input.shape], "dtype": "float32"}]
+    return IR(ins, outputs, nodes, tensors)
+
+
+def unpack_sign_rows(bits: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of `pack_sign_rows`: (rows, words) uint64 -> (rows, k) float32 of +/-1."""
+    as_bytes = np.ascontiguousarray(bits.astype("<u8")).view(np.uint8).reshape(bits.shape[0], -1)
+    flat = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :k]
+    return np.where(flat == 1, -1.0, 1.0).astype(np.float32)
+
+
+@register_exporter("custom")
+def export_custom(model: nn.Module, example_input: Tensor) -> bytes:
+    ir = trace_ir(model, example_input)
+    doc = {"format": FORMAT, "version": VERSION, "inputs": ir.inputs, "outputs": ir.outputs, "nodes": ir.nodes}
     graph_json = json.dumps(doc, indent=1, sort_keys=False).encode("utf-8")
-    return write_zip([("graph.json", graph_json), ("tensors.npz", _npz(tensors))])
+    return write_zip([("graph.json", graph_json), ("tensors.npz", _npz(ir.tensors))])
 
 
-__all__ = ["FORMAT", "VERSION", "export_custom", "pack_sign_rows", "write_zip"]
+__all__ = ["FORMAT", "IR", "VERSION", "export_custom", "pack_sign_rows", "trace_ir", "unpack_sign_rows", "write_zip"]
