@@ -23,10 +23,10 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from .commands import board, board_check, complexity, export, metrics, models, profile, results
+    from .commands import board, board_check, complexity, export, matrix, metrics, models, profile, results
 
     board.command.add_command(board_check.command)
-    for module in (models, complexity, export, board, profile, results, metrics):
+    for module in (models, complexity, export, matrix, board, profile, results, metrics):
         cli.add_command(module.command)
 
 

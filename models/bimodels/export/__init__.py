@@ -35,5 +35,7 @@ def export(model: nn.Module, format: str, example_input: Tensor) -> bytes:
 
 from . import onnx as _onnx  # noqa: E402,F401  (registers "onnx")
 from . import custom as _custom  # noqa: E402,F401  (registers "custom")
+from . import dabnn as _dabnn  # noqa: E402,F401  (registers "dabnn")
+from . import lce as _lce  # noqa: E402,F401  (registers "lce")
 
 __all__ = ["EXPORTERS", "ExportError", "export", "list_formats", "register_exporter"]

@@ -1,0 +1,107 @@
+"""Which algorithm runs where, and at what cost: computed by exporting, never hand-written.
+
+Each (algorithm, runtime) cell is what an export attempt returns:
+- native: every binary op maps to the runtime's binary kernels;
+- composite: runs exactly, with extra float ops (listed, with how many layers need each);
+- unsupported: the exporter refused (the reason names the operator), or the runtime's
+  output disagreed with torch where the runtime is installed here.
+`bihost profile` files its `unsupported` rows from the same export attempts.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import RUNTIME_FORMATS, NoExporter
+
+RUNTIMES = tuple(RUNTIME_FORMATS)
+
+
+@dataclass
+class Cell:
+    status: str  # native | composite | unsupported
+    reason: str = ""
+    extra_ops: dict[str, int] = field(default_factory=dict)  # float op -> number of layers that need it
+    checked: bool = False  # numerics compared with torch on this machine
+    max_rel_error: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def export_for(runtime: str, model, example) -> tuple[bytes, dict[str, int]]:
+    """The artifact `runtime` loads, and the extra float ops it needed (op -> layer count)."""
+    import bimodels
+
+    fmt = RUNTIME_FORMATS[runtime]
+    if fmt not in bimodels.list_formats():
+        raise NoExporter(f"no exporter writes {fmt!r} (the {runtime} format) yet")
+    if fmt == "lce":
+        from bimodels.export.lce import export_lce_with_report
+
+        data, report = export_lce_with_report(model, example)
+        return data, dict(Counter(op for layer in report.layers for op in layer.extra_ops))
+    data = bimodels.export(model, fmt, example)
+    layers = len(bimodels.binary_layers(model))
+    if fmt == "onnx" and layers:  # no binary kernels at all: signs and convs in FP32
+        return data, {"Where (sign in FP32)": layers, "Conv/Gemm in FP32": layers}
+    return data, {}
+
+
+def _check(runtime: str, fmt: str, data: bytes, model, cases) -> tuple[bool, float, str]:
+    """Run the artifact in the locally installed runtime on the check inputs."""
+    from biagent.runtimes import get_runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"model.{fmt}"
+        path.write_bytes(data)
+        loaded = get_runtime(runtime)().load(path, threads=1)
+        errors = []
+        for ins, refs in cases:
+            loaded.set_inputs(ins)
+            loaded.invoke()
+            (out,) = loaded.get_outputs()[:1]
+            errors.append(float(np.abs(out.reshape(refs[0].shape) - refs[0]).max() / max(np.abs(refs[0]).max(), 1e-12)))
+        loaded.close()
+    ok = sum(e <= 1e-3 for e in errors) * 2 > len(errors)  # a rounding flip may hit one input
+    return ok, sorted(errors)[len(errors) // 2], ", ".join(f"{e:.1e}" for e in errors)
+
+
+def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check: bool = True, seed: int = 0) -> Cell:
+    import torch
+
+    import bimodels
+    from biagent.runtimes import get_runtime
+
+    torch.manual_seed(seed)
+    model = bimodels.trained_like_norms(bimodels.create_model(arch), seed)
+    model = bimodels.binarize(model, algorithm, pad_value=pad_value).eval()
+    example = bimodels.example_input(model, 1, seed=seed)
+    try:
+        data, extra = export_for(runtime, model, example)
+    except (bimodels.ExportError, NoExporter) as exc:
+        return Cell("unsupported", str(exc))
+    status = "composite" if extra else "native"
+    reason = "" if not extra else "extra float ops per layer: " + ", ".join(f"{op} x{n}" for op, n in extra.items())
+    result = Cell(status, reason, extra)
+    if check and get_runtime(runtime).describe().installed:
+        cases = []
+        for i in range(3):
+            x = bimodels.example_input(model, 1, seed=seed + 1 + i)
+            with torch.no_grad():
+                cases.append(([x.numpy()], [model(x).numpy()]))
+        ok, median, all_errors = _check(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
+        result.checked, result.max_rel_error = True, median
+        if not ok:
+            return Cell("unsupported", f"exported, but its output disagrees with torch (relative errors {all_errors})",
+                        extra, True, median)
+    return result
+
+
+def matrix(arch: str, algorithms: list[str], runtimes: list[str], pad_value: float = 0.0,
+           check: bool = True) -> dict[str, dict[str, Cell]]:
+    return {a: {r: cell(arch, a, r, pad_value, check) for r in runtimes} for a in algorithms}

@@ -1,0 +1,55 @@
+"""The deployability matrix: computed by export attempts and, where installed, real runs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from biagent.runtimes import get_runtime
+from bihost.deployability import cell
+
+larq_installed = get_runtime("larq").describe().installed
+
+
+def bihost(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_matrix_json_has_every_algorithm_and_runtime():
+    out = bihost("matrix", "--arch", "resnet20", "--algo", "bnn,xnor,reactnet", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) == {"bnn", "xnor", "reactnet"}
+    for algo, row in data.items():
+        assert set(row) == {"custom", "larq", "dabnn", "onnxruntime"}
+        for runtime, c in row.items():
+            assert c["status"] in {"native", "composite", "unsupported"}
+            assert isinstance(c["extra_ops"], dict) and isinstance(c["reason"], str)
+        assert row["custom"]["status"] == "native" and row["custom"]["checked"]
+        assert row["onnxruntime"]["status"] == "composite"
+    if larq_installed:
+        assert data["xnor"]["larq"]["extra_ops"]["MUL (XNOR beta)"] == 18
+        assert data["reactnet"]["larq"]["extra_ops"]["ADD (ReActNet threshold)"] == 18
+        assert data["bnn"]["larq"]["checked"]
+
+
+@pytest.mark.skipif(not larq_installed, reason="larq-compute-engine not installed")
+def test_plus_one_padding_makes_lce_native_and_zero_padding_composite():
+    assert cell("resnet20", "bnn", "larq", pad_value=1.0).status == "native"
+    zero = cell("resnet20", "bnn", "larq", pad_value=0.0)
+    assert zero.status == "composite" and zero.extra_ops == {"ADD (zero-padding correction)": 18}
+    assert zero.checked and zero.max_rel_error < 1e-3
+
+
+def test_unsupported_cells_name_the_reason():
+    c = cell("dfsmn", "bnn", "larq", check=False)
+    assert c.status == "unsupported" and "image models" in c.reason
+    c = cell("bert_tiny", "bnn", "custom", check=False)
+    assert c.status == "unsupported" and c.reason
+
+
+def test_table_output_for_people():
+    out = bihost("matrix", "--arch", "resnet20", "--algo", "bnn", "--runtime", "custom,onnxruntime")
+    assert out.returncode == 0 and "native" in out.stdout and "composite" in out.stdout

@@ -1,0 +1,93 @@
+"""LCE export checked in LCE's own interpreter (larq-compute-engine 0.16, no TensorFlow)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import bimodels
+from biagent.runtimes import get_runtime
+from bimodels.export.lce import export_lce_with_report, pack_lce_bits, tflite_schema
+
+info = get_runtime("larq").describe()
+pytestmark = pytest.mark.skipif(not info.installed, reason=f"larq runtime: {info.detail}")
+
+
+def build(arch: str, algo: str, pad_value: float = 0.0):
+    torch.manual_seed(0)
+    return bimodels.binarize(bimodels.trained_like_norms(bimodels.create_model(arch)), algo, pad_value=pad_value).eval()
+
+
+def run_lce(data: bytes, tmp_path, xs: list[np.ndarray]) -> list[np.ndarray]:
+    path = tmp_path / "m.tflite"
+    path.write_bytes(data)
+    model = get_runtime("larq")().load(path, threads=1)
+    outs = []
+    for x in xs:
+        model.set_inputs([x])
+        model.invoke()
+        outs.append(model.get_outputs()[0])
+    return outs
+
+
+def op_names(data: bytes) -> list[str]:
+    s = tflite_schema()
+    m = s.ModelT.InitFromPackedBuf(data, 0)
+    names = {i: (c.customCode.decode() if c.customCode else f"builtin{c.builtinCode}") for i, c in enumerate(m.operatorCodes)}
+    return [names[o.opcodeIndex] for o in m.subgraphs[0].operators]
+
+
+def test_bit_packing_matches_the_fact_sheet():
+    signs = np.ones((1, 40))
+    signs[0, [0, 33, 39]] = -1
+    words = pack_lce_bits(signs)
+    assert words.shape == (1, 2) and words[0, 0] == 1 and words[0, 1] == (1 << 1) | (1 << 7)
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet18"])
+@pytest.mark.parametrize("algo", bimodels.list_algorithms())
+def test_lce_matches_torch(arch, algo, tmp_path):
+    model = build(arch, algo)
+    xs = [bimodels.example_input(model, 1, seed=s) for s in (1, 2, 3)]
+    data, report = export_lce_with_report(model, xs[0])
+    ops = op_names(data)
+    assert ops.count("LceBconv2d") == len(bimodels.binary_layers(model)) == ops.count("LceQuantize")
+    outs = run_lce(data, tmp_path, [x.numpy() for x in xs])
+    with torch.no_grad():
+        refs = [model(x).numpy() for x in xs]
+    close = [np.abs(o - r).max() <= 1e-3 * np.abs(r).max() for o, r in zip(outs, refs)]
+    assert sum(close) >= 2, [float(np.abs(o - r).max()) for o, r in zip(outs, refs)]  # rounding may flip one input
+    assert all(o.argmax() == r.argmax() for o, r in zip(outs, refs))
+    extra = {e for layer in report.layers for e in layer.extra_ops}
+    assert "ADD (zero-padding correction)" in extra  # resnets pad with zeros
+    assert ("MUL (XNOR++ spatial Gamma)" in extra) == (algo == "xnorpp")
+    assert ("ADD (ReActNet threshold)" in extra) == (algo == "reactnet")
+    assert ("MUL (XNOR beta)" in extra) == (algo == "xnor")
+
+
+def test_argmax_agrees_on_100_inputs(tmp_path):
+    model = build("resnet20", "bireal")
+    xs = [bimodels.example_input(model, 1, seed=s).numpy() for s in range(100)]
+    outs = run_lce(bimodels.export(model, "lce", torch.from_numpy(xs[0])), tmp_path, xs)
+    with torch.no_grad():
+        refs = model(torch.from_numpy(np.concatenate(xs))).numpy()
+    agree = np.mean([o.argmax() == r.argmax() for o, r in zip(outs, refs)])
+    errors = [np.abs(o[0] - r).max() / np.abs(r).max() for o, r in zip(outs, refs)]
+    assert agree == 1.0 and np.median(errors) < 1e-5
+
+
+def test_plus_one_padding_is_native(tmp_path):
+    model = build("resnet20", "dorefa", pad_value=1.0)
+    x = bimodels.example_input(model, 1, seed=4)
+    data, report = export_lce_with_report(model, x)
+    assert report.native and report.layers
+    (out,) = run_lce(data, tmp_path, [x.numpy()])
+    with torch.no_grad():
+        assert np.abs(out - model(x).numpy()).max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch, words", [("dfsmn", "image models"), ("bert_tiny", "float32"), ("pointnet", "cannot")])
+def test_what_lce_cannot_express_is_refused_clearly(arch, words):
+    model = build(arch, "bnn")
+    with pytest.raises(bimodels.ExportError, match=words):
+        bimodels.export(model, "lce", bimodels.example_input(model))
