@@ -190,7 +190,7 @@ def test_runtime_describe_and_registry():
     info = get_runtime("custom").describe()
     assert get_runtime("custom") is CustomRuntime
     assert info.installed and info.name == "custom" and info.formats == ("custom",)
-    assert info.detail.startswith("numpy XNOR-popcount reference kernels (numpy ")
+    assert "XNOR-popcount" in info.detail and "numpy" in info.detail
     import biagent
 
     assert info.version == biagent.__version__

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, kernels
+from . import custom_ops
 from .base import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
 from .custom_engine import Graph, load_artifact
 
@@ -53,7 +54,7 @@ class CustomRuntime(Runtime):
     def describe(cls) -> RuntimeInfo:
         return RuntimeInfo(
             cls.name, True, version=__version__,
-            detail=f"numpy XNOR-popcount reference kernels (numpy {'.'.join(np.__version__.split('.')[:2])})",
+            detail=_kernel_detail(),
             formats=cls.formats,
         )
 
@@ -62,4 +63,14 @@ class CustomRuntime(Runtime):
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read custom artifact {path}: {exc}") from exc
+        custom_ops.set_threads(threads)
         return CustomModel(load_artifact(data), threads)
+
+
+def _kernel_detail() -> str:
+    info = kernels.info()
+    numpy_version = ".".join(np.__version__.split(".")[:2])
+    if not kernels.available() or not custom_ops.KERNEL["use_c"]:
+        return f"numpy XNOR-popcount reference kernels (numpy {numpy_version})"
+    threads = "OpenMP" if info["openmp"] else "one thread"
+    return f"compiled XNOR-popcount GEMM ({info['popcount']}, {threads}); FP ops via numpy {numpy_version}"

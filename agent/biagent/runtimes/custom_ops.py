@@ -21,8 +21,11 @@ thread count through environment variables in its worker process.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
+
+from ..kernels import _xnor
 
 CHUNK_BYTES = 1 << 25  # ~32 MB per temporary
 POP_CHUNK_ELEMS = 1 << 15  # (rows x C_out) block of the popcount loop: ~256 KB per uint64 array
@@ -63,6 +66,24 @@ def popcount_lut8(words: np.ndarray) -> np.ndarray:
     """Popcount of each uint64 (reference implementation: an 8-bit lookup table)."""
     w = np.ascontiguousarray(words.astype("<u8"))
     return LUT8[w.view(np.uint8)].reshape(*w.shape, 8).sum(-1, dtype=np.int64)
+
+
+# The compiled kernel (biagent.kernels) when built and not disabled; the numpy path below
+# stays as the reference the tests compare it with, bit for bit.
+KERNEL = {"threads": 1, "use_c": os.environ.get("BIAGENT_CUSTOM_KERNELS", "c") != "numpy"}
+
+
+def set_threads(threads: int) -> None:
+    KERNEL["threads"] = max(1, int(threads))
+
+
+def xnor_dot(acts: np.ndarray, weights_rows: np.ndarray, weights_t: np.ndarray, k: int) -> np.ndarray:
+    """dot[r, o] = K - 2 * popcount(acts[r] ^ weights_rows[o]), compiled when available."""
+    if KERNEL["use_c"] and _xnor is not None:
+        out = np.empty((acts.shape[0], weights_rows.shape[0]), np.int32)
+        _xnor.xnor_gemm(np.ascontiguousarray(acts, dtype=np.uint64), weights_rows, out, int(k), KERNEL["threads"])
+        return out
+    return xnor_popcount_dot(acts, weights_t, k)
 
 
 def xnor_popcount_dot(acts: np.ndarray, weights_t: np.ndarray, k: int) -> np.ndarray:
@@ -156,6 +177,7 @@ class BinaryConv:
         self.groups = int(a.get("groups", 1) or 1)
         cg = self.cout // self.groups
         self.weights_t = [np.ascontiguousarray(bits[g * cg : (g + 1) * cg].T) for g in range(self.groups)]
+        self.weights_rows = [np.ascontiguousarray(bits[g * cg : (g + 1) * cg]) for g in range(self.groups)]
         get = lambda key: None if a.get(key) is None else t[a[key]]  # noqa: E731
         self.shift, self.alpha = get("input_shift"), get("weight_scale")
         self.channel_scale, self.gain, self.bias = get("channel_scale"), get("output_gain"), get("bias")
@@ -214,7 +236,7 @@ class BinaryConv:
         out = np.empty((neg.shape[0], self.cout), np.float32)
         step = max(1, CHUNK_BYTES // max(x.shape[-1], 8 * self.cout))
         for r0 in range(0, neg.shape[0], step):
-            out[r0 : r0 + step] = xnor_popcount_dot(pack_rows(neg[r0 : r0 + step]), self.weights_t[0], self.k)
+            out[r0 : r0 + step] = xnor_dot(pack_rows(neg[r0 : r0 + step]), self.weights_rows[0], self.weights_t[0], self.k)
         return out.reshape(*x.shape[:-1], self.cout)
 
     def _conv(self, x: np.ndarray) -> np.ndarray:
@@ -234,7 +256,7 @@ class BinaryConv:
                 rows = slice(h0 * inner, h1 * inner)
                 for g in range(self.groups):
                     patch = view[(b, slice(h0, h1), Ellipsis, slice(g * cg_in, (g + 1) * cg_in)) + (slice(None),) * nd]
-                    dot = xnor_popcount_dot(pack_rows(patch.reshape(-1, self.k)), self.weights_t[g], self.k)
+                    dot = xnor_dot(pack_rows(patch.reshape(-1, self.k)), self.weights_rows[g], self.weights_t[g], self.k)
                     if corr is not None:
                         dot -= corr[rows, g * cg_out : (g + 1) * cg_out]
                     y[b, g * cg_out : (g + 1) * cg_out, rows] = dot.T
