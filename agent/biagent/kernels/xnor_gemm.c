@@ -152,6 +152,68 @@ done:
     return result;
 }
 
+/*
+ * pack_patches2d(neg, out, c0, cg, kh, kw, sh, sw, dh, dw, oy0, oy1, ow)
+ * neg: (C, Hp, Wp) uint8, 1 where the (already padded) binarized input is -1.
+ * out: ((oy1 - oy0) * ow, W) uint64: the im2col patch of each output position, bits in
+ * (c, ky, kx) order over channels [c0, c0 + cg), LSB first, zero tail bits: the packing
+ * of bimodels/export/custom.py, without materialising the float or bool patches.
+ */
+static PyObject *pack_patches2d(PyObject *self, PyObject *args) {
+    PyObject *no, *oo;
+    Py_ssize_t c0, cg, kh, kw, sh, sw, dh, dw, oy0, oy1, ow;
+    if (!PyArg_ParseTuple(args, "OOnnnnnnnnnnn", &no, &oo, &c0, &cg, &kh, &kw, &sh, &sw, &dh, &dw, &oy0, &oy1, &ow))
+        return NULL;
+    Py_buffer n = {0}, o = {0};
+    int got_n = PyObject_GetBuffer(no, &n, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0, got_o = 0;
+    if (got_n) got_o = PyObject_GetBuffer(oo, &o, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) == 0;
+    PyObject *result = NULL;
+    if (!got_o) { PyErr_Clear(); goto bad; }
+    if (n.ndim != 3 || n.itemsize != 1 || o.ndim != 2 || o.itemsize != 8) goto bad;
+    Py_ssize_t C = n.shape[0], Hp = n.shape[1], Wp = n.shape[2], W = o.shape[1];
+    Py_ssize_t k = cg * kh * kw;
+    if (c0 < 0 || cg <= 0 || c0 + cg > C || kh <= 0 || kw <= 0 || sh <= 0 || sw <= 0 || dh <= 0 || dw <= 0 ||
+        oy0 < 0 || oy1 < oy0 || ow <= 0 || o.shape[0] != (oy1 - oy0) * ow || W * 64 < k ||
+        (oy1 > oy0 && ((oy1 - 1) * sh + (kh - 1) * dh >= Hp || (ow - 1) * sw + (kw - 1) * dw >= Wp)))
+        goto bad;
+    const uint8_t *neg = (const uint8_t *)n.buf;
+    uint64_t *out = (uint64_t *)o.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t oy = oy0; oy < oy1; oy++) {
+        for (Py_ssize_t ox = 0; ox < ow; ox++) {
+            uint64_t *row = out + ((oy - oy0) * ow + ox) * W;
+            uint64_t acc = 0;  /* bits gather in a register, branch-free, one store per word */
+            Py_ssize_t bit = 0, word = 0;
+            for (Py_ssize_t c = c0; c < c0 + cg; c++) {
+                const uint8_t *plane = neg + c * Hp * Wp;
+                for (Py_ssize_t ky = 0; ky < kh; ky++) {
+                    const uint8_t *line = plane + (oy * sh + ky * dh) * Wp + ox * sw;
+                    for (Py_ssize_t kx = 0; kx < kw; kx++) {
+                        acc |= (uint64_t)(line[kx * dw] & 1) << bit;
+                        if (++bit == 64) {
+                            row[word++] = acc;
+                            acc = 0;
+                            bit = 0;
+                        }
+                    }
+                }
+            }
+            if (bit) row[word++] = acc;
+            for (; word < W; word++) row[word] = 0;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+    goto done;
+bad:
+    PyErr_SetString(PyExc_ValueError, "pack_patches2d: bad buffers or geometry (neg (C, Hp, Wp) uint8, out (rows, W) uint64)");
+done:
+    if (got_n) PyBuffer_Release(&n);
+    if (got_o) PyBuffer_Release(&o);
+    return result;
+}
+
 static PyObject *kernel_info(PyObject *self, PyObject *noargs) {
     const char *name;
     pick(&name);
@@ -164,6 +226,7 @@ static PyObject *kernel_info(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"xnor_gemm", xnor_gemm, METH_VARARGS, "xnor_gemm(acts, weights, out, k, threads=1)"},
+    {"pack_patches2d", pack_patches2d, METH_VARARGS, "Bit-pack the im2col patches of a 2-D conv."},
     {"kernel_info", kernel_info, METH_NOARGS, "Which popcount and threading this build uses."},
     {NULL, NULL, 0, NULL},
 };

@@ -251,12 +251,21 @@ class BinaryConv:
         cg_in, cg_out = c // self.groups, self.cout // self.groups
         corr = self.correction(spatial, out) if self.pad_value == 0 and self.padded else None
         inner = math.prod(out[1:])
+        fused = nd == 2 and KERNEL["use_c"] and _xnor is not None
+        if fused:
+            negp = np.ascontiguousarray(negp).view(np.uint8)
         for b in range(n):
             for h0, h1 in _blocks(out, max(self.k, 8 * cg_out)):  # bit patches, then int32 dots
                 rows = slice(h0 * inner, h1 * inner)
                 for g in range(self.groups):
-                    patch = view[(b, slice(h0, h1), Ellipsis, slice(g * cg_in, (g + 1) * cg_in)) + (slice(None),) * nd]
-                    dot = xnor_dot(pack_rows(patch.reshape(-1, self.k)), self.weights_rows[g], self.weights_t[g], self.k)
+                    if fused:  # straight from the padded sign map to packed words, in C
+                        acts = np.empty(((h1 - h0) * out[1], n_words(self.k)), np.uint64)
+                        _xnor.pack_patches2d(negp[b], acts, g * cg_in, cg_in, *self.kernel, *self.stride,
+                                             *self.dilation, h0, h1, out[1])
+                    else:
+                        patch = view[(b, slice(h0, h1), Ellipsis, slice(g * cg_in, (g + 1) * cg_in)) + (slice(None),) * nd]
+                        acts = pack_rows(patch.reshape(-1, self.k))
+                    dot = xnor_dot(acts, self.weights_rows[g], self.weights_t[g], self.k)
                     if corr is not None:
                         dot -= corr[rows, g * cg_out : (g + 1) * cg_out]
                     y[b, g * cg_out : (g + 1) * cg_out, rows] = dot.T
