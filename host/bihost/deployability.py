@@ -18,7 +18,6 @@ import numpy as np
 
 from .artifacts import RUNTIME_FORMATS, NoExporter
 
-RUNTIMES = tuple(RUNTIME_FORMATS)
 
 
 @dataclass

@@ -10,7 +10,9 @@ from ..errors import UserError
 from ..output import console, print_json, print_table
 from .common import resolve_algorithms
 
-RUNTIMES = ("custom", "larq", "dabnn", "onnxruntime")
+from ..artifacts import RUNTIME_FORMATS
+
+RUNTIMES = tuple(RUNTIME_FORMATS)  # every runtime the host can export for
 
 
 def _runtimes(spec: str) -> list[str]:
