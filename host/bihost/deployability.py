@@ -19,7 +19,6 @@ import numpy as np
 from .artifacts import RUNTIME_FORMATS, NoExporter
 
 
-
 @dataclass
 class Cell:
     status: str  # native | composite | unsupported
