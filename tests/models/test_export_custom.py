@@ -23,26 +23,9 @@ from bimodels.export.custom import pack_sign_rows
 from bimodels.layers import DeployedBinaryLayer
 from bimodels.ste import sign
 from biagent.runtimes.custom_engine import load_artifact
-from tests.helpers import randomize_norms
+from tests.helpers import perturb_binarizers, randomize_norms
 
 ALGORITHMS = list_algorithms()
-
-
-def perturb_binarizers(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Trained-looking algorithm parameters: thresholds around 0, scales/gains around 1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in bimodels.binary_layers(model):
-            for name, p in layer.binarizer.named_parameters():
-                if "noise" in name:  # FDA's noise MLPs are off at deployment (lambda = 0)
-                    continue
-                if "threshold" in name:
-                    p.normal_(0.0, 0.3, generator=g)
-                else:
-                    p.uniform_(0.5, 1.5, generator=g)
-            if layer.bias is not None:
-                layer.bias.normal_(0.0, 0.5, generator=g)
-    return model
 
 
 def run_custom(model: nn.Module, x: torch.Tensor, run_x: torch.Tensor | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 import bimodels
 from bimodels import ExportError, binarize, create_model, export, list_formats
 from bimodels.export.dabnn import LAYER_TYPES, PARAM_FIELDS, DabLayer, DabTensor, read_dab, write_dab
-from tests.helpers import randomize_norms
+from tests.helpers import perturb_binarizers, randomize_norms
 
 
 # -- a numpy interpreter of daBNN's semantics ------------------------------------------
@@ -139,19 +139,10 @@ def no_zeros(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def perturb(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Trained-looking algorithm parameters (thresholds around 0, scales around 1) and biases."""
-    g = torch.Generator().manual_seed(seed)
+    """Trained-looking algorithm parameters and biases, plus PReLU slopes inside daBNN's range."""
+    perturb_binarizers(model, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for layer in bimodels.binary_layers(model):
-            for name, p in layer.binarizer.named_parameters():
-                if "noise" in name:
-                    continue
-                if "threshold" in name:
-                    p.normal_(0.0, 0.3, generator=g)
-                else:
-                    p.uniform_(0.5, 1.5, generator=g)
-            if layer.bias is not None:
-                layer.bias.normal_(0.0, 0.5, generator=g)
         for m in model.modules():
             if isinstance(m, nn.PReLU):
                 m.weight.uniform_(0.05, 0.5, generator=g)
