@@ -26,8 +26,10 @@ setup(
     ext_modules=[
         Extension(
             "biagent.kernels._xnor",
-            sources=["agent/biagent/kernels/xnor_gemm.c"],
-            extra_compile_args=["-O3", "-std=c99"],
+            sources=[f"agent/biagent/kernels/{name}.c" for name in ("xnor_gemm", "bconv", "fpops")],
+            depends=["agent/biagent/kernels/bconv.h", "agent/biagent/kernels/fpops.h"],
+            libraries=["m"],
+            extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off"],
             optional=True,
         )
     ],

@@ -1,23 +1,29 @@
 """Binary conv layers of ResNet-18: custom kernels vs LCE vs ONNX Runtime FP32, side by side.
 
-    python bench/kernels.py [--threads 1] [--repeats 20] [--json]
+    python bench/kernels.py [--threads 1,2] [--rounds 15] [--json]
 
 Each shape is one 3x3, stride-1, zero-padded binary conv (BNN) at batch 1, exported to
 each runtime's format and run through the agent's own runtime classes (the timed call is
-the runtime's invoke). Ratios are measured in the same run, on the same thread count.
-GOPS-equivalent = 2 * MACs / time.
+the runtime's invoke: for custom that includes sign + pack, the correction and the float
+output). Every (runtime, thread count) is its own process, timed in interleaved rounds
+(bench/timing.py), so all ratios come from one run.
+
+Reported: medians, GOPS-equivalent (2 * MACs / time), custom's speedup over each other
+runtime at the same thread count, its share of this CPU's popcount ceiling (the
+micro-kernel alone on an L1-resident tile, times the thread count), and custom's scaling
+from the first thread count to each further one.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import Contender, agent_spec, interleaved_medians, popcount_ceiling, workdir  # noqa: E402
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, spatial size)
 RUNTIMES = {"custom": "custom", "larq": "lce", "onnxruntime": "onnx"}
@@ -34,57 +40,66 @@ def layer_model(channels: int):
     return bimodels.binarize(fp, "bnn", fp_layers=[]).eval()
 
 
-def median_invoke(runtime: str, data: bytes, fmt: str, x, threads: int, repeats: int) -> float | None:
-    from biagent.runtimes import get_runtime
+def measure(counts: list[int], rounds: int) -> list[dict]:
+    import torch
 
-    cls = get_runtime(runtime)
-    if not cls.describe().installed:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"m.{fmt}"
-        path.write_bytes(data)
-        model = cls().load(path, threads)
-        model.set_inputs([x])
-        model.invoke()
-        samples = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model.invoke()
-            samples.append(time.perf_counter() - t)
-        model.close()
-    return statistics.median(samples)
-
-
-def main() -> None:
     import bimodels
+    from biagent import kernels
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    ceiling = popcount_ceiling()
     rows = []
     for channels, size in SHAPES:
         model = layer_model(channels)
-        x = __import__("torch").randn(1, channels, size, size)
+        x = torch.randn(1, channels, size, size)
         macs = channels * channels * 9 * size * size
-        row = {"shape": f"{channels}->{channels} @ {size}x{size}", "macs": macs, "threads": args.threads}
-        for runtime, fmt in RUNTIMES.items():
-            data = bimodels.export(model, fmt, x)
-            t = median_invoke(runtime, data, fmt, x.numpy(), args.threads, args.repeats)
-            row[f"{runtime}_ms"] = None if t is None else t * 1e3
-            row[f"{runtime}_gops"] = None if t is None else 2 * macs / t / 1e9
-        for other in ("larq", "onnxruntime"):
-            if row.get("custom_ms") and row.get(f"{other}_ms"):
-                row[f"custom_vs_{other}"] = row[f"{other}_ms"] / row["custom_ms"]
-        rows.append(row)
+        with workdir() as tmp:
+            specs = {rt: agent_spec(rt, fmt, bimodels.export(model, fmt, x), x.numpy(), Path(tmp), rt)
+                     for rt, fmt in RUNTIMES.items()}
+            contenders = [Contender(f"{rt}@{t}", spec, t, Path(tmp)) for t in counts for rt, spec in specs.items()]
+            try:
+                medians = interleaved_medians(contenders, rounds)
+            finally:
+                for c in contenders:
+                    c.close()
+        for t in counts:
+            row = {"shape": f"{channels}->{channels} @ {size}x{size}", "macs": macs, "threads": t,
+                   "kernel": kernels.info().get("bconv"), "ceiling_gmacs": ceiling / 1e9}
+            for rt in RUNTIMES:
+                sec = medians.get(f"{rt}@{t}")
+                row[f"{rt}_ms"] = None if sec is None else sec * 1e3
+                row[f"{rt}_gops"] = None if sec is None else 2 * macs / sec / 1e9
+            for other in ("larq", "onnxruntime"):
+                if row["custom_ms"] and row[f"{other}_ms"]:
+                    row[f"custom_vs_{other}"] = row[f"{other}_ms"] / row["custom_ms"]
+            if row["custom_ms"]:
+                row["ceiling_fraction"] = macs / (row["custom_ms"] / 1e3) / (ceiling * t)
+                first = medians.get(f"custom@{counts[0]}")
+                if t != counts[0] and first:
+                    row[f"custom_scaling_vs_{counts[0]}t"] = first / (row["custom_ms"] / 1e3)
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    counts = [int(t) for t in args.threads.split(",")]
+    rows = measure(counts, args.rounds)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    nan = float("nan")
+    print(f"popcount ceiling ({rows[0]['kernel']} micro-kernel, L1 tile): {rows[0]['ceiling_gmacs']:.0f} G binary MAC/s per thread")
     for r in rows:
-        print(f"{r['shape']:>20}  custom {r['custom_ms']:.2f} ms ({r['custom_gops']:.0f} GOPS)  "
-              f"larq {r['larq_ms'] or float('nan'):.2f} ms  onnxruntime {r['onnxruntime_ms']:.2f} ms  "
-              f"custom x{r.get('custom_vs_larq', float('nan')):.2f} vs larq, x{r.get('custom_vs_onnxruntime', float('nan')):.2f} vs ORT")
+        scaling = r.get(f"custom_scaling_vs_{counts[0]}t")
+        print(f"{r['threads']}t {r['shape']:>18}  custom {r['custom_ms']:.3f} ms ({r['custom_gops']:.0f} GOPS, "
+              f"{100 * r.get('ceiling_fraction', nan):.0f}% of ceiling)  larq {r['larq_ms'] or nan:.3f} ms  "
+              f"onnxruntime {r['onnxruntime_ms'] or nan:.3f} ms  x{r.get('custom_vs_larq', nan):.2f} vs larq  "
+              f"x{r.get('custom_vs_onnxruntime', nan):.2f} vs ORT"
+              + (f"  x{scaling:.2f} vs {counts[0]}t" if scaling else ""))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ def _cpuinfo_blocks(text: str) -> list[dict[str, str]]:
     return blocks
 
 
+def cpu_flags() -> tuple[str, ...]:
+    """This machine's CPU feature flags (x86 "flags" / ARM "Features"); empty where unreadable."""
+    return parse_cpuinfo(_read("/proc/cpuinfo"))[1]
+
+
 def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """(model, features, per-core types) from /proc/cpuinfo on x86 or ARM."""
     blocks = _cpuinfo_blocks(text)

@@ -158,7 +158,7 @@ class AgentServicer(pb_grpc.AgentServicer):
             (job_dir / "job.json").write_text(json.dumps(job))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "biagent.worker", str(job_dir / "job.json")],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=thread_env(threads), text=True, bufsize=1,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=thread_env(threads, request.runtime), text=True, bufsize=1,
             )
             yield from self._relay(proc, context)
         finally:

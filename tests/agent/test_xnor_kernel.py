@@ -40,7 +40,8 @@ def test_bad_buffers_are_a_value_error_not_a_crash():
 def test_the_runtime_reports_its_kernels():
     from biagent.runtimes import get_runtime
 
-    assert "compiled XNOR-popcount GEMM" in get_runtime("custom").describe().detail
+    detail = get_runtime("custom").describe().detail
+    assert "compiled XNOR-popcount kernels" in detail and kernels.info()["bconv"] in detail
 
 
 @pytest.mark.parametrize("c, cg, c0, k, s, d, size", [(3, 3, 0, 3, 1, 1, 9), (37, 37, 0, 3, 2, 1, 12),

@@ -12,6 +12,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "bconv.h"
+#include "fpops.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -214,19 +217,295 @@ done:
     return result;
 }
 
+/* -- bconv2d: the channel-packed binary conv of bconv.c ------------------------------- */
+typedef struct {
+    Py_buffer view;
+    int held;
+} opt_buf;
+
+/* Borrow `obj` as a C-contiguous buffer of `ndim` dims and `itemsize` (None allowed when optional). */
+static int take(PyObject *obj, opt_buf *b, int ndim, Py_ssize_t itemsize, char kind, int writable, int optional,
+                const char *what) {
+    b->held = 0;
+    if (obj == Py_None && optional) return 0;
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &b->view, flags) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be a C-contiguous%s buffer", what, writable ? " writable" : "");
+        return -1;
+    }
+    b->held = 1;
+    const char *f = b->view.format ? b->view.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    int kind_ok = kind == 'f' ? *f == 'f' : kind == 'i' ? (*f == 'i' || *f == 'l') : (*f == 'Q' || *f == 'L' || *f == 'K');
+    if ((ndim >= 0 && b->view.ndim != ndim) || b->view.itemsize != itemsize || !kind_ok) {
+        PyErr_Format(PyExc_ValueError, ndim >= 0 ? "%s must be %d-D %s" : "%s must be (any rank %d) %s", what, ndim,
+                     kind == 'f' ? "float32" : kind == 'i' ? "int32" : "uint64");
+        return -1;
+    }
+    return 0;
+}
+
+static void release(opt_buf *bufs, int n) {
+    for (int i = 0; i < n; i++)
+        if (bufs[i].held) PyBuffer_Release(&bufs[i].view);
+}
+
+static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
+    PyObject *xo, *bo, *oo, *shift_o, *cls_o, *table_o, *alpha_o, *cs_o, *bias_o, *beta_o;
+    bconv_shape s;
+    const char *isa = "auto";
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OOO(LLLLLLLLLLi)OOOOOOOsi", &xo, &bo, &oo, &s.kh, &s.kw, &s.sh, &s.sw, &s.dh, &s.dw,
+                          &s.pt, &s.pl, &s.pb, &s.pr, &s.pad_ones, &shift_o, &cls_o, &table_o, &alpha_o, &cs_o, &bias_o, &beta_o,
+                          &isa, &threads))
+        return NULL;
+    opt_buf b[10];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], 4, 4, 'f', 0, 0, "bconv2d: x") || take(bo, &b[1], 3, 8, 'u', 0, 0, "bconv2d: weights") ||
+        take(oo, &b[2], 4, 4, 'f', 1, 0, "bconv2d: out") || take(shift_o, &b[3], 1, 4, 'f', 0, 1, "bconv2d: shift") ||
+        take(cls_o, &b[4], 1, 4, 'i', 0, 1, "bconv2d: corr_cls") || take(alpha_o, &b[5], 1, 4, 'f', 0, 1, "bconv2d: alpha") ||
+        take(cs_o, &b[6], 1, 4, 'f', 0, 1, "bconv2d: channel_scale") || take(bias_o, &b[7], 1, 4, 'f', 0, 1, "bconv2d: bias") ||
+        take(beta_o, &b[8], 1, 4, 'f', 0, 1, "bconv2d: beta") || take(table_o, &b[9], 2, 4, 'i', 0, 1, "bconv2d: corr_table"))
+        goto done;
+    const Py_ssize_t *xs = b[0].view.shape, *os = b[2].view.shape, *ws = b[1].view.shape;
+    s.C = xs[1]; s.H = xs[2]; s.W = xs[3]; s.cout = os[1];
+    if (s.kh < 1 || s.kw < 1 || s.sh < 1 || s.sw < 1 || s.dh < 1 || s.dw < 1 || s.pt < 0 || s.pl < 0 || s.pb < 0 ||
+        s.pr < 0 || s.C < 1 || s.H < 1 || s.W < 1 || s.cout < 1 || s.H + s.pt + s.pb < s.dh * (s.kh - 1) + 1 ||
+        s.W + s.pl + s.pr < s.dw * (s.kw - 1) + 1) {
+        PyErr_SetString(PyExc_ValueError, "bconv2d: bad geometry (kernel larger than the padded input?)");
+        goto done;
+    }
+    const int64_t OH = bconv_out_h(&s), OW = bconv_out_w(&s), P = OH * OW, Wc = (s.C + 63) / 64;
+    if (os[0] != xs[0] || os[2] != OH || os[3] != OW) {
+        PyErr_Format(PyExc_ValueError, "bconv2d: out must be (%zd, %lld, %lld, %lld)", xs[0], (long long)s.cout,
+                     (long long)OH, (long long)OW);
+        goto done;
+    }
+    if (ws[0] != (s.cout + 7) / 8 || ws[1] != s.kh * s.kw * Wc || ws[2] != 8) {
+        PyErr_Format(PyExc_ValueError, "bconv2d: weights must be (%lld, %lld, 8)", (long long)((s.cout + 7) / 8),
+                     (long long)(s.kh * s.kw * Wc));
+        goto done;
+    }
+    if ((b[3].held && b[3].view.shape[0] != s.C) || (b[4].held != b[9].held) || (b[4].held && b[4].view.shape[0] != P) ||
+        (b[9].held && (b[9].view.shape[0] != s.cout || b[9].view.shape[1] < 1)) ||
+        (b[5].held && b[5].view.shape[0] != s.cout) || (b[6].held && b[6].view.shape[0] != s.cout) ||
+        (b[7].held && b[7].view.shape[0] != s.cout) || (b[8].held && b[8].view.shape[0] != xs[0])) {
+        PyErr_SetString(PyExc_ValueError, "bconv2d: shift must be (C,), corr_cls (OH*OW,) with corr_table (cout, classes), "
+                        "alpha/channel_scale/bias (cout,), beta (N,)");
+        goto done;
+    }
+    if (b[4].held) {  /* classes index the table: check them all, never read past it */
+        const int32_t *cls = (const int32_t *)b[4].view.buf;
+        const Py_ssize_t n_cls = b[9].view.shape[1];
+        for (Py_ssize_t i = 0; i < P; i++)
+            if (cls[i] < 0 || cls[i] >= n_cls) {
+                PyErr_Format(PyExc_ValueError, "bconv2d: corr_cls[%zd] = %d is not a class of corr_table", i, (int)cls[i]);
+                goto done;
+            }
+    }
+    bconv_epilogue e = {
+        b[3].held ? (const float *)b[3].view.buf : NULL, b[4].held ? (const int32_t *)b[4].view.buf : NULL,
+        b[9].held ? (const int32_t *)b[9].view.buf : NULL, b[9].held ? (int64_t)b[9].view.shape[1] : 0,
+        b[5].held ? (const float *)b[5].view.buf : NULL, b[6].held ? (const float *)b[6].view.buf : NULL,
+        b[7].held ? (const float *)b[7].view.buf : NULL,
+    };
+    const float *beta = b[8].held ? (const float *)b[8].view.buf : NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = bconv2d(&s, &e, (const float *)b[0].view.buf, beta, xs[0], (const uint64_t *)b[1].view.buf,
+                 (float *)b[2].view.buf, isa, threads);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) {
+        PyErr_Format(PyExc_ValueError, "bconv2d: kernel %s cannot run on this CPU", isa);
+    } else if (rc) {
+        PyErr_NoMemory();
+    } else {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    release(b, 10);
+    return result;
+}
+
+static PyObject *py_bconv_isa(PyObject *self, PyObject *args) {
+    const char *isa = "auto";
+    if (!PyArg_ParseTuple(args, "|s", &isa)) return NULL;
+    const char *name = bconv_isa(isa);
+    if (!name) Py_RETURN_NONE;
+    return PyUnicode_FromString(name);
+}
+
+/* -- full-precision ops (fpops.c) ---------------------------------------------------- */
+static int same_shape(const Py_buffer *a, const Py_buffer *b) {
+    if (a->ndim != b->ndim) return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return 0;
+    return 1;
+}
+
+static PyObject *py_channel_fma(PyObject *self, PyObject *args) {
+    PyObject *xo, *so, *ho, *oo, *clamp_o = Py_None;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OOOO|Oi", &xo, &so, &ho, &oo, &clamp_o, &threads)) return NULL;
+    float lo_hi[2];
+    if (clamp_o != Py_None && (!PyArg_ParseTuple(clamp_o, "ff", &lo_hi[0], &lo_hi[1]) || !(lo_hi[0] <= lo_hi[1]))) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "channel_fma: clamp must be None or (lo, hi) with lo <= hi");
+        return NULL;
+    }
+    opt_buf b[4];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], -1, 4, 'f', 0, 0, "channel_fma: x") || take(so, &b[1], 1, 4, 'f', 0, 0, "channel_fma: scale") ||
+        take(ho, &b[2], 1, 4, 'f', 0, 0, "channel_fma: shift") || take(oo, &b[3], -1, 4, 'f', 1, 0, "channel_fma: out"))
+        goto done;
+    if (b[0].view.ndim < 2 || !same_shape(&b[0].view, &b[3].view) || b[1].view.shape[0] != b[0].view.shape[1] ||
+        b[2].view.shape[0] != b[0].view.shape[1]) {
+        PyErr_SetString(PyExc_ValueError, "channel_fma: x and out (N, C, ...) of one shape, scale and shift (C,)");
+        goto done;
+    }
+    const int64_t n = b[0].view.shape[0], c = b[0].view.shape[1];
+    const int64_t inner = (n * c) != 0 ? (int64_t)(b[0].view.len / 4) / (n * c) : 0;
+    Py_BEGIN_ALLOW_THREADS
+    fp_channel_fma((const float *)b[0].view.buf, (const float *)b[1].view.buf, (const float *)b[2].view.buf, n, c,
+                   inner, clamp_o == Py_None ? NULL : lo_hi, (float *)b[3].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 4);
+    return result;
+}
+
+static PyObject *py_clamp(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    float lo, hi;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OffO|i", &xo, &lo, &hi, &oo, &threads)) return NULL;
+    opt_buf b[2];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], -1, 4, 'f', 0, 0, "clamp: x") || take(oo, &b[1], -1, 4, 'f', 1, 0, "clamp: out")) goto done;
+    if (!same_shape(&b[0].view, &b[1].view) || !(lo <= hi)) {
+        PyErr_SetString(PyExc_ValueError, "clamp: x and out of one shape, lo <= hi");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_clamp((const float *)b[0].view.buf, (int64_t)(b[0].view.len / 4), lo, hi, (float *)b[1].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 2);
+    return result;
+}
+
+static PyObject *py_max_pool2d(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    fp_pool2d p;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OO(LLLLLLLL)|i", &xo, &oo, &p.kh, &p.kw, &p.sh, &p.sw, &p.dh, &p.dw, &p.pt, &p.pl,
+                          &threads))
+        return NULL;
+    opt_buf b[2];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], 4, 4, 'f', 0, 0, "max_pool2d: x") || take(oo, &b[1], 4, 4, 'f', 1, 0, "max_pool2d: out")) goto done;
+    const Py_ssize_t *xs = b[0].view.shape, *os = b[1].view.shape;
+    p.oh = os[2];
+    p.ow = os[3];
+    if (p.kh < 1 || p.kw < 1 || p.sh < 1 || p.sw < 1 || p.dh < 1 || p.dw < 1 || p.pt < 0 || p.pl < 0 || os[0] != xs[0] ||
+        os[1] != xs[1] || p.oh < 1 || p.ow < 1 || (p.oh - 1) * p.sh - p.pt >= xs[2] || (p.ow - 1) * p.sw - p.pl >= xs[3]) {
+        PyErr_SetString(PyExc_ValueError, "max_pool2d: x (N, C, H, W), out (N, C, OH, OW) and a window that fits");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_max_pool2d((const float *)b[0].view.buf, xs[0] * xs[1], xs[2], xs[3], &p, (float *)b[1].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 2);
+    return result;
+}
+
+static PyObject *py_im2col2d(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    fp_pool2d p;
+    long long oy0, oy1;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OO(LLLLLLLL)LLL|i", &xo, &oo, &p.kh, &p.kw, &p.sh, &p.sw, &p.dh, &p.dw, &p.pt, &p.pl,
+                          &p.ow, &oy0, &oy1, &threads))
+        return NULL;
+    opt_buf b[2];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], 3, 4, 'f', 0, 0, "im2col2d: x") || take(oo, &b[1], 2, 4, 'f', 1, 0, "im2col2d: cols")) goto done;
+    const Py_ssize_t *xs = b[0].view.shape, *cs = b[1].view.shape;
+    p.oh = oy1;
+    if (p.kh < 1 || p.kw < 1 || p.sh < 1 || p.sw < 1 || p.dh < 1 || p.dw < 1 || p.pt < 0 || p.pl < 0 || p.ow < 1 ||
+        oy0 < 0 || oy1 <= oy0 || cs[0] != xs[0] * p.kh * p.kw || cs[1] != (oy1 - oy0) * p.ow) {
+        PyErr_SetString(PyExc_ValueError, "im2col2d: x (C, H, W), cols (C * kh * kw, (oy1 - oy0) * ow), 0 <= oy0 < oy1");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_im2col2d((const float *)b[0].view.buf, xs[0], xs[1], xs[2], &p, oy0, oy1, (float *)b[1].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 2);
+    return result;
+}
+
+static PyObject *py_bconv_ceiling(PyObject *self, PyObject *args) {
+    const char *isa = "auto";
+    long long reps = 1000;
+    if (!PyArg_ParseTuple(args, "|sL", &isa, &reps)) return NULL;
+    if (reps < 1) {
+        PyErr_SetString(PyExc_ValueError, "bconv_ceiling: reps must be >= 1");
+        return NULL;
+    }
+    int64_t pairs;
+    Py_BEGIN_ALLOW_THREADS
+    pairs = bconv_ceiling(isa, reps);
+    Py_END_ALLOW_THREADS
+    if (pairs == -1) {
+        PyErr_Format(PyExc_ValueError, "bconv_ceiling: kernel %s cannot run on this CPU", isa);
+        return NULL;
+    }
+    if (pairs < 0) return PyErr_NoMemory();
+    return PyLong_FromLongLong(pairs);
+}
+
 static PyObject *kernel_info(PyObject *self, PyObject *noargs) {
     const char *name;
     pick(&name);
 #ifdef _OPENMP
-    return Py_BuildValue("{s:s,s:O}", "popcount", name, "openmp", Py_True);
+    return Py_BuildValue("{s:s,s:s,s:O}", "popcount", name, "bconv", bconv_isa("auto"), "openmp", Py_True);
 #else
-    return Py_BuildValue("{s:s,s:O}", "popcount", name, "openmp", Py_False);
+    return Py_BuildValue("{s:s,s:s,s:O}", "popcount", name, "bconv", bconv_isa("auto"), "openmp", Py_False);
 #endif
 }
 
 static PyMethodDef methods[] = {
     {"xnor_gemm", xnor_gemm, METH_VARARGS, "xnor_gemm(acts, weights, out, k, threads=1)"},
     {"pack_patches2d", pack_patches2d, METH_VARARGS, "Bit-pack the im2col patches of a 2-D conv."},
+    {"bconv2d", py_bconv2d, METH_VARARGS,
+     "bconv2d(x, weights, out, (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, pad_ones), shift, corr_cls, corr_table, alpha, "
+     "channel_scale, bias, beta, isa, threads)"},
+    {"bconv_isa", py_bconv_isa, METH_VARARGS, "The popcount kernel an ISA name resolves to here (None: cannot run)."},
+    {"channel_fma", py_channel_fma, METH_VARARGS,
+     "channel_fma(x, scale, shift, out, clamp=None, threads=1): out = fmaf(x, scale[c], shift[c]), clamped to (lo, hi)"},
+    {"clamp", py_clamp, METH_VARARGS, "clamp(x, lo, hi, out, threads=1): np.clip with NaN kept"},
+    {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1)"},
+    {"im2col2d", py_im2col2d, METH_VARARGS,
+     "im2col2d(x, cols, (kh, kw, sh, sw, dh, dw, pt, pl), ow, oy0, oy1, threads=1): zero-padded conv columns"},
+    {"bconv_ceiling", py_bconv_ceiling, METH_VARARGS,
+     "bconv_ceiling(isa='auto', reps=1000): run the micro-kernel on an L1 tile; returns word pairs done (time it)."},
     {"kernel_info", kernel_info, METH_NOARGS, "Which popcount and threading this build uses."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,11 +1,14 @@
-"""The "custom" runtime: our own artifact format run by numpy XNOR-popcount kernels.
+"""The "custom" runtime: our own artifact format run by our own XNOR-popcount kernels.
 
 Artifacts come from `bimodels.export(model, "custom", x)`; the format is specified in
-bimodels/export/custom.py and executed by `custom_engine` (numpy only, no torch). Thread
-count: numpy runs these kernels on one thread except BLAS (full-precision convs and
-linears); the agent applies `threads` through environment variables (OMP_NUM_THREADS,
-OPENBLAS_NUM_THREADS, ...) in the worker process that loads the model, before numpy is
-imported. This class only records it.
+bimodels/export/custom.py and executed by `custom_engine` (numpy + the compiled kernels of
+biagent.kernels, no torch). Binary convs run as one C pass each (sign, channel packing,
+popcount GEMM on AVX-512 / AVX2 / POPCNT / portable code chosen at run time, epilogue);
+the numpy kernels stay as the reference and as the fallback where nothing was compiled.
+
+Threads: the runtime owns them. The agent's worker runs BLAS single-threaded for it
+(biagent.worker.OWN_THREADS), the binary kernels use `threads` OpenMP threads, and large
+full-precision convs split their blocks over a pool of `threads` threads.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ class CustomModel(LoadedModel):
     def invoke(self) -> None:
         if self._inputs is None:
             raise InvokeError("invoke() before set_inputs()")
+        custom_ops.set_threads(self.threads)  # the kernels' setting is per process; models may share one
         self._outputs = self.graph.run(self._inputs)
 
     def get_outputs(self) -> list[np.ndarray]:
@@ -73,4 +77,5 @@ def _kernel_detail() -> str:
     if not kernels.available() or not custom_ops.KERNEL["use_c"]:
         return f"numpy XNOR-popcount reference kernels (numpy {numpy_version})"
     threads = "OpenMP" if info["openmp"] else "one thread"
-    return f"compiled XNOR-popcount GEMM ({info['popcount']}, {threads}); FP ops via numpy {numpy_version}"
+    return (f"compiled XNOR-popcount kernels (binary conv: {info.get('bconv')}; GEMM: {info['popcount']}; {threads}); "
+            f"FP ops via C kernels and numpy {numpy_version}")

@@ -168,7 +168,30 @@ def _build(doc: dict, tensors: dict[str, np.ndarray]) -> Graph:
     for out in raw_outputs:
         _check(isinstance(out, str) and out in shapes, f"graph output {out!r} is not produced by any node or input")
         outputs.append(ValueSpec(out, shapes[out]))
-    return Graph(inputs, outputs, nodes)
+    return Graph(inputs, outputs, _fuse_affine_clamp(nodes, outputs))
+
+
+def _fuse_affine_clamp(nodes: list[Node], outputs: list[ValueSpec]) -> list[Node]:
+    """channel_affine -> hardtanh (batch norm, then the activation before a sign) becomes one
+    pass over memory, when nothing else reads the affine's output. Same floats either way."""
+    readers: dict[str, int] = {spec.name: 1 for spec in outputs}
+    for node in nodes:
+        for v in node.inputs:
+            readers[v] = readers.get(v, 0) + 1
+    by_input = {node.inputs[0]: node for node in nodes if node.inputs}
+    fused, dropped = [], set()
+    for node in nodes:
+        if id(node) in dropped:
+            continue
+        nxt = by_input.get(node.output)
+        if (isinstance(node.fn, ops.ChannelAffine) and node.fn.clamp_to is None and nxt is not None
+                and isinstance(nxt.fn, ops.Clamp) and readers.get(node.output) == 1):
+            fn = ops.ChannelAffine(node.fn.scale, node.fn.shift, (nxt.fn.lo, nxt.fn.hi))
+            fused.append(Node(f"{node.op}+{nxt.op}", f"{node.name}+{nxt.name}", node.inputs, nxt.output, fn))
+            dropped.add(id(nxt))
+        else:
+            fused.append(node)
+    return fused
 
 
 class _Ctx:
@@ -326,7 +349,7 @@ def _op_channel_affine(ctx: _Ctx, ins):
     ctx.check(scale.ndim == 1, f"scale must be 1-D, got {scale.shape}")
     shift = ctx.tensor("shift", shape=scale.shape)
     _channels(ctx, ins[0], scale.size)
-    return ins[0], lambda v: ops.channel_affine(v, scale, shift)
+    return ins[0], ops.ChannelAffine(scale, shift)
 
 
 def _op_prelu(ctx: _Ctx, ins):
@@ -347,7 +370,7 @@ def _op_hardtanh(ctx: _Ctx, ins):
     ctx.arity(ins, 1)
     lo, hi = (np.float32(ctx.get(k, (int, float))) for k in ("min_val", "max_val"))
     ctx.check(lo <= hi, f"min_val {lo} > max_val {hi}")
-    return ins[0], lambda v: np.clip(v, lo, hi)
+    return ins[0], ops.Clamp(lo, hi)
 
 
 def _pool(ctx: _Ctx, ins, with_dilation: bool):

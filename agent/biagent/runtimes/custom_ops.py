@@ -28,6 +28,22 @@ import numpy as np
 from ..kernels import _xnor
 
 CHUNK_BYTES = 1 << 25  # ~32 MB per temporary
+COLS_BYTES = 1 << 20  # FP conv columns per block: copied, then read by sgemm while still in L2
+PARALLEL_MACS = 1 << 21  # FP convs this large run their blocks on `threads` threads
+
+# The custom runtime owns its threads: BLAS runs single-threaded in its worker (see
+# biagent.worker.thread_env), the binary kernels use OpenMP, and big FP convs split their
+# blocks over this pool. Two spinning pools (OpenBLAS's and OpenMP's) on the same cores
+# measured resnet18 at 2 threads 3x slower than at 1.
+_POOLS: dict[int, "ThreadPoolExecutor"] = {}
+
+
+def _pool(threads: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="custom-fp")
+    return _POOLS[threads]
 POP_CHUNK_ELEMS = 1 << 15  # (rows x C_out) block of the popcount loop: ~256 KB per uint64 array
 
 _M1 = np.uint64(0x5555555555555555)
@@ -70,11 +86,33 @@ def popcount_lut8(words: np.ndarray) -> np.ndarray:
 
 # The compiled kernel (biagent.kernels) when built and not disabled; the numpy path below
 # stays as the reference the tests compare it with, bit for bit.
-KERNEL = {"threads": 1, "use_c": os.environ.get("BIAGENT_CUSTOM_KERNELS", "c") != "numpy"}
+# BIAGENT_KERNEL_ISA forces one popcount path of the channel-packed conv (avx512, avx2,
+# popcnt, portable) to compare them; "auto" takes the best this CPU runs.
+KERNEL = {
+    "threads": 1,
+    "use_c": os.environ.get("BIAGENT_CUSTOM_KERNELS", "c") != "numpy",
+    "isa": os.environ.get("BIAGENT_KERNEL_ISA", "auto"),
+}
 
 
 def set_threads(threads: int) -> None:
     KERNEL["threads"] = max(1, int(threads))
+
+
+def channel_packed_weights(bits: np.ndarray, cin: int, kernel: tuple[int, ...]) -> np.ndarray:
+    """Exported (C_out, W) bits in (c, *k) order -> (ceil(C_out/8), taps * Wc, 8) channel-packed blocks.
+
+    The layout of kernels/bconv.c: 64 input channels per word, words in (ky, kx, cw) order,
+    8 output channels interleaved per word index; padded channels and outputs are zero bits.
+    """
+    cout, k = bits.shape[0], cin * math.prod(kernel)
+    neg = unpack_signs(bits, k).reshape(cout, cin, -1) < 0  # (C_out, C_in, taps)
+    wc = n_words(cin)
+    chan = np.zeros((-(-cout // 8) * 8, neg.shape[2], wc * 64), bool)
+    chan[:cout, :, :cin] = neg.transpose(0, 2, 1)
+    words = np.packbits(chan, axis=-1, bitorder="little").view("<u8")  # (C_out8, taps, Wc)
+    blocks = words.reshape(-1, 8, words.shape[1] * wc)  # (blocks, 8, taps * Wc)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 1)).astype(np.uint64)
 
 
 def xnor_dot(acts: np.ndarray, weights_rows: np.ndarray, weights_t: np.ndarray, k: int) -> np.ndarray:
@@ -156,10 +194,11 @@ def tap_slices(xp: np.ndarray, kernel, stride, dilation, out):
         yield xp[(Ellipsis,) + idx] if nd else xp
 
 
-def _blocks(out: tuple[int, ...], row_bytes: int):
-    """Split the first output axis so one block's temporaries stay under CHUNK_BYTES."""
+def _blocks(out: tuple[int, ...], row_bytes: int, limit: int = CHUNK_BYTES, at_least: int = 1):
+    """Split the first output axis so one block's temporaries stay under `limit` bytes (and
+    into at least `at_least` blocks, one per thread, where there are rows enough)."""
     inner = math.prod(out[1:])
-    step = max(1, CHUNK_BYTES // max(1, row_bytes * inner))
+    step = max(1, min(limit // max(1, row_bytes * inner), -(-out[0] // at_least)))
     for h0 in range(0, out[0], step):
         yield h0, min(out[0], h0 + step)
 
@@ -182,6 +221,7 @@ class BinaryConv:
         self.shift, self.alpha = get("input_shift"), get("weight_scale")
         self.channel_scale, self.gain, self.bias = get("channel_scale"), get("output_gain"), get("bias")
         self.mean_abs = a.get("input_scale") == "mean_abs"
+        self.packed = None  # the channel-packed C conv's weights, set below where it applies
         if self.kind == "linear":
             return
         self.kernel = tuple(shape[2:])
@@ -190,9 +230,13 @@ class BinaryConv:
         self.pad_value = int(a["pad_value"])
         self.padded = any(b or e for b, e in self.pads)
         self._corr: dict[tuple[int, ...], np.ndarray] = {}
+        self._corr_t: dict[tuple[int, ...], np.ndarray] = {}
         if self.pad_value == 0 and self.padded:
             signs = unpack_signs(bits, self.k).reshape(self.cout, shape[1], -1)
             self.tap_sums = signs.sum(axis=1, dtype=np.int32)  # (C_out, taps)
+        # The channel-packed C conv (kernels/bconv.c) when built; groups > 1 keep the GEMM path.
+        if KERNEL["use_c"] and _xnor is not None and self.groups == 1 and hasattr(_xnor, "bconv2d"):
+            self.packed = channel_packed_weights(bits, shape[1], self.kernel)
 
     def correction(self, spatial: tuple[int, ...], out: tuple[int, ...]) -> np.ndarray:
         """(P, C_out) int32: sum of weight signs over each output position's padded taps."""
@@ -203,7 +247,42 @@ class BinaryConv:
             corr = self._corr[spatial] = np.ascontiguousarray(taps @ self.tap_sums.T)
         return corr
 
+    def correction_classes(self, spatial: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The zero-padding correction as (P,) class ids and a (C_out, classes) int32 table.
+
+        A position's correction depends only on which kernel rows and columns fall in the
+        padding, so positions group into a few classes; class 0 pads nothing (correction 0).
+        """
+        found = self._corr_t.get(spatial)
+        if found is not None:
+            return found
+        kernel = self.kernel if len(self.kernel) == 2 else (1,) + self.kernel
+        size2 = spatial if len(spatial) == 2 else (1,) + spatial
+        out2 = out if len(out) == 2 else (1,) + out
+        pads = self.pads if len(self.pads) == 2 else [[0, 0]] + self.pads
+        stride = self.stride if len(self.stride) == 2 else (1,) + self.stride
+        dilation = self.dilation if len(self.dilation) == 2 else (1,) + self.dilation
+        ids, sets = [], []
+        for size, (before, _), k, s, d, o in zip(size2, pads, kernel, stride, dilation, out2):
+            keys = [frozenset(t for t in range(k) if not before <= i * s + t * d < before + size) for i in range(o)]
+            uniq = [frozenset()] + sorted({key for key in keys if key}, key=sorted)
+            ids.append(np.array([uniq.index(key) for key in keys], np.int32))
+            sets.append(uniq)
+        sums = self.tap_sums.reshape(self.cout, *kernel)
+        table = np.zeros((self.cout, len(sets[0]), len(sets[1])), np.int32)
+        for i, rows in enumerate(sets[0]):
+            for j, cols in enumerate(sets[1]):
+                padded = np.zeros(kernel, bool)
+                padded[sorted(rows), :] = True
+                padded[:, sorted(cols)] = True
+                table[:, i, j] = sums[:, padded].sum(axis=1)
+        cls = (ids[0][:, None] * len(sets[1]) + ids[1][None, :]).reshape(-1).astype(np.int32)
+        found = self._corr_t[spatial] = (np.ascontiguousarray(cls), np.ascontiguousarray(table.reshape(self.cout, -1)))
+        return found
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.packed is not None and self.kind != "linear":
+            return self._conv_packed(x)
         if self.kind == "linear":
             y = self._linear(x)
         else:
@@ -238,6 +317,35 @@ class BinaryConv:
         for r0 in range(0, neg.shape[0], step):
             out[r0 : r0 + step] = xnor_dot(pack_rows(neg[r0 : r0 + step]), self.weights_rows[0], self.weights_t[0], self.k)
         return out.reshape(*x.shape[:-1], self.cout)
+
+    def _conv_packed(self, x: np.ndarray) -> np.ndarray:
+        """The whole layer in C: sign + pad + pack, popcount GEMM, correction and epilogue.
+
+        Same float32 sequence as the numpy path (alpha, beta, channel scale, gain, bias), so
+        the outputs are identical; a spatial gain is applied here, between scale and bias.
+        """
+        spatial = tuple(x.shape[2:])
+        out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(spatial, self.pads, self.kernel, self.stride, self.dilation))
+        two_d = len(spatial) == 2
+        x4 = np.ascontiguousarray(x if two_d else x[:, :, None, :], dtype=np.float32)
+        kh, kw = self.kernel if two_d else (1, self.kernel[0])
+        sh, sw = self.stride if two_d else (1, self.stride[0])
+        dh, dw = self.dilation if two_d else (1, self.dilation[0])
+        (pt, pb), (pl, pr) = self.pads if two_d else ((0, 0), self.pads[0])
+        y = np.empty((x.shape[0], self.cout, *(out if two_d else (1, out[0]))), np.float32)
+        cls, table = self.correction_classes(spatial, out) if self.pad_value == 0 and self.padded else (None, None)
+        beta = None
+        if self.mean_abs:
+            beta = np.abs(x).mean(axis=tuple(range(1, x.ndim)), keepdims=True).reshape(-1).astype(np.float32, copy=False)
+        bias = self.bias if self.gain is None else None
+        _xnor.bconv2d(x4, self.packed, y, (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, int(self.pad_value == -1)),
+                      self.shift, cls, table, self.alpha, self.channel_scale, bias, beta, KERNEL["isa"], KERNEL["threads"])
+        y = y.reshape(x.shape[0], self.cout, *out)
+        if self.gain is not None:
+            y *= self.gain
+            if self.bias is not None:
+                y += self.bias.reshape(self._cview(y))
+        return y
 
     def _conv(self, x: np.ndarray) -> np.ndarray:
         n, c = x.shape[:2]
@@ -294,10 +402,32 @@ class Conv:
         kg = self.w.shape[2]
         y = np.empty((n, self.groups, self.cout // self.groups, math.prod(out)), np.float32)
         inner = math.prod(out[1:])
-        for b in range(n):
-            for h0, h1 in _blocks(out, 4 * max(c * math.prod(self.kernel), self.cout)):
-                cols = view[(b,) + (slice(None),) * (1 + nd) + (slice(h0, h1),)].reshape(self.groups, kg, -1)
-                y[b, :, :, h0 * inner : h1 * inner] = np.matmul(self.w, cols)
+
+        fast = nd == 2 and KERNEL["use_c"] and _xnor is not None
+        if fast:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            geom = (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
+
+        def block(b: int, h0: int, h1: int) -> None:
+            # contiguous columns: numpy's matmul only calls BLAS sgemm on BLAS-compatible
+            # strides and otherwise loops in C (measured ~15x slower on a strided 1x1 conv)
+            if fast:
+                cols = np.empty((c * math.prod(self.kernel), (h1 - h0) * out[1]), np.float32)
+                _xnor.im2col2d(x[b], cols, geom, out[1], h0, h1)
+                cols = cols.reshape(self.groups, kg, -1)
+            else:
+                cols = np.ascontiguousarray(view[(b,) + (slice(None),) * (1 + nd) + (slice(h0, h1),)]).reshape(self.groups, kg, -1)
+            np.matmul(self.w, cols, out=y[b, :, :, h0 * inner : h1 * inner])
+
+        threads = KERNEL["threads"]
+        split = threads if threads > 1 and self.w.size * math.prod(out) >= PARALLEL_MACS else 1
+        jobs = [(b, h0, h1) for b in range(n)
+                for h0, h1 in _blocks(out, 4 * max(c * math.prod(self.kernel), self.cout), COLS_BYTES, split)]
+        if split > 1 and len(jobs) > 1:  # numpy drops the GIL in the copy and in sgemm
+            list(_pool(threads).map(lambda job: block(*job), jobs))
+        else:
+            for job in jobs:
+                block(*job)
         y = y.reshape(n, self.cout, *out)
         if self.bias is not None:
             y += self.bias.reshape((1, self.cout) + (1,) * nd)
@@ -311,18 +441,58 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.nda
     return y
 
 
-def channel_affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """fma(x, scale, shift) per channel (axis 1), one rounding like torch's batch norm.
+def channel_affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+                   clamp_to: tuple[float, float] | None = None) -> np.ndarray:
+    """fma(x, scale, shift) per channel (axis 1), one rounding like torch's batch norm;
+    then clamped to `clamp_to` when a Hardtanh was fused into it.
 
-    The float64 product of two float32 is exact, so float64 multiply-add then one rounding
-    to float32 equals a float32 fma except in (vanishingly rare) double-rounding ties.
+    C: fmaf. numpy: the float64 product of two float32 is exact, so a float64 multiply-add
+    then one rounding to float32 equals a float32 fma except in (vanishingly rare)
+    double-rounding ties.
     """
+    if KERNEL["use_c"] and _xnor is not None and x.ndim >= 2:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.empty_like(x)
+        _xnor.channel_fma(x, scale.astype(np.float32, copy=False), shift.astype(np.float32, copy=False), y,
+                          None if clamp_to is None else (float(clamp_to[0]), float(clamp_to[1])), KERNEL["threads"])
+        return y
     view = (1, scale.size) + (1,) * (x.ndim - 2)
     s, h = scale.astype(np.float64).reshape(view), shift.astype(np.float64).reshape(view)
     y = np.empty(x.shape, np.float32)
     for b in range(x.shape[0]):  # per sample bounds the float64 temporary
         y[b] = x[b] * s[0] + h[0]
-    return y
+    return y if clamp_to is None else clamp(y, np.float32(clamp_to[0]), np.float32(clamp_to[1]))
+
+
+class ChannelAffine:
+    """The channel_affine node (a class, so the engine can fuse a following Hardtanh into it)."""
+
+    def __init__(self, scale: np.ndarray, shift: np.ndarray, clamp_to: tuple[float, float] | None = None):
+        self.scale, self.shift, self.clamp_to = scale, shift, clamp_to
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return channel_affine(x, self.scale, self.shift, self.clamp_to)
+
+
+class Clamp:
+    """The hardtanh node."""
+
+    def __init__(self, lo: np.float32, hi: np.float32):
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return clamp(x, self.lo, self.hi)
+
+
+def clamp(x: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
+    """np.clip with NaN kept, without numpy's temporaries when the C kernels are built."""
+    if KERNEL["use_c"] and _xnor is not None and x.dtype == np.float32:
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        _xnor.clamp(x, float(lo), float(hi), y, KERNEL["threads"])
+        return y
+    y = np.maximum(x, lo)
+    return np.minimum(y, hi, out=y)
 
 
 def prelu(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -332,6 +502,11 @@ def prelu(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 def max_pool(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
     out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(x.shape[2:], pads, kernel, stride, dilation))
+    if KERNEL["use_c"] and _xnor is not None and x.ndim == 4:
+        y = np.empty(x.shape[:2] + out, np.float32)
+        _xnor.max_pool2d(np.ascontiguousarray(x, dtype=np.float32), y, (*kernel, *stride, *dilation, pads[0][0], pads[1][0]),
+                         KERNEL["threads"])
+        return y
     xp = pad_spatial(x, pads, -np.inf)
     y = None
     for view in tap_slices(xp, kernel, stride, dilation, out):

@@ -1,0 +1,474 @@
+/*
+ * Binary conv2d on channel-packed bits, one pass from float input to float output.
+ *
+ * Why this layout: the im2col-over-bits layout (bits in (c, ky, kx) order) costs a bit-by-bit
+ * gather per output position. Packing 64 *channels* per word instead (LCE/daBNN style) makes
+ * a patch a list of kh*kw*Wc whole words, so the "im2col" is word copies, and the GEMM can
+ * run over output positions in SIMD lanes (8 positions per AVX-512 register), which writes
+ * NCHW output rows directly.
+ *
+ *   planes  (Wc, Hp, Wp) uint64: sign bits of x + shift (bit 1 = -1, NaN -> -1), channel c
+ *           in word c/64 at bit c%64, zero tail bits; the padded border holds +1 (bit 0,
+ *           corrected exactly afterwards by an input-independent term) or -1 (pad_ones).
+ *   A       (KW, Ppad) uint64, KW = kh*kw*Wc in (ky, kx, cw) order: A[j][p] is the word of
+ *           output position p's patch.
+ *   B       (ceil(cout/8), KW, 8) uint64: the weights, same bit layout, 8 output channels
+ *           interleaved so one cache line feeds a whole register tile.
+ *   dot     = K - 2 * popcount(A ^ B) summed over j, minus the zero-padding correction
+ *             table[o][cls[p]]: positions fall in a few classes by which taps are padded
+ *             (class 0 = none, correction 0), so the term costs a (cout, classes) table and
+ *             one int32 per position instead of a (cout, P) map streamed through memory.
+ *   out     = (((float)dot * alpha[o]) * beta) * cs[o] + bias[o], in that order, each a
+ *             float32 rounding, exactly the numpy reference's sequence.
+ *
+ * Popcount kernels, chosen at run time: AVX-512 VPOPCNTDQ (16 positions x 8 channels),
+ * AVX2 nibble lookup (vpshufb + vpsadbw, 8 x 8), portable C (8 x 8; AArch64's compiler
+ * turns __builtin_popcountll into CNT). All are integer-exact; the tests compare each with
+ * the numpy reference bit for bit.
+ */
+#define _POSIX_C_SOURCE 200112L
+#include "bconv.h"
+
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define BC_X86 1
+#include <immintrin.h>
+#endif
+
+#define NO 8 /* output channels per weight block */
+#define PARALLEL_PAIRS (1 << 18) /* word pairs (~25 us of popcounts) before a layer goes parallel */
+
+/* -- the popcount micro-kernels: dots[o][p] = K - 2 sum_j pop(A[j][p0 + p] ^ B[j][o]) -- */
+typedef void (*pack_fn)(const float *x, int64_t stride_c, int64_t n_c, const float *shift, int64_t W, uint64_t *row);
+static void pack_row_scalar(const float *x, int64_t stride_c, int64_t n_c, const float *shift, int64_t W, uint64_t *row);
+#ifdef BC_X86
+static void pack_row_avx512(const float *x, int64_t stride_c, int64_t n_c, const float *shift, int64_t W, uint64_t *row);
+static void pack_row_avx2(const float *x, int64_t stride_c, int64_t n_c, const float *shift, int64_t W, uint64_t *row);
+#endif
+typedef struct {
+    const bconv_shape *s;
+    const bconv_epilogue *e;
+    float beta;
+    int has_beta;
+    int64_t P;
+    float *out; /* this sample's (cout, P) output */
+} tile_env;
+/* dots for NP positions x NO channels from (A + p0, B block o0 / NO), then the epilogue into env->out. */
+typedef void (*micro_fn)(const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0,
+                         int64_t p0, const tile_env *env);
+static void finish(const bconv_shape *s, const bconv_epilogue *e, const int32_t *dots, int np, int64_t o0,
+                   int64_t p0, int64_t P, float beta, int has_beta, float *out);
+
+static inline int64_t pop_soft(uint64_t x) {
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (int64_t)((x * 0x0101010101010101ULL) >> 56);
+}
+
+#define NP_PORTABLE 8
+static void micro_portable(const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0,
+                          int64_t p0, const tile_env *env) {
+    int32_t dots[NO * NP_PORTABLE];
+    int64_t acc[NO][NP_PORTABLE] = {{0}};
+    for (int64_t j = 0; j < KW; j++) {
+        const uint64_t *a = A + j * lda, *b = B + j * NO;
+        for (int o = 0; o < NO; o++)
+            for (int p = 0; p < NP_PORTABLE; p++)
+#if defined(__aarch64__) || defined(__POPCNT__)
+                acc[o][p] += __builtin_popcountll(a[p] ^ b[o]);
+#else
+                acc[o][p] += pop_soft(a[p] ^ b[o]);
+#endif
+    }
+    for (int o = 0; o < NO; o++)
+        for (int p = 0; p < NP_PORTABLE; p++) dots[o * NP_PORTABLE + p] = (int32_t)(K - 2 * acc[o][p]);
+    finish(env->s, env->e, dots, NP_PORTABLE, o0, p0, env->P, env->beta, env->has_beta, env->out);
+}
+
+#ifdef BC_X86
+#define NP_AVX512 16
+/* The epilogue of one 8-lane vector of dots, in registers: the same float32 sequence as
+ * finish(), written straight into the NCHW output row (masked past P). */
+__attribute__((target("avx512f,avx512vl"))) static inline void store_lanes(const bconv_epilogue *e, __m512i acc,
+                                                                           int64_t K, int64_t oc, int64_t p,
+                                                                           int64_t P, const tile_env *env) {
+    const __mmask8 live = P - p >= 8 ? (__mmask8)0xFF : P - p <= 0 ? (__mmask8)0 : (__mmask8)((1u << (P - p)) - 1);
+    if (!live) return;
+    __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(_mm512_set1_epi64(K), _mm512_slli_epi64(acc, 1)));
+    if (e->corr_cls) {
+        const __m256i cls = _mm256_maskz_loadu_epi32(live, e->corr_cls + p);
+        const __mmask8 edge = _mm256_test_epi32_mask(cls, cls);
+        if (edge)
+            d = _mm256_sub_epi32(d, _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), edge, cls,
+                                                                e->corr_table + oc * e->n_cls, 4));
+    }
+    __m256 v = _mm256_cvtepi32_ps(d);
+    if (e->alpha) v = _mm256_mul_ps(v, _mm256_set1_ps(e->alpha[oc]));
+    if (env->has_beta) v = _mm256_mul_ps(v, _mm256_set1_ps(env->beta));
+    if (e->cs) v = _mm256_mul_ps(v, _mm256_set1_ps(e->cs[oc]));
+    if (e->bias) v = _mm256_add_ps(v, _mm256_set1_ps(e->bias[oc]));
+    _mm256_mask_storeu_ps(env->out + oc * P + p, live, v);
+}
+
+/* NV vectors of 8 positions x 8 output channels; NV = 2 for the body, 1 for a short tail. */
+#define MICRO_AVX512(NAME, NV)                                                                            \
+    __attribute__((target("avx512f,avx512vl,avx512vpopcntdq"))) static void NAME(                      \
+        const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0, int64_t p0,  \
+        const tile_env *env) {                                                                            \
+        __m512i acc[NV][NO];                                                                              \
+        for (int v = 0; v < NV; v++)                                                                      \
+            for (int o = 0; o < NO; o++) acc[v][o] = _mm512_setzero_si512();                              \
+        for (int64_t j = 0; j < KW; j++) {                                                                \
+            __m512i a[NV];                                                                                \
+            for (int v = 0; v < NV; v++) a[v] = _mm512_load_si512((const void *)(A + j * lda + 8 * v));   \
+            const uint64_t *b = B + j * NO;                                                               \
+            for (int o = 0; o < NO; o++) {                                                                \
+                const __m512i w = _mm512_set1_epi64((long long)b[o]);                                     \
+                for (int v = 0; v < NV; v++)                                                              \
+                    acc[v][o] = _mm512_add_epi64(acc[v][o], _mm512_popcnt_epi64(_mm512_xor_si512(a[v], w))); \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int o = 0; o < NO && o0 + o < env->s->cout; o++)                                            \
+            for (int v = 0; v < NV; v++) store_lanes(env->e, acc[v][o], K, o0 + o, p0 + 8 * v, env->P, env); \
+    }
+MICRO_AVX512(micro_avx512, 2)
+MICRO_AVX512(micro_avx512_tail, 1)
+
+#define NP_AVX2 8
+/* Byte counts from a 16-entry nibble table; bytes are summed for at most 31 words (31 * 8 <
+ * 256) before vpsadbw folds them into the four 64-bit lanes of each position. */
+__attribute__((target("avx2"))) static void micro_avx2(const uint64_t *A, int64_t lda, const uint64_t *B,
+                                                      int64_t KW, int64_t K, int64_t o0,
+                          int64_t p0, const tile_env *env) {
+    int32_t dots[NO * NP_AVX2];
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                                         2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+    __m256i tot[NO][2];
+    for (int o = 0; o < NO; o++) tot[o][0] = tot[o][1] = zero;
+    for (int half = 0; half < NO; half += 4) {
+        for (int64_t j0 = 0; j0 < KW; j0 += 31) {
+            int64_t j1 = j0 + 31 < KW ? j0 + 31 : KW;
+            __m256i c[4][2];
+            for (int o = 0; o < 4; o++) c[o][0] = c[o][1] = zero;
+            for (int64_t j = j0; j < j1; j++) {
+                const __m256i a0 = _mm256_load_si256((const __m256i *)(A + j * lda));
+                const __m256i a1 = _mm256_load_si256((const __m256i *)(A + j * lda + 4));
+                const uint64_t *b = B + j * NO + half;
+                for (int o = 0; o < 4; o++) {
+                    const __m256i w = _mm256_set1_epi64x((long long)b[o]);
+                    __m256i x0 = _mm256_xor_si256(a0, w), x1 = _mm256_xor_si256(a1, w);
+                    __m256i p0 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x0, low)),
+                                                 _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x0, 4), low)));
+                    __m256i p1 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x1, low)),
+                                                 _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x1, 4), low)));
+                    c[o][0] = _mm256_add_epi8(c[o][0], p0);
+                    c[o][1] = _mm256_add_epi8(c[o][1], p1);
+                }
+            }
+            for (int o = 0; o < 4; o++) {
+                tot[half + o][0] = _mm256_add_epi64(tot[half + o][0], _mm256_sad_epu8(c[o][0], zero));
+                tot[half + o][1] = _mm256_add_epi64(tot[half + o][1], _mm256_sad_epu8(c[o][1], zero));
+            }
+        }
+    }
+    for (int o = 0; o < NO; o++) {
+        int64_t v[8];
+        _mm256_storeu_si256((__m256i *)v, tot[o][0]);
+        _mm256_storeu_si256((__m256i *)(v + 4), tot[o][1]);
+        for (int p = 0; p < NP_AVX2; p++) dots[o * NP_AVX2 + p] = (int32_t)(K - 2 * v[p]);
+    }
+    finish(env->s, env->e, dots, NP_AVX2, o0, p0, env->P, env->beta, env->has_beta, env->out);
+}
+
+__attribute__((target("popcnt"))) static void micro_popcnt(const uint64_t *A, int64_t lda, const uint64_t *B,
+                                                          int64_t KW, int64_t K, int64_t o0,
+                          int64_t p0, const tile_env *env) {
+    int32_t dots[NO * NP_PORTABLE];
+    int64_t acc[NO][NP_PORTABLE] = {{0}};
+    for (int64_t j = 0; j < KW; j++) {
+        const uint64_t *a = A + j * lda, *b = B + j * NO;
+        for (int o = 0; o < NO; o++)
+            for (int p = 0; p < NP_PORTABLE; p++) acc[o][p] += __builtin_popcountll(a[p] ^ b[o]);
+    }
+    for (int o = 0; o < NO; o++)
+        for (int p = 0; p < NP_PORTABLE; p++) dots[o * NP_PORTABLE + p] = (int32_t)(K - 2 * acc[o][p]);
+    finish(env->s, env->e, dots, NP_PORTABLE, o0, p0, env->P, env->beta, env->has_beta, env->out);
+}
+#endif
+
+typedef struct {
+    const char *name;
+    micro_fn fn;
+    int np;        /* output positions per tile */
+    micro_fn tail; /* np / 2 positions, for a short last tile (or NULL) */
+    pack_fn pack;
+} kernel_choice;
+
+static int cpu_has(const char *feature) {
+#ifdef BC_X86
+    __builtin_cpu_init();
+    if (!strcmp(feature, "avx512")) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                                             __builtin_cpu_supports("avx512vpopcntdq");
+    if (!strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2");
+    if (!strcmp(feature, "popcnt")) return __builtin_cpu_supports("popcnt");
+#endif
+    (void)feature;
+    return 0;
+}
+
+/* isa: "auto" (best this CPU runs), or one of the names below to force a path (tests). */
+static int choose(const char *isa, kernel_choice *out) {
+    int any = !isa || !*isa || !strcmp(isa, "auto");
+#ifdef BC_X86
+    if ((any || !strcmp(isa, "avx512")) && cpu_has("avx512")) {
+        *out = (kernel_choice){"avx512", micro_avx512, NP_AVX512, micro_avx512_tail, pack_row_avx512};
+        return 0;
+    }
+    if ((any || !strcmp(isa, "avx2")) && cpu_has("avx2")) {
+        *out = (kernel_choice){"avx2", micro_avx2, NP_AVX2, NULL, pack_row_avx2};
+        return 0;
+    }
+    if ((any || !strcmp(isa, "popcnt")) && cpu_has("popcnt")) {
+        *out = (kernel_choice){"popcnt", micro_popcnt, NP_PORTABLE, NULL, pack_row_scalar};
+        return 0;
+    }
+#endif
+    if (any || !strcmp(isa, "portable")) {
+        *out = (kernel_choice){"portable", micro_portable, NP_PORTABLE, NULL, pack_row_scalar};
+        return 0;
+    }
+    return -1;
+}
+
+const char *bconv_isa(const char *isa) {
+    kernel_choice k;
+    return choose(isa, &k) ? NULL : k.name;
+}
+
+/* -- packing ------------------------------------------------------------------------- */
+static uint64_t pad_word(const bconv_shape *s, int64_t cw) {
+    if (!s->pad_ones) return 0;
+    int64_t rest = s->C - cw * 64;
+    return rest >= 64 ? ~0ULL : ((1ULL << rest) - 1);
+}
+
+/* Sign bits of one channel word-group for input row y; row points at the row's first
+ * unpadded word. Scalar: any CPU. */
+static void pack_row_scalar(const float *x, int64_t stride_c, int64_t n_c, const float *shift, int64_t W,
+                            uint64_t *row) {
+    memset(row, 0, (size_t)W * sizeof(uint64_t));
+    for (int64_t c = 0; c < n_c; c++) {
+        const float *xr = x + c * stride_c;
+        if (shift) {
+            const float h = shift[c];
+            for (int64_t i = 0; i < W; i++) row[i] |= (uint64_t)(!(xr[i] + h >= 0.0f)) << c;
+        } else {
+            for (int64_t i = 0; i < W; i++) row[i] |= (uint64_t)(!(xr[i] >= 0.0f)) << c;
+        }
+    }
+}
+
+#ifdef BC_X86
+/* 16 positions at a time: one compare mask per channel ORs bit c into 16 words. */
+__attribute__((target("avx512f"))) static void pack_row_avx512(const float *x, int64_t stride_c, int64_t n_c,
+                                                               const float *shift, int64_t W, uint64_t *row) {
+    for (int64_t i = 0; i < W; i += 16) {
+        const __mmask16 live = W - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (W - i)) - 1);
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        for (int64_t c = 0; c < n_c; c++) {
+            __m512 v = _mm512_maskz_loadu_ps(live, x + c * stride_c + i);
+            if (shift) v = _mm512_add_ps(v, _mm512_set1_ps(shift[c]));
+            const __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NGE_UQ);
+            const __m512i bit = _mm512_set1_epi64((long long)(1ULL << c));
+            lo = _mm512_mask_or_epi64(lo, (__mmask8)(neg & 0xFF), lo, bit);
+            hi = _mm512_mask_or_epi64(hi, (__mmask8)(neg >> 8), hi, bit);
+        }
+        _mm512_mask_storeu_epi64(row + i, (__mmask8)(live & 0xFF), lo);
+        _mm512_mask_storeu_epi64(row + i + 8, (__mmask8)(live >> 8), hi);
+    }
+}
+
+/* 8 positions at a time: the 32-bit compare lanes, sign-extended to 64 bits, select bit c. */
+__attribute__((target("avx2"))) static void pack_row_avx2(const float *x, int64_t stride_c, int64_t n_c,
+                                                          const float *shift, int64_t W, uint64_t *row) {
+    int64_t i = 0;
+    for (; i + 8 <= W; i += 8) {
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+        for (int64_t c = 0; c < n_c; c++) {
+            __m256 v = _mm256_loadu_ps(x + c * stride_c + i);
+            if (shift) v = _mm256_add_ps(v, _mm256_set1_ps(shift[c]));
+            const __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NGE_UQ));
+            const __m256i bit = _mm256_set1_epi64x((long long)(1ULL << c));
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(neg)), bit));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(neg, 1)), bit));
+        }
+        _mm256_storeu_si256((__m256i *)(row + i), lo);
+        _mm256_storeu_si256((__m256i *)(row + i + 4), hi);
+    }
+    if (i < W) pack_row_scalar(x + i, stride_c, n_c, shift, W - i, row + i);
+}
+#endif
+
+static void pack_rows(const bconv_shape *s, pack_fn pack, const float *x, const float *shift, uint64_t *planes,
+                      int64_t cw, int64_t y) {
+    const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr;
+    const int64_t c0 = cw * 64, c1 = c0 + 64 < s->C ? c0 + 64 : s->C;
+    const uint64_t pad = pad_word(s, cw);
+    uint64_t *row = planes + cw * Hp * Wp + (y + s->pt) * Wp;
+    for (int64_t i = 0; i < s->pl; i++) row[i] = pad;
+    for (int64_t i = s->pl + s->W; i < Wp; i++) row[i] = pad;
+    pack(x + (c0 * s->H + y) * s->W, s->H * s->W, c1 - c0, shift ? shift + c0 : NULL, s->W, row + s->pl);
+}
+
+static void pad_border_rows(const bconv_shape *s, uint64_t *planes, int64_t cw) {
+    const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr;
+    const uint64_t pad = pad_word(s, cw);
+    uint64_t *plane = planes + cw * Hp * Wp;
+    for (int64_t y = 0; y < Hp; y++) {
+        if (y >= s->pt && y < s->pt + s->H) continue;
+        for (int64_t i = 0; i < Wp; i++) plane[y * Wp + i] = pad;
+    }
+}
+
+/* A[(ky, kx, cw)][p] for the output rows of one j (zeros past P, so tails are harmless). */
+static void gather_taps(const bconv_shape *s, const uint64_t *planes, uint64_t *A, int64_t lda, int64_t j) {
+    const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr;
+    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), Wc = (s->C + 63) / 64;
+    const int64_t cw = j % Wc, tap = j / Wc, ky = tap / s->kw, kx = tap % s->kw;
+    const uint64_t *plane = planes + cw * Hp * Wp;
+    uint64_t *dst = A + j * lda;
+    for (int64_t oy = 0; oy < OH; oy++) {
+        const uint64_t *src = plane + (oy * s->sh + ky * s->dh) * Wp + kx * s->dw;
+        uint64_t *d = dst + oy * OW;
+        if (s->sw == 1) {
+            memcpy(d, src, (size_t)OW * sizeof(uint64_t));
+        } else {
+            for (int64_t ox = 0; ox < OW; ox++) d[ox] = src[ox * s->sw];
+        }
+    }
+    memset(dst + OH * OW, 0, (size_t)(lda - OH * OW) * sizeof(uint64_t));
+}
+
+int64_t bconv_out_h(const bconv_shape *s) { return (s->H + s->pt + s->pb - s->dh * (s->kh - 1) - 1) / s->sh + 1; }
+int64_t bconv_out_w(const bconv_shape *s) { return (s->W + s->pl + s->pr - s->dw * (s->kw - 1) - 1) / s->sw + 1; }
+
+/* -- the epilogue: integer dots to float outputs in the reference's rounding order -- */
+#ifdef BC_X86
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+static void finish(const bconv_shape *s, const bconv_epilogue *e, const int32_t *dots, int np, int64_t o0,
+                   int64_t p0, int64_t P, float beta, int has_beta, float *out) {
+    const int64_t pn = p0 + np <= P ? np : P - p0;
+    float v[64];
+    for (int o = 0; o < NO && o0 + o < s->cout; o++) {
+        const int64_t oc = o0 + o;
+        const int32_t *d = dots + o * np;
+        if (e->corr_cls) {
+            const int32_t *cls = e->corr_cls + p0, *table = e->corr_table + oc * e->n_cls;
+            for (int64_t p = 0; p < pn; p++) v[p] = (float)(d[p] - table[cls[p]]);
+        } else {
+            for (int64_t p = 0; p < pn; p++) v[p] = (float)d[p];
+        }
+        if (e->alpha) {
+            const float al = e->alpha[oc];
+            for (int64_t p = 0; p < pn; p++) v[p] = v[p] * al;
+        }
+        if (has_beta)
+            for (int64_t p = 0; p < pn; p++) v[p] = v[p] * beta;
+        if (e->cs) {
+            const float cs = e->cs[oc];
+            for (int64_t p = 0; p < pn; p++) v[p] = v[p] * cs;
+        }
+        if (e->bias) {
+            const float bi = e->bias[oc];
+            for (int64_t p = 0; p < pn; p++) v[p] = v[p] + bi;
+        }
+        memcpy(out + oc * P + p0, v, (size_t)pn * sizeof(float));
+    }
+}
+
+int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const float *beta, int64_t n,
+            const uint64_t *B, float *out, const char *isa, int threads) {
+    kernel_choice kc;
+    if (choose(isa, &kc)) return -1;
+    const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr, Wc = (s->C + 63) / 64;
+    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), P = OH * OW, KW = s->kh * s->kw * Wc;
+    const int64_t np = kc.np, ptiles = (P + np - 1) / np, Ppad = ptiles * np, oblocks = (s->cout + NO - 1) / NO;
+    const int64_t K = s->C * s->kh * s->kw;
+    uint64_t *planes = NULL, *A = NULL;
+    if (posix_memalign((void **)&planes, 64, (size_t)(Wc * Hp * Wp) * sizeof(uint64_t)) ||
+        posix_memalign((void **)&A, 64, (size_t)(KW * Ppad) * sizeof(uint64_t))) {
+        free(planes);
+        return -2;
+    }
+    for (int64_t b = 0; b < n; b++) {
+        const float *xb = x + b * s->C * s->H * s->W;
+        float *ob = out + b * s->cout * P;
+        const float bt = beta ? beta[b] : 1.0f;
+#ifdef _OPENMP
+        /* Small layers stay on one thread: waking a second one costs more than it saves. */
+#pragma omp parallel num_threads(threads > 0 ? threads : 1) if (P * s->cout * KW >= PARALLEL_PAIRS)
+#endif
+        {
+            const tile_env env = {s, e, bt, beta != NULL, P, ob};
+#ifdef _OPENMP
+#pragma omp for schedule(static) collapse(2)
+#endif
+            for (int64_t cw = 0; cw < Wc; cw++)
+                for (int64_t y = 0; y < s->H; y++) pack_rows(s, kc.pack, xb, e->shift, planes, cw, y);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t cw = 0; cw < Wc; cw++) pad_border_rows(s, planes, cw);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t j = 0; j < KW; j++) gather_taps(s, planes, A, Ppad, j);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t t = 0; t < ptiles * oblocks; t++) {
+                const int64_t obk = t / ptiles, p0 = (t % ptiles) * np;  /* threads split the channels */
+                const micro_fn fn = kc.tail && P - p0 <= np / 2 ? kc.tail : kc.fn;
+                fn(A + p0, Ppad, B + obk * KW * NO, KW, K, obk * NO, p0, &env);
+            }
+        }
+    }
+    free(planes);
+    free(A);
+    return 0;
+}
+
+/* The micro-kernel alone on an L1-resident tile (KW = 64 words): the popcount ceiling a
+ * layer's throughput is compared with. Returns the word pairs processed (64 binary MACs
+ * each), or -1 / -2 as bconv2d. The caller times it. */
+int64_t bconv_ceiling(const char *isa, int64_t reps) {
+    kernel_choice kc;
+    if (choose(isa, &kc)) return -1;
+    const int64_t KW = 64, np = kc.np;
+    uint64_t *A = NULL, *B = NULL;
+    float *out = malloc((size_t)(NO * np) * sizeof(float));
+    if (!out || posix_memalign((void **)&A, 64, (size_t)(KW * np) * sizeof(uint64_t)) ||
+        posix_memalign((void **)&B, 64, (size_t)(KW * NO) * sizeof(uint64_t))) {
+        free(out);
+        free(A);
+        return -2;
+    }
+    uint64_t r = 0x9E3779B97F4A7C15ULL;
+    for (int64_t i = 0; i < KW * np; i++) A[i] = (r = r * 6364136223846793005ULL + 1442695040888963407ULL);
+    for (int64_t i = 0; i < KW * NO; i++) B[i] = (r = r * 6364136223846793005ULL + 1442695040888963407ULL);
+    const bconv_shape s = {64 * KW, 1, 1, NO, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
+    const bconv_epilogue e = {NULL, NULL, NULL, 0, NULL, NULL, NULL};
+    const tile_env env = {&s, &e, 1.0f, 0, np, out};
+    for (int64_t i = 0; i < reps; i++) kc.fn(A, np, B, KW, 64 * KW, 0, 0, &env);
+    free(A);
+    free(B);
+    free(out);
+    return reps * KW * np * NO;
+}

@@ -1,0 +1,34 @@
+/* Binary conv2d on channel-packed bits (see bconv.c for the layouts and the exactness rules). */
+#ifndef BIAGENT_BCONV_H
+#define BIAGENT_BCONV_H
+#include <stdint.h>
+
+typedef struct {
+    int64_t C, H, W;                 /* input channels and spatial size, per sample */
+    int64_t cout, kh, kw, sh, sw, dh, dw;
+    int64_t pt, pl, pb, pr;          /* padding: top, left, bottom, right */
+    int pad_ones;                    /* pad with -1 (bit 1) instead of +1 (bit 0) */
+} bconv_shape;
+
+typedef struct {
+    const float *shift;              /* (C) added before the sign, or NULL */
+    const int32_t *corr_cls;         /* (OH*OW) padding class of each position (0: none), or NULL */
+    const int32_t *corr_table;       /* (cout, n_cls) subtracted from the dots by class */
+    int64_t n_cls;
+    const float *alpha, *cs, *bias;  /* (cout) each, or NULL */
+} bconv_epilogue;
+
+int64_t bconv_out_h(const bconv_shape *s);
+int64_t bconv_out_w(const bconv_shape *s);
+
+/* Name of the popcount kernel `isa` resolves to on this CPU ("auto" = the best), NULL if it cannot run here. */
+const char *bconv_isa(const char *isa);
+
+/* x: (n, C, H, W) float32; beta: (n) per-sample scale or NULL; B: (ceil(cout/8), kh*kw*Wc, 8) packed weights;
+ * out: (n, cout, OH, OW). Returns 0, -1 for an ISA this CPU lacks, -2 when out of memory. */
+int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const float *beta, int64_t n,
+            const uint64_t *B, float *out, const char *isa, int threads);
+/* The micro-kernel's throughput ceiling: runs it `reps` times on an L1-resident tile and returns
+ * the word pairs (64 binary MACs each) it processed; the caller times the call. */
+int64_t bconv_ceiling(const char *isa, int64_t reps);
+#endif

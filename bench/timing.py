@@ -1,0 +1,152 @@
+"""Side-by-side timing for the benchmarks: one process per contender, interleaved rounds, medians.
+
+Why processes: ONNX Runtime, torch (its own OpenMP), and our kernels (libgomp) each keep a
+thread pool that spins for a while after a call; in one process at 2 threads on a 2-core
+machine they fight over the cores and every number is wrong. Each contender therefore
+lives in its own process with the environment the agent's worker would give it
+(biagent.worker.thread_env: thread counts, OpenBLAS kernels), and runs only when told.
+
+Why rounds: this machine is shared and noisy, so contenders run in alternating rounds (a
+few calls each, rotating order) and are compared by medians; a burst of noise then hits
+all of them instead of whichever happened to run during it.
+
+    python bench/timing.py --serve SPEC.json    (the contender side; speaks JSON lines)
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Contender:
+    """One runtime, loaded in its own process; `run(n)` times n calls there."""
+
+    def __init__(self, name: str, spec: dict, threads: int, workdir: Path):
+        from biagent.worker import thread_env
+
+        self.name, self.threads = name, threads
+        path = workdir / f"{name}.spec.json"
+        path.write_text(json.dumps(dict(spec, threads=threads)))
+        env = thread_env(threads, spec.get("runtime"))
+        env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(path)], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.available = self._reply()["ready"]
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"contender {self.name} exited (status {self.proc.wait()})")
+        return json.loads(line)
+
+    def run(self, n: int) -> list[float]:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return self._reply()["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+def interleaved_medians(contenders: list[Contender], rounds: int, per_round: int = 5) -> dict[str, float]:
+    """Median seconds per call of each available contender, timed in alternating rounds."""
+    live = [c for c in contenders if c.available]
+    samples: dict[str, list[float]] = {c.name: [] for c in live}
+    for r in range(rounds):
+        for c in live[r % len(live):] + live[: r % len(live)]:
+            samples[c.name] += c.run(per_round)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def agent_spec(runtime: str, fmt: str, data: bytes, x: np.ndarray, workdir: Path, tag: str) -> dict:
+    """A contender running `data` through the agent's own runtime class (the timed call is invoke)."""
+    model, inp = workdir / f"{tag}.{fmt}", workdir / f"{tag}.input.npy"
+    model.write_bytes(data)
+    np.save(inp, x)
+    return {"kind": "agent", "runtime": runtime, "model": str(model), "input": str(inp)}
+
+
+def torch_spec(arch: str, x: np.ndarray, workdir: Path, tag: str, seed: int = 0) -> dict:
+    """A contender running the FP32 architecture in torch (inference mode)."""
+    inp = workdir / f"{tag}.input.npy"
+    np.save(inp, x)
+    return {"kind": "torch", "arch": arch, "seed": seed, "input": str(inp)}
+
+
+def popcount_ceiling(isa: str = "auto", seconds: float = 0.3) -> float:
+    """Binary MACs per second of the custom runtime's micro-kernel on an L1-resident tile (best of 5)."""
+    from biagent.kernels import _xnor
+
+    if _xnor is None:
+        return float("nan")
+    reps, best = 1000, 0.0
+    while True:  # size one run to ~seconds / 5
+        t = time.perf_counter()
+        _xnor.bconv_ceiling(isa, reps)
+        if time.perf_counter() - t > seconds / 5:
+            break
+        reps *= 4
+    for _ in range(5):
+        t = time.perf_counter()
+        pairs = _xnor.bconv_ceiling(isa, reps)
+        best = max(best, pairs * 64 / (time.perf_counter() - t))
+    return best
+
+
+def serve(spec_path: str) -> None:
+    """The contender side: load, warm up, then answer each line "N" with N call durations."""
+    spec = json.loads(Path(spec_path).read_text())
+    x = np.load(spec["input"])
+    if spec["kind"] == "torch":
+        import torch
+
+        import bimodels
+
+        torch.set_num_threads(spec["threads"])
+        torch.manual_seed(spec["seed"])
+        model, tx = bimodels.create_model(spec["arch"]).eval(), torch.from_numpy(x)
+
+        def call():
+            with torch.inference_mode():
+                model(tx)
+    else:
+        from biagent.runtimes import get_runtime
+
+        cls = get_runtime(spec["runtime"])
+        if not cls.describe().installed:
+            print(json.dumps({"ready": False}), flush=True)
+            return
+        loaded = cls().load(Path(spec["model"]), spec["threads"])
+        loaded.set_inputs([x])
+        call = loaded.invoke
+    call()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        seconds = []
+        for _ in range(int(line)):
+            t = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - t)
+        print(json.dumps({"seconds": seconds}), flush=True)
+
+
+def workdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="bibench-bench-")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        serve(sys.argv[2])
+    else:
+        raise SystemExit(__doc__)

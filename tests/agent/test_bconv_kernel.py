@@ -1,0 +1,256 @@
+"""The channel-packed binary conv (kernels/bconv.c) and the FP kernels (kernels/fpops.c).
+
+Every popcount path this CPU can run (AVX-512 VPOPCNTDQ, AVX2 nibble lookup, POPCNT,
+portable C) must give exactly the numpy reference path's floats: the dots are integers
+and the epilogue runs the same float32 operations in the same order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biagent import kernels
+from biagent.runtimes import custom_ops as ops
+from biagent.worker import openblas_coretype, thread_env
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="C kernels not built on this machine")
+
+ISAS = [isa for isa in ("avx512", "avx2", "popcnt", "portable") if kernels.available() and kernels._xnor.bconv_isa(isa)]
+
+# (C_in, C_out, kernel, stride, dilation, pad, pad_value, H, W): odd channel counts (not a
+# multiple of 64, and more than one word), 1x1 to 7x7, stride 2, dilation 2, pads 0/1/3,
+# outputs whose position count is not a multiple of any tile (7x7, 11x13, 1x1).
+SHAPES = [
+    (3, 5, 3, 1, 1, 1, 0, 11, 13),
+    (37, 13, 1, 1, 1, 0, 0, 7, 7),
+    (65, 17, 7, 2, 1, 3, 0, 15, 12),
+    (130, 9, 3, 2, 2, 2, -1, 13, 11),
+    (64, 64, 3, 1, 1, 1, 1, 8, 9),
+    (64, 24, 3, 1, 1, 1, 0, 14, 14),
+    (200, 8, 3, 1, 1, 1, 0, 3, 3),
+    (17, 3, 3, 1, 1, 0, 0, 3, 3),
+]
+
+
+def _conv(cin, cout, k, s, d, p, pv, extras, seed=0, nd=2):
+    rng = np.random.default_rng(seed)
+    kernel = (k,) * nd
+    bits = ops.pack_rows(rng.random((cout, cin * k**nd)) < 0.5)
+    attrs = dict(kind=f"conv{nd}d", k=cin * k**nd, weight_shape=[cout, cin, *kernel], weight_bits="w", groups=1,
+                 stride=[s] * nd, dilation=[d] * nd, pads=[[p, p]] * nd, pad_value=pv)
+    tensors = {"w": bits}
+    if extras:
+        for key, n in (("input_shift", cin), ("weight_scale", cout), ("channel_scale", cout), ("bias", cout)):
+            attrs[key] = key
+            tensors[key] = rng.standard_normal(n).astype(np.float32)
+        attrs["input_scale"] = "mean_abs"
+    return ops.BinaryConv(attrs, tensors)
+
+
+def _reference(conv, x):
+    packed, conv.packed = conv.packed, None
+    try:
+        return conv(x)
+    finally:
+        conv.packed = packed
+
+
+def _inputs(cin, h, w, seed=1, n=2):
+    x = np.random.default_rng(seed).standard_normal((n, cin, h, w)).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, -0.0, np.nan][: min(3, w)]  # sign(+-0) = +1, NaN -> -1
+    return x
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "scales"])
+def test_every_kernel_matches_the_numpy_reference_exactly(isa, shape, extras, monkeypatch):
+    cin, cout, k, s, d, p, pv, h, w = shape
+    conv = _conv(cin, cout, k, s, d, p, pv, extras)
+    assert conv.packed is not None
+    x = _inputs(cin, h, w)
+    expected = _reference(conv, x)
+    monkeypatch.setitem(ops.KERNEL, "isa", isa)
+    for threads in (1, 2):
+        monkeypatch.setitem(ops.KERNEL, "threads", threads)
+        assert np.array_equal(conv(x), expected, equal_nan=True), (isa, threads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_conv1d_and_spatial_gain(isa, monkeypatch):
+    conv = _conv(70, 11, 5, 2, 1, 2, 0, extras=True, nd=1)
+    conv.gain = np.random.default_rng(3).standard_normal((1, 1)).astype(np.float32)
+    x = np.random.default_rng(4).standard_normal((3, 70, 29)).astype(np.float32)
+    expected = _reference(conv, x)
+    monkeypatch.setitem(ops.KERNEL, "isa", isa)
+    assert np.array_equal(conv(x), expected)
+
+
+def test_the_dots_are_the_signed_integer_dots():
+    """Independent of the numpy path: a direct +/-1 convolution in int64."""
+    conv = _conv(67, 9, 3, 1, 1, 1, 0, extras=False, seed=5)
+    x = _inputs(67, 6, 5, seed=6, n=1)
+    signs = ops.unpack_signs(ops.pack_rows(ops.unpack_signs(conv.weights_rows[0], conv.k) < 0), conv.k)
+    wsig = signs.reshape(9, 67, 3, 3).astype(np.int64)
+    xs = np.pad(np.where(x >= 0, 1, -1).astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding
+    expected = np.zeros((1, 9, 6, 5), np.int64)
+    for i in range(3):
+        for j in range(3):
+            expected += np.einsum("nchw,oc->nohw", xs[:, :, i : i + 6, j : j + 5], wsig[:, :, i, j])
+    assert np.array_equal(conv(x), expected.astype(np.float32))
+
+
+def test_channel_packed_weights_layout():
+    rng = np.random.default_rng(7)
+    cout, cin, k = 11, 70, 3
+    neg = rng.random((cout, cin, k, k)) < 0.5
+    blocks = ops.channel_packed_weights(ops.pack_rows(neg.reshape(cout, -1)), cin, (k, k))
+    assert blocks.shape == (2, k * k * 2, 8) and blocks.dtype == np.uint64
+    for o in range(cout):
+        for tap in range(k * k):
+            for cw in range(2):
+                word = int(blocks[o // 8, tap * 2 + cw, o % 8])
+                chans = neg[o, cw * 64 : (cw + 1) * 64].reshape(-1, k * k)[:, tap]
+                assert word == sum(1 << i for i, bit in enumerate(chans) if bit)
+    assert not blocks[1, :, cout % 8 :].any()  # padded output channels are zero
+
+
+def test_bad_arguments_are_value_errors_not_crashes():
+    bconv = kernels._xnor.bconv2d
+    x = np.zeros((1, 3, 5, 5), np.float32)
+    w = np.zeros((1, 9, 8), np.uint64)
+    out = np.zeros((1, 4, 5, 5), np.float32)
+    geom = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0)
+    ok = (None, None, None, None, None, None, None, "auto", 1)
+    bconv(x, w, out, geom, *ok)
+    with pytest.raises(ValueError, match="out must be"):
+        bconv(x, w, np.zeros((1, 4, 4, 5), np.float32), geom, *ok)
+    with pytest.raises(ValueError, match="weights must be"):
+        bconv(x, np.zeros((1, 8, 8), np.uint64), out, geom, *ok)
+    with pytest.raises(ValueError, match="float32"):
+        bconv(x.astype(np.float64), w, out, geom, *ok)
+    with pytest.raises(ValueError, match="contiguous"):
+        bconv(np.zeros((1, 3, 5, 10), np.float32)[..., ::2], w, out, geom, *ok)
+    with pytest.raises(ValueError, match="geometry"):
+        bconv(x, w, out, (9, 9, 1, 1, 1, 1, 0, 0, 0, 0, 0), *ok)
+    table = np.zeros((4, 2), np.int32)
+    with pytest.raises(ValueError, match="not a class"):
+        bconv(x, w, out, geom, None, np.full(25, 2, np.int32), table, *ok[3:])
+    with pytest.raises(ValueError, match="corr_cls"):
+        bconv(x, w, out, geom, None, np.zeros(25, np.int32), None, *ok[3:])
+    with pytest.raises(ValueError, match="cannot run|kernel"):
+        bconv(x, w, out, geom, *ok[:-2], "sparc", 1)
+
+
+def test_kernel_info_and_ceiling():
+    info = kernels.info()
+    assert info["bconv"] in ("avx512", "avx2", "popcnt", "portable")
+    assert kernels._xnor.bconv_ceiling("auto", 3) > 0
+    assert kernels._xnor.bconv_isa("nonsense") is None
+
+
+# -- full-precision kernels -------------------------------------------------------------
+def test_channel_fma_is_one_rounding():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 5, 7, 9)).astype(np.float32) * 100
+    scale, shift = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    y = np.empty_like(x)
+    kernels._xnor.channel_fma(x, scale, shift, y)
+    exact = (x.astype(np.float64) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)).astype(np.float32)
+    assert np.array_equal(y, exact)  # float64 holds the product exactly; double rounding is ~1e-9 rare
+    assert np.array_equal(ops.channel_affine(x, scale, shift), exact)
+
+
+def test_clamp_keeps_nan_like_np_clip():
+    x = np.array([-3, -1, -0.5, 0, 0.5, 1, 2, np.nan, np.inf, -np.inf], np.float32)
+    assert np.array_equal(ops.clamp(x, np.float32(-1), np.float32(1)), np.clip(x, -1, 1), equal_nan=True)
+
+
+@pytest.mark.parametrize("k, s, p, d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (5, 3, 2, 1)])
+def test_max_pool_matches_numpy(k, s, p, d, monkeypatch):
+    x = np.random.default_rng(9).standard_normal((2, 3, 13, 11)).astype(np.float32)
+    x[0, 1, 4, 4] = np.nan
+    got = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d))
+    monkeypatch.setitem(ops.KERNEL, "use_c", False)
+    expected = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d))
+    assert np.array_equal(got, expected, equal_nan=True)
+
+
+def test_fp_kernels_refuse_bad_buffers():
+    x = np.zeros((1, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError):
+        kernels._xnor.channel_fma(x, np.zeros(3, np.float32), np.zeros(2, np.float32), np.empty_like(x))
+    with pytest.raises(ValueError):
+        kernels._xnor.clamp(x, 1.0, -1.0, np.empty_like(x))
+    with pytest.raises(ValueError):
+        kernels._xnor.max_pool2d(x, np.zeros((1, 2, 9, 9), np.float32), (3, 3, 1, 1, 1, 1, 0, 0))
+
+
+# -- threads -------------------------------------------------------------------------------
+def test_custom_owns_its_threads_and_blas_gets_the_right_kernels():
+    env = thread_env(2, "custom")
+    assert env["OMP_NUM_THREADS"] == "2" and env["OPENBLAS_NUM_THREADS"] == "1"
+    assert thread_env(2, "onnxruntime")["OPENBLAS_NUM_THREADS"] == "2"
+    assert openblas_coretype({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}) == "SkylakeX"
+    assert openblas_coretype({"avx2", "fma"}) == "Haswell"
+    assert openblas_coretype({"neon"}) is None
+
+
+@pytest.mark.parametrize("k, s, p, d", [(7, 2, 3, 1), (1, 2, 0, 1), (3, 1, 1, 2), (3, 3, 2, 1)])
+def test_im2col_matches_the_numpy_window_view(k, s, p, d):
+    x = np.random.default_rng(10).standard_normal((5, 17, 13)).astype(np.float32)
+    out = tuple(ops.out_size(n, (p, p), k, s, d) for n in x.shape[1:])
+    view = ops.windows(ops.pad_spatial(x, [[p, p], [p, p]], 0.0), (k, k), (s, s), (d, d), out)  # (C, OH, OW, k, k)
+    expected = view.transpose(0, 3, 4, 1, 2).reshape(5 * k * k, out[0], out[1])
+    for oy0, oy1 in ((0, out[0]), (1, min(3, out[0]))):
+        cols = np.empty((5 * k * k, (oy1 - oy0) * out[1]), np.float32)
+        kernels._xnor.im2col2d(x, cols, (k, k, s, s, d, d, p, p), out[1], oy0, oy1, 2)
+        assert np.array_equal(cols, expected[:, oy0:oy1].reshape(5 * k * k, -1))
+
+
+def test_fp_conv_c_path_matches_numpy(monkeypatch):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 6, 23, 19)).astype(np.float32)
+    conv = ops.Conv({"weight": "w", "bias": "b", "groups": 2, "stride": [2, 1], "dilation": [1, 1], "pads": [[3, 2], [1, 1]]},
+                    {"w": rng.standard_normal((8, 3, 5, 3)).astype(np.float32), "b": rng.standard_normal(8).astype(np.float32)})
+    monkeypatch.setattr(ops, "COLS_BYTES", 2000)  # many blocks
+    monkeypatch.setattr(ops, "PARALLEL_MACS", 1)  # and the thread pool
+    monkeypatch.setitem(ops.KERNEL, "threads", 2)
+    got = conv(x)
+    monkeypatch.setitem(ops.KERNEL, "use_c", False)
+    np.testing.assert_allclose(got, conv(x), rtol=1e-6, atol=1e-6)
+
+
+def test_affine_then_hardtanh_is_fused_with_the_same_floats():
+    import io
+    import json
+    import zipfile
+
+    from biagent.runtimes.custom_engine import load_artifact
+
+    rng = np.random.default_rng(12)
+    tensors = {"s": rng.standard_normal(4).astype(np.float32), "h": rng.standard_normal(4).astype(np.float32)}
+
+    def graph(outputs):
+        doc = {"format": "bibench-custom", "version": 1,
+               "inputs": [{"name": "x", "shape": [1, 4, 5, 5], "dtype": "float32"}], "outputs": outputs,
+               "nodes": [{"op": "channel_affine", "name": "bn", "inputs": ["x"], "outputs": ["a"],
+                          "attrs": {"scale": "s", "shift": "h"}},
+                         {"op": "hardtanh", "name": "act", "inputs": ["a"], "outputs": ["y"],
+                          "attrs": {"min_val": -1.0, "max_val": 1.0}}]}
+        npz, buf = io.BytesIO(), io.BytesIO()
+        np.savez(npz, **tensors)
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("graph.json", json.dumps(doc))
+            zf.writestr("tensors.npz", npz.getvalue())
+        return load_artifact(buf.getvalue())
+
+    fused, unfused = graph(["y"]), graph(["y", "a"])  # a graph output must stay materialised
+    assert [n.op for n in fused.nodes] == ["channel_affine+hardtanh"]
+    assert [n.op for n in unfused.nodes] == ["channel_affine", "hardtanh"]
+    x = (rng.standard_normal((3, 4, 5, 5)) * 3).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan
+    (y,) = fused.run([x])
+    y2, a = unfused.run([x])
+    assert np.array_equal(y, y2, equal_nan=True)
+    assert np.array_equal(y, np.clip(a, -1, 1), equal_nan=True)
