@@ -1,12 +1,15 @@
 """Shared fixtures: deterministic seeds and trained-looking models."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,65 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class SshServer:
+    """A real OpenSSH server on 127.0.0.1 at a free port, with its own config, host key and
+    authorized key (a test's "board"). Needs /usr/sbin/sshd (`.ci/run` installs openssh-server)."""
+
+    SSHD = "/usr/sbin/sshd"
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        for name in ("host_key", "client_key", "stranger_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+        self.config = root / "sshd_config"
+        self.config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nPidFile {root / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+            "StrictModes no\nUsePAM no\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel ERROR\n")
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([self.SSHD, "-D", "-e", "-f", str(self.config)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    out = self.proc.stdout.read() if self.proc.poll() is not None else ""
+                    self.stop()
+                    raise RuntimeError(f"sshd did not start: {out}")
+                time.sleep(0.1)
+        self.key = root / "client_key"
+        self.known_hosts_line = f"[127.0.0.1]:{self.port} {(root / 'host_key.pub').read_text().split()[0]} " \
+                                f"{(root / 'host_key.pub').read_text().split()[1]}\n"
+        self.user = os.environ.get("USER") or __import__("getpass").getuser()
+
+    def ssh_settings(self, known_hosts: Path, **extra) -> dict:
+        return {"host": "127.0.0.1", "port": self.port, "user": self.user, "key_file": str(self.key),
+                "known_hosts_file": str(known_hosts), **extra}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    if not Path(SshServer.SSHD).exists() or not shutil.which("ssh-keygen"):
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the SSH tests: .ci/run installs openssh-server")
+        pytest.skip("no OpenSSH server here (apt-get install openssh-server)")
+    server = SshServer(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()

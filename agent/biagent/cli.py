@@ -22,24 +22,39 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--name", default=None, help="board name reported to the host (default: hostname)")
     serve.add_argument("--max-model-mb", type=float, default=2048, help="largest accepted upload, MiB")
     serve.add_argument("--max-queue-wait", type=float, default=600, help="seconds a benchmark may wait for the board")
+    serve.add_argument("--max-store-mb", type=float, default=8192,
+                       help="bytes kept in the store; least recently used models are evicted (0: no limit)")
+    serve.add_argument("--max-streams", type=int, default=16, help="concurrent RPCs; more get RESOURCE_EXHAUSTED")
+    serve.add_argument("--tls-cert", help="serve TLS with this certificate (PEM; `bihost certs issue`)")
+    serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    serve.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--token-file", help="require this bearer token (else $BIAGENT_TOKEN if set)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow plaintext on a non-loopback address (a network you trust)")
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    from .security import SecurityConfigError, ServerTls, load_token
     from .server import AgentServer
 
     try:
+        if bool(args.tls_cert) != bool(args.tls_key) or (args.client_ca and not args.tls_cert):
+            raise SecurityConfigError("--tls-cert and --tls-key go together, and --client-ca needs them")
+        tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
         server = AgentServer(args.store, args.host, args.port, args.name, int(args.max_model_mb * (1 << 20)),
-                             args.max_queue_wait).start()
-    except OSError as exc:
+                             args.max_queue_wait, tls=tls, token=load_token(args.token_file), insecure=args.insecure,
+                             max_streams=args.max_streams or None,
+                             max_store_bytes=int(args.max_store_mb * (1 << 20)) or None).start()
+    except (OSError, SecurityConfigError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     # One machine-readable line, so scripts and the host can learn a port-0 pick.
-    print(f"biagent listening on {args.host}:{server.port}", flush=True)
+    print(f"biagent listening on {args.host}:{server.port} ({server.security})", flush=True)
     stop.wait()
     logging.getLogger("biagent").info("stopping (graceful, 5 s)")
     server.stop(grace=5.0)

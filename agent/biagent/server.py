@@ -24,11 +24,14 @@ from biproto import agent_pb2_grpc as pb_grpc
 
 from . import hwinfo, wire
 from .runtimes import describe_all, get_runtime, UnknownRuntime
+from .lease import LeaseError, LeaseManager
+from .security import SecurityConfigError, ServerTls, TokenInterceptor, is_loopback
 from .store import ModelStore, StoreError, UploadCorrupt
 from .worker import thread_env
 
 log = logging.getLogger("biagent")
 SERVICE_NAME = "bibench.farm.v1.Agent"
+HEARTBEAT_S = 2.0  # a running benchmark sends at least one event this often (the host's stall watchdog)
 MAX_MESSAGE_BYTES = 64 << 20
 
 
@@ -37,8 +40,11 @@ class BenchmarkSlot:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the handler thread that holds it
 
     def acquire(self, context: grpc.ServicerContext, max_wait_s: float) -> Iterator[pb.BenchmarkEvent]:
+        """Yields "queued" events until the board is ours; returns without it if the caller left
+        (so check `held_by_me()` before running, and release only what was acquired)."""
         start = time.monotonic()
         while not self._lock.acquire(timeout=0.25):
             if not context.is_active():
@@ -48,8 +54,13 @@ class BenchmarkSlot:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"board busy: another benchmark has run for more than {max_wait_s:.0f} s; retry later")
             yield pb.BenchmarkEvent(progress=pb.Progress(phase="queued", message=f"waiting {waited:.0f} s for the board"))
+        self._owner = threading.get_ident()
+
+    def held_by_me(self) -> bool:
+        return self._lock.locked() and self._owner == threading.get_ident()
 
     def release(self) -> None:
+        self._owner = None
         self._lock.release()
 
 
@@ -58,6 +69,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         self.store, self.name = store, name
         self.max_queue_wait_s = max_queue_wait_s
         self.slot = BenchmarkSlot()
+        self.leases = LeaseManager()
         self.work_dir = Path(work_dir or store.root / "jobs")
         self.work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -123,11 +135,49 @@ class AgentServicer(pb_grpc.AgentServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if request.threads < 0 or request.min_runs < 0 or request.warmup_runs < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "threads, min_runs and warmup_runs must not be negative")
+        self._check_lease(request.lease_id, context)
         yield from self.slot.acquire(context, self.max_queue_wait_s)
+        if not self.slot.held_by_me():  # the caller left while queued: nothing acquired, nothing to release
+            return
         try:
-            yield from self._run_worker(request, model, arrays, context)
+            self._check_lease(request.lease_id, context)  # a lease may have been granted while we queued
+            with self.store.using(model.model_id):  # marked used; not evicted while it runs
+                yield from self._run_worker(request, model, arrays, context)
+        except StoreError as exc:  # deleted while it waited in the queue
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         finally:
             self.slot.release()
+
+    # -- leases -----------------------------------------------------------------------
+    def _check_lease(self, lease_id: str, context) -> None:
+        held = self.leases.blocks(lease_id)
+        if held is not None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"board leased to {held.holder} for {held.expires_in_s:.0f} more s"
+                          + (" (this lease id is not the holder's)" if lease_id else "; acquire the lease first"))
+
+    def _lease_call(self, fn, context) -> pb.LeaseReply:
+        try:
+            state = fn()
+        except LeaseError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.LeaseReply(granted=state.granted, lease_id=state.lease_id, holder=state.holder,
+                             expires_in_s=state.expires_in_s)
+
+    def AcquireLease(self, request, context):
+        reply = self._lease_call(lambda: self.leases.acquire(request.holder, request.ttl_s), context)
+        if reply.granted:
+            log.info("lease granted to %s for %.0f s", request.holder, request.ttl_s)
+        return reply
+
+    def RenewLease(self, request, context):
+        return self._lease_call(lambda: self.leases.renew(request.lease_id, request.ttl_s), context)
+
+    def ReleaseLease(self, request, context):
+        reply = self._lease_call(lambda: self.leases.release(request.lease_id), context)
+        if reply.granted:
+            log.info("lease released")
+        return reply
 
     def _arrays(self, request) -> dict[str, np.ndarray]:
         arrays = {}
@@ -171,6 +221,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: ([lines.put(l) for l in proc.stdout], lines.put(None)), daemon=True).start()
         finished = False
+        last_sent = time.monotonic()
         try:
             while True:
                 try:
@@ -178,6 +229,9 @@ class AgentServicer(pb_grpc.AgentServicer):
                 except queue.Empty:
                     if not context.is_active():  # the host went away: stop the measurement
                         return
+                    if time.monotonic() - last_sent > HEARTBEAT_S:  # alive, just busy (a long invoke)
+                        last_sent = time.monotonic()
+                        yield pb.BenchmarkEvent(progress=pb.Progress(phase="running", message="alive"))
                     continue
                 if line is None:
                     break
@@ -192,6 +246,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                 event = wire.event_from_worker(msg)
                 if event is not None:
                     finished = finished or msg.get("event") == "summary"
+                    last_sent = time.monotonic()
                     yield event
             code = proc.wait()
             if not finished:
@@ -212,20 +267,35 @@ class AgentServer:
     """A started agent: `port` is the bound port (useful with port 0)."""
 
     def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int = 50051, name: str | None = None,
-                 max_model_bytes: int = 2 << 30, max_queue_wait_s: float = 600.0, workers: int = 8):
-        self.store = ModelStore(Path(store_dir), max_model_bytes)
+                 max_model_bytes: int = 2 << 30, max_queue_wait_s: float = 600.0, workers: int = 8,
+                 tls: ServerTls | None = None, token: str | None = None, insecure: bool = False,
+                 max_streams: int | None = 16, max_store_bytes: int | None = None):
+        if tls is None and not insecure and not is_loopback(host):
+            raise SecurityConfigError(
+                f"refusing to serve plaintext on {host}: give --tls-cert and --tls-key (see `bihost certs`), "
+                "bind 127.0.0.1 and reach the board over SSH, or pass --insecure on a network you trust")
+        self.store = ModelStore(Path(store_dir), max_model_bytes, max_store_bytes)
         self.name = name or hwinfo.measure().hostname
+        self.security = ("mtls" if tls and tls.client_ca_file else "tls" if tls else "plaintext") + (
+            "+token" if token else "")
+        # max_streams bounds concurrent calls (a flood gets RESOURCE_EXHAUSTED, not threads);
+        # the workers pool must exceed it by a little so health checks still get a thread.
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers),
+            futures.ThreadPoolExecutor(max_workers=max(workers, (max_streams or 0) + 2)),
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+            interceptors=[TokenInterceptor(token)] if token else None,
+            maximum_concurrent_rpcs=max_streams,
         )
         self.servicer = AgentServicer(self.store, self.name, max_queue_wait_s)
         pb_grpc.add_AgentServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self.server.add_insecure_port(address)
+        if tls is not None:
+            self.port = self.server.add_secure_port(address, tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         self.host = host

@@ -2,24 +2,33 @@
 
 An upload is written to a private temp file, checked against the size and hash declared
 up front, and only then renamed into place. A bad, truncated or oversized upload leaves
-nothing behind. Ids are validated as 64 hex digits, so no request can name a path.
+nothing behind. Ids are validated as 64 hex digits, so no request can name a path; names
+and metadata are length- and charset-limited (printable text, no control characters).
+
+The store holds at most `max_store_bytes`: installing a model evicts the least recently
+used ones (a model's file mtime is its last use) that no running benchmark holds.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+log = logging.getLogger("biagent.store")
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _FORMAT = re.compile(r"^[a-z0-9_]{1,16}$")
 MAX_NAME = 200
 MAX_METADATA_ITEMS, MAX_METADATA_CHARS = 32, 1024
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class StoreError(Exception):
@@ -112,11 +121,13 @@ class Upload:
 
 
 class ModelStore:
-    def __init__(self, root: Path, max_model_bytes: int = 2 << 30):
+    def __init__(self, root: Path, max_model_bytes: int = 2 << 30, max_store_bytes: int | None = None):
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.tmp_dir = self.root / "tmp"
         self.max_model_bytes = max_model_bytes
+        self.max_store_bytes = max_store_bytes
+        self._pins: dict[str, int] = {}  # model id -> running benchmarks that hold it
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -159,18 +170,71 @@ class ModelStore:
             )
         if not _FORMAT.match(header.format):
             raise UploadRejected(f"format must be a short lower-case name, got {header.format[:40]!r}")
+        if self.max_store_bytes is not None and header.size_bytes > self.max_store_bytes:
+            raise UploadTooLarge(f"model of {header.size_bytes} bytes exceeds this agent's store of "
+                                 f"{self.max_store_bytes} bytes")
         if len(header.name) > MAX_NAME:
             raise UploadRejected(f"name longer than {MAX_NAME} characters")
+        if not header.name.isprintable():
+            raise UploadRejected("name must be printable text (no control characters or newlines)")
         if len(header.metadata) > MAX_METADATA_ITEMS or any(
             len(k) + len(v) > MAX_METADATA_CHARS for k, v in header.metadata.items()
         ):
             raise UploadRejected(f"metadata limited to {MAX_METADATA_ITEMS} items of {MAX_METADATA_CHARS} characters")
+        for key, value in header.metadata.items():
+            if not _METADATA_KEY.match(key):
+                raise UploadRejected(f"metadata key {key[:64]!r} must be 1-64 of A-Z a-z 0-9 _ . : -")
+            if not value.isprintable():
+                raise UploadRejected(f"metadata value of {key!r} must be printable text")
         return Upload(self, header)
+
+    @contextmanager
+    def using(self, model_id: str) -> Iterator[Path]:
+        """Hold a model for a benchmark: it is marked used now and cannot be evicted meanwhile."""
+        path = self.path(model_id)
+        with self._lock:
+            if not path.exists():
+                raise ModelNotFound(f"no model {model_id} on this board; push it first")
+            self._pins[model_id] = self._pins.get(model_id, 0) + 1
+            os.utime(path)
+        try:
+            yield path
+        finally:
+            with self._lock:
+                self._pins[model_id] -= 1
+                if not self._pins[model_id]:
+                    del self._pins[model_id]
+
+    def _make_room(self, incoming: int, keep: str) -> None:
+        """Evict least recently used, unheld models until `incoming` more bytes fit (lock held)."""
+        if self.max_store_bytes is None:
+            return
+        others = [m for m in self.list() if m.model_id != keep]
+        excess = sum(m.size_bytes for m in others) + incoming - self.max_store_bytes
+        if excess <= 0:
+            return
+        def last_use(m: StoredModel) -> float:
+            try:
+                return self.path(m.model_id).stat().st_mtime
+            except OSError:
+                return 0.0
+        for m in sorted((m for m in others if m.model_id not in self._pins), key=last_use):
+            if excess <= 0:
+                break
+            self._meta_path(m.model_id).unlink(missing_ok=True)
+            self.path(m.model_id).unlink(missing_ok=True)
+            log.info("evicted model %s (%d bytes, least recently used) to stay under %d bytes",
+                     m.model_id[:12], m.size_bytes, self.max_store_bytes)
+            excess -= m.size_bytes
+        if excess > 0:
+            raise UploadTooLarge(f"the store is full ({self.max_store_bytes} bytes) and the models left are in use "
+                                 "by running benchmarks; retry when they finish")
 
     def _install(self, tmp: Path, header: StoredModel) -> StoredModel:
         model = StoredModel(header.model_id, header.size_bytes, header.format, header.name,
                             dict(header.metadata), time.time())
         with self._lock:
+            self._make_room(model.size_bytes, keep=model.model_id)
             os.replace(tmp, self.path(model.model_id))
             meta_tmp = self.tmp_dir / f"{model.model_id}.json.tmp"
             meta_tmp.write_text(json.dumps(asdict(model)))

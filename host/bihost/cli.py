@@ -23,10 +23,14 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from .commands import board, board_check, complexity, export, matrix, metrics, models, profile, results
+    from .commands import (board, board_bootstrap, board_check, board_health, certs, complexity, export, matrix,
+                           metrics, models, profile, results)
 
     board.command.add_command(board_check.command)
-    for module in (models, complexity, export, matrix, board, profile, results, metrics):
+    board.command.add_command(board_bootstrap.command)
+    board.command.add_command(board_health.health)
+    board.command.add_command(board_health.maintenance)
+    for module in (models, complexity, export, matrix, board, profile, results, metrics, certs):
         cli.add_command(module.command)
 
 

@@ -6,6 +6,8 @@ board and say what to do, never a `_pb2` object or a raw grpc.RpcError.
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -16,9 +18,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from biproto import agent_pb2 as pb
 from biproto import agent_pb2_grpc as pb_grpc
 
+from .channel import ChannelSecurity, open_channel
 from .errors import BoardError
 
 CHUNK_BYTES = 1 << 20
+# Failures a retry may cure: a crashed worker (INTERNAL), a busy board, a dropped stream.
+TRANSIENT_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+                   grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
 MAX_MESSAGE_BYTES = 64 << 20
 SERVICE_NAME = "bibench.farm.v1.Agent"
 
@@ -50,6 +56,14 @@ class PushResult:
     model_id: str
     size_bytes: int
     already_present: bool
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    granted: bool
+    lease_id: str
+    holder: str  # the current holder (when not granted: who has the board)
+    expires_in_s: float
 
 
 @dataclass(frozen=True)
@@ -95,12 +109,14 @@ def _tensor(a: np.ndarray) -> pb.Tensor:
 class AgentClient:
     """One agent at `address`; every call has a deadline so a silent board cannot hang us."""
 
-    def __init__(self, address: str, board: str = "", timeout_s: float = 30.0):
-        self.address, self.board, self.timeout_s = address, board or address, timeout_s
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+    def __init__(self, address: str, board: str = "", timeout_s: float = 30.0, security: ChannelSecurity | None = None,
+                 stall_s: float = 30.0):
+        self.address, self.board, self.timeout_s, self.stall_s = address, board or address, timeout_s, stall_s
+        self.lease_id = ""  # sent with benchmarks once a lease is held (see lease())
+        self.channel = open_channel(
+            address, self.board, security,
+            [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
         )
         self.stub = pb_grpc.AgentStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
@@ -119,11 +135,18 @@ class AgentClient:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            return BoardError(self.board, f"agent at {self.address} is unreachable ({action}): is `biagent serve` running?")
+            hint = "is `biagent serve` running?"
+            if "handshake" in (details or "").lower() or "ssl" in (details or "").lower():
+                hint = ("the TLS handshake failed: check the board's `tls` CA, client certificate and "
+                        "server_name in the inventory against the agent's --tls-cert/--client-ca")
+            return BoardError(self.board, f"agent at {self.address} is unreachable ({action}): {hint}", transient=True)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return BoardError(self.board, f"agent at {self.address} refused the call ({action}): {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return BoardError(self.board, f"agent at {self.address} did not answer {action} within the deadline")
+            return BoardError(self.board, f"agent at {self.address} did not answer {action} within the deadline",
+                              transient=True)
         name = code.name if code is not None else "ERROR"
-        return BoardError(self.board, f"{action} failed ({name}): {details}")
+        return BoardError(self.board, f"{action} failed ({name}): {details}", transient=code in TRANSIENT_CODES)
 
     # -- calls ------------------------------------------------------------------------
     def health(self, timeout_s: float | None = None) -> bool:
@@ -197,6 +220,29 @@ class AgentClient:
         except grpc.RpcError as exc:
             raise self._error(exc, "model delete") from None
 
+    # -- leases -----------------------------------------------------------------------
+    def acquire_lease(self, holder: str, ttl_s: float) -> LeaseInfo:
+        """Try once; on success the lease id rides along with every benchmark of this client."""
+        reply = self._lease("acquire", self.stub.AcquireLease, pb.LeaseRequest(holder=holder, ttl_s=ttl_s))
+        if reply.granted:
+            self.lease_id = reply.lease_id
+        return reply
+
+    def renew_lease(self, ttl_s: float) -> LeaseInfo:
+        return self._lease("renew", self.stub.RenewLease, pb.LeaseRequest(lease_id=self.lease_id, ttl_s=ttl_s))
+
+    def release_lease(self) -> LeaseInfo:
+        reply = self._lease("release", self.stub.ReleaseLease, pb.LeaseRequest(lease_id=self.lease_id))
+        self.lease_id = ""
+        return reply
+
+    def _lease(self, action: str, rpc, request) -> LeaseInfo:
+        try:  # tiny calls: a short deadline, so a hung board cannot hold up a campaign's cleanup
+            r = rpc(request, timeout=min(self.timeout_s, 5.0))
+        except grpc.RpcError as exc:
+            raise self._error(exc, f"lease {action}") from None
+        return LeaseInfo(r.granted, r.lease_id, r.holder, r.expires_in_s)
+
     def benchmark(
         self,
         model_id: str,
@@ -213,13 +259,27 @@ class AgentClient:
             atol=settings.atol, rtol=settings.rtol,
             checks=[pb.NumericsCase(inputs=[_tensor(a) for a in ins], expected=[_tensor(a) for a in outs])
                     for ins, outs in checks],
-            inputs=[_tensor(a) for a in timing_inputs],
+            inputs=[_tensor(a) for a in timing_inputs], lease_id=self.lease_id,
         )
-        # The deadline covers queueing, loading, checks, warmup and the timed phase.
+        # The deadline covers queueing, loading, checks, warmup and the timed phase; the agent
+        # also sends an event at least every couple of seconds, so a board that goes silent
+        # (hung, SIGSTOPped, cut off) is given up after `stall_s`, not after the deadline.
         deadline = deadline_s or (self.timeout_s + 4 * settings.max_duration_s + 120)
         samples: list[float] = []
+        call = self.stub.RunBenchmark(request, timeout=deadline)
+        last_event, done, stalled = [time.monotonic()], threading.Event(), threading.Event()
+
+        def watchdog() -> None:
+            while not done.wait(min(1.0, self.stall_s / 4)):
+                if time.monotonic() - last_event[0] > self.stall_s:
+                    stalled.set()
+                    call.cancel()
+                    return
+
+        threading.Thread(target=watchdog, daemon=True, name=f"stall-{self.board}").start()
         try:
-            for event in self.stub.RunBenchmark(request, timeout=deadline):
+            for event in call:
+                last_event[0] = time.monotonic()
                 kind = event.WhichOneof("event")
                 if kind == "progress" and on_progress is not None:
                     p = event.progress
@@ -240,5 +300,11 @@ class AgentClient:
                         temperature_c=s.temperature_c if s.temperature_known else None, affinity=s.affinity,
                     )
         except grpc.RpcError as exc:
+            if stalled.is_set():
+                raise BoardError(self.board, f"agent at {self.address} stopped answering: nothing for "
+                                             f"{self.stall_s:.0f} s during the benchmark ({runtime}); hung, "
+                                             "stopped or cut off", transient=True) from None
             raise self._error(exc, f"benchmark ({runtime})") from None
-        raise BoardError(self.board, f"benchmark stream from {self.address} ended without a summary")
+        finally:
+            done.set()
+        raise BoardError(self.board, f"benchmark stream from {self.address} ended without a summary", transient=True)

@@ -12,8 +12,12 @@ class UserError(Exception):
 
 
 class BoardError(Exception):
-    """A board (agent) failed; the message names the board."""
+    """A board (agent) failed; the message names the board.
 
-    def __init__(self, board: str, message: str):
-        self.board = board
+    `transient` marks failures a retry may cure (unreachable, deadline, a crashed worker,
+    a busy board) as opposed to ones it cannot (a refused model, a missing runtime, auth).
+    """
+
+    def __init__(self, board: str, message: str, transient: bool = False):
+        self.board, self.transient = board, transient
         super().__init__(f"board {board}: {message}")

@@ -29,8 +29,10 @@ EMBEDDED = "embedded"  # address of the board served by an agent the host starts
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 CLUSTER_RE = re.compile(r"^(\d+)x\s+(.+?)(?:\s*@\s*(\d+(?:\.\d+)?))?$")  # "4x Cortex-A73 @ 2.36"
 MACHINES = {"arm64": ("aarch64", "arm64"), "armv7": ("armv7l", "armv7", "armv8l"), "x86_64": ("x86_64", "amd64")}
-BOARD_KEYS = ("soc", "arch", "os", "cpu", "runtimes", "address", "transport", "ssh", "description", "expected")
-SSH_KEYS = ("host", "port", "user", "key_file", "known_hosts_file")
+BOARD_KEYS = ("soc", "arch", "os", "cpu", "runtimes", "address", "transport", "ssh", "tls", "token_file",
+              "description", "expected")
+SSH_KEYS = ("host", "port", "user", "key_file", "known_hosts_file", "agent_dir")
+TLS_KEYS = ("ca", "cert", "key", "server_name")
 EXPECTED_KEYS = ("machine", "cpu_model", "core_types", "cores")
 
 
@@ -64,6 +66,19 @@ class SshSettings:
     user: str | None = None
     key_file: str | None = None
     known_hosts_file: str | None = None
+    agent_dir: str | None = None  # where `board bootstrap` installs the agent (default ~/.bibench-agent)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS to the board's agent: the CA that signed it, our client certificate for mutual TLS,
+    and the name in its certificate when that is not the address's host. Relative paths are
+    relative to the inventory file."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,8 @@ class Board:
     address: str | None = None  # "HOST:PORT", "[v6]:PORT", "embedded" or None
     transport: str = "grpc"
     ssh: SshSettings | None = None
+    tls: TlsSettings | None = None
+    token_file: str | None = None  # the agent's bearer token lives in this file (never in the inventory)
     description: str = ""
     expected: dict[str, Any] = field(default_factory=dict)  # extra identity constraints, EXPECTED_KEYS
 
@@ -111,6 +128,16 @@ class Board:
                           "an integer" if key == "port" else "a string")
             if not 1 <= self.ssh.port <= 65535:
                 raise InventoryError(f"ssh.port {self.ssh.port} out of range (1-65535)", board=name, key="ssh.port")
+        if self.tls is not None:
+            _need(name, "tls", self.tls, TlsSettings, "a mapping")
+            for key, value in asdict(self.tls).items():
+                if value is not None or key == "ca":
+                    _need(name, f"tls.{key}", value, str, "a string")
+            if (self.tls.cert is None) != (self.tls.key is None):
+                raise InventoryError("tls.cert and tls.key go together (the client certificate for mutual TLS)",
+                                     board=name, key="tls")
+        if self.token_file is not None:
+            _need(name, "token_file", self.token_file, str, "a path")
         expected = dict(_mapping(name, "expected", self.expected, EXPECTED_KEYS))
         if isinstance(expected.get("machine"), str):
             expected["machine"] = [expected["machine"]]
@@ -130,10 +157,17 @@ class Board:
         ssh = data.get("ssh")
         if ssh is not None:
             ssh = SshSettings(**{k: v for k, v in _mapping(str(name), "ssh", ssh, SSH_KEYS).items() if v is not None})
+        tls = data.get("tls")
+        if tls is not None:
+            tls = _mapping(str(name), "tls", tls, TLS_KEYS)
+            if "ca" not in tls:
+                raise InventoryError("tls needs 'ca' (the CA that signed the agent's certificate)", board=str(name),
+                                     key="tls.ca")
+            tls = TlsSettings(**tls)
         return cls(name=name, soc=_get(data, "soc", ""), arch=_get(data, "arch", "native"), os=_get(data, "os", ""),
                    cpu_clusters=_get(cpu, "clusters", []), runtimes=_get(data, "runtimes", []),
                    address=data.get("address"), transport=_get(data, "transport", "grpc"), ssh=ssh,
-                   description=_get(data, "description", ""), expected=_get(data, "expected", {}))
+                   tls=tls, token_file=data.get("token_file"), description=_get(data, "description", ""), expected=_get(data, "expected", {}))
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML mapping (without the name); optional fields only when set, `address` always."""
@@ -145,6 +179,10 @@ class Board:
             out["transport"] = self.transport
         if self.ssh is not None:
             out["ssh"] = {k: v for k, v in asdict(self.ssh).items() if v is not None}
+        if self.tls is not None:
+            out["tls"] = {k: v for k, v in asdict(self.tls).items() if v is not None}
+        if self.token_file is not None:
+            out["token_file"] = self.token_file
         if self.description:
             out["description"] = self.description
         if self.expected:

@@ -6,24 +6,33 @@ one in flight and `--resume` continues where the campaign stopped.
 """
 from __future__ import annotations
 
+import getpass
+import os
 import secrets
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
 from .artifacts import FP32, ArtifactCache, NoExporter
+from .channel import ChannelSecurity
 from .client import AgentClient, AgentIdentity, BenchmarkSettings
 from .errors import BoardError
-from .records import Measurement
+from .records import BoardState, Measurement
 
-ProgressFn = Callable[[str, str], None]  # (board, message)
+# (board, message, notice=False): notices (retries, waits, boards skipped or marked bad) are
+# shown to the operator even when progress is not; the rest is progress-bar material.
+ProgressFn = Callable[..., None]
 
 
 class Store(Protocol):
     def add(self, m: Measurement) -> None: ...
     def done_keys(self, campaign: str) -> set[tuple]: ...
     def rows(self, campaign: str | None = None, board: str | None = None) -> list[Measurement]: ...
+    def board_state(self, board: str) -> BoardState: ...
+    def set_board_state(self, board: str, state: str, reason: str = "") -> None: ...
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class Target:
     chip: str
     address: str
     check_identity: Callable[[dict], str | None] = lambda reported: None
+    security: ChannelSecurity | None = None  # TLS / token / --insecure for this board's channel
 
 
 @dataclass
@@ -44,6 +54,11 @@ class Plan:
     settings: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     campaign: str = ""
     force: bool = False
+    retries: int = 2  # per measurement, for failures a retry may cure (BoardError.transient)
+    retry_backoff_s: float = 2.0  # first wait; doubles each retry
+    lease_ttl_s: float = 60.0  # renewed every third of it; a crashed host frees the board after this
+    lease_wait_s: float = 600.0  # how long to wait for another campaign's lease
+    stall_s: float = 30.0  # a benchmark that sends nothing this long is given up (hung board)
 
     def combos(self) -> list[tuple[str, str, str]]:
         """(arch, algorithm, runtime), the FP32 baseline of each arch first."""
@@ -88,27 +103,77 @@ class BoardRun:
                 if (self.target.name, c[0], c[1], c[2], self.plan.campaign, self.plan.settings.threads) not in done]
         if not todo:
             return []
-        client = AgentClient(self.target.address, self.target.name)
+        name = self.target.name
+        state = self.store.board_state(name)
+        if state.state == "maintenance":
+            self.progress(name, f"in maintenance ({state.reason or 'no reason given'}): not scheduled; "
+                                f"`bihost board maintenance {name} --off` returns it", notice=True)
+            return []
+        client = AgentClient(self.target.address, name, security=self.target.security, stall_s=self.plan.stall_s)
         try:
-            self._connect(client)
-        except BoardError as exc:
-            for arch, algo, rt in todo:
-                self.file(self.row(arch, algo, rt, "error", str(exc)))
-            client.close()
-            return self.rows
-        try:
-            for i, (arch, algo, rt) in enumerate(todo):
-                try:
-                    self.file(self.measure(client, arch, algo, rt))
-                except BoardError as exc:
+            if state.state == "bad":  # marked down earlier: only a passing health check brings it back
+                if not client.health(timeout_s=5):
+                    self.progress(name, f"still down ({state.reason}): health check failed, not scheduled",
+                                  notice=True)
+                    return []
+                self.store.set_board_state(name, "good", "health check passed")
+            try:
+                self._connect(client)
+                lease = _LeaseKeeper(client, self.plan, self.progress, name)
+                lease.acquire()
+            except BoardError as exc:
+                if exc.transient:
+                    self.store.set_board_state(name, "bad", str(exc))
+                for arch, algo, rt in todo:
                     self.file(self.row(arch, algo, rt, "error", str(exc)))
-                    if not client.health(timeout_s=5):  # the board is gone: report the rest, do not hang
-                        for a, g, r in todo[i + 1:]:
-                            self.file(self.row(a, g, r, "error", f"not measured: {self.target.name} stopped answering"))
-                        break
+                return self.rows
+            try:
+                self._measure_all(client, lease, todo)
+            finally:
+                lease.release()
         finally:
             client.close()
         return self.rows
+
+    def _measure_all(self, client: AgentClient, lease: "_LeaseKeeper", todo: list[tuple[str, str, str]]) -> None:
+        name = self.target.name
+        for i, (arch, algo, rt) in enumerate(todo):
+            for attempt in range(self.plan.retries + 1):
+                try:
+                    lease.check()
+                    self.file(self.measure(client, arch, algo, rt))
+                    break
+                except BoardError as exc:
+                    if attempt == self.plan.retries or not exc.transient:
+                        self.file(self.row(arch, algo, rt, "error", str(exc)))
+                        break
+                    delay = self.plan.retry_backoff_s * 2 ** attempt
+                    self.progress(name, f"{arch}/{algo}/{rt}: failed ({exc}); retry {attempt + 1} of "
+                                        f"{self.plan.retries} after {delay:.1f} s", notice=True)
+                    if not self._wait_healthy(client, delay):  # down, not flaky: stop here, do not hang
+                        self.file(self.row(arch, algo, rt, "error", str(exc)))
+                        break
+                    lease.regain()  # an agent that restarted has forgotten our lease
+            if self.rows[-1].status == "error" and not client.health(timeout_s=5):
+                reason = f"stopped answering during {arch}/{algo}/{rt}"
+                self.store.set_board_state(name, "bad", reason)
+                self.progress(name, f"marked bad: {reason}; its other measurements are left for --resume",
+                              notice=True)
+                for a, g, r in todo[i + 1:]:  # report the rest, do not hang on a dead board
+                    self.file(self.row(a, g, r, "error", f"not measured: {name} {reason} (marked bad; "
+                                                         "`--resume` retries once it answers)"))
+                return
+
+    def _wait_healthy(self, client: AgentClient, delay_s: float) -> bool:
+        """Sleep `delay_s`, then give the board as long again to answer its health check."""
+        time.sleep(delay_s)
+        end = time.monotonic() + max(delay_s, 1.0)
+        while True:
+            if client.health(timeout_s=2):
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.2)
 
     def _connect(self, client: AgentClient) -> None:
         self.progress(self.target.name, f"connecting to {self.target.address}")
@@ -167,8 +232,70 @@ class BoardRun:
         return row
 
 
+class _LeaseKeeper:
+    """Holds the board's lease for a campaign: waits for another holder, renews in the
+    background every third of the TTL, and says so when the lease was lost."""
+
+    def __init__(self, client: AgentClient, plan: Plan, progress: ProgressFn, board: str):
+        self.client, self.plan, self.progress, self.board = client, plan, progress, board
+        self.holder = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} campaign {plan.campaign}"[:200]
+        self._stop = threading.Event()
+        self._lost: str | None = None
+        self._thread: threading.Thread | None = None
+        self._announced: set[str] = set()
+
+    def acquire(self) -> None:
+        end = time.monotonic() + self.plan.lease_wait_s
+        while True:
+            got = self.client.acquire_lease(self.holder, self.plan.lease_ttl_s)
+            if got.granted:
+                break
+            if time.monotonic() >= end:
+                raise BoardError(self.board, f"leased to {got.holder} for {got.expires_in_s:.0f} more s; gave up "
+                                             f"after waiting {self.plan.lease_wait_s:.0f} s (--lease-wait)")
+            self.progress(self.board, f"waiting for the board: leased to {got.holder} "
+                                      f"({got.expires_in_s:.0f} s left unless renewed)",
+                          notice=got.holder not in self._announced)  # once per holder, not every poll
+            self._announced.add(got.holder)
+            time.sleep(min(2.0, max(0.2, got.expires_in_s)))
+        self._lost = None
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{self.board}")
+            self._thread.start()
+
+    def regain(self) -> None:
+        """After the agent came back: renew if it still knows us, else acquire again."""
+        try:
+            if not self.client.renew_lease(self.plan.lease_ttl_s).granted:
+                self.acquire()
+            self._lost = None
+        except BoardError as exc:
+            self._lost = str(exc)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.plan.lease_ttl_s / 3):
+            try:
+                if not self.client.renew_lease(self.plan.lease_ttl_s).granted:
+                    self._lost = "the board's lease lapsed (the agent restarted, or we were too slow to renew)"
+            except BoardError as exc:  # unreachable for now: the measurement will notice and retry
+                self._lost = str(exc)
+
+    def check(self) -> None:
+        if self._lost is not None:
+            self.regain()
+            if self._lost is not None:
+                raise BoardError(self.board, f"lease lost: {self._lost}", transient=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            self.client.release_lease()
+        except BoardError:
+            pass  # the agent is gone; the lease lapses by itself
+
+
 def run_campaign(targets: Iterable[Target], plan: Plan, store: Store, cache: ArtifactCache | None = None,
-                 progress: ProgressFn = lambda board, msg: None) -> list[Measurement]:
+                 progress: ProgressFn = lambda board, msg, notice=False: None) -> list[Measurement]:
     targets = list(targets)
     cache = cache or ArtifactCache()
     if not plan.campaign:

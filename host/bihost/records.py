@@ -55,3 +55,16 @@ class Measurement:
         if not samples:
             d.pop("samples_ms")
         return d
+
+
+BOARD_STATES = ("good", "bad", "maintenance")
+
+
+@dataclass(frozen=True)
+class BoardState:
+    """A board's health in the spirit of LAVA: `good` is scheduled; `bad` (it stopped answering)
+    only after a passing health check; `maintenance` (set by an operator) never."""
+
+    state: str = "good"
+    reason: str = ""
+    since: float = 0.0

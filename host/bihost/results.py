@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import UserError
-from .records import Measurement
+from .records import BOARD_STATES, BoardState, Measurement
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS measurements (
     UNIQUE ({", ".join(KEY_COLUMNS)})
 );
 CREATE INDEX IF NOT EXISTS measurements_board ON measurements (board, created_at);
+CREATE TABLE IF NOT EXISTS board_health (
+    board TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL
+);
 """
 
 
@@ -118,6 +124,26 @@ class ResultsStore:
             db.execute(f"INSERT INTO measurements ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})",
                        [values[c] for c in _NAMES])
             db.execute("COMMIT")
+
+    # -- board health -------------------------------------------------------------------
+    def board_state(self, board: str) -> BoardState:
+        """The board's health state; a board never marked is `good`."""
+        with self._connect() as db:
+            row = db.execute("SELECT state, reason, since FROM board_health WHERE board = ?", (board,)).fetchone()
+        return BoardState(*row) if row else BoardState()
+
+    def board_states(self) -> dict[str, BoardState]:
+        with self._connect() as db:
+            rows = db.execute("SELECT board, state, reason, since FROM board_health ORDER BY board").fetchall()
+        return {r[0]: BoardState(*r[1:]) for r in rows}
+
+    def set_board_state(self, board: str, state: str, reason: str = "") -> None:
+        if state not in BOARD_STATES:
+            raise UserError(f"unknown board state {state!r}; states: {', '.join(BOARD_STATES)}")
+        with self._connect() as db:
+            db.execute("INSERT INTO board_health (board, state, reason, since) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT(board) DO UPDATE SET state = excluded.state, reason = excluded.reason, "
+                       "since = excluded.since", (board, state, reason[:500], time.time()))
 
     def done_keys(self, campaign: str) -> set[tuple[str, str, str, str, str, int]]:
         """Keys (as `Measurement.key()`) that `--resume` skips: rows that succeeded or cannot run at all."""

@@ -173,7 +173,7 @@ class NumericsCase(_message.Message):
     def __init__(self, inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., expected: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class BenchmarkRequest(_message.Message):
-    __slots__ = ("model_id", "runtime", "threads", "warmup_runs", "min_runs", "min_duration_s", "max_duration_s", "checks", "atol", "rtol", "inputs")
+    __slots__ = ("model_id", "runtime", "threads", "warmup_runs", "min_runs", "min_duration_s", "max_duration_s", "checks", "atol", "rtol", "inputs", "lease_id")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,7 @@ class BenchmarkRequest(_message.Message):
     ATOL_FIELD_NUMBER: _ClassVar[int]
     RTOL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     runtime: str
     threads: int
@@ -196,7 +197,30 @@ class BenchmarkRequest(_message.Message):
     atol: float
     rtol: float
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, model_id: _Optional[str] = ..., runtime: _Optional[str] = ..., threads: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., min_runs: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., max_duration_s: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[NumericsCase, _Mapping]]] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    lease_id: str
+    def __init__(self, model_id: _Optional[str] = ..., runtime: _Optional[str] = ..., threads: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., min_runs: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., max_duration_s: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[NumericsCase, _Mapping]]] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class LeaseRequest(_message.Message):
+    __slots__ = ("holder", "ttl_s", "lease_id")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    ttl_s: float
+    lease_id: str
+    def __init__(self, holder: _Optional[str] = ..., ttl_s: _Optional[float] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class LeaseReply(_message.Message):
+    __slots__ = ("granted", "lease_id", "holder", "expires_in_s")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    lease_id: str
+    holder: str
+    expires_in_s: float
+    def __init__(self, granted: _Optional[bool] = ..., lease_id: _Optional[str] = ..., holder: _Optional[str] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("phase", "done", "total", "message")

@@ -64,6 +64,21 @@ class AgentStub:
                 request_serializer=biproto_dot_agent__pb2.BenchmarkRequest.SerializeToString,
                 response_deserializer=biproto_dot_agent__pb2.BenchmarkEvent.FromString,
                 _registered_method=True)
+        self.AcquireLease = channel.unary_unary(
+                '/bibench.farm.v1.Agent/AcquireLease',
+                request_serializer=biproto_dot_agent__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=biproto_dot_agent__pb2.LeaseReply.FromString,
+                _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/bibench.farm.v1.Agent/RenewLease',
+                request_serializer=biproto_dot_agent__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=biproto_dot_agent__pb2.LeaseReply.FromString,
+                _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/bibench.farm.v1.Agent/ReleaseLease',
+                request_serializer=biproto_dot_agent__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=biproto_dot_agent__pb2.LeaseReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -110,6 +125,28 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcquireLease(self, request, context):
+        """Hold the board for a campaign: one holder at a time, for ttl_s unless renewed, so a
+        crashed host never keeps it. While a lease is held, a RunBenchmark without its id
+        fails with FAILED_PRECONDITION naming the holder. Acquire never waits: it answers
+        granted or not (with the holder and when its lease runs out); the host polls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +179,21 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RunBenchmark,
                     request_deserializer=biproto_dot_agent__pb2.BenchmarkRequest.FromString,
                     response_serializer=biproto_dot_agent__pb2.BenchmarkEvent.SerializeToString,
+            ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=biproto_dot_agent__pb2.LeaseRequest.FromString,
+                    response_serializer=biproto_dot_agent__pb2.LeaseReply.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=biproto_dot_agent__pb2.LeaseRequest.FromString,
+                    response_serializer=biproto_dot_agent__pb2.LeaseReply.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=biproto_dot_agent__pb2.LeaseRequest.FromString,
+                    response_serializer=biproto_dot_agent__pb2.LeaseReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +358,87 @@ class Agent:
             '/bibench.farm.v1.Agent/RunBenchmark',
             biproto_dot_agent__pb2.BenchmarkRequest.SerializeToString,
             biproto_dot_agent__pb2.BenchmarkEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bibench.farm.v1.Agent/AcquireLease',
+            biproto_dot_agent__pb2.LeaseRequest.SerializeToString,
+            biproto_dot_agent__pb2.LeaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bibench.farm.v1.Agent/RenewLease',
+            biproto_dot_agent__pb2.LeaseRequest.SerializeToString,
+            biproto_dot_agent__pb2.LeaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bibench.farm.v1.Agent/ReleaseLease',
+            biproto_dot_agent__pb2.LeaseRequest.SerializeToString,
+            biproto_dot_agent__pb2.LeaseReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,3 +76,45 @@ def test_stale_temp_files_are_cleared_on_start(tmp_path):
     (tmp_path / "tmp" / "upload-crashed").write_bytes(b"partial")
     store = ModelStore(tmp_path)
     assert files(store) == []
+
+
+def _put(store: ModelStore, data: bytes) -> str:
+    model_id = hashlib.sha256(data).hexdigest()
+    up = store.begin(StoredModel(model_id, len(data), "onnx", "m"))
+    up.write(data)
+    up.commit()
+    return model_id
+
+
+def test_store_budget_evicts_least_recently_used_but_never_a_held_model(tmp_path):
+    import os
+
+    store = ModelStore(tmp_path, max_store_bytes=3000)
+    a, b = _put(store, b"a" * 1000), _put(store, b"b" * 1000)
+    os.utime(store.path(a), (1, 1))  # a used long ago, b more recently
+    os.utime(store.path(b), (2, 2))
+    with store.using(b):  # b is used now and held: cannot go
+        c = _put(store, b"c" * 1500)  # 3500 > 3000: evict a (the oldest)
+        assert {m.model_id for m in store.list()} == {b, c}
+        with store.using(c), pytest.raises(UploadTooLarge, match="in use"):
+            _put(store, b"d" * 1000)  # only held models left to evict
+    assert {m.model_id for m in store.list()} == {b, c}
+    os.utime(store.path(b), (3, 3))  # nothing held now; b was last used before c
+    os.utime(store.path(c), (4, 4))
+    d = _put(store, b"d" * 1400)  # 3900 > 3000: b goes, c stays
+    assert {m.model_id for m in store.list()} == {c, d}
+    with pytest.raises(UploadTooLarge, match="store of 3000 bytes"):
+        store.begin(StoredModel("e" * 64, 3001, "onnx"))
+    assert not list(store.tmp_dir.iterdir())
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"name": "two\nlines"}, "printable"),
+    ({"name": "bell\x07"}, "printable"),
+    ({"metadata": {"bad key": "v"}}, "metadata key"),
+    ({"metadata": {"k": "tab\tin value"}}, "printable"),
+    ({"metadata": {"../x": "v"}}, "metadata key"),
+])
+def test_names_and_metadata_are_charset_limited(tmp_path, kw, match):
+    with pytest.raises(UploadRejected, match=match):
+        ModelStore(tmp_path).begin(header(**kw))

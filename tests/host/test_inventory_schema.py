@@ -318,3 +318,37 @@ def test_expected_adds_constraints():
     message = identity_mismatch(board, reported("aarch64", [], "AMD EPYC", 4))
     assert message is not None
     assert "agent reports machine aarch64" in message and "'Xeon'" in message and "expects 8 cores" in message
+
+
+def test_tls_and_token_file_round_trip_and_validate(tmp_path):
+    from bihost.inventory import Inventory, InventoryError
+
+    path = tmp_path / "inv.yaml"
+    path.write_text("version: 1\nboards:\n  pi:\n    arch: arm64\n    address: 10.0.0.5:50051\n"
+                    "    tls: {ca: certs/ca.pem, cert: certs/host.pem, key: certs/host.key, server_name: pi.lab}\n"
+                    "    token_file: certs/pi.token\n")
+    inv = Inventory.load(path)
+    board = inv.get("pi")
+    assert board.tls.ca == "certs/ca.pem" and board.tls.server_name == "pi.lab" and board.token_file == "certs/pi.token"
+    inv.save(path)
+    assert Inventory.load(path).get("pi") == board
+    for bad, match in (("tls: {cert: a.pem, key: a.key}", "tls needs 'ca'"),
+                       ("tls: {ca: ca.pem, cert: a.pem}", "go together"),
+                       ("tls: {ca: ca.pem, password: x}", "password"),
+                       ("token_file: 5", "token_file")):
+        path.write_text(f"version: 1\nboards:\n  pi:\n    address: 10.0.0.5:50051\n    {bad}\n")
+        with pytest.raises(InventoryError, match=match):
+            Inventory.load(path)
+
+
+def test_security_for_resolves_paths_next_to_the_inventory(tmp_path):
+    from bihost.errors import BoardError
+    from bihost.inventory import Board, TlsSettings
+    from bihost.targets import security_for
+
+    (tmp_path / "pi.token").write_text("tok-" + "x" * 20 + "\n")
+    board = Board("pi", address="10.0.0.5:1", tls=TlsSettings(ca="ca.pem"), token_file="pi.token")
+    sec = security_for(board, tmp_path, insecure=False)
+    assert sec.ca_file == str(tmp_path / "ca.pem") and sec.token == "tok-" + "x" * 20 and sec.tls
+    with pytest.raises(BoardError, match="cannot read token_file"):
+        security_for(Board("pi", address="10.0.0.5:1", token_file="missing"), tmp_path)

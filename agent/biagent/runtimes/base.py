@@ -8,6 +8,8 @@ reports exactly what is missing.
 from __future__ import annotations
 
 import importlib
+import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,23 @@ RUNTIMES: dict[str, str] = {
     "dabnn": "biagent.runtimes.dabnn:DabnnRuntime",
     "onnxruntime": "biagent.runtimes.onnxrt:OnnxRuntime",
 }
+PLUGINS_ENV = "BIAGENT_RUNTIMES"
+_PLUGIN = re.compile(r"^([a-z][a-z0-9_]{0,31})=([A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+
+
+def register_plugins(spec: str) -> None:
+    """Add runtimes from "name=module:Class,..." (BIAGENT_RUNTIMES): a lab's own runtime, or a
+    test's deliberately crashing one, without editing the agent. Built-in names cannot be taken."""
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        m = _PLUGIN.match(item)
+        if not m:
+            raise ValueError(f"{PLUGINS_ENV}: {item!r} is not name=module:Class")
+        if m.group(1) in RUNTIMES and RUNTIMES[m.group(1)] != m.group(2):
+            raise ValueError(f"{PLUGINS_ENV}: {m.group(1)!r} is a built-in runtime")
+        RUNTIMES[m.group(1)] = m.group(2)
+
+
+register_plugins(os.environ.get(PLUGINS_ENV, ""))
 
 
 class UnknownRuntime(KeyError):

@@ -14,16 +14,17 @@ from ..output import print_json, print_table
 @click.option("--inventory", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Inventory file.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the agent.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def command(name: str, inventory: Path | None, timeout: float, as_json: bool) -> None:
+@click.option("--insecure", is_flag=True, help="Allow plaintext gRPC to a non-loopback address.")
+def command(name: str, inventory: Path | None, timeout: float, as_json: bool, insecure: bool) -> None:
     """Health check plus the identity the agent measures, compared with the inventory entry."""
     from ..client import AgentClient
     from ..inventory import Inventory, default_inventory_path, identity_mismatch
     from ..targets import resolve_targets
 
     board = Inventory.load(inventory or default_inventory_path()).get(name)
-    with resolve_targets(name, False, inventory) as targets:
+    with resolve_targets(name, False, inventory, insecure=insecure) as targets:
         target = targets[0]
-        with AgentClient(target.address, name, timeout_s=timeout) as client:
+        with AgentClient(target.address, name, timeout_s=timeout, security=target.security) as client:
             healthy = client.health(timeout_s=timeout)
             if not healthy:
                 raise BoardError(name, f"agent at {target.address} is not serving (health check failed)")

@@ -38,17 +38,24 @@ def up_probe_for(inventory: Path | None, timeout_s: float = 1.0) -> UpProbe | No
     from ..client import AgentClient
     from ..inventory import Inventory, default_inventory_path
 
+    path = Path(inventory or default_inventory_path())
     try:
-        boards = [b for b in Inventory.load(inventory or default_inventory_path()).boards()
-                  if b.address and b.address != "embedded"]
+        boards = [b for b in Inventory.load(path).boards() if b.address and b.address != "embedded"]
     except Exception:  # no inventory: serve results without agent_up
         if inventory is not None:
             raise
         return None
 
     def check(board) -> tuple[str, bool]:
-        with AgentClient(board.address, board.name, timeout_s=timeout_s) as client:
-            return board.name, client.health(timeout_s=timeout_s)
+        from ..errors import BoardError
+        from ..targets import security_for
+
+        try:  # a board we may not talk to (plaintext refused, unreadable TLS files) is not up
+            with AgentClient(board.address, board.name, timeout_s=timeout_s,
+                             security=security_for(board, path.resolve().parent)) as client:
+                return board.name, client.health(timeout_s=timeout_s)
+        except BoardError:
+            return board.name, False
 
     def probe() -> dict[str, bool]:
         if not boards:

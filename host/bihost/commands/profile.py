@@ -53,8 +53,17 @@ def _archs(spec: str) -> list[str]:
 @click.option("--campaign", default=None, help="Campaign id (with --resume: the one to continue).")
 @click.option("--force", is_flag=True, help="File results even if the agent's identity disagrees with the inventory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--insecure", is_flag=True, help="Allow plaintext gRPC to non-loopback boards (a network you trust).")
+@click.option("--retries", default=2, show_default=True, help="Retries of a measurement that failed transiently.")
+@click.option("--retry-backoff", default=2.0, show_default=True, help="Seconds before the first retry (doubles).")
+@click.option("--lease-ttl", default=60.0, show_default=True,
+              help="Seconds the board's lease lasts unless renewed (a crashed host frees it after this).")
+@click.option("--lease-wait", default=600.0, show_default=True, help="Seconds to wait for a board leased to another.")
+@click.option("--stall-timeout", default=30.0, show_default=True,
+              help="Give up a benchmark when the board sends nothing this long.")
 def command(chips, all_up, arch, algo, runtime, runs, min_duration, max_duration, warmup, threads, seed,
-            results_dir, inventory, resume, campaign, force, as_json) -> None:
+            results_dir, inventory, resume, campaign, force, as_json, insecure, retries, retry_backoff, lease_ttl,
+            lease_wait, stall_timeout) -> None:
     """Export, push, run and collect: one row per (board, arch, algorithm, runtime)."""
     from ..artifacts import ArtifactCache
     from ..client import BenchmarkSettings
@@ -66,9 +75,13 @@ def command(chips, all_up, arch, algo, runtime, runs, min_duration, max_duration
         raise UserError("name the boards: --chip NAME[,NAME...] (see `bihost board list`) or --all-up")
     if threads < 1 or runs < 1 or warmup < 0:
         raise UserError("--threads and --runs must be at least 1, --warmup at least 0")
+    if retries < 0 or retry_backoff < 0 or not 1 <= lease_ttl <= 3600 or lease_wait < 0 or stall_timeout <= 0:
+        raise UserError("--retries, --retry-backoff and --lease-wait must not be negative, --lease-ttl is 1-3600 s, "
+                        "--stall-timeout positive")
     plan = Plan(_archs(arch), resolve_algorithms(algo), _runtimes(runtime),
                 BenchmarkSettings(threads=threads, warmup_runs=warmup, min_runs=runs, min_duration_s=min_duration,
-                                  max_duration_s=max_duration), force=force)
+                                  max_duration_s=max_duration), force=force, retries=retries,
+                retry_backoff_s=retry_backoff, lease_ttl_s=lease_ttl, lease_wait_s=lease_wait, stall_s=stall_timeout)
     store = ResultsStore(results_dir or Path(os.environ.get("BIHOST_RESULTS", "results")))
     if resume:
         plan.campaign = campaign or store.latest_campaign() or ""
@@ -76,7 +89,7 @@ def command(chips, all_up, arch, algo, runtime, runs, min_duration, max_duration
             raise UserError("nothing to resume: the results store has no campaign yet")
     else:
         plan.campaign = campaign or new_campaign_id()
-    with resolve_targets(chips, all_up, inventory) as targets:
+    with resolve_targets(chips, all_up, inventory, insecure=insecure) as targets:
         rows = _run_with_progress(targets, plan, store, ArtifactCache(seed), as_json)
     if as_json:
         print_json([r.as_dict() for r in rows])
@@ -89,6 +102,7 @@ def command(chips, all_up, arch, algo, runtime, runs, min_duration, max_duration
 
 
 def _run_with_progress(targets, plan, store, cache, quiet: bool):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..profile import run_campaign
@@ -98,11 +112,15 @@ def _run_with_progress(targets, plan, store, cache, quiet: bool):
                         TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
                         disable=quiet or not console.is_terminal, transient=True)
     tasks = {t.name: progress.add_task("", total=total, board=t.name) for t in targets}
+    notices = Console(stderr=True, soft_wrap=True)
 
-    def report(board: str, message: str) -> None:
+    def report(board: str, message: str, notice: bool = False) -> None:
         done = message.endswith((": ok", ": unsupported", ": error", ": numerics_error"))
         progress.update(tasks[board], description=message, advance=1 if done else 0)
-        if not progress.console.is_terminal and not quiet:
+        if notice:  # retries, waits, skipped boards: always said (off a terminal: on stderr, stdout may be JSON)
+            out = progress.console if progress.console.is_terminal else notices
+            out.print(f"[{board}] {message}", highlight=False, markup=False)
+        elif not progress.console.is_terminal and not quiet:
             if done:
                 console.print(f"[{board}] {message}", highlight=False, markup=False)
 

@@ -1,0 +1,42 @@
+"""Malformed input, fuzzed (a few hundred cases here; bench/fuzz.py runs 10,000+): every
+rejection is a clear error, the agent never crashes and keeps nothing half-written."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import bimodels
+from bihost.client import AgentClient
+from tests.fuzz import custom_artifact_mutations, raw_bytes_to_every_rpc, structured_requests
+
+
+def _alive_and_clean(agent) -> None:
+    assert agent.proc.poll() is None, "".join(agent.output[-20:])
+    with AgentClient(agent.address, "fuzzed", timeout_s=10) as client:
+        assert client.health()
+    assert not list((agent.store / "tmp").iterdir())  # no half-written upload left behind
+
+
+def test_random_bytes_to_every_rpc(start_agent):
+    agent = start_agent()
+    outcomes = raw_bytes_to_every_rpc(agent.address, 300)
+    assert sum(outcomes.values()) == 300 and set(outcomes) - {"OK"}, outcomes
+    _alive_and_clean(agent)
+
+
+def test_hostile_values_in_well_formed_requests(start_agent):
+    agent = start_agent()
+    outcomes = structured_requests(agent.address, 300, model_ids=[])
+    assert sum(outcomes.values()) == 300
+    assert any(k.startswith("bench:") for k in outcomes) and any(k.startswith("push:") for k in outcomes), outcomes
+    _alive_and_clean(agent)
+
+
+def test_mutated_custom_artifacts_only_raise_load_or_invoke_errors():
+    torch.manual_seed(0)
+    model = bimodels.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardtanh(),
+                                            nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 25, 4)),
+                              "xnor", fp_layers=["0", "5"]).eval()
+    seed = bimodels.export(model, "custom", torch.randn(1, 3, 5, 5))
+    outcomes = custom_artifact_mutations(seed, 300)
+    assert sum(outcomes.values()) == 300 and outcomes.get("rejected"), outcomes
