@@ -3,7 +3,8 @@
 Steps, each idempotent: probe the board (machine, Python), build this repo into a wheel
 (same machine type and Python as the host) or an sdist (anything else; the board compiles
 the kernels), copy it by SFTP, install it into a venv on the board with only the agent's
-light dependencies (no torch, no host extras), start it under a small supervisor that
+light dependencies (no torch, no host extras) plus the pip-installable runtimes the
+inventory lists for the board (onnxruntime, larq), start it under a small supervisor that
 restarts it when it exits and appends to its log, wait for its health check through an
 SSH port forward, and report the identity it measures. A second bootstrap of the same
 version with the agent running changes nothing.
@@ -32,6 +33,9 @@ from .ssh import SshEndpoint, Tunnel, connect, expand_remote, remote_home, run, 
 
 DEFAULT_DIR = "~/.bibench-agent"
 DEFAULT_PORT = 50051
+# Runtimes a board lists in the inventory -> the package extra that installs them there.
+# custom ships with the agent; dabnn is a native build the board provides (BIAGENT_DABNN_ROOT).
+RUNTIME_EXTRAS = {"onnxruntime": "ort", "larq": "larq"}
 
 SUPERVISOR = """#!/bin/sh
 # BiBench Farm agent supervisor, written by `bihost board bootstrap`: restarts the agent when
@@ -116,7 +120,7 @@ def bootstrap(board, endpoint: SshEndpoint, *, agent_dir: str = DEFAULT_DIR, por
                           check=False, board=name).code == 0
         changed = not (installed.strip() == version and alive)
         if changed:
-            _install(client, name, root, base, version, machine, python, port, pip_args, progress)
+            _install(client, name, root, base, version, machine, python, port, pip_args, progress, board.runtimes)
         else:
             progress(f"agent {version} already installed and running: nothing to do")
         progress("waiting for the agent's health check through an SSH port forward")
@@ -135,7 +139,7 @@ def bootstrap(board, endpoint: SshEndpoint, *, agent_dir: str = DEFAULT_DIR, por
 
 
 def _install(client, name: str, root: Path, base: str, version: str, machine: str, python: str, port: int,
-             pip_args: tuple[str, ...], progress: Callable[[str], None]) -> None:
+             pip_args: tuple[str, ...], progress: Callable[[str], None], runtimes: list[str]) -> None:
     import platform
 
     q = shlex.quote
@@ -158,10 +162,17 @@ def _install(client, name: str, root: Path, base: str, version: str, machine: st
         run(client, ["python3", "-m", "venv", f"{base}/venv"], board=name)
     progress("installing the agent and its light dependencies (no torch)")
     pip = [f"{base}/venv/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    run(client, [*pip, remote, *pip_args], board=name, timeout_s=1800)  # the dependencies
+    extras = sorted({RUNTIME_EXTRAS[r] for r in runtimes if r in RUNTIME_EXTRAS})
+    target = f"{remote}[{','.join(extras)}]" if extras else remote
+    if extras:
+        progress(f"with the runtimes the inventory lists: {', '.join(extras)}")
+    run(client, [*pip, target, *pip_args], board=name, timeout_s=1800)  # the dependencies
     run(client, [*pip, "--force-reinstall", "--no-deps", remote, *pip_args], board=name, timeout_s=1800)  # this build
+    # Only the launch goes to the background, with every descriptor off the SSH channel: else the
+    # channel (and this call) would wait for the supervisor to exit.
     run_shell(client, f"printf %s {q(version)} > {q(base + '/installed')} && touch {q(base + '/run.enabled')} && "
-                      f"cd {q(base)} && setsid nohup sh supervisor.sh > /dev/null 2>&1 < /dev/null &", board=name)
+                      f"cd {q(base)} && {{ setsid nohup sh supervisor.sh > /dev/null 2>&1 < /dev/null & }}",
+              board=name)
     progress(f"agent started under its supervisor (log: {base}/agent.log)")
 
 

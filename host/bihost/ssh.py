@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import select
 import shlex
 import socket
@@ -21,6 +22,10 @@ from pathlib import Path
 import paramiko
 
 from .errors import BoardError
+
+# paramiko logs refused forwards (an agent still starting) at ERROR; the caller reports what
+# matters, so keep its logger from printing through logging's last-resort handler.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""`bihost board bootstrap` over a real sshd, then the board used through its SSH forward."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import yaml
+
+from tests.conftest import free_port
+from tests.e2e.test_profile import FAST, bihost
+
+
+def test_bootstrap_then_check_and_profile_through_ssh(sshd, tmp_path):
+    known, agent_dir, port = tmp_path / "known_hosts", tmp_path / "board-agent", free_port()
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump({"version": 1, "boards": {"pi": {
+        "soc": "test board over ssh", "arch": "native", "os": "linux", "runtimes": ["custom", "onnxruntime"],
+        "address": f"127.0.0.1:{port}", "transport": "ssh",
+        "ssh": sshd.ssh_settings(known, agent_dir=str(agent_dir))}}}))
+    args = ["board", "bootstrap", "pi", "--inventory", str(inv), "--json"]
+    try:
+        refused = bihost(*args)
+        assert refused.returncode == 1 and "--accept-new-host-key" in refused.stderr, refused.stderr
+        assert not agent_dir.exists()  # nothing was done on an unverified host
+
+        first = bihost(*args, "--accept-new-host-key")
+        assert first.returncode == 0, first.stderr
+        report = json.loads(first.stdout)
+        assert report["changed"] and report["agent"]["name"] == "pi" and report["runtimes"]["custom"]
+        venv_python = str(agent_dir / "venv" / "bin" / "python")
+        assert subprocess.run([venv_python, "-c", "import biagent, grpc, numpy"]).returncode == 0
+        assert subprocess.run([venv_python, "-c", "import torch"], capture_output=True).returncode != 0  # light
+        assert (agent_dir / "agent.log").exists()
+
+        started = time.monotonic()
+        again = bihost(*args)
+        assert again.returncode == 0 and not json.loads(again.stdout)["changed"], again.stderr
+        assert time.monotonic() - started < 30  # idempotent: nothing rebuilt or reinstalled
+
+        check = bihost("board", "check", "pi", "--inventory", str(inv), "--json")
+        assert check.returncode == 0 and json.loads(check.stdout)["healthy"], check.stderr
+        results = tmp_path / "results"
+        prof = bihost("profile", "--chip", "pi", "--algo", "bnn", "--runtime", "custom", *FAST,
+                      "--results", str(results), "--inventory", str(inv), "--json")
+        assert prof.returncode == 0, prof.stderr
+        rows = json.loads(prof.stdout)
+        assert {r["runtime"] for r in rows} == {"custom", "onnxruntime"} and all(r["status"] == "ok" for r in rows)
+
+        old_pid = int((agent_dir / "agent.pid").read_text())
+        os.kill(old_pid, signal.SIGKILL)  # the agent crashes: its supervisor restarts it
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pid = (agent_dir / "agent.pid").read_text().strip() if (agent_dir / "agent.pid").exists() else ""
+            if pid and int(pid) != old_pid and bihost("board", "check", "pi", "--inventory", str(inv)).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the supervisor did not bring the agent back")
+    finally:
+        bihost("board", "bootstrap", "pi", "--inventory", str(inv), "--stop")
+        sup = agent_dir / "supervisor.pid"
+        if sup.exists():
+            try:
+                os.kill(int(sup.read_text()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
