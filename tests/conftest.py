@@ -24,10 +24,11 @@ def _seed() -> None:
 class AgentProcess:
     """A real `biagent serve` process on 127.0.0.1, on a port the agent picked itself."""
 
-    def __init__(self, store: Path, name: str = "test-board", extra: tuple[str, ...] = ()):
+    def __init__(self, store: Path, name: str = "test-board", extra: tuple[str, ...] = (),
+                 prefix: tuple[str, ...] = ()):
         self.store, self.name = store, name
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "biagent.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+        self.proc = subprocess.Popen(  # prefix: e.g. `ip netns exec NS` to run it in another network
+            [*prefix, sys.executable, "-m", "biagent.cli", "serve", "--host", "127.0.0.1", "--port", "0",
              "--store", str(store), "--name", name, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
@@ -147,3 +148,50 @@ def sshd(tmp_path_factory):
     server = SshServer(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
+
+
+class NetnsLink:
+    """A network namespace joined to this one by a veth pair (10.213.N.1 here, .2 there): a
+    "board" whose link a test can take down, unlike loopback. Needs root and iproute2."""
+
+    def __init__(self):
+        n = os.getpid() % 200 + 20
+        pid = os.getpid() % 100000
+        self.name, self.host_if, self.ns_if = f"bb{pid}", f"bbh{pid}", f"bbn{pid}"
+        self.host_ip, self.board_ip = f"10.213.{n}.1", f"10.213.{n}.2"
+        self.prefix = ("ip", "netns", "exec", self.name)
+        try:
+            self._create()
+        except (subprocess.SubprocessError, OSError):
+            self.remove()  # whatever was made before the step that failed
+            raise
+
+    def _create(self) -> None:
+        for cmd in (["ip", "netns", "add", self.name],
+                    ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
+                    ["ip", "link", "set", self.ns_if, "netns", self.name],
+                    ["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if],
+                    ["ip", "link", "set", self.host_if, "up"],
+                    [*self.prefix, "ip", "addr", "add", f"{self.board_ip}/30", "dev", self.ns_if],
+                    [*self.prefix, "ip", "link", "set", self.ns_if, "up"],
+                    [*self.prefix, "ip", "link", "set", "lo", "up"]):
+            subprocess.run(cmd, check=True, capture_output=True, timeout=20)
+
+    def link(self, up: bool) -> None:
+        subprocess.run(["ip", "link", "set", self.host_if, "up" if up else "down"], check=True, timeout=20)
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=20)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def netns_link():
+    if not shutil.which("ip"):
+        pytest.skip("no iproute2 here")
+    try:
+        link = NetnsLink()
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"network namespaces are not available here: {getattr(exc, 'stderr', b'') or exc}")
+    yield link
+    link.remove()

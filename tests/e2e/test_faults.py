@@ -131,6 +131,39 @@ def test_stopped_agent_is_given_up_marked_bad_then_back_after_a_health_check(sta
     assert results.board_state("alpha").state == "good"
 
 
+def test_a_link_taken_down_mid_benchmark_is_given_up_not_waited_for(netns_link, tmp_path):
+    from bihost.channel import ChannelSecurity
+    from tests.conftest import AgentProcess
+
+    agent = AgentProcess(tmp_path / "store", "veth", extra=("--host", netns_link.board_ip, "--insecure"),
+                         prefix=netns_link.prefix)
+    try:
+        assert agent.address.startswith(netns_link.board_ip)
+        target = Target("veth", "x", agent.address, security=ChannelSecurity(insecure=True))
+        results = ResultsStore(tmp_path / "results")
+        log = Log()
+        timing = log.when("bnn/onnxruntime: timing")
+        plan = _plan(runtimes=("onnxruntime",), retries=1, stall_s=3.0,
+                     settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=2.0))
+        runner = threading.Thread(target=run_campaign, args=([target], plan, results), kwargs={"progress": log})
+        runner.start()
+        assert timing.wait(300), log.lines
+        netns_link.link(up=False)  # no RST, no FIN: the connection just goes silent
+        started = time.monotonic()
+        runner.join(120)
+        assert not runner.is_alive() and time.monotonic() - started < 60
+        failed = next(r for r in results.rows(plan.campaign) if r.algorithm == "bnn")
+        assert failed.status == "error" and "stopped answering" in failed.reason, failed.reason
+        assert results.board_state("veth").state == "bad"
+
+        netns_link.link(up=True)
+        rows = run_campaign([target], _plan(runtimes=("onnxruntime",)), results, progress=Log())
+        assert rows and all(r.status == "ok" for r in rows)
+        assert results.board_state("veth").state == "good"
+    finally:
+        agent.stop()
+
+
 def test_maintenance_keeps_a_board_out_until_returned(start_agent, tmp_path):
     agent = start_agent("alpha")
     inv = write_inventory(tmp_path / "inv.yaml", {"alpha": {"address": agent.address}})
