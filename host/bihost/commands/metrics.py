@@ -23,12 +23,13 @@ def command() -> None:
 @results_dir_option
 @click.option("--inventory", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Inventory whose boards get a bibench_agent_up probe (when board health is available).")
-def serve(port: int, host: str, results_dir: Path, inventory: Path | None) -> None:
+@click.option("--insecure", is_flag=True, help="Probe non-loopback boards without TLS in plaintext.")
+def serve(port: int, host: str, results_dir: Path, inventory: Path | None, insecure: bool) -> None:
     """Serve /metrics until SIGINT or SIGTERM."""
-    run(ResultsStore(results_dir), port, host, up_probe_for(inventory))
+    run(ResultsStore(results_dir), port, host, up_probe_for(inventory, insecure=insecure))
 
 
-def up_probe_for(inventory: Path | None, timeout_s: float = 1.0) -> UpProbe | None:
+def up_probe_for(inventory: Path | None, timeout_s: float = 1.0, insecure: bool = False) -> UpProbe | None:
     """Health-check every board with a network address at scrape time (gRPC health, 1 s each).
 
     The embedded `local` board only exists while a host command runs, so it is not probed.
@@ -40,7 +41,9 @@ def up_probe_for(inventory: Path | None, timeout_s: float = 1.0) -> UpProbe | No
 
     path = Path(inventory or default_inventory_path())
     try:
-        boards = [b for b in Inventory.load(path).boards() if b.address and b.address != "embedded"]
+        # ssh boards answer on their own loopback: probing them would need a tunnel per scrape
+        boards = [b for b in Inventory.load(path).boards()
+                  if b.address and b.address != "embedded" and b.transport == "grpc"]
     except Exception:  # no inventory: serve results without agent_up
         if inventory is not None:
             raise
@@ -52,7 +55,7 @@ def up_probe_for(inventory: Path | None, timeout_s: float = 1.0) -> UpProbe | No
 
         try:  # a board we may not talk to (plaintext refused, unreadable TLS files) is not up
             with AgentClient(board.address, board.name, timeout_s=timeout_s,
-                             security=security_for(board, path.resolve().parent)) as client:
+                             security=security_for(board, path.resolve().parent, insecure)) as client:
                 return board.name, client.health(timeout_s=timeout_s)
         except BoardError:
             return board.name, False
