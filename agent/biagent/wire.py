@@ -1,6 +1,8 @@
 """Protobuf <-> domain conversions for the agent. Nothing else in biagent sees a _pb2 class."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from biproto import agent_pb2 as pb
@@ -53,7 +55,7 @@ def to_array(t: pb.Tensor) -> np.ndarray:
     shape = tuple(int(d) for d in t.shape)
     if any(d < 0 for d in shape):
         raise WireError(f"negative dimension in tensor shape {shape}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # Python ints: a hostile shape cannot overflow into a small count
     if count > MAX_TENSOR_ELEMENTS:
         raise WireError(f"tensor of {count} elements is larger than the limit of {MAX_TENSOR_ELEMENTS}")
     dtype = np.dtype(t.dtype).newbyteorder("<")

@@ -150,6 +150,7 @@ def run(job: dict) -> None:
     inputs = timing_inputs or (cases[0][0] if cases else [np.zeros(s.shape, s.dtype) for s in model.inputs])
     try:
         model.set_inputs(inputs)
+        model.invoke()  # once, untimed: an input the model cannot take is the request's fault, not a crash
     except InvokeError as exc:
         raise Failure("INVALID_ARGUMENT", f"{info.name} rejected the timing input: {exc}") from None
     warmup = max(0, int(job.get("warmup_runs", 1)))

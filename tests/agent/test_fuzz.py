@@ -40,3 +40,29 @@ def test_mutated_custom_artifacts_only_raise_load_or_invoke_errors():
     seed = bimodels.export(model, "custom", torch.randn(1, 3, 5, 5))
     outcomes = custom_artifact_mutations(seed, 300)
     assert sum(outcomes.values()) == 300 and outcomes.get("rejected"), outcomes
+
+
+def test_regressions_the_fuzzer_found(start_agent):
+    """A shape whose product overflows int64 was an UNKNOWN error; a timing input the model
+    cannot take was INTERNAL (so the host retried it): both are INVALID_ARGUMENT now."""
+    import numpy as np
+    import pytest
+
+    from biagent.wire import WireError, to_array
+    from biproto import agent_pb2 as pb
+    from bihost.client import BenchmarkSettings
+    from bihost.errors import BoardError
+
+    with pytest.raises(WireError, match="larger than the limit"):
+        to_array(pb.Tensor(shape=[2**40, 2**40, 2**40], dtype="float32", data=b""))
+    torch.manual_seed(0)
+    model = bimodels.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.Flatten(),
+                                            nn.Linear(8 * 25, 4)), "bnn", fp_layers=["0", "3"]).eval()
+    agent = start_agent()
+    with AgentClient(agent.address, "fuzzed", timeout_s=30) as client:
+        model_id = client.push(bimodels.export(model, "custom", torch.randn(1, 3, 5, 5)), "custom").model_id
+        with pytest.raises(BoardError, match="INVALID_ARGUMENT.*rejected the timing input") as info:
+            client.benchmark(model_id, "custom", BenchmarkSettings(min_runs=1, min_duration_s=0),
+                             timing_inputs=[np.zeros((0,), np.float32)])
+        assert not info.value.transient
+    _alive_and_clean(agent)

@@ -368,7 +368,9 @@ def _op_relu(ctx: _Ctx, ins):
 
 def _op_hardtanh(ctx: _Ctx, ins):
     ctx.arity(ins, 1)
-    lo, hi = (np.float32(ctx.get(k, (int, float))) for k in ("min_val", "max_val"))
+    raw = [ctx.get(k, (int, float)) for k in ("min_val", "max_val")]
+    ctx.check(all(math.isfinite(v) and abs(v) <= 3.4e38 for v in raw), f"min_val/max_val must be finite float32, got {raw}")
+    lo, hi = (np.float32(v) for v in raw)
     ctx.check(lo <= hi, f"min_val {lo} > max_val {hi}")
     return ins[0], ops.Clamp(lo, hi)
 
