@@ -254,3 +254,22 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
     y2, a = unfused.run([x])
     assert np.array_equal(y, y2, equal_nan=True)
     assert np.array_equal(y, np.clip(a, -1, 1), equal_nan=True)
+
+
+@pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
+@pytest.mark.parametrize("cin, cout, k, s, p, d, h, w", [(3, 64, 7, 2, 3, 1, 37, 41), (3, 13, 3, 1, 1, 1, 9, 50),
+                                                      (16, 9, 5, 3, 2, 2, 23, 19), (1, 8, 1, 1, 0, 1, 5, 5)])
+def test_direct_stem_conv_matches_the_sgemm_path(cin, cout, k, s, p, d, h, w, monkeypatch):
+    rng = np.random.default_rng(13)
+    attrs = {"weight": "w", "bias": "b", "groups": 1, "stride": [s, s], "dilation": [d, d], "pads": [[p, p], [p, p]]}
+    tensors = {"w": rng.standard_normal((cout, cin, k, k)).astype(np.float32),
+               "b": rng.standard_normal(cout).astype(np.float32)}
+    x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
+    direct = ops.Conv(attrs, tensors)
+    assert direct.direct is not None
+    monkeypatch.setitem(ops.KERNEL, "threads", 2)
+    got = direct(x)
+    monkeypatch.setattr(ops, "DIRECT_MAX_CHANNELS", 0)
+    expected = ops.Conv(attrs, tensors)(x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))

@@ -127,8 +127,14 @@ def test_binary_layer_with_scales_matches_torch(algorithm, kind):
 
 
 # -- whole networks ------------------------------------------------------------------------
+# Seeds whose weights put a pre-sign value within rounding of zero for our summation order
+# (a legitimate flip, see bimodels.numerics), replaced as the comment below prescribes:
+# resnet18/reactnet flipped once the stem conv moved to the direct AVX-512 kernel.
+SEEDS = {("resnet18", "reactnet"): 1}
+
+
 def _network(arch: str, algorithm: str | None) -> nn.Module:
-    torch.manual_seed(0)
+    torch.manual_seed(SEEDS.get((arch, algorithm), 0))
     model = randomize_norms(create_model(arch))
     if algorithm is not None:
         model = perturb_binarizers(binarize(model, algorithm))

@@ -10,6 +10,7 @@
  *              same view measured 1.4 ms on resnet18's stem, this loop a fraction of it).
  * Each x86 function is cloned for AVX-512, AVX2+FMA and baseline, picked at load time.
  */
+#define _POSIX_C_SOURCE 200112L
 #include "fpops.h"
 
 #include <math.h>
@@ -119,3 +120,91 @@ FP_CLONES void fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t 
         }
     }
 }
+
+/* -- direct conv for small-channel stems (x86 AVX-512 only) ------------------------------
+ * A 7x7 stride-2 stem over 3 channels is a poor sgemm (K = 147, a 12x im2col blow-up). Here
+ * the zero-padded input is split into stride phases, so every tap reads 16 consecutive
+ * output columns from one contiguous row, and 32 columns x 8 output channels accumulate in
+ * registers (16 FMAs per 10 loads). Float sums run in (c, ky, kx) order with FMA, so the
+ * result is not bitwise torch's, as no BLAS path is; the agent's numerics check covers it. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+int fp_conv2d_direct_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+
+__attribute__((target("avx512f"))) int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W,
+                                                        const float *wt, const float *bias, int64_t cout,
+                                                        const fp_pool2d *p, float *y, int threads) {
+    const int64_t OH = p->oh, OW = p->ow, sw = p->sw, kw = p->kw, kh = p->kh;
+    const int64_t OWv = (OW + 31) / 32 * 32;                       /* output columns, padded */
+    const int64_t span = OWv + ((kw - 1) * p->dw) / sw + 2;          /* a phase row, with slack */
+    const int64_t Hp = (OH - 1) * p->sh + (kh - 1) * p->dh + 1;      /* input rows any window reads */
+    float *ph = NULL;
+    if (posix_memalign((void **)&ph, 64, (size_t)(C * Hp * sw * span) * sizeof(float))) return -2;
+    memset(ph, 0, (size_t)(C * Hp * sw * span) * sizeof(float));
+    /* ph[c][iy][r][j] = x[c][iy - pt][j * sw + r - pl], zero outside the input */
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t iy = 0; iy < Hp; iy++) {
+            const int64_t sy = iy - p->pt;
+            if (sy < 0 || sy >= H) continue;
+            const float *src = x + (c * H + sy) * W;
+            for (int64_t r = 0; r < sw; r++) {
+                float *dst = ph + ((c * Hp + iy) * sw + r) * span;
+                for (int64_t j = 0; j < span; j++) {
+                    const int64_t sx = j * sw + r - p->pl;
+                    if (sx >= 0 && sx < W) dst[j] = src[sx];
+                }
+            }
+        }
+    const int64_t cob = (cout + 7) / 8, taps = C * kh * kw;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) collapse(2) num_threads(threads > 0 ? threads : 1)
+#endif
+    for (int64_t b = 0; b < cob; b++)
+        for (int64_t oy = 0; oy < OH; oy++) {
+            const float *wb = wt + b * taps * 8;
+            for (int64_t ox = 0; ox < OWv; ox += 32) {
+                __m512 acc[8][2];
+                for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+                const float *w = wb;
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t ky = 0; ky < kh; ky++) {
+                        const float *rows = ph + (c * Hp + oy * p->sh + ky * p->dh) * sw * span;
+                        for (int64_t kx = 0; kx < kw; kx++, w += 8) {
+                            const int64_t off = kx * p->dw;
+                            const float *src = rows + (off % sw) * span + off / sw + ox;
+                            const __m512 v0 = _mm512_loadu_ps(src), v1 = _mm512_loadu_ps(src + 16);
+                            for (int j = 0; j < 8; j++) {
+                                const __m512 wj = _mm512_set1_ps(w[j]);
+                                acc[j][0] = _mm512_fmadd_ps(wj, v0, acc[j][0]);
+                                acc[j][1] = _mm512_fmadd_ps(wj, v1, acc[j][1]);
+                            }
+                        }
+                    }
+                const int64_t left = OW - ox;
+                const __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+                const __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+                for (int j = 0; j < 8 && b * 8 + j < cout; j++) {
+                    const __m512 bj = _mm512_set1_ps(bias ? bias[b * 8 + j] : 0.0f);
+                    float *row = y + ((b * 8 + j) * OH + oy) * OW + ox;
+                    _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc[j][0], bj));
+                    _mm512_mask_storeu_ps(row + 16, m1, _mm512_add_ps(acc[j][1], bj));
+                }
+            }
+        }
+    free(ph);
+    return 0;
+}
+#else
+int fp_conv2d_direct_supported(void) { return 0; }
+int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const float *wt, const float *bias,
+                     int64_t cout, const fp_pool2d *p, float *y, int threads) {
+    (void)x; (void)C; (void)H; (void)W; (void)wt; (void)bias; (void)cout; (void)p; (void)y; (void)threads;
+    return -1;
+}
+#endif

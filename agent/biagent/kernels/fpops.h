@@ -15,4 +15,9 @@ void fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t W, const f
 /* cols (C * kh * kw, (oy1 - oy0) * ow) of a zero-padded conv over x (C, H, W); p->oh is unused. */
 void fp_im2col2d(const float *x, int64_t C, int64_t H, int64_t W, const fp_pool2d *p, int64_t oy0, int64_t oy1,
                  float *cols, int threads);
+/* Direct conv for few-channel stems (AVX-512): wt is (ceil(cout/8), C, kh, kw, 8); y (cout, oh, ow).
+ * Returns 0, -1 where this CPU or build has no such kernel, -2 when out of memory. */
+int fp_conv2d_direct_supported(void);
+int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const float *wt, const float *bias,
+                     int64_t cout, const fp_pool2d *p, float *y, int threads);
 #endif

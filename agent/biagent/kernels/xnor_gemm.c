@@ -461,6 +461,52 @@ done:
     return result;
 }
 
+static PyObject *py_conv2d_direct(PyObject *self, PyObject *args) {
+    PyObject *xo, *wo, *bo, *oo;
+    fp_pool2d p;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OOOO(LLLLLLLL)|i", &xo, &wo, &bo, &oo, &p.kh, &p.kw, &p.sh, &p.sw, &p.dh, &p.dw,
+                          &p.pt, &p.pl, &threads))
+        return NULL;
+    opt_buf b[4];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], 3, 4, 'f', 0, 0, "conv2d_direct: x") || take(wo, &b[1], 5, 4, 'f', 0, 0, "conv2d_direct: weights") ||
+        take(bo, &b[2], 1, 4, 'f', 0, 1, "conv2d_direct: bias") || take(oo, &b[3], 3, 4, 'f', 1, 0, "conv2d_direct: out"))
+        goto done;
+    const Py_ssize_t *xs = b[0].view.shape, *ws = b[1].view.shape, *os = b[3].view.shape;
+    const int64_t cout = os[0];
+    p.oh = os[1];
+    p.ow = os[2];
+    if (p.kh < 1 || p.kw < 1 || p.sh < 1 || p.sw < 1 || p.dh < 1 || p.dw < 1 || p.pt < 0 || p.pl < 0 || p.oh < 1 ||
+        p.ow < 1 || ws[0] != (cout + 7) / 8 || ws[1] != xs[0] || ws[2] != p.kh || ws[3] != p.kw || ws[4] != 8 ||
+        (b[2].held && b[2].view.shape[0] != cout)) {
+        PyErr_SetString(PyExc_ValueError, "conv2d_direct: x (C, H, W), weights (ceil(cout/8), C, kh, kw, 8), "
+                                          "bias (cout,) or None, out (cout, OH, OW)");
+        goto done;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fp_conv2d_direct((const float *)b[0].view.buf, xs[0], xs[1], xs[2], (const float *)b[1].view.buf,
+                          b[2].held ? (const float *)b[2].view.buf : NULL, cout, &p, (float *)b[3].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) {
+        PyErr_SetString(PyExc_ValueError, "conv2d_direct: not available on this CPU (needs AVX-512)");
+    } else if (rc) {
+        PyErr_NoMemory();
+    } else {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    release(b, 4);
+    return result;
+}
+
+static PyObject *py_conv2d_direct_supported(PyObject *self, PyObject *noargs) {
+    return PyBool_FromLong(fp_conv2d_direct_supported());
+}
+
 static PyObject *py_bconv_ceiling(PyObject *self, PyObject *args) {
     const char *isa = "auto";
     long long reps = 1000;
@@ -504,6 +550,9 @@ static PyMethodDef methods[] = {
     {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1)"},
     {"im2col2d", py_im2col2d, METH_VARARGS,
      "im2col2d(x, cols, (kh, kw, sh, sw, dh, dw, pt, pl), ow, oy0, oy1, threads=1): zero-padded conv columns"},
+    {"conv2d_direct", py_conv2d_direct, METH_VARARGS,
+     "conv2d_direct(x, weights, bias, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1): few-channel stem conv"},
+    {"conv2d_direct_supported", py_conv2d_direct_supported, METH_NOARGS, "Whether conv2d_direct runs here."},
     {"bconv_ceiling", py_bconv_ceiling, METH_VARARGS,
      "bconv_ceiling(isa='auto', reps=1000): run the micro-kernel on an L1 tile; returns word pairs done (time it)."},
     {"kernel_info", kernel_info, METH_NOARGS, "Which popcount and threading this build uses."},

@@ -30,6 +30,7 @@ from ..kernels import _xnor
 CHUNK_BYTES = 1 << 25  # ~32 MB per temporary
 COLS_BYTES = 1 << 20  # FP conv columns per block: copied, then read by sgemm while still in L2
 PARALLEL_MACS = 1 << 21  # FP convs this large run their blocks on `threads` threads
+DIRECT_MAX_CHANNELS = 16  # FP convs with at most this many input channels per group use the direct kernel
 
 # The custom runtime owns its threads: BLAS runs single-threaded in its worker (see
 # biagent.worker.thread_env), the binary kernels use OpenMP, and big FP convs split their
@@ -392,11 +393,27 @@ class Conv:
         self.w = np.ascontiguousarray(w.reshape(self.groups, self.cout // self.groups, cg * math.prod(self.kernel)))
         self.bias = None if a.get("bias") is None else t[a["bias"]]
         self.stride, self.dilation, self.pads = tuple(a["stride"]), tuple(a["dilation"]), [list(p) for p in a["pads"]]
+        # Few input channels (a stem): the direct AVX-512 kernel beats im2col + sgemm (K is tiny and
+        # the im2col copies the input kh*kw/stride^2 times). Weights as (ceil(C_out/8), C, kh, kw, 8).
+        self.direct = None
+        if (len(self.kernel) == 2 and self.groups == 1 and cg <= DIRECT_MAX_CHANNELS and KERNEL["use_c"]
+                and _xnor is not None and _xnor.conv2d_direct_supported()):
+            padded = np.zeros((-(-self.cout // 8) * 8, cg, *self.kernel), np.float32)
+            padded[: self.cout] = w
+            self.direct = np.ascontiguousarray(padded.reshape(-1, 8, cg, *self.kernel).transpose(0, 2, 3, 4, 1))
+            self.bias32 = None if self.bias is None else np.ascontiguousarray(self.bias, dtype=np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, c = x.shape[:2]
         nd = len(self.kernel)
         out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(x.shape[2:], self.pads, self.kernel, self.stride, self.dilation))
+        if self.direct is not None:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            y = np.empty((n, self.cout, *out), np.float32)
+            geom = (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
+            for b in range(n):
+                _xnor.conv2d_direct(x[b], self.direct, self.bias32, y[b], geom, KERNEL["threads"])
+            return y
         view = windows(pad_spatial(x, self.pads, 0.0), self.kernel, self.stride, self.dilation, out)  # (N, C, *out, *k)
         view = view.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *k, *out)
         kg = self.w.shape[2]
