@@ -55,8 +55,8 @@ def test_agent_sigkilled_mid_benchmark_and_restarted_is_retried(start_agent, tmp
     results = ResultsStore(tmp_path / "results")
     log = Log()
     timing = log.when("bnn/custom: timing")
-    plan = _plan(settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=1.5))
-    done: list = []
+    plan = _plan(settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=1.5), retries=6)
+    done: list = []  # 6 retries give a restart ~40 s even on a loaded CI machine
     runner = threading.Thread(target=lambda: done.append(run_campaign([Target("alpha", "x", agent.address)], plan,
                                                                       results, progress=log)))
     runner.start()
@@ -69,7 +69,7 @@ def test_agent_sigkilled_mid_benchmark_and_restarted_is_retried(start_agent, tmp
     assert sorted((r.algorithm, r.runtime) for r in rows) == [("bnn", "custom"), ("bnn", "onnxruntime"),
                                                              ("fp32", "onnxruntime")]
     assert all(r.status == "ok" for r in rows), [(r.runtime, r.reason) for r in rows]
-    retries = [line for line in log.lines if "bnn/custom: failed" in line and "retry 1 of 3" in line]
+    retries = [line for line in log.lines if "bnn/custom: failed" in line and "retry 1 of 6" in line]
     assert retries, log.lines  # the failure was reported, then retried
     assert results.board_state("alpha").state == "good"
 
@@ -259,11 +259,11 @@ def test_two_campaigns_on_one_board_take_turns(start_agent, tmp_path):
 def test_a_crashed_holders_lease_runs_out(start_agent, tmp_path):
     agent = start_agent("alpha")
     with AgentClient(agent.address, "alpha") as other:  # a host that takes the board, then vanishes
-        assert other.acquire_lease("crashed-host pid 1", ttl_s=2.0).granted
+        assert other.acquire_lease("crashed-host pid 1", ttl_s=5.0).granted
         other.lease_id = ""  # ...and forgets it: nobody will release or renew
     with AgentClient(agent.address, "alpha") as client:
         model = client.push(b"some model", "onnx").model_id
-        with pytest.raises(Exception, match="leased to crashed-host pid 1 for [12] more s; acquire the lease first"):
+        with pytest.raises(Exception, match=r"leased to crashed-host pid 1 for \d more s; acquire the lease first"):
             client.benchmark(model, "onnxruntime", QUICK)
     results = ResultsStore(tmp_path / "results")
     log = Log()

@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import pytest
@@ -140,23 +141,27 @@ def test_max_streams_refuses_a_flood_with_resource_exhausted(start_agent):
 
     channel = grpc.insecure_channel(agent.address)
     stub = pb_grpc.AgentStub(channel)
-    held = stub.PushModel.future(held_push(), timeout=30)
+    held: list = []
     try:
-        for _ in range(50):  # wait until the held call occupies the one slot
+        for _ in range(50):
+            if not held or held[-1].done():  # (re)start the call that holds the one slot; it loses
+                held.append(stub.PushModel.future(held_push(), timeout=30))  # a race with our probe
+                time.sleep(0.3)
             try:
                 stub.ListModels(pb.ListModelsRequest(), timeout=5)
             except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
                 break
-            threading.Event().wait(0.1)
+            time.sleep(0.1)
         else:
             pytest.fail("a second concurrent call was never refused")
     finally:
         release.set()
-        try:
-            held.result()
-        except grpc.RpcError:
-            pass  # the held upload ends short: DATA_LOSS, as it should
+        for call in held:
+            try:
+                call.result()
+            except grpc.RpcError:
+                pass  # a held upload ends short (DATA_LOSS) or lost the race (RESOURCE_EXHAUSTED)
         channel.close()
     with AgentClient(agent.address, "b", timeout_s=10) as client:  # and the agent still serves
         assert client.list_models() == []
