@@ -29,6 +29,7 @@ from typing import Callable
 from . import __version__
 from .client import AgentClient, AgentIdentity
 from .errors import BoardError, UserError
+from .inventory import parse_address
 from .ssh import SshEndpoint, Tunnel, connect, expand_remote, remote_home, run, run_shell
 
 DEFAULT_DIR = "~/.bibench-agent"
@@ -99,7 +100,7 @@ def bootstrap(board, endpoint: SshEndpoint, *, agent_dir: str = DEFAULT_DIR, por
               accept_new_host_key: bool = False, pip_args: tuple[str, ...] = (),
               progress: Callable[[str], None] = lambda msg: None, health_timeout_s: float = 60.0) -> BootstrapReport:
     name = board.name
-    port = port or (int(board.address.rsplit(":", 1)[1]) if board.address and board.address != "embedded"
+    port = port or (parse_address(board.address, board=name)[1] if board.address and board.address != "embedded"
                     else DEFAULT_PORT)
     root = repo_root()
     version = version_id(root)

@@ -8,24 +8,14 @@ the same over TLS and over a tunnel; it is never printed.
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from biagent.security import is_loopback  # one rule for both ends (same distribution)
+
 from .errors import BoardError
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and `localhost`; other names are not resolved (DNS can lie)."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def host_of(address: str) -> str:

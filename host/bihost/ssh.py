@@ -22,6 +22,7 @@ from pathlib import Path
 import paramiko
 
 from .errors import BoardError
+from .inventory import parse_address
 
 # paramiko logs refused forwards (an agent still starting) at ERROR; the caller reports what
 # matters, so keep its logger from printing through logging's last-resort handler.
@@ -80,7 +81,7 @@ def endpoint_for(board, inventory_dir: Path | None = None, ssh_config: Path | No
 def _address_host(board) -> str | None:
     if not board.address or board.address == "embedded":
         return None
-    return board.address.rsplit(":", 1)[0].strip("[]")
+    return parse_address(board.address, board=board.name)[0]
 
 
 class _Verify(paramiko.MissingHostKeyPolicy):

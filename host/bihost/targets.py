@@ -72,12 +72,13 @@ def resolve_targets(chips: str | None, all_up: bool, inventory_path: Path | None
 
 @contextmanager
 def _ssh_forward(board, inventory_dir: Path):
+    from .inventory import parse_address
     from .ssh import Tunnel, connect, endpoint_for
 
     client = connect(endpoint_for(board, inventory_dir))
-    host, port = board.address.rsplit(":", 1)
+    host, port = parse_address(board.address, board=board.name)
     try:
-        with Tunnel(client, host.strip("[]"), int(port)) as tunnel:
+        with Tunnel(client, host, port) as tunnel:
             yield tunnel
     finally:
         client.close()
