@@ -71,24 +71,28 @@ static inline int64_t pop_soft(uint64_t x) {
 }
 
 #define NP_PORTABLE 8
-static void micro_portable(const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0,
-                          int64_t p0, const tile_env *env) {
-    int32_t dots[NO * NP_PORTABLE];
-    int64_t acc[NO][NP_PORTABLE] = {{0}};
-    for (int64_t j = 0; j < KW; j++) {
-        const uint64_t *a = A + j * lda, *b = B + j * NO;
-        for (int o = 0; o < NO; o++)
-            for (int p = 0; p < NP_PORTABLE; p++)
-#if defined(__aarch64__) || defined(__POPCNT__)
-                acc[o][p] += __builtin_popcountll(a[p] ^ b[o]);
-#else
-                acc[o][p] += pop_soft(a[p] ^ b[o]);
-#endif
+/* The scalar kernels: one body, the popcount (and the function's target) varying. */
+#define MICRO_SCALAR(ATTR, NAME, POP)                                                                      \
+    ATTR static void NAME(const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0, \
+                          int64_t p0, const tile_env *env) {                                              \
+        int32_t dots[NO * NP_PORTABLE];                                                                   \
+        int64_t acc[NO][NP_PORTABLE] = {{0}};                                                             \
+        for (int64_t j = 0; j < KW; j++) {                                                                \
+            const uint64_t *a = A + j * lda, *b = B + j * NO;                                             \
+            for (int o = 0; o < NO; o++)                                                                  \
+                for (int p = 0; p < NP_PORTABLE; p++) acc[o][p] += POP(a[p] ^ b[o]);                      \
+        }                                                                                                 \
+        for (int o = 0; o < NO; o++)                                                                      \
+            for (int p = 0; p < NP_PORTABLE; p++) dots[o * NP_PORTABLE + p] = (int32_t)(K - 2 * acc[o][p]); \
+        finish(env->s, env->e, dots, NP_PORTABLE, o0, p0, env->P, env->beta, env->has_beta, env->out);   \
     }
-    for (int o = 0; o < NO; o++)
-        for (int p = 0; p < NP_PORTABLE; p++) dots[o * NP_PORTABLE + p] = (int32_t)(K - 2 * acc[o][p]);
-    finish(env->s, env->e, dots, NP_PORTABLE, o0, p0, env->P, env->beta, env->has_beta, env->out);
-}
+
+#define POP_BUILTIN(x) ((int64_t)__builtin_popcountll(x))
+#if defined(__aarch64__) || defined(__POPCNT__)
+MICRO_SCALAR(, micro_portable, POP_BUILTIN) /* AArch64: CNT */
+#else
+MICRO_SCALAR(, micro_portable, pop_soft)
+#endif
 
 #ifdef BC_X86
 #define NP_AVX512 16
@@ -186,20 +190,7 @@ __attribute__((target("avx2"))) static void micro_avx2(const uint64_t *A, int64_
     finish(env->s, env->e, dots, NP_AVX2, o0, p0, env->P, env->beta, env->has_beta, env->out);
 }
 
-__attribute__((target("popcnt"))) static void micro_popcnt(const uint64_t *A, int64_t lda, const uint64_t *B,
-                                                          int64_t KW, int64_t K, int64_t o0,
-                          int64_t p0, const tile_env *env) {
-    int32_t dots[NO * NP_PORTABLE];
-    int64_t acc[NO][NP_PORTABLE] = {{0}};
-    for (int64_t j = 0; j < KW; j++) {
-        const uint64_t *a = A + j * lda, *b = B + j * NO;
-        for (int o = 0; o < NO; o++)
-            for (int p = 0; p < NP_PORTABLE; p++) acc[o][p] += __builtin_popcountll(a[p] ^ b[o]);
-    }
-    for (int o = 0; o < NO; o++)
-        for (int p = 0; p < NP_PORTABLE; p++) dots[o * NP_PORTABLE + p] = (int32_t)(K - 2 * acc[o][p]);
-    finish(env->s, env->e, dots, NP_PORTABLE, o0, p0, env->P, env->beta, env->has_beta, env->out);
-}
+MICRO_SCALAR(__attribute__((target("popcnt"))), micro_popcnt, POP_BUILTIN)
 #endif
 
 typedef struct {
@@ -210,17 +201,16 @@ typedef struct {
     pack_fn pack;
 } kernel_choice;
 
-static int cpu_has(const char *feature) {
 #ifdef BC_X86
+static int cpu_has(const char *feature) {
     __builtin_cpu_init();
     if (!strcmp(feature, "avx512")) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                                              __builtin_cpu_supports("avx512vpopcntdq");
     if (!strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2");
     if (!strcmp(feature, "popcnt")) return __builtin_cpu_supports("popcnt");
-#endif
-    (void)feature;
     return 0;
 }
+#endif
 
 /* isa: "auto" (best this CPU runs), or one of the names below to force a path (tests). */
 static int choose(const char *isa, kernel_choice *out) {
