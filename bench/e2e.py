@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import Contender, agent_spec, interleaved_medians, torch_spec, workdir  # noqa: E402
+from timing import add_ratios, agent_spec, run_contenders, torch_spec, workdir  # noqa: E402
 
 NETWORKS = [("resnet18", 224), ("resnet20", 32), ("vgg_small", 32)]
 CONTENDERS = ("custom", "larq", "onnxruntime_fp32", "torch_fp32")
@@ -44,23 +44,10 @@ def measure(counts: list[int], algo: str, rounds: int) -> list[dict]:
                 "onnxruntime_fp32": agent_spec("onnxruntime", "onnx", bimodels.export(fp, "onnx", x), x.numpy(), d, "ort"),
                 "torch_fp32": torch_spec(arch, x.numpy(), d, "torch"),
             }
-            contenders = [Contender(f"{name}@{t}", spec, t, d) for t in counts for name, spec in specs.items()]
-            try:
-                medians = interleaved_medians(contenders, rounds, per_round=3)
-            finally:
-                for c in contenders:
-                    c.close()
+            medians = run_contenders(specs, counts, d, rounds, per_round=3)
         for t in counts:
             row = {"network": f"{arch} @ {size}", "algo": algo, "threads": t, "kernel": kernels.info().get("bconv")}
-            for name in CONTENDERS:
-                sec = medians.get(f"{name}@{t}")
-                row[f"{name}_ms"] = None if sec is None else sec * 1e3
-            for other in CONTENDERS[1:]:
-                if row["custom_ms"] and row[f"{other}_ms"]:
-                    row[f"custom_vs_{other}"] = row[f"{other}_ms"] / row["custom_ms"]
-            first = medians.get(f"custom@{counts[0]}")
-            if t != counts[0] and first and row["custom_ms"]:
-                row[f"custom_scaling_vs_{counts[0]}t"] = first / (row["custom_ms"] / 1e3)
+            add_ratios(row, medians, list(CONTENDERS), t, counts)
             rows.append(row)
     return rows
 

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import Contender, agent_spec, interleaved_medians, popcount_ceiling, workdir  # noqa: E402
+from timing import add_ratios, agent_spec, popcount_ceiling, run_contenders, workdir  # noqa: E402
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, spatial size)
 RUNTIMES = {"custom": "custom", "larq": "lce", "onnxruntime": "onnx"}
@@ -55,27 +55,15 @@ def measure(counts: list[int], rounds: int) -> list[dict]:
         with workdir() as tmp:
             specs = {rt: agent_spec(rt, fmt, bimodels.export(model, fmt, x), x.numpy(), Path(tmp), rt)
                      for rt, fmt in RUNTIMES.items()}
-            contenders = [Contender(f"{rt}@{t}", spec, t, Path(tmp)) for t in counts for rt, spec in specs.items()]
-            try:
-                medians = interleaved_medians(contenders, rounds)
-            finally:
-                for c in contenders:
-                    c.close()
+            medians = run_contenders(specs, counts, Path(tmp), rounds)
         for t in counts:
             row = {"shape": f"{channels}->{channels} @ {size}x{size}", "macs": macs, "threads": t,
                    "kernel": kernels.info().get("bconv"), "ceiling_gmacs": ceiling / 1e9}
+            add_ratios(row, medians, list(RUNTIMES), t, counts)
             for rt in RUNTIMES:
-                sec = medians.get(f"{rt}@{t}")
-                row[f"{rt}_ms"] = None if sec is None else sec * 1e3
-                row[f"{rt}_gops"] = None if sec is None else 2 * macs / sec / 1e9
-            for other in ("larq", "onnxruntime"):
-                if row["custom_ms"] and row[f"{other}_ms"]:
-                    row[f"custom_vs_{other}"] = row[f"{other}_ms"] / row["custom_ms"]
+                row[f"{rt}_gops"] = None if row[f"{rt}_ms"] is None else 2 * macs / (row[f"{rt}_ms"] / 1e3) / 1e9
             if row["custom_ms"]:
                 row["ceiling_fraction"] = macs / (row["custom_ms"] / 1e3) / (ceiling * t)
-                first = medians.get(f"custom@{counts[0]}")
-                if t != counts[0] and first:
-                    row[f"custom_scaling_vs_{counts[0]}t"] = first / (row["custom_ms"] / 1e3)
             rows.append(row)
     return rows
 

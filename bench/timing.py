@@ -69,6 +69,31 @@ def interleaved_medians(contenders: list[Contender], rounds: int, per_round: int
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def run_contenders(specs: dict[str, dict], counts: list[int], workdir: Path, rounds: int,
+                   per_round: int = 5) -> dict[str, float]:
+    """Every spec at every thread count, each in its own process; medians keyed "name@threads"."""
+    contenders = [Contender(f"{name}@{t}", spec, t, workdir) for t in counts for name, spec in specs.items()]
+    try:
+        return interleaved_medians(contenders, rounds, per_round)
+    finally:
+        for c in contenders:
+            c.close()
+
+
+def add_ratios(row: dict, medians: dict[str, float], names: list[str], threads: int, counts: list[int]) -> None:
+    """Fill `row` for one thread count: each contender's `{name}_ms`, custom's speedup over the
+    others (`custom_vs_{name}`), and custom's scaling from the first thread count."""
+    for name in names:
+        sec = medians.get(f"{name}@{threads}")
+        row[f"{name}_ms"] = None if sec is None else sec * 1e3
+    for other in names:
+        if other != "custom" and row["custom_ms"] and row[f"{other}_ms"]:
+            row[f"custom_vs_{other}"] = row[f"{other}_ms"] / row["custom_ms"]
+    first = medians.get(f"custom@{counts[0]}")
+    if threads != counts[0] and first and row["custom_ms"]:
+        row[f"custom_scaling_vs_{counts[0]}t"] = first / (row["custom_ms"] / 1e3)
+
+
 def agent_spec(runtime: str, fmt: str, data: bytes, x: np.ndarray, workdir: Path, tag: str) -> dict:
     """A contender running `data` through the agent's own runtime class (the timed call is invoke)."""
     model, inp = workdir / f"{tag}.{fmt}", workdir / f"{tag}.input.npy"
