@@ -231,7 +231,7 @@ class BinaryConv:
         self.pad_value = int(a["pad_value"])
         self.padded = any(b or e for b, e in self.pads)
         self._corr: dict[tuple[int, ...], np.ndarray] = {}
-        self._corr_t: dict[tuple[int, ...], np.ndarray] = {}
+        self._corr_classes: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
         if self.pad_value == 0 and self.padded:
             signs = unpack_signs(bits, self.k).reshape(self.cout, shape[1], -1)
             self.tap_sums = signs.sum(axis=1, dtype=np.int32)  # (C_out, taps)
@@ -254,7 +254,7 @@ class BinaryConv:
         A position's correction depends only on which kernel rows and columns fall in the
         padding, so positions group into a few classes; class 0 pads nothing (correction 0).
         """
-        found = self._corr_t.get(spatial)
+        found = self._corr_classes.get(spatial)
         if found is not None:
             return found
         kernel = self.kernel if len(self.kernel) == 2 else (1,) + self.kernel
@@ -278,7 +278,7 @@ class BinaryConv:
                 padded[:, sorted(cols)] = True
                 table[:, i, j] = sums[:, padded].sum(axis=1)
         cls = (ids[0][:, None] * len(sets[1]) + ids[1][None, :]).reshape(-1).astype(np.int32)
-        found = self._corr_t[spatial] = (np.ascontiguousarray(cls), np.ascontiguousarray(table.reshape(self.cout, -1)))
+        found = self._corr_classes[spatial] = (np.ascontiguousarray(cls), np.ascontiguousarray(table.reshape(self.cout, -1)))
         return found
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -401,7 +401,6 @@ class Conv:
             padded = np.zeros((-(-self.cout // 8) * 8, cg, *self.kernel), np.float32)
             padded[: self.cout] = w
             self.direct = np.ascontiguousarray(padded.reshape(-1, 8, cg, *self.kernel).transpose(0, 2, 3, 4, 1))
-            self.bias32 = None if self.bias is None else np.ascontiguousarray(self.bias, dtype=np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, c = x.shape[:2]
@@ -412,7 +411,7 @@ class Conv:
             y = np.empty((n, self.cout, *out), np.float32)
             geom = (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
             for b in range(n):
-                _xnor.conv2d_direct(x[b], self.direct, self.bias32, y[b], geom, KERNEL["threads"])
+                _xnor.conv2d_direct(x[b], self.direct, self.bias, y[b], geom, KERNEL["threads"])
             return y
         view = windows(pad_spatial(x, self.pads, 0.0), self.kernel, self.stride, self.dilation, out)  # (N, C, *out, *k)
         view = view.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *k, *out)
