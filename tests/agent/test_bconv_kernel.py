@@ -166,14 +166,23 @@ def test_clamp_keeps_nan_like_np_clip():
     assert np.array_equal(ops.clamp(x, np.float32(-1), np.float32(1)), np.clip(x, -1, 1), equal_nan=True)
 
 
-@pytest.mark.parametrize("k, s, p, d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (5, 3, 2, 1)])
-def test_max_pool_matches_numpy(k, s, p, d, monkeypatch):
-    x = np.random.default_rng(9).standard_normal((2, 3, 13, 11)).astype(np.float32)
+@pytest.mark.parametrize("isa", ["auto", "avx512", "avx2", "portable"])
+@pytest.mark.parametrize("k, s, p, d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (5, 3, 2, 1), (3, 2, 0, 1)])
+@pytest.mark.parametrize("h, w", [(13, 11), (9, 70), (64, 70)])  # 70 columns: vector blocks and a tail; 64 rows: 2 threads
+def test_max_pool_matches_numpy(isa, k, s, p, d, h, w, monkeypatch):
+    x = np.random.default_rng(9).standard_normal((2, 3, h, w)).astype(np.float32)
     x[0, 1, 4, 4] = np.nan
-    got = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d))
-    monkeypatch.setitem(ops.KERNEL, "use_c", False)
-    expected = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d))
-    assert np.array_equal(got, expected, equal_nan=True)
+    x[1, 2, 3, w - 1] = np.nan  # in the last column: the tail and the padding
+    x[1, 0, 2, 5:9] = np.inf
+    monkeypatch.setitem(ops.KERNEL, "isa", isa)
+    for threads in (1, 2):
+        ops.set_threads(threads)
+        got = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d))
+        monkeypatch.setitem(ops.KERNEL, "use_c", False)
+        expected = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d))
+        monkeypatch.setitem(ops.KERNEL, "use_c", True)
+        assert np.array_equal(got, expected, equal_nan=True), (threads, isa)
+    ops.set_threads(1)
 
 
 def test_fp_kernels_refuse_bad_buffers():

@@ -11,7 +11,10 @@ typedef struct {
 void fp_channel_fma(const float *x, const float *scale, const float *shift, int64_t n, int64_t c, int64_t inner,
                     const float *clamp_lo_hi, float *y, int threads);
 void fp_clamp(const float *x, int64_t n, float lo, float hi, float *y, int threads);
-void fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t W, const fp_pool2d *p, float *y, int threads);
+/* Returns 0, or -2 when out of memory. */
+/* isa: "auto" or a path to force ("avx512", "avx2", anything else: portable) for the tests. */
+int fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t W, const fp_pool2d *p, float *y, int threads,
+                  const char *isa);
 /* cols (C * kh * kw, (oy1 - oy0) * ow) of a zero-padded conv over x (C, H, W); p->oh is unused. */
 void fp_im2col2d(const float *x, int64_t C, int64_t H, int64_t W, const fp_pool2d *p, int64_t oy0, int64_t oy1,
                  float *cols, int threads);

@@ -407,8 +407,9 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args) {
     PyObject *xo, *oo;
     fp_pool2d p;
     int threads = 1;
-    if (!PyArg_ParseTuple(args, "OO(LLLLLLLL)|i", &xo, &oo, &p.kh, &p.kw, &p.sh, &p.sw, &p.dh, &p.dw, &p.pt, &p.pl,
-                          &threads))
+    const char *isa = "auto";
+    if (!PyArg_ParseTuple(args, "OO(LLLLLLLL)|is", &xo, &oo, &p.kh, &p.kw, &p.sh, &p.sw, &p.dh, &p.dw, &p.pt, &p.pl,
+                          &threads, &isa))
         return NULL;
     opt_buf b[2];
     memset(b, 0, sizeof(b));
@@ -422,9 +423,14 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "max_pool2d: x (N, C, H, W), out (N, C, OH, OW) and a window that fits");
         goto done;
     }
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    fp_max_pool2d((const float *)b[0].view.buf, xs[0] * xs[1], xs[2], xs[3], &p, (float *)b[1].view.buf, threads);
+    rc = fp_max_pool2d((const float *)b[0].view.buf, xs[0] * xs[1], xs[2], xs[3], &p, (float *)b[1].view.buf, threads, isa);
     Py_END_ALLOW_THREADS
+    if (rc) {
+        PyErr_NoMemory();
+        goto done;
+    }
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -547,7 +553,7 @@ static PyMethodDef methods[] = {
     {"channel_fma", py_channel_fma, METH_VARARGS,
      "channel_fma(x, scale, shift, out, clamp=None, threads=1): out = fmaf(x, scale[c], shift[c]), clamped to (lo, hi)"},
     {"clamp", py_clamp, METH_VARARGS, "clamp(x, lo, hi, out, threads=1): np.clip with NaN kept"},
-    {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1)"},
+    {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1, isa='auto')"},
     {"im2col2d", py_im2col2d, METH_VARARGS,
      "im2col2d(x, cols, (kh, kw, sh, sw, dh, dw, pt, pl), ow, oy0, oy1, threads=1): zero-padded conv columns"},
     {"conv2d_direct", py_conv2d_direct, METH_VARARGS,

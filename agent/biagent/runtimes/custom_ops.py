@@ -521,7 +521,7 @@ def max_pool(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
     if KERNEL["use_c"] and _xnor is not None and x.ndim == 4:
         y = np.empty(x.shape[:2] + out, np.float32)
         _xnor.max_pool2d(np.ascontiguousarray(x, dtype=np.float32), y, (*kernel, *stride, *dilation, pads[0][0], pads[1][0]),
-                         KERNEL["threads"])
+                         KERNEL["threads"], KERNEL["isa"])
         return y
     xp = pad_spatial(x, pads, -np.inf)
     y = None
