@@ -173,6 +173,18 @@ def test_large_network_matches_torch(arch, algorithm):
     _check_network(arch, algorithm, batch=1)
 
 
+@pytest.mark.parametrize("arch", ["resnet20", "birealnet18"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_fused_graph_gives_the_unfused_graphs_floats(arch, algorithm):
+    """The engine's rewrites (conv epilogues, affine + clamp) change no bit of the output."""
+    model = _network(arch, algorithm)
+    x = example_input(model, batch_size=1).numpy()
+    data = export(model, "custom", torch.from_numpy(x))
+    fused, plain = load_artifact(data), load_artifact(data, fuse=False)
+    assert len(fused.nodes) < len(plain.nodes)
+    np.testing.assert_array_equal(fused.run([x])[0], plain.run([x])[0])
+
+
 def test_any_batch_size_runs():
     model = _network("resnet20", "xnorpp")  # XNOR++'s spatial gain must not pin the batch
     data = export(model, "custom", example_input(model, batch_size=2))

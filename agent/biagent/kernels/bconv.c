@@ -19,7 +19,10 @@
  *             (class 0 = none, correction 0), so the term costs a (cout, classes) table and
  *             one int32 per position instead of a (cout, P) map streamed through memory.
  *   out     = (((float)dot * alpha[o]) * beta) * cs[o] + bias[o], in that order, each a
- *             float32 rounding, exactly the numpy reference's sequence.
+ *             float32 rounding, exactly the numpy reference's sequence; then, when the
+ *             engine fused them, the next nodes: fmaf(out, scale[o], shift[o]) (batch
+ *             norm), + residual, clamp (hardtanh), each as its own node computes it. The
+ *             fused network skips three passes over memory per conv.
  *
  * Popcount kernels, chosen at run time: AVX-512 VPOPCNTDQ (16 positions x 8 channels),
  * AVX2 nibble lookup (vpshufb + vpsadbw, 8 x 8), portable C (8 x 8; AArch64's compiler
@@ -29,6 +32,7 @@
 #define _POSIX_C_SOURCE 200112L
 #include "bconv.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -55,13 +59,13 @@ typedef struct {
     float beta;
     int has_beta;
     int64_t P;
-    float *out; /* this sample's (cout, P) output */
+    float *out;       /* this sample's (cout, P) output */
+    const float *res; /* this sample's (cout, P) residual, or NULL */
 } tile_env;
 /* dots for NP positions x NO channels from (A + p0, B block o0 / NO), then the epilogue into env->out. */
 typedef void (*micro_fn)(const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0,
                          int64_t p0, const tile_env *env);
-static void finish(const bconv_shape *s, const bconv_epilogue *e, const int32_t *dots, int np, int64_t o0,
-                   int64_t p0, int64_t P, float beta, int has_beta, float *out);
+static void finish(const tile_env *env, const int32_t *dots, int np, int64_t o0, int64_t p0);
 
 static inline int64_t pop_soft(uint64_t x) {
     x = x - ((x >> 1) & 0x5555555555555555ULL);
@@ -84,7 +88,7 @@ static inline int64_t pop_soft(uint64_t x) {
         }                                                                                                 \
         for (int o = 0; o < NO; o++)                                                                      \
             for (int p = 0; p < NP_PORTABLE; p++) dots[o * NP_PORTABLE + p] = (int32_t)(K - 2 * acc[o][p]); \
-        finish(env->s, env->e, dots, NP_PORTABLE, o0, p0, env->P, env->beta, env->has_beta, env->out);   \
+        finish(env, dots, NP_PORTABLE, o0, p0);   \
     }
 
 #define POP_BUILTIN(x) ((int64_t)__builtin_popcountll(x))
@@ -98,7 +102,7 @@ MICRO_SCALAR(, micro_portable, pop_soft)
 #define NP_AVX512 16
 /* The epilogue of one 8-lane vector of dots, in registers: the same float32 sequence as
  * finish(), written straight into the NCHW output row (masked past P). */
-__attribute__((target("avx512f,avx512vl"))) static inline void store_lanes(const bconv_epilogue *e, __m512i acc,
+__attribute__((target("avx512f,avx512vl,fma"))) static inline void store_lanes(const bconv_epilogue *e, __m512i acc,
                                                                            int64_t K, int64_t oc, int64_t p,
                                                                            int64_t P, const tile_env *env) {
     const __mmask8 live = P - p >= 8 ? (__mmask8)0xFF : P - p <= 0 ? (__mmask8)0 : (__mmask8)((1u << (P - p)) - 1);
@@ -116,12 +120,16 @@ __attribute__((target("avx512f,avx512vl"))) static inline void store_lanes(const
     if (env->has_beta) v = _mm256_mul_ps(v, _mm256_set1_ps(env->beta));
     if (e->cs) v = _mm256_mul_ps(v, _mm256_set1_ps(e->cs[oc]));
     if (e->bias) v = _mm256_add_ps(v, _mm256_set1_ps(e->bias[oc]));
+    if (e->post_scale) v = _mm256_fmadd_ps(v, _mm256_set1_ps(e->post_scale[oc]), _mm256_set1_ps(e->post_shift[oc]));
+    if (env->res) v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(live, env->res + oc * P + p));
+    if (e->has_clamp) /* max_ps(a, b) is b when either is NaN: a NaN v passes both */
+        v = _mm256_min_ps(_mm256_set1_ps(e->hi), _mm256_max_ps(_mm256_set1_ps(e->lo), v));
     _mm256_mask_storeu_ps(env->out + oc * P + p, live, v);
 }
 
 /* NV vectors of 8 positions x 8 output channels; NV = 2 for the body, 1 for a short tail. */
 #define MICRO_AVX512(NAME, NV)                                                                            \
-    __attribute__((target("avx512f,avx512vl,avx512vpopcntdq"))) static void NAME(                      \
+    __attribute__((target("avx512f,avx512vl,avx512vpopcntdq,fma"))) static void NAME(                      \
         const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0, int64_t p0,  \
         const tile_env *env) {                                                                            \
         __m512i acc[NV][NO];                                                                              \
@@ -187,7 +195,7 @@ __attribute__((target("avx2"))) static void micro_avx2(const uint64_t *A, int64_
         _mm256_storeu_si256((__m256i *)(v + 4), tot[o][1]);
         for (int p = 0; p < NP_AVX2; p++) dots[o * NP_AVX2 + p] = (int32_t)(K - 2 * v[p]);
     }
-    finish(env->s, env->e, dots, NP_AVX2, o0, p0, env->P, env->beta, env->has_beta, env->out);
+    finish(env, dots, NP_AVX2, o0, p0);
 }
 
 MICRO_SCALAR(__attribute__((target("popcnt"))), micro_popcnt, POP_BUILTIN)
@@ -350,11 +358,12 @@ int64_t bconv_out_w(const bconv_shape *s) { return (s->W + s->pl + s->pr - s->dw
 
 /* -- the epilogue: integer dots to float outputs in the reference's rounding order -- */
 #ifdef BC_X86
-__attribute__((target_clones("avx512f", "avx2", "default")))
+__attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #endif
-static void finish(const bconv_shape *s, const bconv_epilogue *e, const int32_t *dots, int np, int64_t o0,
-                   int64_t p0, int64_t P, float beta, int has_beta, float *out) {
-    const int64_t pn = p0 + np <= P ? np : P - p0;
+static void finish(const tile_env *env, const int32_t *dots, int np, int64_t o0, int64_t p0) {
+    const bconv_shape *s = env->s;
+    const bconv_epilogue *e = env->e;
+    const int64_t P = env->P, pn = p0 + np <= P ? np : P - p0;
     float v[64];
     for (int o = 0; o < NO && o0 + o < s->cout; o++) {
         const int64_t oc = o0 + o;
@@ -369,8 +378,8 @@ static void finish(const bconv_shape *s, const bconv_epilogue *e, const int32_t 
             const float al = e->alpha[oc];
             for (int64_t p = 0; p < pn; p++) v[p] = v[p] * al;
         }
-        if (has_beta)
-            for (int64_t p = 0; p < pn; p++) v[p] = v[p] * beta;
+        if (env->has_beta)
+            for (int64_t p = 0; p < pn; p++) v[p] = v[p] * env->beta;
         if (e->cs) {
             const float cs = e->cs[oc];
             for (int64_t p = 0; p < pn; p++) v[p] = v[p] * cs;
@@ -379,7 +388,19 @@ static void finish(const bconv_shape *s, const bconv_epilogue *e, const int32_t 
             const float bi = e->bias[oc];
             for (int64_t p = 0; p < pn; p++) v[p] = v[p] + bi;
         }
-        memcpy(out + oc * P + p0, v, (size_t)pn * sizeof(float));
+        if (e->post_scale) {
+            const float sc = e->post_scale[oc], sh = e->post_shift[oc];
+            for (int64_t p = 0; p < pn; p++) v[p] = fmaf(v[p], sc, sh);
+        }
+        if (env->res) {
+            const float *r = env->res + oc * P + p0;
+            for (int64_t p = 0; p < pn; p++) v[p] = v[p] + r[p];
+        }
+        if (e->has_clamp) {
+            const float lo = e->lo, hi = e->hi;
+            for (int64_t p = 0; p < pn; p++) v[p] = v[p] < lo ? lo : (v[p] > hi ? hi : v[p]); /* NaN kept */
+        }
+        memcpy(env->out + oc * P + p0, v, (size_t)pn * sizeof(float));
     }
 }
 
@@ -406,7 +427,7 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
 #pragma omp parallel num_threads(threads > 0 ? threads : 1) if (P * s->cout * KW >= PARALLEL_PAIRS)
 #endif
         {
-            const tile_env env = {s, e, bt, beta != NULL, P, ob};
+            const tile_env env = {s, e, bt, beta != NULL, P, ob, e->residual ? e->residual + b * s->cout * P : NULL};
 #ifdef _OPENMP
 #pragma omp for schedule(static) collapse(2)
 #endif
@@ -454,8 +475,8 @@ int64_t bconv_ceiling(const char *isa, int64_t reps) {
     for (int64_t i = 0; i < KW * np; i++) A[i] = (r = r * 6364136223846793005ULL + 1442695040888963407ULL);
     for (int64_t i = 0; i < KW * NO; i++) B[i] = (r = r * 6364136223846793005ULL + 1442695040888963407ULL);
     const bconv_shape s = {64 * KW, 1, 1, NO, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
-    const bconv_epilogue e = {NULL, NULL, NULL, 0, NULL, NULL, NULL};
-    const tile_env env = {&s, &e, 1.0f, 0, np, out};
+    const bconv_epilogue e = {0};
+    const tile_env env = {&s, &e, 1.0f, 0, np, out, NULL};
     for (int64_t i = 0; i < reps; i++) kc.fn(A, np, B, KW, 64 * KW, 0, 0, &env);
     free(A);
     free(B);

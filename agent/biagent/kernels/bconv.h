@@ -16,6 +16,11 @@ typedef struct {
     const int32_t *corr_table;       /* (cout, n_cls) subtracted from the dots by class */
     int64_t n_cls;
     const float *alpha, *cs, *bias;  /* (cout) each, or NULL */
+    /* Fused successors (the graph's next nodes, in this order), each optional: */
+    const float *post_scale, *post_shift; /* (cout): fmaf(v, scale, shift), a channel_affine */
+    const float *residual;           /* (n, cout, OH, OW): + residual, an add */
+    int has_clamp;                   /* min(max(v, lo), hi) with NaN kept, a hardtanh */
+    float lo, hi;
 } bconv_epilogue;
 
 int64_t bconv_out_h(const bconv_shape *s);

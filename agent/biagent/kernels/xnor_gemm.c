@@ -253,21 +253,30 @@ static void release(opt_buf *bufs, int n) {
 
 static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
     PyObject *xo, *bo, *oo, *shift_o, *cls_o, *table_o, *alpha_o, *cs_o, *bias_o, *beta_o;
+    PyObject *pscale_o = Py_None, *pshift_o = Py_None, *res_o = Py_None, *clamp_o = Py_None;
     bconv_shape s;
     const char *isa = "auto";
     int threads = 1;
-    if (!PyArg_ParseTuple(args, "OOO(LLLLLLLLLLi)OOOOOOOsi", &xo, &bo, &oo, &s.kh, &s.kw, &s.sh, &s.sw, &s.dh, &s.dw,
-                          &s.pt, &s.pl, &s.pb, &s.pr, &s.pad_ones, &shift_o, &cls_o, &table_o, &alpha_o, &cs_o, &bias_o, &beta_o,
-                          &isa, &threads))
+    if (!PyArg_ParseTuple(args, "OOO(LLLLLLLLLLi)OOOOOOOsi|(OOOO)", &xo, &bo, &oo, &s.kh, &s.kw, &s.sh, &s.sw, &s.dh,
+                          &s.dw, &s.pt, &s.pl, &s.pb, &s.pr, &s.pad_ones, &shift_o, &cls_o, &table_o, &alpha_o, &cs_o, &bias_o,
+                          &beta_o, &isa, &threads, &pscale_o, &pshift_o, &res_o, &clamp_o))
         return NULL;
-    opt_buf b[10];
+    float lo = 0.0f, hi = 0.0f;
+    if (clamp_o != Py_None && !PyArg_ParseTuple(clamp_o, "ff", &lo, &hi)) return NULL;
+    if (clamp_o != Py_None && !(lo <= hi)) {
+        PyErr_SetString(PyExc_ValueError, "bconv2d: clamp must be (lo, hi) with lo <= hi");
+        return NULL;
+    }
+    opt_buf b[13];
     memset(b, 0, sizeof(b));
     PyObject *result = NULL;
     if (take(xo, &b[0], 4, 4, 'f', 0, 0, "bconv2d: x") || take(bo, &b[1], 3, 8, 'u', 0, 0, "bconv2d: weights") ||
         take(oo, &b[2], 4, 4, 'f', 1, 0, "bconv2d: out") || take(shift_o, &b[3], 1, 4, 'f', 0, 1, "bconv2d: shift") ||
         take(cls_o, &b[4], 1, 4, 'i', 0, 1, "bconv2d: corr_cls") || take(alpha_o, &b[5], 1, 4, 'f', 0, 1, "bconv2d: alpha") ||
         take(cs_o, &b[6], 1, 4, 'f', 0, 1, "bconv2d: channel_scale") || take(bias_o, &b[7], 1, 4, 'f', 0, 1, "bconv2d: bias") ||
-        take(beta_o, &b[8], 1, 4, 'f', 0, 1, "bconv2d: beta") || take(table_o, &b[9], 2, 4, 'i', 0, 1, "bconv2d: corr_table"))
+        take(beta_o, &b[8], 1, 4, 'f', 0, 1, "bconv2d: beta") || take(table_o, &b[9], 2, 4, 'i', 0, 1, "bconv2d: corr_table") ||
+        take(pscale_o, &b[10], 1, 4, 'f', 0, 1, "bconv2d: post scale") || take(pshift_o, &b[11], 1, 4, 'f', 0, 1, "bconv2d: post shift") ||
+        take(res_o, &b[12], 4, 4, 'f', 0, 1, "bconv2d: residual"))
         goto done;
     const Py_ssize_t *xs = b[0].view.shape, *os = b[2].view.shape, *ws = b[1].view.shape;
     s.C = xs[1]; s.H = xs[2]; s.W = xs[3]; s.cout = os[1];
@@ -291,9 +300,13 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
     if ((b[3].held && b[3].view.shape[0] != s.C) || (b[4].held != b[9].held) || (b[4].held && b[4].view.shape[0] != P) ||
         (b[9].held && (b[9].view.shape[0] != s.cout || b[9].view.shape[1] < 1)) ||
         (b[5].held && b[5].view.shape[0] != s.cout) || (b[6].held && b[6].view.shape[0] != s.cout) ||
-        (b[7].held && b[7].view.shape[0] != s.cout) || (b[8].held && b[8].view.shape[0] != xs[0])) {
+        (b[7].held && b[7].view.shape[0] != s.cout) || (b[8].held && b[8].view.shape[0] != xs[0]) ||
+        (b[10].held != b[11].held) || (b[10].held && (b[10].view.shape[0] != s.cout || b[11].view.shape[0] != s.cout)) ||
+        (b[12].held && (b[12].view.shape[0] != os[0] || b[12].view.shape[1] != os[1] || b[12].view.shape[2] != os[2] ||
+                        b[12].view.shape[3] != os[3]))) {
         PyErr_SetString(PyExc_ValueError, "bconv2d: shift must be (C,), corr_cls (OH*OW,) with corr_table (cout, classes), "
-                        "alpha/channel_scale/bias (cout,), beta (N,)");
+                        "alpha/channel_scale/bias (cout,), beta (N,), post scale and shift (cout,) together, "
+                        "residual the output's shape");
         goto done;
     }
     if (b[4].held) {  /* classes index the table: check them all, never read past it */
@@ -310,6 +323,8 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
         b[9].held ? (const int32_t *)b[9].view.buf : NULL, b[9].held ? (int64_t)b[9].view.shape[1] : 0,
         b[5].held ? (const float *)b[5].view.buf : NULL, b[6].held ? (const float *)b[6].view.buf : NULL,
         b[7].held ? (const float *)b[7].view.buf : NULL,
+        b[10].held ? (const float *)b[10].view.buf : NULL, b[11].held ? (const float *)b[11].view.buf : NULL,
+        b[12].held ? (const float *)b[12].view.buf : NULL, clamp_o != Py_None, lo, hi,
     };
     const float *beta = b[8].held ? (const float *)b[8].view.buf : NULL;
     int rc;
@@ -326,7 +341,7 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
         Py_INCREF(result);
     }
 done:
-    release(b, 10);
+    release(b, 13);
     return result;
 }
 
@@ -548,7 +563,8 @@ static PyMethodDef methods[] = {
     {"pack_patches2d", pack_patches2d, METH_VARARGS, "Bit-pack the im2col patches of a 2-D conv."},
     {"bconv2d", py_bconv2d, METH_VARARGS,
      "bconv2d(x, weights, out, (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, pad_ones), shift, corr_cls, corr_table, alpha, "
-     "channel_scale, bias, beta, isa, threads)"},
+     "channel_scale, bias, beta, isa, threads, [(post_scale, post_shift, residual, (lo, hi))]): the post-ops are the "
+     "fused next nodes (channel_affine, add, hardtanh), each optional (None)"},
     {"bconv_isa", py_bconv_isa, METH_VARARGS, "The popcount kernel an ISA name resolves to here (None: cannot run)."},
     {"channel_fma", py_channel_fma, METH_VARARGS,
      "channel_fma(x, scale, shift, out, clamp=None, threads=1): out = fmaf(x, scale[c], shift[c]), clamped to (lo, hi)"},

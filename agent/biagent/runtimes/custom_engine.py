@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import custom_fusion
 from . import custom_ops as ops
 from .base import InvokeError, ModelLoadError
 
@@ -75,17 +76,20 @@ class Graph:
 
 
 # -- loading ---------------------------------------------------------------------------
-def load_artifact(data: bytes) -> Graph:
-    """Parse and validate an artifact; every failure is a ModelLoadError with a reason."""
+def load_artifact(data: bytes, fuse: bool = True) -> Graph:
+    """Parse and validate an artifact; every failure is a ModelLoadError with a reason.
+
+    fuse: rewrite node chains into fused kernels (custom_fusion; the same floats). False
+    keeps one kernel call per node, the reference the tests compare against."""
     try:
-        return _load(data)
+        return _load(data, fuse)
     except ModelLoadError:
         raise
     except Exception as exc:  # anything unforeseen in a malformed file is still a load error
         raise ModelLoadError(f"invalid custom artifact: {type(exc).__name__}: {exc}") from exc
 
 
-def _load(data: bytes) -> Graph:
+def _load(data: bytes, fuse: bool) -> Graph:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ModelLoadError(f"custom artifact must be bytes, got {type(data).__name__}")
     try:
@@ -105,7 +109,7 @@ def _load(data: bytes) -> Graph:
         raise ModelLoadError(f"graph.json is not valid UTF-8 JSON: {exc}") from exc
     _check_header(doc)  # a newer version may store its tensors differently: say so first
     tensors = _read_npz(npz_bytes)
-    return _build(doc, tensors)
+    return _build(doc, tensors, fuse)
 
 
 def _read_npz(data: bytes) -> dict[str, np.ndarray]:
@@ -130,7 +134,7 @@ def _check_header(doc: Any) -> None:
            f"unsupported custom format version {version!r}; this runtime reads version {VERSION}")
 
 
-def _build(doc: dict, tensors: dict[str, np.ndarray]) -> Graph:
+def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
     raw_inputs, raw_outputs, raw_nodes = doc.get("inputs"), doc.get("outputs"), doc.get("nodes")
     _check(isinstance(raw_inputs, list) and len(raw_inputs) >= 1, "graph.json 'inputs' must be a non-empty list")
     _check(isinstance(raw_outputs, list) and len(raw_outputs) >= 1, "graph.json 'outputs' must be a non-empty list")
@@ -168,30 +172,9 @@ def _build(doc: dict, tensors: dict[str, np.ndarray]) -> Graph:
     for out in raw_outputs:
         _check(isinstance(out, str) and out in shapes, f"graph output {out!r} is not produced by any node or input")
         outputs.append(ValueSpec(out, shapes[out]))
-    return Graph(inputs, outputs, _fuse_affine_clamp(nodes, outputs))
-
-
-def _fuse_affine_clamp(nodes: list[Node], outputs: list[ValueSpec]) -> list[Node]:
-    """channel_affine -> hardtanh (batch norm, then the activation before a sign) becomes one
-    pass over memory, when nothing else reads the affine's output. Same floats either way."""
-    readers: dict[str, int] = {spec.name: 1 for spec in outputs}
-    for node in nodes:
-        for v in node.inputs:
-            readers[v] = readers.get(v, 0) + 1
-    by_input = {node.inputs[0]: node for node in nodes if node.inputs}
-    fused, dropped = [], set()
-    for node in nodes:
-        if id(node) in dropped:
-            continue
-        nxt = by_input.get(node.output)
-        if (isinstance(node.fn, ops.ChannelAffine) and node.fn.clamp_to is None and nxt is not None
-                and isinstance(nxt.fn, ops.Clamp) and readers.get(node.output) == 1):
-            fn = ops.ChannelAffine(node.fn.scale, node.fn.shift, (nxt.fn.lo, nxt.fn.hi))
-            fused.append(Node(f"{node.op}+{nxt.op}", f"{node.name}+{nxt.name}", node.inputs, nxt.output, fn))
-            dropped.add(id(nxt))
-        else:
-            fused.append(node)
-    return fused
+    if fuse:
+        nodes = custom_fusion.fuse(nodes, [spec.name for spec in outputs], shapes, Node)
+    return Graph(inputs, outputs, nodes)
 
 
 class _Ctx:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -319,11 +320,12 @@ class BinaryConv:
             out[r0 : r0 + step] = xnor_dot(pack_rows(neg[r0 : r0 + step]), self.weights_rows[0], self.weights_t[0], self.k)
         return out.reshape(*x.shape[:-1], self.cout)
 
-    def _conv_packed(self, x: np.ndarray) -> np.ndarray:
+    def _conv_packed(self, x: np.ndarray, post: "PostOps | None" = None, residual: np.ndarray | None = None) -> np.ndarray:
         """The whole layer in C: sign + pad + pack, popcount GEMM, correction and epilogue.
 
         Same float32 sequence as the numpy path (alpha, beta, channel scale, gain, bias), so
         the outputs are identical; a spatial gain is applied here, between scale and bias.
+        `post` (only without a gain) are the fused next nodes, run in the same epilogue.
         """
         spatial = tuple(x.shape[2:])
         out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(spatial, self.pads, self.kernel, self.stride, self.dilation))
@@ -339,8 +341,16 @@ class BinaryConv:
         if self.mean_abs:
             beta = np.abs(x).mean(axis=tuple(range(1, x.ndim)), keepdims=True).reshape(-1).astype(np.float32, copy=False)
         bias = self.bias if self.gain is None else None
+        extra = ()
+        if post is not None:
+            if residual is not None:
+                if residual.shape != (x.shape[0], self.cout, *out):  # a broadcasting add: the nodes one by one
+                    return post.apply(self._conv_packed(x), residual)
+                residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
+            extra = ((post.scale, post.shift, residual, post.clamp),)
         _xnor.bconv2d(x4, self.packed, y, (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, int(self.pad_value == -1)),
-                      self.shift, cls, table, self.alpha, self.channel_scale, bias, beta, KERNEL["isa"], KERNEL["threads"])
+                      self.shift, cls, table, self.alpha, self.channel_scale, bias, beta, KERNEL["isa"], KERNEL["threads"],
+                      *extra)
         y = y.reshape(x.shape[0], self.cout, *out)
         if self.gain is not None:
             y *= self.gain
@@ -379,6 +389,46 @@ class BinaryConv:
                         dot -= corr[rows, g * cg_out : (g + 1) * cg_out]
                     y[b, g * cg_out : (g + 1) * cg_out, rows] = dot.T
         return y.reshape(n, self.cout, *out)
+
+
+@dataclass(frozen=True)
+class PostOps:
+    """Nodes the engine fused after a binary conv, run in this order in its epilogue, each
+    computing what its own node would: channel_affine, add (of the fused node's second
+    input), hardtanh. Each is optional."""
+
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    residual: bool = False
+    clamp: tuple[float, float] | None = None
+
+    def apply(self, y: np.ndarray, residual: np.ndarray | None) -> np.ndarray:
+        """The same nodes one at a time (the reference the fused epilogue must equal)."""
+        if self.scale is not None:
+            y = channel_affine(y, self.scale, self.shift)
+        if self.residual:
+            y = np.add(y, residual)
+        if self.clamp is not None:
+            y = clamp(y, np.float32(self.clamp[0]), np.float32(self.clamp[1]))
+        return y
+
+
+class FusedBinaryConv:
+    """binary_conv with its next nodes fused (see PostOps): one pass over the output instead
+    of up to four. Falls back to the nodes one by one where the C conv does not run."""
+
+    def __init__(self, conv: BinaryConv, post: PostOps):
+        self.conv, self.post = conv, post
+
+    def fused(self) -> bool:
+        return self.conv.packed is not None and self.conv.kind != "linear" and self.conv.gain is None
+
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        if self.post.residual and residual is None:
+            raise ValueError("the fused add needs its second input")
+        if self.fused():
+            return self.conv._conv_packed(x, self.post, residual)
+        return self.post.apply(self.conv(x), residual)
 
 
 # -- full precision ------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Graph rewrites of the custom runtime: chains of nodes that become one kernel call.
+
+Every rewrite computes the same floats as the nodes it replaces (the same float32
+operations in the same order); it only skips passes over memory and per-node overhead.
+A value that anything else reads (another node, a graph output) is never fused away.
+
+* binary_conv -> channel_affine -> add -> hardtanh (each after the conv optional, in this
+  order): the successors run in the conv's epilogue (custom_ops.FusedBinaryConv). This is
+  a binary ResNet block's tail: batch norm, the shortcut, the activation before the next sign.
+* channel_affine -> hardtanh: one pass (custom_ops.ChannelAffine with clamp_to).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from . import custom_ops as ops
+
+
+def fuse(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]], make_node: Callable) -> list:
+    """Apply every rewrite. `make_node(op, name, inputs, output, fn)` builds an engine Node."""
+    nodes = fuse_conv_epilogues(nodes, outputs, shapes, make_node)
+    return fuse_affine_clamp(nodes, outputs, make_node)
+
+
+def _readers(nodes: list, outputs: Iterable[str]) -> dict[str, list]:
+    readers: dict[str, list] = {name: [None] for name in outputs}  # a graph output: read from outside
+    for node in nodes:
+        for v in node.inputs:
+            readers.setdefault(v, []).append(node)
+    return readers
+
+
+def _sole_reader(readers: dict[str, list], value: str):
+    found = readers.get(value, [])
+    return found[0] if len(found) == 1 else None
+
+
+def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]],
+                        make_node: Callable) -> list:
+    readers = _readers(nodes, outputs)
+    replaced: dict[int, object] = {}  # id(last node of a chain) -> the fused node
+    dropped: set[int] = set()
+    for node in nodes:
+        conv = node.fn
+        if not (isinstance(conv, ops.BinaryConv) and conv.packed is not None and conv.kind != "linear"
+                and conv.gain is None):
+            continue
+        value, chain, inputs = node.output, [node], list(node.inputs)
+        scale = shift = clamp = None
+        residual = False
+        nxt = _sole_reader(readers, value)
+        if nxt is not None and isinstance(nxt.fn, ops.ChannelAffine) and nxt.fn.clamp_to is None:
+            scale, shift = nxt.fn.scale, nxt.fn.shift
+            chain.append(nxt)
+            value, nxt = nxt.output, _sole_reader(readers, nxt.output)
+        if (nxt is not None and nxt.op == "add" and len(nxt.inputs) == 2 and nxt.inputs.count(value) == 1
+                and shapes.get(nxt.inputs[0]) == shapes.get(nxt.inputs[1])):
+            other = nxt.inputs[1] if nxt.inputs[0] == value else nxt.inputs[0]
+            residual = True
+            inputs.append(other)
+            chain.append(nxt)
+            value, nxt = nxt.output, _sole_reader(readers, nxt.output)
+        if nxt is not None and isinstance(nxt.fn, ops.Clamp):
+            clamp = (float(nxt.fn.lo), float(nxt.fn.hi))
+            chain.append(nxt)
+            value = nxt.output
+        if len(chain) == 1:
+            continue
+        post = ops.PostOps(scale, shift, residual, clamp)
+        fused = make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain), inputs, value,
+                          ops.FusedBinaryConv(conv, post))
+        # The fused node runs where the chain's last node ran: by then the residual exists.
+        dropped.update(id(n) for n in chain[:-1])
+        replaced[id(chain[-1])] = fused
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+def fuse_affine_clamp(nodes: list, outputs: Iterable[str], make_node: Callable) -> list:
+    """channel_affine -> hardtanh (batch norm, then the activation before a sign) becomes one
+    pass over memory, when nothing else reads the affine's output."""
+    readers = _readers(nodes, outputs)
+    fused, dropped = [], set()
+    for node in nodes:
+        if id(node) in dropped:
+            continue
+        nxt = _sole_reader(readers, node.output)
+        if (isinstance(node.fn, ops.ChannelAffine) and node.fn.clamp_to is None and nxt is not None
+                and isinstance(nxt.fn, ops.Clamp) and nxt.inputs == [node.output]):
+            fn = ops.ChannelAffine(node.fn.scale, node.fn.shift, (nxt.fn.lo, nxt.fn.hi))
+            fused.append(make_node(f"{node.op}+{nxt.op}", f"{node.name}+{nxt.name}", node.inputs, nxt.output, fn))
+            dropped.add(id(nxt))
+        else:
+            fused.append(node)
+    return fused

@@ -1,0 +1,154 @@
+"""Fused node chains (runtimes/custom_fusion.py): the same floats as the nodes one by one.
+
+binary_conv -> channel_affine -> add -> hardtanh runs in the conv's epilogue; every popcount
+path must give, bit for bit, what the separate nodes give.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from biagent import kernels
+from biagent.runtimes import custom_ops as ops
+from biagent.runtimes.custom_engine import load_artifact
+
+from .test_bconv_kernel import ISAS, _conv, _inputs, _reference
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="C kernels not built on this machine")
+
+POSTS = {
+    "affine": dict(affine=True),
+    "affine+add+clamp": dict(affine=True, residual=True, clamp=(-1.0, 1.0)),
+    "add+clamp": dict(residual=True, clamp=(-0.5, 2.0)),
+    "affine+clamp": dict(affine=True, clamp=(0.0, 0.0)),  # a degenerate clamp: every value at a bound
+    "clamp": dict(clamp=(-1.0, 1.0)),
+}
+
+
+def _post(cout: int, affine=False, residual=False, clamp=None, seed=7) -> ops.PostOps:
+    rng = np.random.default_rng(seed)
+    scale = rng.standard_normal(cout).astype(np.float32) if affine else None
+    shift = rng.standard_normal(cout).astype(np.float32) if affine else None
+    return ops.PostOps(scale, shift, residual, clamp)
+
+
+def _residual(shape, seed=8) -> np.ndarray:
+    r = (np.random.default_rng(seed).standard_normal(shape) * 4).astype(np.float32)
+    r.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]  # NaN must survive the clamp; inf must clamp
+    return r
+
+
+def _separately(conv, post, x, residual):
+    return post.apply(_reference(conv, x), residual)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("post_name", list(POSTS))
+@pytest.mark.parametrize("shape", [(37, 13, 1, 1, 1, 0, 0, 7, 7), (65, 17, 3, 2, 1, 1, 0, 15, 12),
+                                   (64, 24, 3, 1, 1, 1, 0, 14, 14)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "scales"])
+def test_fused_epilogue_equals_the_nodes_one_by_one(isa, post_name, shape, extras, monkeypatch):
+    cin, cout, k, s, d, p, pv, h, w = shape
+    conv = _conv(cin, cout, k, s, d, p, pv, extras)
+    post = _post(cout, **POSTS[post_name])
+    x = _inputs(cin, h, w)
+    out_shape = _reference(conv, x).shape
+    residual = _residual(out_shape) if post.residual else None
+    expected = _separately(conv, post, x, residual)
+    fused = ops.FusedBinaryConv(conv, post)
+    assert fused.fused()
+    monkeypatch.setitem(ops.KERNEL, "isa", isa)
+    for threads in (1, 2):
+        monkeypatch.setitem(ops.KERNEL, "threads", threads)
+        got = fused(x, residual)
+        assert got.dtype == np.float32 and got.shape == out_shape
+        assert np.array_equal(got, expected, equal_nan=True), (isa, threads)
+    if post.clamp is not None:
+        finite = got[np.isfinite(got)]
+        assert finite.min() >= post.clamp[0] and finite.max() <= post.clamp[1]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_conv1d_and_a_broadcasting_residual(isa, monkeypatch):
+    conv = _conv(70, 11, 5, 2, 1, 2, 0, extras=True, nd=1)
+    post = _post(11, affine=True, residual=True, clamp=(-1.0, 1.0))
+    x = np.random.default_rng(4).standard_normal((3, 70, 29)).astype(np.float32)
+    monkeypatch.setitem(ops.KERNEL, "isa", isa)
+    full = _residual(_reference(conv, x).shape)
+    assert np.array_equal(ops.FusedBinaryConv(conv, post)(x, full), _separately(conv, post, x, full), equal_nan=True)
+    row = _residual((1, 11, 1))  # broadcasts: the nodes run one by one, same result
+    assert np.array_equal(ops.FusedBinaryConv(conv, post)(x, row), _separately(conv, post, x, row), equal_nan=True)
+
+
+def test_kernel_refuses_mismatched_post_buffers():
+    conv = _conv(8, 8, 3, 1, 1, 1, 0, extras=False)
+    x = _inputs(8, 5, 5)
+    y = np.empty((2, 8, 5, 5), np.float32)
+    geom = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0)
+    cls, table = conv.correction_classes((5, 5), (5, 5))
+    base = (x, conv.packed, y, geom, None, cls, table, None, None, None, None, "auto", 1)
+    ones = np.ones(8, np.float32)
+    for post, msg in [((ones, None, None, None), "together"), ((np.ones(7, np.float32), np.ones(7, np.float32), None, None), "together"),
+                      ((None, None, np.zeros((2, 8, 5, 4), np.float32), None), "residual"),
+                      ((None, None, None, (1.0, -1.0)), "lo <= hi"), ((None, None, None, (float("nan"), 1.0)), "lo <= hi")]:
+        with pytest.raises(ValueError, match=msg):
+            kernels._xnor.bconv2d(*base, post)
+
+
+# -- the graph rewrite ------------------------------------------------------------------------
+def _block_artifact(outputs: list[str], residual_first: bool = False, seed: int = 3) -> bytes:
+    """x -> binary conv -> batch norm -> (+ shortcut x) -> hardtanh, as an exporter writes a
+    binary ResNet block; then a second block, and a stray reader where asked."""
+    rng = np.random.default_rng(seed)
+    c, k = 70, 70 * 9
+    t = {"w1": ops.pack_rows(rng.random((c, k)) < 0.5), "w2": ops.pack_rows(rng.random((c, k)) < 0.5)}
+    for name in ("s1", "h1", "s2", "h2"):
+        t[name] = rng.standard_normal(c).astype(np.float32)
+    conv = lambda name, src, dst, w: {"op": "binary_conv", "name": name, "inputs": [src], "outputs": [dst],  # noqa: E731
+                                      "attrs": {"kind": "conv2d", "k": k, "weight_shape": [c, c, 3, 3], "weight_bits": w,
+                                                "groups": 1, "stride": [1, 1], "dilation": [1, 1],
+                                                "pads": [[1, 1], [1, 1]], "pad_value": 0}}
+    add_inputs = ["x", "b1"] if residual_first else ["b1", "x"]
+    nodes = [conv("c1", "x", "y1", "w1"),
+             {"op": "channel_affine", "name": "bn1", "inputs": ["y1"], "outputs": ["b1"], "attrs": {"scale": "s1", "shift": "h1"}},
+             {"op": "add", "name": "add1", "inputs": add_inputs, "outputs": ["r1"], "attrs": {}},
+             {"op": "hardtanh", "name": "act1", "inputs": ["r1"], "outputs": ["a1"], "attrs": {"min_val": -1.0, "max_val": 1.0}},
+             conv("c2", "a1", "y2", "w2"),
+             {"op": "channel_affine", "name": "bn2", "inputs": ["y2"], "outputs": ["b2"], "attrs": {"scale": "s2", "shift": "h2"}},
+             {"op": "hardtanh", "name": "act2", "inputs": ["b2"], "outputs": ["a2"], "attrs": {"min_val": -1.0, "max_val": 1.0}}]
+    doc = {"format": "bibench-custom", "version": 1, "inputs": [{"name": "x", "shape": [1, c, 9, 11], "dtype": "float32"}],
+           "outputs": outputs, "nodes": nodes}
+    npz, buf = io.BytesIO(), io.BytesIO()
+    np.savez(npz, **t)
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("graph.json", json.dumps(doc))
+        zf.writestr("tensors.npz", npz.getvalue())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("residual_first", [False, True])
+def test_resnet_block_tails_fuse_into_the_conv(residual_first):
+    data = _block_artifact(["a2", "a1"], residual_first)  # a chain's last value may be read anywhere
+    fused, plain = load_artifact(data), load_artifact(data, fuse=False)
+    assert [n.op for n in fused.nodes] == ["binary_conv+channel_affine+add+hardtanh", "binary_conv+channel_affine+hardtanh"]
+    assert len(plain.nodes) == 7
+    x = (np.random.default_rng(5).standard_normal((2, 70, 9, 11)) * 2).astype(np.float32)
+    x[0, 3, 4, 4] = np.nan
+    got, expected = fused.run([x]), plain.run([x])
+    for a, b in zip(got, expected):
+        assert np.array_equal(a, b, equal_nan=True)
+    assert np.isnan(got[1]).sum() == 1  # the input's NaN came through the fused add (and only there)
+
+
+def test_a_value_read_elsewhere_is_not_fused_away():
+    data = _block_artifact(["a2", "b1"])  # the first batch norm's output is a graph output too
+    fused, plain = load_artifact(data), load_artifact(data, fuse=False)
+    assert [n.op for n in fused.nodes] == ["binary_conv+channel_affine", "add", "hardtanh",
+                                           "binary_conv+channel_affine+hardtanh"]
+    x = np.random.default_rng(6).standard_normal((1, 70, 9, 11)).astype(np.float32)
+    for got, expected in zip(fused.run([x]), plain.run([x])):
+        assert np.array_equal(got, expected)
