@@ -24,7 +24,12 @@ int main(void) {
     for (int i = 0; i < 19; i++) { alpha[i] = 0.5f + i * 0.01f; bias[i] = i * 0.1f - 1.0f; }
     int32_t *cls = calloc(OH * OW, 4);  /* no correction classes: all 0, table zero */
     int32_t *table = calloc(cout, 4);
-    bconv_epilogue e = {NULL, cls, table, 1, alpha, NULL, bias};
+    /* the fused successors too: batch norm (fmaf), a residual, a clamp */
+    float pscale[19], pshift[19];
+    for (int i = 0; i < 19; i++) { pscale[i] = 0.3f + i * 0.07f; pshift[i] = 0.25f - i * 0.03f; }
+    float *res = malloc(sizeof(float) * 2 * cout * OH * OW);
+    for (int64_t i = 0; i < 2 * cout * OH * OW; i++) res[i] = (float)((int64_t)(rnd() % 2001) - 1000) / 300.0f;
+    bconv_epilogue e = {NULL, cls, table, 1, alpha, NULL, bias, pscale, pshift, res, 1, -4.0f, 4.0f};
     const char *isas[] = {"avx512", "avx2", "popcnt", "portable"};
     float *out = malloc(sizeof(float) * 2 * cout * OH * OW);
     for (int k = 0; k < 4; k++) {

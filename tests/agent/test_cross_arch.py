@@ -19,7 +19,7 @@ def test_aarch64_build_matches_every_x86_path(tmp_path):
     def build_and_run(cc: str, runner: list[str]) -> list[str]:
         exe = tmp_path / cc
         subprocess.run([cc, "-O3", "-std=c11", "-ffp-contract=off", "-fopenmp", f"-I{KERNELS}", str(HARNESS),
-                        str(KERNELS / "bconv.c"), "-o", str(exe), "-static"], check=True, capture_output=True, timeout=300)
+                        str(KERNELS / "bconv.c"), "-o", str(exe), "-static", "-lm"], check=True, capture_output=True, timeout=300)
         out = subprocess.run([*runner, str(exe)], check=True, capture_output=True, text=True, timeout=300).stdout
         return [line.split("sum", 1)[1].strip() for line in out.splitlines()]
 

@@ -152,3 +152,59 @@ def test_a_value_read_elsewhere_is_not_fused_away():
     x = np.random.default_rng(6).standard_normal((1, 70, 9, 11)).astype(np.float32)
     for got, expected in zip(fused.run([x]), plain.run([x])):
         assert np.array_equal(got, expected)
+
+
+# -- the stem: direct conv -> batch norm -> hardtanh -> max pool --------------------------------
+STEM_POSTS = {
+    "affine": dict(affine=True),
+    "affine+clamp": dict(affine=True, clamp=(-1.0, 1.0)),
+    "affine+clamp+pool": dict(affine=True, clamp=(-1.0, 1.0), pool=((3, 3), (2, 2), [[1, 1], [1, 1]], (1, 1))),
+    "pool": dict(pool=((2, 2), (2, 2), [[0, 0], [0, 0]], (1, 1))),
+    "clamp+pool": dict(clamp=(0.0, 6.0), pool=((3, 3), (1, 1), [[1, 1], [1, 1]], (2, 2))),
+}
+
+
+def _stem_post(cout: int, affine=False, clamp=None, pool=None, seed=9) -> ops.StemPost:
+    rng = np.random.default_rng(seed)
+    scale = rng.standard_normal(cout).astype(np.float32) if affine else None
+    shift = rng.standard_normal(cout).astype(np.float32) if affine else None
+    return ops.StemPost(scale, shift, clamp, None if pool is None else ops.MaxPool(*pool))
+
+
+@pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
+@pytest.mark.parametrize("post_name", list(STEM_POSTS))
+@pytest.mark.parametrize("cin, cout, k, s, p, h, w", [(3, 64, 7, 2, 3, 37, 41), (3, 13, 3, 1, 1, 9, 50),
+                                                      (16, 9, 5, 3, 2, 23, 19)])
+def test_fused_stem_equals_the_nodes_one_by_one(post_name, cin, cout, k, s, p, h, w, monkeypatch):
+    rng = np.random.default_rng(14)
+    attrs = {"weight": "w", "bias": "b", "groups": 1, "stride": [s, s], "dilation": [1, 1], "pads": [[p, p], [p, p]]}
+    conv = ops.Conv(attrs, {"w": rng.standard_normal((cout, cin, k, k)).astype(np.float32),
+                            "b": rng.standard_normal(cout).astype(np.float32)})
+    assert conv.direct is not None
+    post = _stem_post(cout, **STEM_POSTS[post_name])
+    x = (rng.standard_normal((2, cin, h, w)) * 2).astype(np.float32)
+    x[1, 0, h // 2, w // 2] = np.nan
+    for threads in (1, 2):
+        monkeypatch.setitem(ops.KERNEL, "threads", threads)
+        expected = post.apply(conv(x))
+        got = ops.FusedStemConv(conv, post)(x)
+        assert got.shape == expected.shape
+        assert np.array_equal(got, expected, equal_nan=True), threads
+        assert np.isnan(got).any()  # the NaN went through affine, clamp and pool
+
+
+@pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
+def test_direct_conv_refuses_bad_post_ops():
+    x = np.zeros((3, 9, 9), np.float32)
+    wt = np.zeros((1, 3, 3, 3, 8), np.float32)
+    geom = (3, 3, 1, 1, 1, 1, 1, 1)
+    ones = np.ones(8, np.float32)
+    pool = ((3, 3, 2, 2, 1, 1, 1, 1), 9, 9)
+    for post, out, msg in [((ones, None, None, None), (8, 9, 9), "together"),
+                           ((None, None, (1.0, 0.0), None), (8, 9, 9), "lo <= hi"),
+                           ((None, None, None, pool), (8, 9, 9), "must fit"),  # 9 pooled rows do not fit 9 conv rows
+                           ((None, None, None, ((0, 3, 2, 2, 1, 1, 1, 1), 9, 9)), (8, 5, 5), "must fit")]:
+        with pytest.raises(ValueError, match=msg):
+            kernels._xnor.conv2d_direct(x, wt, None, np.zeros(out, np.float32), geom, 1, post)
+    y = np.zeros((8, 5, 5), np.float32)
+    kernels._xnor.conv2d_direct(x, wt, None, y, geom, 1, (None, None, None, pool))  # the right pooled size

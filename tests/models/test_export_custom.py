@@ -173,7 +173,7 @@ def test_large_network_matches_torch(arch, algorithm):
     _check_network(arch, algorithm, batch=1)
 
 
-@pytest.mark.parametrize("arch", ["resnet20", "birealnet18"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet20", "birealnet18"])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_fused_graph_gives_the_unfused_graphs_floats(arch, algorithm):
     """The engine's rewrites (conv epilogues, affine + clamp) change no bit of the output."""

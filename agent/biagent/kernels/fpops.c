@@ -166,21 +166,49 @@ static hmax2_fn choose_hmax2(const char *isa) {
     return hmax2_scalar;
 }
 
-/* Separable: per output row, first the max over the window's rows (contiguous; the compiler
- * vectorizes it) into a -inf padded row, then the max over the window's columns of that
- * row. The old tap-by-tap strided loop stayed scalar: 1.0 ms on resnet18's pool. */
+/* One plane. Separable: per output row, first the max over the window's rows (contiguous;
+ * the compiler vectorizes it) into a -inf padded row, then the max over the window's
+ * columns of that row. The old tap-by-tap strided loop stayed scalar: 1.0 ms on resnet18's
+ * pool. `row` holds pool_row_floats(p) floats. */
+static inline int64_t pool_span(const fp_pool2d *p) { return (p->ow - 1) * p->sw + (p->kw - 1) * p->dw + 1; }
+static inline int64_t pool_row_floats(const fp_pool2d *p) { return pool_span(p) + 32; /* slack for vector loads */ }
+
+static inline void pool_plane(const float *xp, int64_t H, int64_t W, const fp_pool2d *p, float *y, float *row,
+                              hmax2_fn hmax2) {
+    const int64_t OH = p->oh, OW = p->ow, sw = p->sw, dw = p->dw, kw = p->kw;
+    const int64_t span = pool_span(p), stride = pool_row_floats(p);
+    const int64_t valid = W < span - p->pl ? W : span - p->pl; /* input columns that land in the row */
+    for (int64_t oy = 0; oy < OH; oy++) {
+        for (int64_t i = 0; i < stride; i++) row[i] = -INFINITY;
+        float *restrict r = row + p->pl;
+        for (int64_t ky = 0; ky < p->kh; ky++) {
+            const int64_t iy = oy * p->sh + ky * p->dh - p->pt;
+            if (iy < 0 || iy >= H) continue;
+            const float *restrict src = xp + iy * W;
+            for (int64_t i = 0; i < valid; i++) r[i] = nan_max(r[i], src[i]);
+        }
+        float *restrict m = y + oy * OW;
+        if (hmax2) {
+            hmax2(row, kw, OW, m);
+            continue;
+        }
+        for (int64_t ox = 0; ox < OW; ox++) m[ox] = row[ox * sw];
+        for (int64_t kx = 1; kx < kw; kx++) {
+            const float *restrict t = row + kx * dw;
+            for (int64_t ox = 0; ox < OW; ox++) m[ox] = nan_max(m[ox], t[ox * sw]);
+        }
+    }
+}
+
 FP_CLONES int fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t W, const fp_pool2d *p, float *y,
                              int threads, const char *isa) {
-    const int64_t OH = p->oh, OW = p->ow, sw = p->sw, dw = p->dw, kw = p->kw;
-    const int64_t span = (OW - 1) * sw + (kw - 1) * dw + 1;     /* padded columns any window reads */
-    const int64_t valid = W < span - p->pl ? W : span - p->pl; /* input columns that land in it */
-    const int64_t stride = span + 32;                          /* slack for the vector loads */
-    const hmax2_fn hmax2 = sw == 2 && dw == 1 ? choose_hmax2(isa) : NULL;
+    const int64_t stride = pool_row_floats(p);
+    const hmax2_fn hmax2 = p->sw == 2 && p->dw == 1 ? choose_hmax2(isa) : NULL;
     const int nt = threads > 0 ? threads : 1;
     float *rows = malloc((size_t)(nt * stride) * sizeof(float));
     if (!rows) return -2;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (planes * OH * OW > (1 << 14))
+#pragma omp parallel num_threads(nt) if (planes * p->oh * p->ow > (1 << 14))
 #endif
     {
 #ifdef _OPENMP
@@ -189,29 +217,7 @@ FP_CLONES int fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t W
 #else
         float *row = rows;
 #endif
-        for (int64_t pl = 0; pl < planes; pl++) {
-            const float *xp = x + pl * H * W;
-            for (int64_t oy = 0; oy < OH; oy++) {
-                for (int64_t i = 0; i < stride; i++) row[i] = -INFINITY;
-                float *restrict r = row + p->pl;
-                for (int64_t ky = 0; ky < p->kh; ky++) {
-                    const int64_t iy = oy * p->sh + ky * p->dh - p->pt;
-                    if (iy < 0 || iy >= H) continue;
-                    const float *restrict src = xp + iy * W;
-                    for (int64_t i = 0; i < valid; i++) r[i] = nan_max(r[i], src[i]);
-                }
-                float *restrict m = y + (pl * OH + oy) * OW;
-                if (hmax2) {
-                    hmax2(row, kw, OW, m);
-                    continue;
-                }
-                for (int64_t ox = 0; ox < OW; ox++) m[ox] = row[ox * sw];
-                for (int64_t kx = 1; kx < kw; kx++) {
-                    const float *restrict t = row + kx * dw;
-                    for (int64_t ox = 0; ox < OW; ox++) m[ox] = nan_max(m[ox], t[ox * sw]);
-                }
-            }
-        }
+        for (int64_t pl = 0; pl < planes; pl++) pool_plane(x + pl * H * W, H, W, p, y + pl * p->oh * p->ow, row, hmax2);
     }
     free(rows);
     return 0;
@@ -233,17 +239,82 @@ int fp_conv2d_direct_supported(void) {
     return __builtin_cpu_supports("avx512f");
 }
 
+typedef struct {
+    const float *ph;      /* stride phases: ph[c][iy][r][j] = x[c][iy - pt][j * sw + r - pl], zero outside */
+    const int64_t *kx_off; /* where tap kx reads in a phase row */
+    int64_t C, kh, kw, Hp, sw, span, sh, dh, OH, OW, cout;
+    const float *bias;
+    const fp_conv_post *post;
+} direct_geom;
+
+/* 16 * nv output columns of row oy x the 8 channels of block b, accumulated in registers
+ * in (c, ky, kx) order, then bias, the fused affine (fmaf) and clamp, stored into dst
+ * (8 planes of OH x OW). nv is 2 for the body and 1 for a last block of <= 16 columns. */
+__attribute__((target("avx512f"), always_inline)) static inline void direct_tile(const direct_geom *g, const float *wb,
+                                                                               int64_t b, int64_t oy, int64_t ox,
+                                                                               const int nv, float *dst) {
+    __m512 acc[8][2];
+    for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    const float *w = wb;
+    for (int64_t c = 0; c < g->C; c++)
+        for (int64_t ky = 0; ky < g->kh; ky++) {
+            const float *rows = g->ph + (c * g->Hp + oy * g->sh + ky * g->dh) * g->sw * g->span;
+            for (int64_t kx = 0; kx < g->kw; kx++, w += 8) {
+                const float *src = rows + g->kx_off[kx] + ox;
+                const __m512 v0 = _mm512_loadu_ps(src), v1 = nv > 1 ? _mm512_loadu_ps(src + 16) : v0;
+                for (int j = 0; j < 8; j++) {
+                    const __m512 wj = _mm512_set1_ps(w[j]);
+                    acc[j][0] = _mm512_fmadd_ps(wj, v0, acc[j][0]);
+                    if (nv > 1) acc[j][1] = _mm512_fmadd_ps(wj, v1, acc[j][1]);
+                }
+            }
+        }
+    const int64_t left = g->OW - ox;
+    const __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+    const fp_conv_post *post = g->post;
+    for (int j = 0; j < 8 && b * 8 + j < g->cout; j++) {
+        const int64_t ch = b * 8 + j;
+        const __m512 bj = _mm512_set1_ps(g->bias ? g->bias[ch] : 0.0f);
+        float *row = dst + (j * g->OH + oy) * g->OW + ox;
+        for (int v = 0; v < nv; v++) {
+            __m512 r = _mm512_add_ps(acc[j][v], bj);
+            if (post && post->scale)
+                r = _mm512_fmadd_ps(r, _mm512_set1_ps(post->scale[ch]), _mm512_set1_ps(post->shift[ch]));
+            if (post && post->has_clamp) /* max_ps(a, b) is b when either is NaN: NaN passes */
+                r = _mm512_min_ps(_mm512_set1_ps(post->hi), _mm512_max_ps(_mm512_set1_ps(post->lo), r));
+            _mm512_mask_storeu_ps(row + 16 * v, v ? m1 : m0, r);
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void direct_row(const direct_geom *g, const float *wb, int64_t b, int64_t oy,
+                                                          float *dst) {
+    int64_t ox = 0;
+    for (; g->OW - ox > 16; ox += 32) direct_tile(g, wb, b, oy, ox, 2, dst);
+    if (ox < g->OW) direct_tile(g, wb, b, oy, ox, 1, dst);
+}
+
 __attribute__((target("avx512f"))) int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W,
                                                         const float *wt, const float *bias, int64_t cout,
-                                                        const fp_pool2d *p, float *y, int threads) {
+                                                        const fp_pool2d *p, const fp_conv_post *post, float *y,
+                                                        int threads) {
     const int64_t OH = p->oh, OW = p->ow, sw = p->sw, kw = p->kw, kh = p->kh;
     const int64_t OWv = (OW + 31) / 32 * 32;                       /* output columns, padded */
     const int64_t span = OWv + ((kw - 1) * p->dw) / sw + 2;          /* a phase row, with slack */
     const int64_t Hp = (OH - 1) * p->sh + (kh - 1) * p->dh + 1;      /* input rows any window reads */
-    float *ph = NULL;
-    if (posix_memalign((void **)&ph, 64, (size_t)(C * Hp * sw * span) * sizeof(float))) return -2;
+    const fp_pool2d *pool = post ? post->pool : NULL;
+    const int nt = threads > 0 ? threads : 1;
+    const int64_t plane = OH * OW, cob = (cout + 7) / 8, taps = C * kh * kw;
+    float *ph = NULL, *scratch = NULL, *rows = NULL;
+    int64_t *kx_off = malloc((size_t)kw * sizeof(int64_t));
+    int rc = -2;
+    if (!kx_off || posix_memalign((void **)&ph, 64, (size_t)(C * Hp * sw * span) * sizeof(float))) goto out;
+    if (pool && (posix_memalign((void **)&scratch, 64, (size_t)(nt * 8 * plane) * sizeof(float)) ||
+                 !(rows = malloc((size_t)(nt * pool_row_floats(pool)) * sizeof(float)))))
+        goto out;
+    for (int64_t kx = 0; kx < kw; kx++) kx_off[kx] = ((kx * p->dw) % sw) * span + (kx * p->dw) / sw; /* no division per tap */
     memset(ph, 0, (size_t)(C * Hp * sw * span) * sizeof(float));
-    /* ph[c][iy][r][j] = x[c][iy - pt][j * sw + r - pl], zero outside the input */
     for (int64_t c = 0; c < C; c++)
         for (int64_t iy = 0; iy < Hp; iy++) {
             const int64_t sy = iy - p->pt;
@@ -257,50 +328,50 @@ __attribute__((target("avx512f"))) int fp_conv2d_direct(const float *x, int64_t 
                 }
             }
         }
-    const int64_t cob = (cout + 7) / 8, taps = C * kh * kw;
+    const direct_geom g = {ph, kx_off, C, kh, kw, Hp, sw, span, p->sh, p->dh, OH, OW, cout, bias, post};
+    if (!pool) {
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) collapse(2) num_threads(threads > 0 ? threads : 1)
+#pragma omp parallel for schedule(static) collapse(2) num_threads(nt)
 #endif
-    for (int64_t b = 0; b < cob; b++)
-        for (int64_t oy = 0; oy < OH; oy++) {
-            const float *wb = wt + b * taps * 8;
-            for (int64_t ox = 0; ox < OWv; ox += 32) {
-                __m512 acc[8][2];
-                for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
-                const float *w = wb;
-                for (int64_t c = 0; c < C; c++)
-                    for (int64_t ky = 0; ky < kh; ky++) {
-                        const float *rows = ph + (c * Hp + oy * p->sh + ky * p->dh) * sw * span;
-                        for (int64_t kx = 0; kx < kw; kx++, w += 8) {
-                            const int64_t off = kx * p->dw;
-                            const float *src = rows + (off % sw) * span + off / sw + ox;
-                            const __m512 v0 = _mm512_loadu_ps(src), v1 = _mm512_loadu_ps(src + 16);
-                            for (int j = 0; j < 8; j++) {
-                                const __m512 wj = _mm512_set1_ps(w[j]);
-                                acc[j][0] = _mm512_fmadd_ps(wj, v0, acc[j][0]);
-                                acc[j][1] = _mm512_fmadd_ps(wj, v1, acc[j][1]);
-                            }
-                        }
-                    }
-                const int64_t left = OW - ox;
-                const __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-                const __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-                for (int j = 0; j < 8 && b * 8 + j < cout; j++) {
-                    const __m512 bj = _mm512_set1_ps(bias ? bias[b * 8 + j] : 0.0f);
-                    float *row = y + ((b * 8 + j) * OH + oy) * OW + ox;
-                    _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc[j][0], bj));
-                    _mm512_mask_storeu_ps(row + 16, m1, _mm512_add_ps(acc[j][1], bj));
-                }
+        for (int64_t b = 0; b < cob; b++)
+            for (int64_t oy = 0; oy < OH; oy++) direct_row(&g, wt + b * taps * 8, b, oy, y + b * 8 * plane);
+    } else {
+        /* A block's 8 planes are pooled while they are still in this core's cache. */
+        const hmax2_fn hmax2 = pool->sw == 2 && pool->dw == 1 ? choose_hmax2("auto") : NULL;
+        const int64_t pooled = pool->oh * pool->ow;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+        {
+#ifdef _OPENMP
+            const int tid = omp_get_thread_num();
+#else
+            const int tid = 0;
+#endif
+            float *mine = scratch + tid * 8 * plane, *row = rows + tid * pool_row_floats(pool);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t b = 0; b < cob; b++) {
+                for (int64_t oy = 0; oy < OH; oy++) direct_row(&g, wt + b * taps * 8, b, oy, mine);
+                for (int64_t j = 0; j < 8 && b * 8 + j < cout; j++)
+                    pool_plane(mine + j * plane, OH, OW, pool, y + (b * 8 + j) * pooled, row, hmax2);
             }
         }
+    }
+    rc = 0;
+out:
     free(ph);
-    return 0;
+    free(scratch);
+    free(rows);
+    free(kx_off);
+    return rc;
 }
 #else
 int fp_conv2d_direct_supported(void) { return 0; }
 int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const float *wt, const float *bias,
-                     int64_t cout, const fp_pool2d *p, float *y, int threads) {
-    (void)x; (void)C; (void)H; (void)W; (void)wt; (void)bias; (void)cout; (void)p; (void)y; (void)threads;
+                     int64_t cout, const fp_pool2d *p, const fp_conv_post *post, float *y, int threads) {
+    (void)x; (void)C; (void)H; (void)W; (void)wt; (void)bias; (void)cout; (void)p; (void)post; (void)y; (void)threads;
     return -1;
 }
 #endif

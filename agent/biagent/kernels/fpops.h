@@ -18,9 +18,18 @@ int fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t W, const fp
 /* cols (C * kh * kw, (oy1 - oy0) * ow) of a zero-padded conv over x (C, H, W); p->oh is unused. */
 void fp_im2col2d(const float *x, int64_t C, int64_t H, int64_t W, const fp_pool2d *p, int64_t oy0, int64_t oy1,
                  float *cols, int threads);
-/* Direct conv for few-channel stems (AVX-512): wt is (ceil(cout/8), C, kh, kw, 8); y (cout, oh, ow).
- * Returns 0, -1 where this CPU or build has no such kernel, -2 when out of memory. */
+/* The nodes fused after a direct conv, in this order, each optional (NULL / 0). */
+typedef struct {
+    const float *scale, *shift; /* (cout): fmaf(v, scale, shift), a channel_affine */
+    int has_clamp;              /* min(max(v, lo), hi), NaN kept, a hardtanh */
+    float lo, hi;
+    const fp_pool2d *pool;      /* a max pool over the conv's (OH, OW) output; its oh/ow are the pooled size */
+} fp_conv_post;
+
+/* Direct conv for few-channel stems (AVX-512): wt is (ceil(cout/8), C, kh, kw, 8); y is (cout, oh, ow),
+ * or (cout, pool->oh, pool->ow) with a fused pool. Returns 0, -1 where this CPU or build has no such
+ * kernel, -2 when out of memory. */
 int fp_conv2d_direct_supported(void);
 int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const float *wt, const float *bias,
-                     int64_t cout, const fp_pool2d *p, float *y, int threads);
+                     int64_t cout, const fp_pool2d *p, const fp_conv_post *post, float *y, int threads);
 #endif

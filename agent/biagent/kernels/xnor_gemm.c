@@ -483,33 +483,64 @@ done:
 }
 
 static PyObject *py_conv2d_direct(PyObject *self, PyObject *args) {
-    PyObject *xo, *wo, *bo, *oo;
-    fp_pool2d p;
+    PyObject *xo, *wo, *bo, *oo, *scale_o = Py_None, *shift_o = Py_None, *clamp_o = Py_None, *pool_o = Py_None;
+    fp_pool2d p, pool;
     int threads = 1;
-    if (!PyArg_ParseTuple(args, "OOOO(LLLLLLLL)|i", &xo, &wo, &bo, &oo, &p.kh, &p.kw, &p.sh, &p.sw, &p.dh, &p.dw,
-                          &p.pt, &p.pl, &threads))
+    long long conv_oh = 0, conv_ow = 0;
+    if (!PyArg_ParseTuple(args, "OOOO(LLLLLLLL)|i(OOOO)", &xo, &wo, &bo, &oo, &p.kh, &p.kw, &p.sh, &p.sw, &p.dh, &p.dw,
+                          &p.pt, &p.pl, &threads, &scale_o, &shift_o, &clamp_o, &pool_o))
         return NULL;
-    opt_buf b[4];
+    fp_conv_post post = {NULL, NULL, 0, 0.0f, 0.0f, NULL};
+    if (clamp_o != Py_None) {
+        if (!PyArg_ParseTuple(clamp_o, "ff", &post.lo, &post.hi)) return NULL;
+        if (!(post.lo <= post.hi)) {
+            PyErr_SetString(PyExc_ValueError, "conv2d_direct: clamp must be (lo, hi) with lo <= hi");
+            return NULL;
+        }
+        post.has_clamp = 1;
+    }
+    if (pool_o != Py_None) {
+        if (!PyArg_ParseTuple(pool_o, "(LLLLLLLL)LL", &pool.kh, &pool.kw, &pool.sh, &pool.sw, &pool.dh, &pool.dw, &pool.pt,
+                              &pool.pl, &conv_oh, &conv_ow))
+            return NULL;
+        post.pool = &pool;
+    }
+    opt_buf b[6];
     memset(b, 0, sizeof(b));
     PyObject *result = NULL;
     if (take(xo, &b[0], 3, 4, 'f', 0, 0, "conv2d_direct: x") || take(wo, &b[1], 5, 4, 'f', 0, 0, "conv2d_direct: weights") ||
-        take(bo, &b[2], 1, 4, 'f', 0, 1, "conv2d_direct: bias") || take(oo, &b[3], 3, 4, 'f', 1, 0, "conv2d_direct: out"))
+        take(bo, &b[2], 1, 4, 'f', 0, 1, "conv2d_direct: bias") || take(oo, &b[3], 3, 4, 'f', 1, 0, "conv2d_direct: out") ||
+        take(scale_o, &b[4], 1, 4, 'f', 0, 1, "conv2d_direct: post scale") ||
+        take(shift_o, &b[5], 1, 4, 'f', 0, 1, "conv2d_direct: post shift"))
         goto done;
     const Py_ssize_t *xs = b[0].view.shape, *ws = b[1].view.shape, *os = b[3].view.shape;
     const int64_t cout = os[0];
-    p.oh = os[1];
-    p.ow = os[2];
+    p.oh = post.pool ? conv_oh : os[1];
+    p.ow = post.pool ? conv_ow : os[2];
     if (p.kh < 1 || p.kw < 1 || p.sh < 1 || p.sw < 1 || p.dh < 1 || p.dw < 1 || p.pt < 0 || p.pl < 0 || p.oh < 1 ||
         p.ow < 1 || ws[0] != (cout + 7) / 8 || ws[1] != xs[0] || ws[2] != p.kh || ws[3] != p.kw || ws[4] != 8 ||
-        (b[2].held && b[2].view.shape[0] != cout)) {
+        (b[2].held && b[2].view.shape[0] != cout) || b[4].held != b[5].held ||
+        (b[4].held && (b[4].view.shape[0] != cout || b[5].view.shape[0] != cout))) {
         PyErr_SetString(PyExc_ValueError, "conv2d_direct: x (C, H, W), weights (ceil(cout/8), C, kh, kw, 8), "
-                                          "bias (cout,) or None, out (cout, OH, OW)");
+                                          "bias (cout,) or None, out (cout, OH, OW), post scale and shift (cout,) together");
         goto done;
     }
+    if (post.pool) {
+        pool.oh = os[1];
+        pool.ow = os[2];
+        if (pool.kh < 1 || pool.kw < 1 || pool.sh < 1 || pool.sw < 1 || pool.dh < 1 || pool.dw < 1 || pool.pt < 0 ||
+            pool.pl < 0 || pool.oh < 1 || pool.ow < 1 || (pool.oh - 1) * pool.sh - pool.pt >= p.oh ||
+            (pool.ow - 1) * pool.sw - pool.pl >= p.ow) {
+            PyErr_SetString(PyExc_ValueError, "conv2d_direct: the fused pool's windows must fit the conv's (oh, ow) output");
+            goto done;
+        }
+    }
+    post.scale = b[4].held ? (const float *)b[4].view.buf : NULL;
+    post.shift = b[5].held ? (const float *)b[5].view.buf : NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = fp_conv2d_direct((const float *)b[0].view.buf, xs[0], xs[1], xs[2], (const float *)b[1].view.buf,
-                          b[2].held ? (const float *)b[2].view.buf : NULL, cout, &p, (float *)b[3].view.buf, threads);
+                          b[2].held ? (const float *)b[2].view.buf : NULL, cout, &p, &post, (float *)b[3].view.buf, threads);
     Py_END_ALLOW_THREADS
     if (rc == -1) {
         PyErr_SetString(PyExc_ValueError, "conv2d_direct: not available on this CPU (needs AVX-512)");
@@ -520,7 +551,7 @@ static PyObject *py_conv2d_direct(PyObject *self, PyObject *args) {
         Py_INCREF(result);
     }
 done:
-    release(b, 4);
+    release(b, 6);
     return result;
 }
 
@@ -573,7 +604,9 @@ static PyMethodDef methods[] = {
     {"im2col2d", py_im2col2d, METH_VARARGS,
      "im2col2d(x, cols, (kh, kw, sh, sw, dh, dw, pt, pl), ow, oy0, oy1, threads=1): zero-padded conv columns"},
     {"conv2d_direct", py_conv2d_direct, METH_VARARGS,
-     "conv2d_direct(x, weights, bias, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1): few-channel stem conv"},
+     "conv2d_direct(x, weights, bias, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1, [(scale, shift, (lo, hi), "
+     "((kh, kw, sh, sw, dh, dw, pt, pl), conv_oh, conv_ow))]): few-channel stem conv; the post-ops are the fused next "
+     "nodes (channel_affine, hardtanh, max_pool), each optional (None)"},
     {"conv2d_direct_supported", py_conv2d_direct_supported, METH_NOARGS, "Whether conv2d_direct runs here."},
     {"bconv_ceiling", py_bconv_ceiling, METH_VARARGS,
      "bconv_ceiling(isa='auto', reps=1000): run the micro-kernel on an L1 tile; returns word pairs done (time it)."},

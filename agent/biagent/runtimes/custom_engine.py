@@ -371,7 +371,7 @@ def _pool(ctx: _Ctx, ins, with_dilation: bool):
 
 def _op_max_pool(ctx: _Ctx, ins):
     out, (k, s, p, d) = _pool(ctx, ins, True)
-    return out, lambda v: ops.max_pool(v, k, s, p, d)
+    return out, ops.MaxPool(k, s, p, d)
 
 
 def _op_avg_pool(ctx: _Ctx, ins):

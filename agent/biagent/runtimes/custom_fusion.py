@@ -7,6 +7,9 @@ A value that anything else reads (another node, a graph output) is never fused a
 * binary_conv -> channel_affine -> add -> hardtanh (each after the conv optional, in this
   order): the successors run in the conv's epilogue (custom_ops.FusedBinaryConv). This is
   a binary ResNet block's tail: batch norm, the shortcut, the activation before the next sign.
+* conv (direct stem kernel) -> channel_affine -> hardtanh -> max_pool (each optional): the
+  affine and clamp run in the conv's registers, and the pool reads each block of 8 output
+  channels while it is in cache (custom_ops.FusedStemConv). A ResNet stem.
 * channel_affine -> hardtanh: one pass (custom_ops.ChannelAffine with clamp_to).
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from . import custom_ops as ops
 def fuse(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]], make_node: Callable) -> list:
     """Apply every rewrite. `make_node(op, name, inputs, output, fn)` builds an engine Node."""
     nodes = fuse_conv_epilogues(nodes, outputs, shapes, make_node)
+    nodes = fuse_stems(nodes, outputs, make_node)
     return fuse_affine_clamp(nodes, outputs, make_node)
 
 
@@ -73,6 +77,39 @@ def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, t
         dropped.update(id(n) for n in chain[:-1])
         replaced[id(chain[-1])] = fused
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+def _rebuild(nodes: list, chains: list[tuple[list, object]]) -> list:
+    """Each chain's fused node takes the place of the chain's last node; the rest go."""
+    replaced = {id(chain[-1]): fused for chain, fused in chains}
+    dropped = {id(n) for chain, _ in chains for n in chain[:-1]}
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+def fuse_stems(nodes: list, outputs: Iterable[str], make_node: Callable) -> list:
+    readers = _readers(nodes, outputs)
+    chains = []
+    for node in nodes:
+        if not (isinstance(node.fn, ops.Conv) and node.fn.direct is not None):
+            continue
+        chain, scale, shift, clamp, pool = [node], None, None, None, None
+        nxt = _sole_reader(readers, node.output)
+        if nxt is not None and isinstance(nxt.fn, ops.ChannelAffine) and nxt.fn.clamp_to is None:
+            scale, shift = nxt.fn.scale, nxt.fn.shift
+            chain.append(nxt)
+            nxt = _sole_reader(readers, nxt.output)
+        if nxt is not None and isinstance(nxt.fn, ops.Clamp):
+            clamp = (float(nxt.fn.lo), float(nxt.fn.hi))
+            chain.append(nxt)
+            nxt = _sole_reader(readers, nxt.output)
+        if nxt is not None and isinstance(nxt.fn, ops.MaxPool) and len(nxt.fn.kernel) == 2:
+            pool = nxt.fn
+            chain.append(nxt)
+        if len(chain) > 1:
+            fused = ops.FusedStemConv(node.fn, ops.StemPost(scale, shift, clamp, pool))
+            chains.append((chain, make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain),
+                                            node.inputs, chain[-1].output, fused)))
+    return _rebuild(nodes, chains)
 
 
 def fuse_affine_clamp(nodes: list, outputs: Iterable[str], make_node: Callable) -> list:

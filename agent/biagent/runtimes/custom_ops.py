@@ -452,17 +452,32 @@ class Conv:
             padded[: self.cout] = w
             self.direct = np.ascontiguousarray(padded.reshape(-1, 8, cg, *self.kernel).transpose(0, 2, 3, 4, 1))
 
+    def out_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(x_shape[2:], self.pads, self.kernel, self.stride, self.dilation))
+
+    def direct_call(self, x: np.ndarray, post: "StemPost | None" = None) -> np.ndarray:
+        """The direct kernel, with the fused next nodes (`post`) in its epilogue."""
+        n, out = x.shape[0], self.out_shape(x.shape)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        geom = (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
+        extra, final = (), out
+        if post is not None:
+            pool = None
+            if post.pool is not None:
+                final = post.pool.out_shape(out)
+                pool = (post.pool.geometry(), *out)
+            extra = ((post.scale, post.shift, post.clamp, pool),)
+        y = np.empty((n, self.cout, *final), np.float32)
+        for b in range(n):
+            _xnor.conv2d_direct(x[b], self.direct, self.bias, y[b], geom, KERNEL["threads"], *extra)
+        return y
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, c = x.shape[:2]
         nd = len(self.kernel)
-        out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(x.shape[2:], self.pads, self.kernel, self.stride, self.dilation))
+        out = self.out_shape(x.shape)
         if self.direct is not None:
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            y = np.empty((n, self.cout, *out), np.float32)
-            geom = (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
-            for b in range(n):
-                _xnor.conv2d_direct(x[b], self.direct, self.bias, y[b], geom, KERNEL["threads"])
-            return y
+            return self.direct_call(x)
         view = windows(pad_spatial(x, self.pads, 0.0), self.kernel, self.stride, self.dilation, out)  # (N, C, *out, *k)
         view = view.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *k, *out)
         kg = self.w.shape[2]
@@ -564,6 +579,55 @@ def clamp(x: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
 def prelu(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     w = weight.reshape((1, weight.size) + (1,) * (x.ndim - 2)) if weight.size > 1 else weight.reshape(())
     return np.where(x > 0, x, w * x).astype(np.float32, copy=False)
+
+
+class MaxPool:
+    """The max_pool node (a class, so the engine can fuse it into a stem conv)."""
+
+    def __init__(self, kernel, stride, pads, dilation):
+        self.kernel, self.stride, self.pads, self.dilation = tuple(kernel), tuple(stride), [list(p) for p in pads], tuple(dilation)
+
+    def out_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(spatial, self.pads, self.kernel, self.stride, self.dilation))
+
+    def geometry(self) -> tuple[int, ...]:
+        """(kh, kw, sh, sw, dh, dw, pt, pl), as the C kernels take it (2-D)."""
+        return (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return max_pool(x, self.kernel, self.stride, self.pads, self.dilation)
+
+
+@dataclass(frozen=True)
+class StemPost:
+    """Nodes the engine fused after a direct (stem) conv, in this order, each optional:
+    channel_affine, hardtanh, a 2-D max_pool."""
+
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    clamp: tuple[float, float] | None = None
+    pool: MaxPool | None = None
+
+    def apply(self, y: np.ndarray) -> np.ndarray:
+        """The same nodes one at a time (the reference the fused kernel must equal)."""
+        if self.scale is not None:
+            y = channel_affine(y, self.scale, self.shift)
+        if self.clamp is not None:
+            y = clamp(y, np.float32(self.clamp[0]), np.float32(self.clamp[1]))
+        return y if self.pool is None else self.pool(y)
+
+
+class FusedStemConv:
+    """A direct conv with its next nodes fused (see StemPost): the pool reads each block of
+    8 channels while it is still in cache, and the conv output is never written whole."""
+
+    def __init__(self, conv: Conv, post: StemPost):
+        self.conv, self.post = conv, post
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.conv.direct is not None:
+            return self.conv.direct_call(x, self.post)
+        return self.post.apply(self.conv(x))
 
 
 def max_pool(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
