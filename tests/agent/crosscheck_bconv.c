@@ -32,13 +32,25 @@ int main(void) {
     bconv_epilogue e = {NULL, cls, table, 1, alpha, NULL, bias, pscale, pshift, res, 1, -4.0f, 4.0f};
     const char *isas[] = {"avx512", "avx2", "popcnt", "portable"};
     float *out = malloc(sizeof(float) * 2 * cout * OH * OW);
+    const int64_t nbits = 2 * ((cout + 63) / 64) * (OH + 2) * (OW + 3);
+    uint64_t *bits = malloc(sizeof(uint64_t) * nbits);
+    float nshift[19];
+    for (int i = 0; i < 19; i++) nshift[i] = (i % 3 - 1) * 0.5f;
     for (int k = 0; k < 4; k++) {
         if (!bconv_isa(isas[k])) continue;
         memset(out, 0, sizeof(float) * 2 * cout * OH * OW);
-        if (bconv2d(&sh, &e, x, NULL, 2, B, out, isas[k], 2)) { printf("%s failed\n", isas[k]); continue; }
+        if (bconv2d(&sh, &e, x, NULL, NULL, 2, B, out, isas[k], 2)) { printf("%s failed\n", isas[k]); continue; }
         double sum = 0; uint64_t h = 1469598103934665603ULL;
         for (int64_t i = 0; i < 2 * cout * OH * OW; i++) { uint32_t u; memcpy(&u, &out[i], 4); h = (h ^ u) * 1099511628211ULL; sum += out[i]; }
-        printf("%-8s -> %s  sum %.6f  fnv %016llx\n", isas[k], bconv_isa(isas[k]), sum, (unsigned long long)h);
+        /* the same conv writing the next conv's packed input (-1 border, a shift) instead of floats */
+        bconv_epilogue eb = e;
+        bconv_bits_out bo = {bits, nshift, OH + 2, OW + 3, 1, 2, 1};
+        eb.bits = &bo;
+        if (bconv2d(&sh, &eb, x, NULL, NULL, 2, B, out, isas[k], 2)) { printf("%s bits failed\n", isas[k]); continue; }
+        uint64_t hb = 1469598103934665603ULL;
+        for (int64_t i = 0; i < nbits; i++) hb = (hb ^ bits[i]) * 1099511628211ULL;
+        printf("%-8s -> %s  sum %.6f  fnv %016llx  bits %016llx\n", isas[k], bconv_isa(isas[k]), sum, (unsigned long long)h,
+               (unsigned long long)hb);
     }
     return 0;
 }

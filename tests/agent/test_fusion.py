@@ -208,3 +208,67 @@ def test_direct_conv_refuses_bad_post_ops():
             kernels._xnor.conv2d_direct(x, wt, None, np.zeros(out, np.float32), geom, 1, post)
     y = np.zeros((8, 5, 5), np.float32)
     kernels._xnor.conv2d_direct(x, wt, None, y, geom, 1, (None, None, None, pool))  # the right pooled size
+
+
+# -- thresholding to packed output bits: a conv writes the next binary conv's packed input ------
+def _planes_reference(y, consumer) -> np.ndarray:
+    """What the consumer's own C packing makes of the float y: sign bits of y + shift, 64
+    channels per word, in its padded plane (border +1 = bit 0, or -1 = bit 1)."""
+    n, c, h, w = y.shape
+    (pt, pb), (pl, pr) = consumer.pads
+    shift = 0 if consumer.shift is None else consumer.shift.reshape(1, -1, 1, 1)
+    neg = np.zeros((n, ops.n_words(c) * 64, h + pt + pb, w + pl + pr), bool)
+    if consumer.pad_value == -1:
+        neg[:, :c] = True
+    neg[:, :c, pt : pt + h, pl : pl + w] = ~((y + shift) >= 0)
+    words = np.packbits(neg.transpose(0, 2, 3, 1), axis=-1, bitorder="little").view("<u8")  # (n, Hp, Wp, Wc)
+    return np.ascontiguousarray(words.transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cout, pv, k, s, extras", [(70, 0, 3, 1, False), (13, -1, 3, 2, True), (64, 1, 1, 1, True),
+                                                    (128, 0, 7, 1, True)])
+def test_packed_output_bits_are_what_the_next_conv_would_pack(isa, cout, pv, k, s, extras, monkeypatch):
+    producer = _conv(37, cout, 3, s, 1, 1, 0, extras=True, seed=21)
+    consumer = _conv(cout, 11, k, 1, 1, k // 2, pv, extras, seed=22)
+    consumer.mean_abs = False  # XNOR's beta needs the float input: such a pair is never fused
+    post = _post(cout, affine=True, clamp=(-1.0, 1.0))
+    x = _inputs(37, 15, 13)
+    x[1, :, 3, 3] = np.nan  # NaN floats must become -1 bits
+    monkeypatch.setitem(ops.KERNEL, "isa", isa)
+    floats = ops.FusedBinaryConv(producer, post)(x)
+    expected_planes = _planes_reference(floats, consumer)
+    expected_out = consumer(floats)
+    for threads in (1, 2):
+        monkeypatch.setitem(ops.KERNEL, "threads", threads)
+        packed = ops.FusedBinaryConv(producer, post, bits_for=consumer)(x)
+        assert isinstance(packed, ops.PackedActs) and packed.shape == floats.shape
+        assert np.array_equal(packed.planes, expected_planes), (isa, threads)
+        assert np.array_equal(consumer(packed), expected_out, equal_nan=True), (isa, threads)
+
+
+def test_packed_input_planes_are_checked():
+    conv = _conv(70, 8, 3, 1, 1, 1, 0, extras=False)
+    y = np.empty((1, 8, 5, 5), np.float32)
+    geom = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0)
+    cls, table = conv.correction_classes((5, 5), (5, 5))
+    good = np.zeros((1, 2, 7, 7), np.uint64)
+    base = (None, conv.packed, y, geom, None, cls, table, None, None, None, None, "auto", 1)
+    kernels._xnor.bconv2d(*base, (None, None, None, None, None, (good, 70, 5, 5)))
+    with pytest.raises(ValueError, match="input planes must be"):
+        kernels._xnor.bconv2d(*base, (None, None, None, None, None, (np.zeros((1, 1, 7, 7), np.uint64), 70, 5, 5)))
+    with pytest.raises(ValueError, match="either x or packed"):
+        kernels._xnor.bconv2d(*base)
+    with pytest.raises(ValueError, match="output planes must be"):
+        kernels._xnor.bconv2d(*base, (None, None, None, None, (np.zeros((1, 1, 5, 7), np.uint64), None, 1, 1, 0),
+                                      (good, 70, 5, 5)))
+
+
+def test_a_block_whose_first_conv_feeds_only_the_second_writes_bits():
+    data = _block_artifact(["a2"])
+    fused, plain = load_artifact(data), load_artifact(data, fuse=False)
+    assert [n.op for n in fused.nodes] == ["binary_conv+channel_affine+add+hardtanh+sign",
+                                           "binary_conv+channel_affine+hardtanh"]
+    x = (np.random.default_rng(7).standard_normal((2, 70, 9, 11)) * 2).astype(np.float32)
+    x[1, 5, 2, 2] = np.nan
+    assert np.array_equal(fused.run([x])[0], plain.run([x])[0], equal_nan=True)

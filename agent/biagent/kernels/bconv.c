@@ -61,7 +61,10 @@ typedef struct {
     int64_t P;
     float *out;       /* this sample's (cout, P) output */
     const float *res; /* this sample's (cout, P) residual, or NULL */
+    uint64_t *bits;   /* this sample's output planes (e->bits), or NULL */
+    const int64_t *pos_word; /* (P): the word of output position p in a bits plane */
 } tile_env;
+static void put_bits(const tile_env *env, int64_t o0, int64_t p0, int64_t pn, const uint8_t *nb);
 /* dots for NP positions x NO channels from (A + p0, B block o0 / NO), then the epilogue into env->out. */
 typedef void (*micro_fn)(const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0,
                          int64_t p0, const tile_env *env);
@@ -101,12 +104,12 @@ MICRO_SCALAR(, micro_portable, pop_soft)
 #ifdef BC_X86
 #define NP_AVX512 16
 /* The epilogue of one 8-lane vector of dots, in registers: the same float32 sequence as
- * finish(), written straight into the NCHW output row (masked past P). */
-__attribute__((target("avx512f,avx512vl,fma"))) static inline void store_lanes(const bconv_epilogue *e, __m512i acc,
-                                                                           int64_t K, int64_t oc, int64_t p,
-                                                                           int64_t P, const tile_env *env) {
-    const __mmask8 live = P - p >= 8 ? (__mmask8)0xFF : P - p <= 0 ? (__mmask8)0 : (__mmask8)((1u << (P - p)) - 1);
-    if (!live) return;
+ * finish(). store_lanes writes it into the NCHW output row (masked past P); neg_lanes
+ * returns the next conv's sign bits of it instead. */
+__attribute__((target("avx512f,avx512vl,fma"))) static inline __m256 lanes_value(const bconv_epilogue *e, __m512i acc,
+                                                                                 int64_t K, int64_t oc, int64_t p,
+                                                                                 int64_t P, __mmask8 live,
+                                                                                 const tile_env *env) {
     __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(_mm512_set1_epi64(K), _mm512_slli_epi64(acc, 1)));
     if (e->corr_cls) {
         const __m256i cls = _mm256_maskz_loadu_epi32(live, e->corr_cls + p);
@@ -124,7 +127,40 @@ __attribute__((target("avx512f,avx512vl,fma"))) static inline void store_lanes(c
     if (env->res) v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(live, env->res + oc * P + p));
     if (e->has_clamp) /* max_ps(a, b) is b when either is NaN: a NaN v passes both */
         v = _mm256_min_ps(_mm256_set1_ps(e->hi), _mm256_max_ps(_mm256_set1_ps(e->lo), v));
-    _mm256_mask_storeu_ps(env->out + oc * P + p, live, v);
+    return v;
+}
+
+static inline __mmask8 live_lanes(int64_t p, int64_t P) {
+    return P - p >= 8 ? (__mmask8)0xFF : P - p <= 0 ? (__mmask8)0 : (__mmask8)((1u << (P - p)) - 1);
+}
+
+__attribute__((target("avx512f,avx512vl,fma"))) static inline void store_lanes(const bconv_epilogue *e, __m512i acc,
+                                                                               int64_t K, int64_t oc, int64_t p,
+                                                                               int64_t P, const tile_env *env) {
+    const __mmask8 live = live_lanes(p, P);
+    if (!live) return;
+    _mm256_mask_storeu_ps(env->out + oc * P + p, live, lanes_value(e, acc, K, oc, p, P, live, env));
+}
+
+__attribute__((target("avx512f,avx512vl,fma"))) static inline __mmask8 neg_lanes(const bconv_epilogue *e, __m512i acc,
+                                                                                 int64_t K, int64_t oc, int64_t p,
+                                                                                 int64_t P, const tile_env *env) {
+    const __mmask8 live = live_lanes(p, P);
+    if (!live) return 0;
+    __m256 v = lanes_value(e, acc, K, oc, p, P, live, env);
+    if (e->bits->shift) v = _mm256_add_ps(v, _mm256_set1_ps(e->bits->shift[oc]));
+    return _mm256_mask_cmp_ps_mask(live, v, _mm256_setzero_ps(), _CMP_NGE_UQ); /* NaN -> -1, as the packing */
+}
+
+/* byte o of x holds channel o's bits over 8 positions -> byte p holds position p's 8 channel bits */
+static inline uint64_t transpose8(uint64_t x) {
+    uint64_t t;
+    t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAULL;
+    x = x ^ t ^ (t << 7);
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCULL;
+    x = x ^ t ^ (t << 14);
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ULL;
+    return x ^ t ^ (t << 28);
 }
 
 /* NV vectors of 8 positions x 8 output channels; NV = 2 for the body, 1 for a short tail. */
@@ -145,8 +181,21 @@ __attribute__((target("avx512f,avx512vl,fma"))) static inline void store_lanes(c
                     acc[v][o] = _mm512_add_epi64(acc[v][o], _mm512_popcnt_epi64(_mm512_xor_si512(a[v], w))); \
             }                                                                                             \
         }                                                                                                 \
-        for (int o = 0; o < NO && o0 + o < env->s->cout; o++)                                            \
-            for (int v = 0; v < NV; v++) store_lanes(env->e, acc[v][o], K, o0 + o, p0 + 8 * v, env->P, env); \
+        if (!env->bits) {                                                                                 \
+            for (int o = 0; o < NO && o0 + o < env->s->cout; o++)                                        \
+                for (int v = 0; v < NV; v++) store_lanes(env->e, acc[v][o], K, o0 + o, p0 + 8 * v, env->P, env); \
+            return;                                                                                       \
+        }                                                                                                 \
+        for (int v = 0; v < NV && p0 + 8 * v < env->P; v++) {                                            \
+            uint64_t m = 0;                                                                               \
+            for (int o = 0; o < NO && o0 + o < env->s->cout; o++)                                        \
+                m |= (uint64_t)neg_lanes(env->e, acc[v][o], K, o0 + o, p0 + 8 * v, env->P, env) << (8 * o); \
+            m = transpose8(m);                                                                            \
+            uint8_t nb[8];                                                                                \
+            memcpy(nb, &m, 8);                                                                            \
+            const int64_t left = env->P - p0 - 8 * v;                                                     \
+            put_bits(env, o0, p0 + 8 * v, left < 8 ? left : 8, nb);                                       \
+        }                                                                                                 \
     }
 MICRO_AVX512(micro_avx512, 2)
 MICRO_AVX512(micro_avx512_tail, 1)
@@ -365,6 +414,7 @@ static void finish(const tile_env *env, const int32_t *dots, int np, int64_t o0,
     const bconv_epilogue *e = env->e;
     const int64_t P = env->P, pn = p0 + np <= P ? np : P - p0;
     float v[64];
+    uint8_t nb[64] = {0};
     for (int o = 0; o < NO && o0 + o < s->cout; o++) {
         const int64_t oc = o0 + o;
         const int32_t *d = dots + o * np;
@@ -400,26 +450,61 @@ static void finish(const tile_env *env, const int32_t *dots, int np, int64_t o0,
             const float lo = e->lo, hi = e->hi;
             for (int64_t p = 0; p < pn; p++) v[p] = v[p] < lo ? lo : (v[p] > hi ? hi : v[p]); /* NaN kept */
         }
+        if (env->bits) {
+            const float sh = e->bits->shift ? e->bits->shift[oc] : 0.0f;
+            if (e->bits->shift)
+                for (int64_t p = 0; p < pn; p++) v[p] = v[p] + sh;
+            for (int64_t p = 0; p < pn; p++) nb[p] |= (uint8_t)((uint8_t)!(v[p] >= 0.0f) << o);
+            continue;
+        }
         memcpy(env->out + oc * P + p0, v, (size_t)pn * sizeof(float));
     }
+    if (env->bits) put_bits(env, o0, p0, pn, nb);
 }
 
-int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const float *beta, int64_t n,
-            const uint64_t *B, float *out, const char *isa, int threads) {
+/* One byte per position: channels o0..o0+7 of the positions p0.. into the next conv's planes. */
+static void put_bits(const tile_env *env, int64_t o0, int64_t p0, int64_t pn, const uint8_t *nb) {
+    const bconv_bits_out *bo = env->e->bits;
+    uint8_t *base = (uint8_t *)(env->bits + (o0 / 64) * bo->Hp * bo->Wp) + (o0 % 64) / 8; /* little-endian words */
+    const int64_t *word = env->pos_word + p0;
+    for (int64_t p = 0; p < pn; p++) base[word[p] * 8] = nb[p];
+}
+
+/* Row y of output plane group cw before any tile writes: the border gets the next conv's pad
+ * word, the inside zeros (tiles fill their bytes; bytes of channels past cout stay zero). */
+static void clear_out_row(const bconv_shape *s, const bconv_bits_out *bo, uint64_t *planes, int64_t cw, int64_t y) {
+    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), rest = s->cout - cw * 64;
+    const uint64_t pad = !bo->pad_ones ? 0 : rest >= 64 ? ~0ULL : ((1ULL << rest) - 1);
+    uint64_t *row = planes + (cw * bo->Hp + y) * bo->Wp;
+    const int inside = y >= bo->pt && y < bo->pt + OH;
+    for (int64_t i = 0; i < bo->Wp; i++) row[i] = inside && i >= bo->pl && i < bo->pl + OW ? 0 : pad;
+}
+
+int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const uint64_t *planes_in,
+            const float *beta, int64_t n, const uint64_t *B, float *out, const char *isa, int threads) {
     kernel_choice kc;
     if (choose(isa, &kc)) return -1;
     const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr, Wc = (s->C + 63) / 64;
     const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), P = OH * OW, KW = s->kh * s->kw * Wc;
     const int64_t np = kc.np, ptiles = (P + np - 1) / np, Ppad = ptiles * np, oblocks = (s->cout + NO - 1) / NO;
     const int64_t K = s->C * s->kh * s->kw;
+    const bconv_bits_out *bo = e->bits;
+    const int64_t Wco = (s->cout + 63) / 64, bits_plane = bo ? Wco * bo->Hp * bo->Wp : 0;
     uint64_t *planes = NULL, *A = NULL;
-    if (posix_memalign((void **)&planes, 64, (size_t)(Wc * Hp * Wp) * sizeof(uint64_t)) ||
-        posix_memalign((void **)&A, 64, (size_t)(KW * Ppad) * sizeof(uint64_t))) {
+    int64_t *pos_word = NULL;
+    if ((!planes_in && posix_memalign((void **)&planes, 64, (size_t)(Wc * Hp * Wp) * sizeof(uint64_t))) ||
+        posix_memalign((void **)&A, 64, (size_t)(KW * Ppad) * sizeof(uint64_t)) ||
+        (bo && !(pos_word = malloc((size_t)P * sizeof(int64_t))))) {
         free(planes);
+        free(A);
         return -2;
     }
+    for (int64_t oy = 0, p = 0; bo && oy < OH; oy++) /* no division per position */
+        for (int64_t ox = 0; ox < OW; ox++) pos_word[p++] = (oy + bo->pt) * bo->Wp + ox + bo->pl;
     for (int64_t b = 0; b < n; b++) {
-        const float *xb = x + b * s->C * s->H * s->W;
+        const float *xb = planes_in ? NULL : x + b * s->C * s->H * s->W;
+        const uint64_t *pb = planes_in ? planes_in + b * Wc * Hp * Wp : planes;
+        uint64_t *bits = bo ? bo->planes + b * bits_plane : NULL;
         float *ob = out + b * s->cout * P;
         const float bt = beta ? beta[b] : 1.0f;
 #ifdef _OPENMP
@@ -427,20 +512,30 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
 #pragma omp parallel num_threads(threads > 0 ? threads : 1) if (P * s->cout * KW >= PARALLEL_PAIRS)
 #endif
         {
-            const tile_env env = {s, e, bt, beta != NULL, P, ob, e->residual ? e->residual + b * s->cout * P : NULL};
+            const tile_env env = {s, e, bt, beta != NULL, P, ob, e->residual ? e->residual + b * s->cout * P : NULL,
+                                  bits, pos_word};
+            if (!planes_in) { /* the same branch on every thread: the worksharing below stays matched */
 #ifdef _OPENMP
 #pragma omp for schedule(static) collapse(2)
 #endif
-            for (int64_t cw = 0; cw < Wc; cw++)
-                for (int64_t y = 0; y < s->H; y++) pack_rows(s, kc.pack, xb, e->shift, planes, cw, y);
+                for (int64_t cw = 0; cw < Wc; cw++)
+                    for (int64_t y = 0; y < s->H; y++) pack_rows(s, kc.pack, xb, e->shift, planes, cw, y);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (int64_t cw = 0; cw < Wc; cw++) pad_border_rows(s, planes, cw);
+                for (int64_t cw = 0; cw < Wc; cw++) pad_border_rows(s, planes, cw);
+            }
+            if (bo) {
+#ifdef _OPENMP
+#pragma omp for schedule(static) collapse(2)
+#endif
+                for (int64_t cw = 0; cw < Wco; cw++)
+                    for (int64_t y = 0; y < bo->Hp; y++) clear_out_row(s, bo, bits, cw, y);
+            }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (int64_t j = 0; j < KW; j++) gather_taps(s, planes, A, Ppad, j);
+            for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -453,6 +548,7 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
     }
     free(planes);
     free(A);
+    free(pos_word);
     return 0;
 }
 
@@ -476,7 +572,7 @@ int64_t bconv_ceiling(const char *isa, int64_t reps) {
     for (int64_t i = 0; i < KW * NO; i++) B[i] = (r = r * 6364136223846793005ULL + 1442695040888963407ULL);
     const bconv_shape s = {64 * KW, 1, 1, NO, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
     const bconv_epilogue e = {0};
-    const tile_env env = {&s, &e, 1.0f, 0, np, out, NULL};
+    const tile_env env = {&s, &e, 1.0f, 0, np, out, NULL, NULL, NULL};
     for (int64_t i = 0; i < reps; i++) kc.fn(A, np, B, KW, 64 * KW, 0, 0, &env);
     free(A);
     free(B);

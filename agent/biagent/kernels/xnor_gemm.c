@@ -252,14 +252,20 @@ static void release(opt_buf *bufs, int n) {
 }
 
 static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
-    PyObject *xo, *bo, *oo, *shift_o, *cls_o, *table_o, *alpha_o, *cs_o, *bias_o, *beta_o;
+    PyObject *xo, *bo, *oo, *shift_o, *cls_o, *table_o, *alpha_o, *cs_o, *bias_o, *beta_o, *post_o = Py_None;
     PyObject *pscale_o = Py_None, *pshift_o = Py_None, *res_o = Py_None, *clamp_o = Py_None;
+    PyObject *bits_o = Py_None, *pin_o = Py_None, *bplanes_o = Py_None, *bshift_o = Py_None, *pin_arr = Py_None;
     bconv_shape s;
+    bconv_bits_out bits_out = {NULL, NULL, 0, 0, 0, 0, 0};
+    long long in_C = 0, in_H = 0, in_W = 0;
     const char *isa = "auto";
     int threads = 1;
-    if (!PyArg_ParseTuple(args, "OOO(LLLLLLLLLLi)OOOOOOOsi|(OOOO)", &xo, &bo, &oo, &s.kh, &s.kw, &s.sh, &s.sw, &s.dh,
+    if (!PyArg_ParseTuple(args, "OOO(LLLLLLLLLLi)OOOOOOOsi|O", &xo, &bo, &oo, &s.kh, &s.kw, &s.sh, &s.sw, &s.dh,
                           &s.dw, &s.pt, &s.pl, &s.pb, &s.pr, &s.pad_ones, &shift_o, &cls_o, &table_o, &alpha_o, &cs_o, &bias_o,
-                          &beta_o, &isa, &threads, &pscale_o, &pshift_o, &res_o, &clamp_o))
+                          &beta_o, &isa, &threads, &post_o))
+        return NULL;
+    if (post_o != Py_None &&
+        !PyArg_ParseTuple(post_o, "OOOO|OO", &pscale_o, &pshift_o, &res_o, &clamp_o, &bits_o, &pin_o))
         return NULL;
     float lo = 0.0f, hi = 0.0f;
     if (clamp_o != Py_None && !PyArg_ParseTuple(clamp_o, "ff", &lo, &hi)) return NULL;
@@ -267,19 +273,36 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bconv2d: clamp must be (lo, hi) with lo <= hi");
         return NULL;
     }
-    opt_buf b[13];
+    if (bits_o != Py_None && !PyArg_ParseTuple(bits_o, "OOLLi", &bplanes_o, &bshift_o, &bits_out.pt, &bits_out.pl,
+                                               &bits_out.pad_ones))
+        return NULL;
+    if (pin_o != Py_None && !PyArg_ParseTuple(pin_o, "OLLL", &pin_arr, &in_C, &in_H, &in_W)) return NULL;
+    if ((xo == Py_None) == (pin_o == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "bconv2d: give either x or packed input planes, not both");
+        return NULL;
+    }
+    opt_buf b[16];
     memset(b, 0, sizeof(b));
     PyObject *result = NULL;
-    if (take(xo, &b[0], 4, 4, 'f', 0, 0, "bconv2d: x") || take(bo, &b[1], 3, 8, 'u', 0, 0, "bconv2d: weights") ||
+    if (take(xo, &b[0], 4, 4, 'f', 0, 1, "bconv2d: x") || take(bo, &b[1], 3, 8, 'u', 0, 0, "bconv2d: weights") ||
         take(oo, &b[2], 4, 4, 'f', 1, 0, "bconv2d: out") || take(shift_o, &b[3], 1, 4, 'f', 0, 1, "bconv2d: shift") ||
         take(cls_o, &b[4], 1, 4, 'i', 0, 1, "bconv2d: corr_cls") || take(alpha_o, &b[5], 1, 4, 'f', 0, 1, "bconv2d: alpha") ||
         take(cs_o, &b[6], 1, 4, 'f', 0, 1, "bconv2d: channel_scale") || take(bias_o, &b[7], 1, 4, 'f', 0, 1, "bconv2d: bias") ||
         take(beta_o, &b[8], 1, 4, 'f', 0, 1, "bconv2d: beta") || take(table_o, &b[9], 2, 4, 'i', 0, 1, "bconv2d: corr_table") ||
         take(pscale_o, &b[10], 1, 4, 'f', 0, 1, "bconv2d: post scale") || take(pshift_o, &b[11], 1, 4, 'f', 0, 1, "bconv2d: post shift") ||
-        take(res_o, &b[12], 4, 4, 'f', 0, 1, "bconv2d: residual"))
+        take(res_o, &b[12], 4, 4, 'f', 0, 1, "bconv2d: residual") ||
+        take(bplanes_o, &b[13], 4, 8, 'u', 1, 1, "bconv2d: output planes") ||
+        take(bshift_o, &b[14], 1, 4, 'f', 0, 1, "bconv2d: next shift") ||
+        take(pin_arr, &b[15], 4, 8, 'u', 0, 1, "bconv2d: input planes"))
         goto done;
-    const Py_ssize_t *xs = b[0].view.shape, *os = b[2].view.shape, *ws = b[1].view.shape;
-    s.C = xs[1]; s.H = xs[2]; s.W = xs[3]; s.cout = os[1];
+    const Py_ssize_t *os = b[2].view.shape, *ws = b[1].view.shape;
+    const Py_ssize_t n = os[0];
+    if (b[0].held) {
+        s.C = b[0].view.shape[1]; s.H = b[0].view.shape[2]; s.W = b[0].view.shape[3];
+    } else {
+        s.C = in_C; s.H = in_H; s.W = in_W;
+    }
+    s.cout = os[1];
     if (s.kh < 1 || s.kw < 1 || s.sh < 1 || s.sw < 1 || s.dh < 1 || s.dw < 1 || s.pt < 0 || s.pl < 0 || s.pb < 0 ||
         s.pr < 0 || s.C < 1 || s.H < 1 || s.W < 1 || s.cout < 1 || s.H + s.pt + s.pb < s.dh * (s.kh - 1) + 1 ||
         s.W + s.pl + s.pr < s.dw * (s.kw - 1) + 1) {
@@ -287,9 +310,35 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
         goto done;
     }
     const int64_t OH = bconv_out_h(&s), OW = bconv_out_w(&s), P = OH * OW, Wc = (s.C + 63) / 64;
-    if (os[0] != xs[0] || os[2] != OH || os[3] != OW) {
-        PyErr_Format(PyExc_ValueError, "bconv2d: out must be (%zd, %lld, %lld, %lld)", xs[0], (long long)s.cout,
+    if ((b[0].held && b[0].view.shape[0] != n) || os[2] != OH || os[3] != OW) {
+        PyErr_Format(PyExc_ValueError, "bconv2d: out must be (N, %lld, %lld, %lld) with the input's N", (long long)s.cout,
                      (long long)OH, (long long)OW);
+        goto done;
+    }
+    if (b[15].held) {
+        const Py_ssize_t *ps = b[15].view.shape;
+        if (ps[0] != n || ps[1] != Wc || ps[2] != s.H + s.pt + s.pb || ps[3] != s.W + s.pl + s.pr) {
+            PyErr_Format(PyExc_ValueError, "bconv2d: input planes must be (%zd, %lld, %lld, %lld)", n, (long long)Wc,
+                         (long long)(s.H + s.pt + s.pb), (long long)(s.W + s.pl + s.pr));
+            goto done;
+        }
+    }
+    if (b[13].held) {
+        const Py_ssize_t *ps = b[13].view.shape;
+        bits_out.Hp = ps[2];
+        bits_out.Wp = ps[3];
+        if (ps[0] != n || ps[1] != (s.cout + 63) / 64 || bits_out.pt < 0 || bits_out.pl < 0 ||
+            bits_out.Hp < bits_out.pt + OH || bits_out.Wp < bits_out.pl + OW ||
+            (b[14].held && b[14].view.shape[0] != s.cout)) {
+            PyErr_Format(PyExc_ValueError, "bconv2d: output planes must be (%zd, %lld, >= pt + %lld, >= pl + %lld) "
+                         "with pt, pl >= 0 and the next shift (cout,)", n, (long long)((s.cout + 63) / 64),
+                         (long long)OH, (long long)OW);
+            goto done;
+        }
+        bits_out.planes = (uint64_t *)b[13].view.buf;
+        bits_out.shift = b[14].held ? (const float *)b[14].view.buf : NULL;
+    } else if (bits_o != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "bconv2d: output planes missing");
         goto done;
     }
     if (ws[0] != (s.cout + 7) / 8 || ws[1] != s.kh * s.kw * Wc || ws[2] != 8) {
@@ -300,7 +349,7 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
     if ((b[3].held && b[3].view.shape[0] != s.C) || (b[4].held != b[9].held) || (b[4].held && b[4].view.shape[0] != P) ||
         (b[9].held && (b[9].view.shape[0] != s.cout || b[9].view.shape[1] < 1)) ||
         (b[5].held && b[5].view.shape[0] != s.cout) || (b[6].held && b[6].view.shape[0] != s.cout) ||
-        (b[7].held && b[7].view.shape[0] != s.cout) || (b[8].held && b[8].view.shape[0] != xs[0]) ||
+        (b[7].held && b[7].view.shape[0] != s.cout) || (b[8].held && b[8].view.shape[0] != n) ||
         (b[10].held != b[11].held) || (b[10].held && (b[10].view.shape[0] != s.cout || b[11].view.shape[0] != s.cout)) ||
         (b[12].held && (b[12].view.shape[0] != os[0] || b[12].view.shape[1] != os[1] || b[12].view.shape[2] != os[2] ||
                         b[12].view.shape[3] != os[3]))) {
@@ -325,11 +374,13 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
         b[7].held ? (const float *)b[7].view.buf : NULL,
         b[10].held ? (const float *)b[10].view.buf : NULL, b[11].held ? (const float *)b[11].view.buf : NULL,
         b[12].held ? (const float *)b[12].view.buf : NULL, clamp_o != Py_None, lo, hi,
+        b[13].held ? &bits_out : NULL,
     };
     const float *beta = b[8].held ? (const float *)b[8].view.buf : NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = bconv2d(&s, &e, (const float *)b[0].view.buf, beta, xs[0], (const uint64_t *)b[1].view.buf,
+    rc = bconv2d(&s, &e, b[0].held ? (const float *)b[0].view.buf : NULL,
+                 b[15].held ? (const uint64_t *)b[15].view.buf : NULL, beta, n, (const uint64_t *)b[1].view.buf,
                  (float *)b[2].view.buf, isa, threads);
     Py_END_ALLOW_THREADS
     if (rc == -1) {
@@ -341,7 +392,7 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
         Py_INCREF(result);
     }
 done:
-    release(b, 13);
+    release(b, 16);
     return result;
 }
 
@@ -594,8 +645,10 @@ static PyMethodDef methods[] = {
     {"pack_patches2d", pack_patches2d, METH_VARARGS, "Bit-pack the im2col patches of a 2-D conv."},
     {"bconv2d", py_bconv2d, METH_VARARGS,
      "bconv2d(x, weights, out, (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, pad_ones), shift, corr_cls, corr_table, alpha, "
-     "channel_scale, bias, beta, isa, threads, [(post_scale, post_shift, residual, (lo, hi))]): the post-ops are the "
-     "fused next nodes (channel_affine, add, hardtanh), each optional (None)"},
+     "channel_scale, bias, beta, isa, threads, [(post_scale, post_shift, residual, (lo, hi)[, bits, planes_in])]): "
+     "the post-ops are the fused next nodes (channel_affine, add, hardtanh), each optional (None); bits = (planes, "
+     "next_shift, pt, pl, pad_ones) writes the next binary conv's packed input instead of out; planes_in = (planes, C, "
+     "H, W) reads this conv's input already packed (x None)"},
     {"bconv_isa", py_bconv_isa, METH_VARARGS, "The popcount kernel an ISA name resolves to here (None: cannot run)."},
     {"channel_fma", py_channel_fma, METH_VARARGS,
      "channel_fma(x, scale, shift, out, clamp=None, threads=1): out = fmaf(x, scale[c], shift[c]), clamped to (lo, hi)"},

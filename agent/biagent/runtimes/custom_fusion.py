@@ -7,6 +7,9 @@ A value that anything else reads (another node, a graph output) is never fused a
 * binary_conv -> channel_affine -> add -> hardtanh (each after the conv optional, in this
   order): the successors run in the conv's epilogue (custom_ops.FusedBinaryConv). This is
   a binary ResNet block's tail: batch norm, the shortcut, the activation before the next sign.
+* a binary conv (fused or not) whose output only another binary conv reads: it writes
+  that conv's packed sign bits (custom_ops.PackedActs) instead of floats, the
+  "thresholding to packed output bits" of a binary ResNet block's first conv.
 * conv (direct stem kernel) -> channel_affine -> hardtanh -> max_pool (each optional): the
   affine and clamp run in the conv's registers, and the pool reads each block of 8 output
   channels while it is in cache (custom_ops.FusedStemConv). A ResNet stem.
@@ -22,6 +25,7 @@ from . import custom_ops as ops
 def fuse(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]], make_node: Callable) -> list:
     """Apply every rewrite. `make_node(op, name, inputs, output, fn)` builds an engine Node."""
     nodes = fuse_conv_epilogues(nodes, outputs, shapes, make_node)
+    nodes = fuse_packed_outputs(nodes, outputs, make_node)
     nodes = fuse_stems(nodes, outputs, make_node)
     return fuse_affine_clamp(nodes, outputs, make_node)
 
@@ -77,6 +81,34 @@ def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, t
         dropped.update(id(n) for n in chain[:-1])
         replaced[id(chain[-1])] = fused
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+def _packs_2d(conv) -> bool:
+    return (isinstance(conv, ops.BinaryConv) and conv.packed is not None and conv.kind == "conv2d"
+            and len(conv.kernel) == 2)
+
+
+def fuse_packed_outputs(nodes: list, outputs: Iterable[str], make_node: Callable) -> list:
+    readers = _readers(nodes, outputs)
+    rewritten = []
+    for node in nodes:
+        fn = node.fn
+        conv = fn.conv if isinstance(fn, ops.FusedBinaryConv) else fn
+        nxt = _sole_reader(readers, node.output)
+        ok = (_packs_2d(conv) and conv.gain is None and nxt is not None and nxt.inputs[0] == node.output
+              and node.output not in nxt.inputs[1:])
+        if ok:
+            reader = nxt.fn.conv if isinstance(nxt.fn, ops.FusedBinaryConv) else nxt.fn
+            ok = _packs_2d(reader) and not reader.mean_abs
+            if isinstance(nxt.fn, ops.FusedBinaryConv):
+                ok = ok and nxt.fn.fused()
+        if not ok:
+            rewritten.append(node)
+            continue
+        post = fn.post if isinstance(fn, ops.FusedBinaryConv) else ops.PostOps()
+        rewritten.append(make_node(f"{node.op}+sign", node.name, node.inputs, node.output,
+                                   ops.FusedBinaryConv(conv, post, bits_for=reader)))
+    return rewritten
 
 
 def _rebuild(nodes: list, chains: list[tuple[list, object]]) -> list:

@@ -322,38 +322,57 @@ class BinaryConv:
             out[r0 : r0 + step] = xnor_dot(pack_rows(neg[r0 : r0 + step]), self.weights_rows[0], self.weights_t[0], self.k)
         return out.reshape(*x.shape[:-1], self.cout)
 
-    def _conv_packed(self, x: np.ndarray, post: "PostOps | None" = None, residual: np.ndarray | None = None) -> np.ndarray:
+    def _conv_packed(self, x: "np.ndarray | PackedActs", post: "PostOps | None" = None,
+                     residual: np.ndarray | None = None, bits_for: "BinaryConv | None" = None) -> "np.ndarray | PackedActs":
         """The whole layer in C: sign + pad + pack, popcount GEMM, correction and epilogue.
 
         Same float32 sequence as the numpy path (alpha, beta, channel scale, gain, bias), so
         the outputs are identical; a spatial gain is applied here, between scale and bias.
         `post` (only without a gain) are the fused next nodes, run in the same epilogue.
+        x may be PackedActs (the previous conv wrote this conv's packed input); with
+        `bits_for`, the output is the sign bits that conv would pack from the floats.
         """
         spatial = tuple(x.shape[2:])
+        n = x.shape[0]
         out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(spatial, self.pads, self.kernel, self.stride, self.dilation))
         two_d = len(spatial) == 2
-        x4 = np.ascontiguousarray(x if two_d else x[:, :, None, :], dtype=np.float32)
         kh, kw = self.kernel if two_d else (1, self.kernel[0])
         sh, sw = self.stride if two_d else (1, self.stride[0])
         dh, dw = self.dilation if two_d else (1, self.dilation[0])
         (pt, pb), (pl, pr) = self.pads if two_d else ((0, 0), self.pads[0])
-        y = np.empty((x.shape[0], self.cout, *(out if two_d else (1, out[0]))), np.float32)
+        y = np.empty((n, self.cout, *(out if two_d else (1, out[0]))), np.float32)
         cls, table = self.correction_classes(spatial, out) if self.pad_value == 0 and self.padded else (None, None)
-        beta = None
-        if self.mean_abs:
-            beta = np.abs(x).mean(axis=tuple(range(1, x.ndim)), keepdims=True).reshape(-1).astype(np.float32, copy=False)
+        packed_in = isinstance(x, PackedActs)
+        x4 = planes_in = beta = None
+        if packed_in:
+            if self.mean_abs or not two_d:
+                raise ValueError("packed input reached a conv that needs the float input")
+            planes_in = (x.planes, *x.shape[1:])
+        else:
+            x4 = np.ascontiguousarray(x if two_d else x[:, :, None, :], dtype=np.float32)
+            if self.mean_abs:
+                beta = np.abs(x).mean(axis=tuple(range(1, x.ndim)), keepdims=True).reshape(-1).astype(np.float32, copy=False)
         bias = self.bias if self.gain is None else None
+        bits = result = None
+        if bits_for is not None:
+            (npt, npb), (npl, npr) = bits_for.pads
+            planes = np.empty((n, n_words(self.cout), out[0] + npt + npb, out[1] + npl + npr), np.uint64)
+            bits = (planes, bits_for.shift, npt, npl, int(bits_for.pad_value == -1))
+            result = PackedActs(planes, (n, self.cout, *out))
         extra = ()
-        if post is not None:
+        if post is not None or packed_in or bits is not None:
+            post = post or PostOps()
             if residual is not None:
-                if residual.shape != (x.shape[0], self.cout, *out):  # a broadcasting add: the nodes one by one
+                if residual.shape != (n, self.cout, *out):  # a broadcasting add: the nodes one by one
                     return post.apply(self._conv_packed(x), residual)
                 residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
-            extra = ((post.scale, post.shift, residual, post.clamp),)
+            extra = ((post.scale, post.shift, residual, post.clamp, bits, planes_in),)
         _xnor.bconv2d(x4, self.packed, y, (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, int(self.pad_value == -1)),
                       self.shift, cls, table, self.alpha, self.channel_scale, bias, beta, KERNEL["isa"], KERNEL["threads"],
                       *extra)
-        y = y.reshape(x.shape[0], self.cout, *out)
+        if result is not None:
+            return result
+        y = y.reshape(n, self.cout, *out)
         if self.gain is not None:
             y *= self.gain
             if self.bias is not None:
@@ -415,21 +434,35 @@ class PostOps:
         return y
 
 
+@dataclass(frozen=True)
+class PackedActs:
+    """A binary conv's input already binarized and packed by the conv before it: planes
+    (N, ceil(C/64), H + pad_t + pad_b, W + pad_l + pad_r) in kernels/bconv.c's layout, with
+    that conv's padding; `shape` is the float tensor's (N, C, H, W) it stands for."""
+
+    planes: np.ndarray
+    shape: tuple[int, ...]
+
+
 class FusedBinaryConv:
     """binary_conv with its next nodes fused (see PostOps): one pass over the output instead
-    of up to four. Falls back to the nodes one by one where the C conv does not run."""
+    of up to four. Falls back to the nodes one by one where the C conv does not run.
 
-    def __init__(self, conv: BinaryConv, post: PostOps):
-        self.conv, self.post = conv, post
+    bits_for: the binary conv that alone reads this output. Then only its sign bits are
+    written, straight into that conv's packed input (PackedActs): 1 bit instead of a float
+    per value, and no packing pass in the next layer."""
+
+    def __init__(self, conv: BinaryConv, post: PostOps, bits_for: BinaryConv | None = None):
+        self.conv, self.post, self.bits_for = conv, post, bits_for
 
     def fused(self) -> bool:
         return self.conv.packed is not None and self.conv.kind != "linear" and self.conv.gain is None
 
-    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> "np.ndarray | PackedActs":
         if self.post.residual and residual is None:
             raise ValueError("the fused add needs its second input")
         if self.fused():
-            return self.conv._conv_packed(x, self.post, residual)
+            return self.conv._conv_packed(x, self.post, residual, self.bits_for)
         return self.post.apply(self.conv(x), residual)
 
 
