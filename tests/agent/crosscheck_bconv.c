@@ -30,13 +30,13 @@ int main(void) {
     float *res = malloc(sizeof(float) * 2 * cout * OH * OW);
     for (int64_t i = 0; i < 2 * cout * OH * OW; i++) res[i] = (float)((int64_t)(rnd() % 2001) - 1000) / 300.0f;
     bconv_epilogue e = {NULL, cls, table, 1, alpha, NULL, bias, pscale, pshift, res, 1, -4.0f, 4.0f};
-    const char *isas[] = {"avx512", "avx2", "popcnt", "portable"};
+    const char *isas[] = {"avx512", "avx2", "popcnt", "neon", "portable"};
     float *out = malloc(sizeof(float) * 2 * cout * OH * OW);
     const int64_t nbits = 2 * ((cout + 63) / 64) * (OH + 2) * (OW + 3);
     uint64_t *bits = malloc(sizeof(uint64_t) * nbits);
     float nshift[19];
     for (int i = 0; i < 19; i++) nshift[i] = (i % 3 - 1) * 0.5f;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         if (!bconv_isa(isas[k])) continue;
         memset(out, 0, sizeof(float) * 2 * cout * OH * OW);
         if (bconv2d(&sh, &e, x, NULL, NULL, 2, B, out, isas[k], 2)) { printf("%s failed\n", isas[k]); continue; }

@@ -90,7 +90,7 @@ def popcount_lut8(words: np.ndarray) -> np.ndarray:
 
 # The compiled kernel (biagent.kernels) when built and not disabled; the numpy path below
 # stays as the reference the tests compare it with, bit for bit.
-# BIAGENT_KERNEL_ISA forces one popcount path of the channel-packed conv (avx512, avx2,
+# BIAGENT_KERNEL_ISA forces one popcount path of the channel-packed conv (avx512, avx2, neon,
 # popcnt, portable) to compare them; "auto" takes the best this CPU runs.
 KERNEL = {
     "threads": 1,
