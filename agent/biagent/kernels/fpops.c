@@ -314,18 +314,32 @@ __attribute__((target("avx512f"))) int fp_conv2d_direct(const float *x, int64_t 
                  !(rows = malloc((size_t)(nt * pool_row_floats(pool)) * sizeof(float)))))
         goto out;
     for (int64_t kx = 0; kx < kw; kx++) kx_off[kx] = ((kx * p->dw) % sw) * span + (kx * p->dw) / sw; /* no division per tap */
-    memset(ph, 0, (size_t)(C * Hp * sw * span) * sizeof(float));
+    /* The phase split, on every thread: row by row, zeros only outside the input's columns. */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) collapse(2) num_threads(nt) if (C * Hp * span * sw > (1 << 15))
+#endif
     for (int64_t c = 0; c < C; c++)
         for (int64_t iy = 0; iy < Hp; iy++) {
             const int64_t sy = iy - p->pt;
-            if (sy < 0 || sy >= H) continue;
-            const float *src = x + (c * H + sy) * W;
+            const float *src = sy >= 0 && sy < H ? x + (c * H + sy) * W : NULL;
             for (int64_t r = 0; r < sw; r++) {
-                float *dst = ph + ((c * Hp + iy) * sw + r) * span;
-                for (int64_t j = 0; j < span; j++) {
-                    const int64_t sx = j * sw + r - p->pl;
-                    if (sx >= 0 && sx < W) dst[j] = src[sx];
+                float *restrict dst = ph + ((c * Hp + iy) * sw + r) * span;
+                /* sx = j * sw + r - pl lies in [0, W) for j in [j0, j1) */
+                const int64_t first = p->pl - r, j0 = first <= 0 ? 0 : (first + sw - 1) / sw;
+                int64_t j1 = (W - 1 + p->pl - r) < 0 ? 0 : (W - 1 + p->pl - r) / sw + 1;
+                if (j1 > span) j1 = span;
+                if (!src || j1 <= j0) {
+                    memset(dst, 0, (size_t)span * sizeof(float));
+                    continue;
                 }
+                memset(dst, 0, (size_t)j0 * sizeof(float));
+                const float *restrict s0 = src + j0 * sw + r - p->pl;
+                if (sw == 1) {
+                    memcpy(dst + j0, s0, (size_t)(j1 - j0) * sizeof(float));
+                } else {
+                    for (int64_t j = 0; j < j1 - j0; j++) dst[j0 + j] = s0[j * sw];
+                }
+                memset(dst + j1, 0, (size_t)(span - j1) * sizeof(float));
             }
         }
     const direct_geom g = {ph, kx_off, C, kh, kw, Hp, sw, span, p->sh, p->dh, OH, OW, cout, bias, post};
