@@ -513,16 +513,17 @@ class Conv:
         out = self.out_shape(x.shape)
         if self.direct is not None:
             return self.direct_call(x)
-        view = windows(pad_spatial(x, self.pads, 0.0), self.kernel, self.stride, self.dilation, out)  # (N, C, *out, *k)
-        view = view.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *k, *out)
         kg = self.w.shape[2]
         y = np.empty((n, self.groups, self.cout // self.groups, math.prod(out)), np.float32)
         inner = math.prod(out[1:])
 
         fast = nd == 2 and KERNEL["use_c"] and _xnor is not None
-        if fast:
+        if fast:  # (the window view below costs ~0.08 ms of Python: built only where it is used)
             x = np.ascontiguousarray(x, dtype=np.float32)
             geom = (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
+        else:
+            view = windows(pad_spatial(x, self.pads, 0.0), self.kernel, self.stride, self.dilation, out)  # (N, C, *out, *k)
+            view = view.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *k, *out)
 
         def block(b: int, h0: int, h1: int) -> None:
             # contiguous columns: numpy's matmul only calls BLAS sgemm on BLAS-compatible
