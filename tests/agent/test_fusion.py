@@ -272,3 +272,23 @@ def test_a_block_whose_first_conv_feeds_only_the_second_writes_bits():
     x = (np.random.default_rng(7).standard_normal((2, 70, 9, 11)) * 2).astype(np.float32)
     x[1, 5, 2, 2] = np.nan
     assert np.array_equal(fused.run([x])[0], plain.run([x])[0], equal_nan=True)
+
+
+# -- layers big enough to run on 2 threads (the small shapes above stay on one) ---------------------
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cin, cout, size", [(64, 64, 56), (300, 40, 13), (512, 232, 4)],
+                         ids=["positions-split", "positions-split-5-words", "channels-split"])
+def test_two_thread_layers_equal_the_reference(isa, cin, cout, size, monkeypatch):
+    conv = _conv(cin, cout, 3, 1, 1, 1, 0, extras=True, seed=31)
+    conv.mean_abs = False
+    consumer = _conv(cout, 16, 3, 1, 1, 1, -1, extras=False, seed=32)
+    post = _post(cout, affine=True, residual=True, clamp=(-1.0, 1.0))
+    x = _inputs(cin, size, size, n=1)
+    residual = _residual((1, cout, size, size))
+    floats = _separately(conv, post, x, residual)
+    monkeypatch.setitem(ops.KERNEL, "isa", isa)
+    monkeypatch.setitem(ops.KERNEL, "threads", 2)
+    assert np.array_equal(conv(x), _reference(conv, x))
+    assert np.array_equal(ops.FusedBinaryConv(conv, post)(x, residual), floats, equal_nan=True)
+    packed = ops.FusedBinaryConv(conv, post, bits_for=consumer)(x, residual)
+    assert np.array_equal(packed.planes, _planes_reference(floats, consumer))

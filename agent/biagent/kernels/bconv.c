@@ -500,23 +500,30 @@ static void pad_border_rows(const bconv_shape *s, uint64_t *planes, int64_t cw) 
     }
 }
 
-/* A[(ky, kx, cw)][p] for the output rows of one j (zeros past P, so tails are harmless). */
-static void gather_taps(const bconv_shape *s, const uint64_t *planes, uint64_t *A, int64_t lda, int64_t j) {
+/* A[(ky, kx, cw)][p] for output positions [p0, p1) of one j; positions from P up to p1 (the
+ * last tile's padding, when p1 > P) get zeros, so tails are harmless. */
+static void gather_taps(const bconv_shape *s, const uint64_t *planes, uint64_t *A, int64_t lda, int64_t j, int64_t p0,
+                        int64_t p1) {
     const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr;
-    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), Wc = (s->C + 63) / 64;
+    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), Wc = (s->C + 63) / 64, P = OH * OW;
     const int64_t cw = j % Wc, tap = j / Wc, ky = tap / s->kw, kx = tap % s->kw;
     const uint64_t *plane = planes + cw * Hp * Wp;
     uint64_t *dst = A + j * lda;
-    for (int64_t oy = 0; oy < OH; oy++) {
-        const uint64_t *src = plane + (oy * s->sh + ky * s->dh) * Wp + kx * s->dw;
-        uint64_t *d = dst + oy * OW;
+    const int64_t end = p1 < P ? p1 : P;
+    int64_t p = p0, oy = p0 / OW, ox = p0 % OW;
+    while (p < end) { /* a run of one output row */
+        const int64_t n = OW - ox < end - p ? OW - ox : end - p;
+        const uint64_t *src = plane + (oy * s->sh + ky * s->dh) * Wp + kx * s->dw + ox * s->sw;
         if (s->sw == 1) {
-            memcpy(d, src, (size_t)OW * sizeof(uint64_t));
+            memcpy(dst + p, src, (size_t)n * sizeof(uint64_t));
         } else {
-            for (int64_t ox = 0; ox < OW; ox++) d[ox] = src[ox * s->sw];
+            for (int64_t i = 0; i < n; i++) dst[p + i] = src[i * s->sw];
         }
+        p += n;
+        ox = 0;
+        oy++;
     }
-    memset(dst + OH * OW, 0, (size_t)(lda - OH * OW) * sizeof(uint64_t));
+    if (p1 > end) memset(dst + end, 0, (size_t)(p1 - end) * sizeof(uint64_t));
 }
 
 int64_t bconv_out_h(const bconv_shape *s) { return (s->H + s->pt + s->pb - s->dh * (s->kh - 1) - 1) / s->sh + 1; }
@@ -654,16 +661,35 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
                     for (int64_t y = 0; y < bo->Hp; y++) clear_out_row(s, bo, bits, cw, y);
             }
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+            const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+            const int64_t tid = 0, nth = 1;
 #endif
-            for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j);
+            if (ptiles >= 2 * nth) {
+                /* Threads split the positions: each gathers and reads only its own columns of A.
+                 * (Splitting the channels made every thread read the half of A the other core
+                 * had just written: 64->64 @ 56 scaled x1.13 on 2 threads.) */
+                const int64_t t0 = ptiles * tid / nth, t1 = ptiles * (tid + 1) / nth;
+                for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j, t0 * np, t1 * np);
+                for (int64_t obk = 0; obk < oblocks; obk++)
+                    for (int64_t t = t0; t < t1; t++) {
+                        const int64_t p0 = t * np;
+                        const micro_fn fn = kc.tail && P - p0 <= np / 2 ? kc.tail : kc.fn;
+                        fn(A + p0, Ppad, B + obk * KW * NO, KW, K, obk * NO, p0, &env);
+                    }
+            } else { /* few positions: threads split the channels */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (int64_t t = 0; t < ptiles * oblocks; t++) {
-                const int64_t obk = t / ptiles, p0 = (t % ptiles) * np;  /* threads split the channels */
-                const micro_fn fn = kc.tail && P - p0 <= np / 2 ? kc.tail : kc.fn;
-                fn(A + p0, Ppad, B + obk * KW * NO, KW, K, obk * NO, p0, &env);
+                for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j, 0, Ppad);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (int64_t t = 0; t < ptiles * oblocks; t++) {
+                    const int64_t obk = t / ptiles, p0 = (t % ptiles) * np;
+                    const micro_fn fn = kc.tail && P - p0 <= np / 2 ? kc.tail : kc.fn;
+                    fn(A + p0, Ppad, B + obk * KW * NO, KW, K, obk * NO, p0, &env);
+                }
             }
         }
     }
