@@ -541,7 +541,12 @@ class Conv:
         jobs = [(b, h0, h1) for b in range(n)
                 for h0, h1 in _blocks(out, 4 * max(c * math.prod(self.kernel), self.cout), COLS_BYTES, split)]
         if split > 1 and len(jobs) > 1:  # numpy drops the GIL in the copy and in sgemm
-            list(_pool(threads).map(lambda job: block(*job), jobs))
+            # this thread takes its share too: one hand-off to the pool instead of two
+            futures = [_pool(threads - 1).submit(block, *job) for i, job in enumerate(jobs) if i % threads]
+            for job in jobs[::threads]:
+                block(*job)
+            for future in futures:
+                future.result()
         else:
             for job in jobs:
                 block(*job)
