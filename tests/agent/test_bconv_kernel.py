@@ -267,7 +267,8 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
 
 @pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
 @pytest.mark.parametrize("cin, cout, k, s, p, d, h, w", [(3, 64, 7, 2, 3, 1, 37, 41), (3, 13, 3, 1, 1, 1, 9, 50),
-                                                      (16, 9, 5, 3, 2, 2, 23, 19), (1, 8, 1, 1, 0, 1, 5, 5)])
+                                                      (16, 9, 5, 3, 2, 2, 23, 19), (1, 8, 1, 1, 0, 1, 5, 5),
+                                                      (3, 64, 7, 2, 3, 1, 70, 66)])  # 11M MACs: on 2 threads
 def test_direct_stem_conv_matches_the_sgemm_path(cin, cout, k, s, p, d, h, w, monkeypatch):
     rng = np.random.default_rng(13)
     attrs = {"weight": "w", "bias": "b", "groups": 1, "stride": [s, s], "dilation": [d, d], "pads": [[p, p], [p, p]]}

@@ -174,7 +174,8 @@ def _stem_post(cout: int, affine=False, clamp=None, pool=None, seed=9) -> ops.St
 @pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
 @pytest.mark.parametrize("post_name", list(STEM_POSTS))
 @pytest.mark.parametrize("cin, cout, k, s, p, h, w", [(3, 64, 7, 2, 3, 37, 41), (3, 13, 3, 1, 1, 9, 50),
-                                                      (16, 9, 5, 3, 2, 23, 19)])
+                                                      (16, 9, 5, 3, 2, 23, 19),
+                                                      (3, 64, 7, 2, 3, 70, 66)])  # 11M MACs: on 2 threads
 def test_fused_stem_equals_the_nodes_one_by_one(post_name, cin, cout, k, s, p, h, w, monkeypatch):
     rng = np.random.default_rng(14)
     attrs = {"weight": "w", "bias": "b", "groups": 1, "stride": [s, s], "dilation": [1, 1], "pads": [[p, p], [p, p]]}

@@ -234,6 +234,8 @@ FP_CLONES int fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t W
 #include <stdlib.h>
 #include <string.h>
 
+#define DIRECT_PARALLEL_MACS (1 << 22) /* ~0.1 ms of FMAs on one core */
+
 int fp_conv2d_direct_supported(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
@@ -316,7 +318,7 @@ __attribute__((target("avx512f"))) int fp_conv2d_direct(const float *x, int64_t 
     for (int64_t kx = 0; kx < kw; kx++) kx_off[kx] = ((kx * p->dw) % sw) * span + (kx * p->dw) / sw; /* no division per tap */
     /* The phase split, on every thread: row by row, zeros only outside the input's columns. */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) collapse(2) num_threads(nt) if (C * Hp * span * sw > (1 << 15))
+#pragma omp parallel for schedule(static) collapse(2) num_threads(nt) if (C * Hp * span * sw > (1 << 17))
 #endif
     for (int64_t c = 0; c < C; c++)
         for (int64_t iy = 0; iy < Hp; iy++) {
@@ -343,9 +345,12 @@ __attribute__((target("avx512f"))) int fp_conv2d_direct(const float *x, int64_t 
             }
         }
     const direct_geom g = {ph, kx_off, C, kh, kw, Hp, sw, span, p->sh, p->dh, OH, OW, cout, bias, post};
+    /* Small convs stay on one thread: waking the other costs more than it saves (resnet20 @ 32
+     * ran slower on 2 threads than on 1 before this). */
+    const int parallel = cob * 8 * taps * OH * OW >= DIRECT_PARALLEL_MACS;
     if (!pool) {
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) collapse(2) num_threads(nt)
+#pragma omp parallel for schedule(static) collapse(2) num_threads(nt) if (parallel)
 #endif
         for (int64_t b = 0; b < cob; b++)
             for (int64_t oy = 0; oy < OH; oy++) direct_row(&g, wt + b * taps * 8, b, oy, y + b * 8 * plane);
@@ -354,7 +359,7 @@ __attribute__((target("avx512f"))) int fp_conv2d_direct(const float *x, int64_t 
         const hmax2_fn hmax2 = pool->sw == 2 && pool->dw == 1 ? choose_hmax2("auto") : NULL;
         const int64_t pooled = pool->oh * pool->ow;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (parallel)
 #endif
         {
 #ifdef _OPENMP
