@@ -46,8 +46,7 @@ def _sole_reader(readers: dict[str, list], value: str):
 def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]],
                         make_node: Callable) -> list:
     readers = _readers(nodes, outputs)
-    replaced: dict[int, object] = {}  # id(last node of a chain) -> the fused node
-    dropped: set[int] = set()
+    chains = []
     for node in nodes:
         conv = node.fn
         if not (isinstance(conv, ops.BinaryConv) and conv.packed is not None and conv.kind != "linear"
@@ -77,10 +76,8 @@ def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, t
         post = ops.PostOps(scale, shift, residual, clamp)
         fused = make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain), inputs, value,
                           ops.FusedBinaryConv(conv, post))
-        # The fused node runs where the chain's last node ran: by then the residual exists.
-        dropped.update(id(n) for n in chain[:-1])
-        replaced[id(chain[-1])] = fused
-    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+        chains.append((chain, fused))  # it runs where the add ran: by then the residual exists
+    return _rebuild(nodes, chains)
 
 
 def _packs_2d(conv) -> bool:
