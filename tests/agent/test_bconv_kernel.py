@@ -230,6 +230,31 @@ def test_fp_conv_c_path_matches_numpy(monkeypatch):
     np.testing.assert_allclose(got, conv(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
+@pytest.mark.parametrize("cin, cout, k, s, p, h, w", [(64, 128, 1, 2, 0, 56, 56), (37, 13, 3, 1, 1, 9, 11),
+                                                      (20, 70, 3, 2, 1, 17, 33)])
+def test_openmp_gemm_conv_matches_float64(cin, cout, k, s, p, h, w, monkeypatch):
+    """Small FP convs at 2 threads go through im2col + fp_gemm; against a float64 reference."""
+    rng = np.random.default_rng(17)
+    attrs = {"weight": "w", "bias": "b", "groups": 1, "stride": [s, s], "dilation": [1, 1], "pads": [[p, p], [p, p]]}
+    wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    conv = ops.Conv(attrs, {"w": wt, "b": b})
+    x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
+    monkeypatch.setattr(ops, "DIRECT_MAX_CHANNELS", 0)
+    monkeypatch.setitem(ops.KERNEL, "threads", 2)
+    got = conv(x)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    oh, ow = got.shape[2:]
+    ref = np.zeros(got.shape, np.float64) + b.reshape(1, -1, 1, 1)
+    for i in range(k):
+        for j in range(k):
+            ref += np.einsum("nchw,oc->nohw", xp[:, :, i : i + s * oh : s, j : j + s * ow : s], wt[:, :, i, j].astype(np.float64))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+    with pytest.raises(ValueError):
+        kernels._xnor.fp_gemm(conv.gemm_w, np.zeros((3, 5), np.float32), None, np.zeros((cout, 5), np.float32))
+
+
 def test_affine_then_hardtanh_is_fused_with_the_same_floats():
     import io
     import json

@@ -386,7 +386,49 @@ out:
     free(kx_off);
     return rc;
 }
+
+/* Y (M, N) = W (M, K) x X (K, N) [+ bias], W packed as (ceil(M/8), K, 8). For the small FP convs
+ * (1x1 downsamples) at 2+ threads: OpenBLAS runs them on one thread here (handing half to a
+ * Python thread cost more than it saved), this splits column tiles over OpenMP threads that are
+ * already spinning. Each tile of 32 columns stays in L1 while all row blocks of W pass over it.
+ * Sums run in k order with FMA: not bitwise OpenBLAS's, as no two BLAS builds are. */
+__attribute__((target("avx512f"))) int fp_gemm(const float *wp, const float *x, const float *bias, int64_t M,
+                                               int64_t K, int64_t N, float *y, int threads) {
+    const int64_t tiles = (N + 31) / 32, mblocks = (M + 7) / 8;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
+#endif
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t n0 = t * 32, left = N - n0;
+        const __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+        for (int64_t mb = 0; mb < mblocks; mb++) {
+            __m512 acc[8][2];
+            for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+            const float *w = wp + mb * K * 8, *xr = x + n0;
+            for (int64_t k = 0; k < K; k++, w += 8, xr += N) {
+                const __m512 v0 = _mm512_maskz_loadu_ps(m0, xr), v1 = _mm512_maskz_loadu_ps(m1, xr + 16);
+                for (int j = 0; j < 8; j++) {
+                    const __m512 wj = _mm512_set1_ps(w[j]);
+                    acc[j][0] = _mm512_fmadd_ps(wj, v0, acc[j][0]);
+                    acc[j][1] = _mm512_fmadd_ps(wj, v1, acc[j][1]);
+                }
+            }
+            for (int j = 0; j < 8 && mb * 8 + j < M; j++) {
+                const __m512 b = _mm512_set1_ps(bias ? bias[mb * 8 + j] : 0.0f);
+                float *row = y + (mb * 8 + j) * N + n0;
+                _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc[j][0], b));
+                _mm512_mask_storeu_ps(row + 16, m1, _mm512_add_ps(acc[j][1], b));
+            }
+        }
+    }
+    return 0;
+}
 #else
+int fp_gemm(const float *wp, const float *x, const float *bias, int64_t M, int64_t K, int64_t N, float *y, int threads) {
+    (void)wp; (void)x; (void)bias; (void)M; (void)K; (void)N; (void)y; (void)threads;
+    return -1;
+}
 int fp_conv2d_direct_supported(void) { return 0; }
 int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const float *wt, const float *bias,
                      int64_t cout, const fp_pool2d *p, const fp_conv_post *post, float *y, int threads) {

@@ -32,4 +32,7 @@ typedef struct {
 int fp_conv2d_direct_supported(void);
 int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const float *wt, const float *bias,
                      int64_t cout, const fp_pool2d *p, const fp_conv_post *post, float *y, int threads);
+/* Y (M, N) = W (M, K) x X (K, N) [+ bias (M)], W packed (ceil(M/8), K, 8); OpenMP over column tiles
+ * (AVX-512; -1 where the CPU or build has none, as fp_conv2d_direct_supported says). */
+int fp_gemm(const float *wp, const float *x, const float *bias, int64_t M, int64_t K, int64_t N, float *y, int threads);
 #endif

@@ -606,6 +606,39 @@ done:
     return result;
 }
 
+static PyObject *py_fp_gemm(PyObject *self, PyObject *args) {
+    PyObject *wo, *xo, *bo, *yo;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OOOO|i", &wo, &xo, &bo, &yo, &threads)) return NULL;
+    opt_buf b[4];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(wo, &b[0], 3, 4, 'f', 0, 0, "fp_gemm: weights") || take(xo, &b[1], 2, 4, 'f', 0, 0, "fp_gemm: x") ||
+        take(bo, &b[2], 1, 4, 'f', 0, 1, "fp_gemm: bias") || take(yo, &b[3], 2, 4, 'f', 1, 0, "fp_gemm: out"))
+        goto done;
+    const Py_ssize_t *ws = b[0].view.shape, *xs = b[1].view.shape, *ys = b[3].view.shape;
+    const int64_t M = ys[0], K = xs[0], N = xs[1];
+    if (ws[0] != (M + 7) / 8 || ws[1] != K || ws[2] != 8 || ys[1] != N || M < 1 || K < 1 || N < 1 ||
+        (b[2].held && b[2].view.shape[0] != M)) {
+        PyErr_SetString(PyExc_ValueError, "fp_gemm: weights (ceil(M/8), K, 8), x (K, N), bias (M,) or None, out (M, N)");
+        goto done;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fp_gemm((const float *)b[0].view.buf, (const float *)b[1].view.buf,
+                 b[2].held ? (const float *)b[2].view.buf : NULL, M, K, N, (float *)b[3].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        PyErr_SetString(PyExc_ValueError, "fp_gemm: not available on this CPU (needs AVX-512)");
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 4);
+    return result;
+}
+
 static PyObject *py_conv2d_direct_supported(PyObject *self, PyObject *noargs) {
     return PyBool_FromLong(fp_conv2d_direct_supported());
 }
@@ -660,7 +693,9 @@ static PyMethodDef methods[] = {
      "conv2d_direct(x, weights, bias, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1, [(scale, shift, (lo, hi), "
      "((kh, kw, sh, sw, dh, dw, pt, pl), conv_oh, conv_ow))]): few-channel stem conv; the post-ops are the fused next "
      "nodes (channel_affine, hardtanh, max_pool), each optional (None)"},
-    {"conv2d_direct_supported", py_conv2d_direct_supported, METH_NOARGS, "Whether conv2d_direct runs here."},
+    {"conv2d_direct_supported", py_conv2d_direct_supported, METH_NOARGS, "Whether conv2d_direct (and fp_gemm) run here."},
+    {"fp_gemm", py_fp_gemm, METH_VARARGS,
+     "fp_gemm(weights (ceil(M/8), K, 8), x (K, N), bias or None, out (M, N), threads=1): out = W x + bias on OpenMP threads"},
     {"bconv_ceiling", py_bconv_ceiling, METH_VARARGS,
      "bconv_ceiling(isa='auto', reps=1000): run the micro-kernel on an L1 tile; returns word pairs done (time it)."},
     {"kernel_info", kernel_info, METH_NOARGS, "Which popcount and threading this build uses."},

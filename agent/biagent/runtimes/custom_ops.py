@@ -480,6 +480,15 @@ class Conv:
         self.stride, self.dilation, self.pads = tuple(a["stride"]), tuple(a["dilation"]), [list(p) for p in a["pads"]]
         # Few input channels (a stem): the direct AVX-512 kernel beats im2col + sgemm (K is tiny and
         # the im2col copies the input kh*kw/stride^2 times). Weights as (ceil(C_out/8), C, kh, kw, 8).
+        # Below PARALLEL_MACS at 2+ threads: im2col + our OpenMP GEMM (weights (ceil(C_out/8), K, 8)),
+        # which uses every thread without a Python hand-off; OpenBLAS would run on one.
+        self.gemm_w = None
+        if len(self.kernel) == 2 and self.groups == 1 and KERNEL["use_c"] and _xnor is not None \
+                and _xnor.conv2d_direct_supported():
+            k = cg * math.prod(self.kernel)
+            packed = np.zeros((-(-self.cout // 8) * 8, k), np.float32)
+            packed[: self.cout] = w.reshape(self.cout, k)
+            self.gemm_w = np.ascontiguousarray(packed.reshape(-1, 8, k).transpose(0, 2, 1))
         self.direct = None
         if (len(self.kernel) == 2 and self.groups == 1 and cg <= DIRECT_MAX_CHANNELS and KERNEL["use_c"]
                 and _xnor is not None and _xnor.conv2d_direct_supported()):
@@ -538,6 +547,12 @@ class Conv:
 
         threads = KERNEL["threads"]
         split = threads if threads > 1 and self.w.size * math.prod(out) >= PARALLEL_MACS else 1
+        if fast and split == 1 and threads > 1 and self.gemm_w is not None:
+            for b in range(n):
+                cols = np.empty((self.w.shape[2], math.prod(out)), np.float32)
+                _xnor.im2col2d(x[b], cols, geom, out[1], 0, out[0], threads)
+                _xnor.fp_gemm(self.gemm_w, cols, self.bias, y[b, 0], threads)
+            return y.reshape(n, self.cout, *out)  # the bias is added in the GEMM
         jobs = [(b, h0, h1) for b in range(n)
                 for h0, h1 in _blocks(out, 4 * max(c * math.prod(self.kernel), self.cout), COLS_BYTES, split)]
         if split > 1 and len(jobs) > 1:  # numpy drops the GIL in the copy and in sgemm
