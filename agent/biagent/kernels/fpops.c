@@ -396,7 +396,7 @@ __attribute__((target("avx512f"))) int fp_gemm(const float *wp, const float *x, 
                                                int64_t K, int64_t N, float *y, int threads) {
     const int64_t tiles = (N + 31) / 32, mblocks = (M + 7) / 8;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1) if (M * K * N >= (1 << 20))
 #endif
     for (int64_t t = 0; t < tiles; t++) {
         const int64_t n0 = t * 32, left = N - n0;
