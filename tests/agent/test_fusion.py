@@ -14,6 +14,7 @@ import pytest
 
 from biagent import kernels
 from biagent.runtimes import custom_ops as ops
+from biagent.runtimes.custom_fusion import FusedBinaryConv, FusedStemConv, StemPost
 from biagent.runtimes.custom_engine import load_artifact
 
 from .test_bconv_kernel import ISAS, _conv, _inputs, _reference
@@ -59,7 +60,7 @@ def test_fused_epilogue_equals_the_nodes_one_by_one(isa, post_name, shape, extra
     out_shape = _reference(conv, x).shape
     residual = _residual(out_shape) if post.residual else None
     expected = _separately(conv, post, x, residual)
-    fused = ops.FusedBinaryConv(conv, post)
+    fused = FusedBinaryConv(conv, post)
     assert fused.fused()
     monkeypatch.setitem(ops.KERNEL, "isa", isa)
     for threads in (1, 2):
@@ -79,9 +80,9 @@ def test_fused_conv1d_and_a_broadcasting_residual(isa, monkeypatch):
     x = np.random.default_rng(4).standard_normal((3, 70, 29)).astype(np.float32)
     monkeypatch.setitem(ops.KERNEL, "isa", isa)
     full = _residual(_reference(conv, x).shape)
-    assert np.array_equal(ops.FusedBinaryConv(conv, post)(x, full), _separately(conv, post, x, full), equal_nan=True)
+    assert np.array_equal(FusedBinaryConv(conv, post)(x, full), _separately(conv, post, x, full), equal_nan=True)
     row = _residual((1, 11, 1))  # broadcasts: the nodes run one by one, same result
-    assert np.array_equal(ops.FusedBinaryConv(conv, post)(x, row), _separately(conv, post, x, row), equal_nan=True)
+    assert np.array_equal(FusedBinaryConv(conv, post)(x, row), _separately(conv, post, x, row), equal_nan=True)
 
 
 def test_kernel_refuses_mismatched_post_buffers():
@@ -164,11 +165,11 @@ STEM_POSTS = {
 }
 
 
-def _stem_post(cout: int, affine=False, clamp=None, pool=None, seed=9) -> ops.StemPost:
+def _stem_post(cout: int, affine=False, clamp=None, pool=None, seed=9) -> StemPost:
     rng = np.random.default_rng(seed)
     scale = rng.standard_normal(cout).astype(np.float32) if affine else None
     shift = rng.standard_normal(cout).astype(np.float32) if affine else None
-    return ops.StemPost(scale, shift, clamp, None if pool is None else ops.MaxPool(*pool))
+    return StemPost(scale, shift, clamp, None if pool is None else ops.MaxPool(*pool))
 
 
 @pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
@@ -188,7 +189,7 @@ def test_fused_stem_equals_the_nodes_one_by_one(post_name, cin, cout, k, s, p, h
     for threads in (1, 2):
         monkeypatch.setitem(ops.KERNEL, "threads", threads)
         expected = post.apply(conv(x))
-        got = ops.FusedStemConv(conv, post)(x)
+        got = FusedStemConv(conv, post)(x)
         assert got.shape == expected.shape
         assert np.array_equal(got, expected, equal_nan=True), threads
         assert np.isnan(got).any()  # the NaN went through affine, clamp and pool
@@ -237,12 +238,12 @@ def test_packed_output_bits_are_what_the_next_conv_would_pack(isa, cout, pv, k, 
     x = _inputs(37, 15, 13)
     x[1, :, 3, 3] = np.nan  # NaN floats must become -1 bits
     monkeypatch.setitem(ops.KERNEL, "isa", isa)
-    floats = ops.FusedBinaryConv(producer, post)(x)
+    floats = FusedBinaryConv(producer, post)(x)
     expected_planes = _planes_reference(floats, consumer)
     expected_out = consumer(floats)
     for threads in (1, 2):
         monkeypatch.setitem(ops.KERNEL, "threads", threads)
-        packed = ops.FusedBinaryConv(producer, post, bits_for=consumer)(x)
+        packed = FusedBinaryConv(producer, post, bits_for=consumer)(x)
         assert isinstance(packed, ops.PackedActs) and packed.shape == floats.shape
         assert np.array_equal(packed.planes, expected_planes), (isa, threads)
         assert np.array_equal(consumer(packed), expected_out, equal_nan=True), (isa, threads)
@@ -290,6 +291,6 @@ def test_two_thread_layers_equal_the_reference(isa, cin, cout, size, monkeypatch
     monkeypatch.setitem(ops.KERNEL, "isa", isa)
     monkeypatch.setitem(ops.KERNEL, "threads", 2)
     assert np.array_equal(conv(x), _reference(conv, x))
-    assert np.array_equal(ops.FusedBinaryConv(conv, post)(x, residual), floats, equal_nan=True)
-    packed = ops.FusedBinaryConv(conv, post, bits_for=consumer)(x, residual)
+    assert np.array_equal(FusedBinaryConv(conv, post)(x, residual), floats, equal_nan=True)
+    packed = FusedBinaryConv(conv, post, bits_for=consumer)(x, residual)
     assert np.array_equal(packed.planes, _planes_reference(floats, consumer))

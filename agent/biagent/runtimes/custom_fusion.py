@@ -5,23 +5,82 @@ operations in the same order); it only skips passes over memory and per-node ove
 A value that anything else reads (another node, a graph output) is never fused away.
 
 * binary_conv -> channel_affine -> add -> hardtanh (each after the conv optional, in this
-  order): the successors run in the conv's epilogue (custom_ops.FusedBinaryConv). This is
+  order): the successors run in the conv's epilogue (FusedBinaryConv below). This is
   a binary ResNet block's tail: batch norm, the shortcut, the activation before the next sign.
 * a binary conv (fused or not) whose output only another binary conv reads: it writes
   that conv's packed sign bits (custom_ops.PackedActs) instead of floats, the
   "thresholding to packed output bits" of a binary ResNet block's first conv.
 * conv (direct stem kernel) -> channel_affine -> hardtanh -> max_pool (each optional): the
   affine and clamp run in the conv's registers, and the pool reads each block of 8 output
-  channels while it is in cache (custom_ops.FusedStemConv). A ResNet stem.
+  channels while it is in cache (FusedStemConv below). A ResNet stem.
 * channel_affine -> hardtanh: one pass (custom_ops.ChannelAffine with clamp_to).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
+
+import numpy as np
 
 from . import custom_ops as ops
 
 
+# -- the fused nodes ---------------------------------------------------------------------------
+class FusedBinaryConv:
+    """binary_conv with its next nodes fused (see custom_ops.PostOps): one pass over the output instead
+    of up to four. Falls back to the nodes one by one where the C conv does not run.
+
+    bits_for: the binary conv that alone reads this output. Then only its sign bits are
+    written, straight into that conv's packed input (custom_ops.PackedActs): 1 bit instead of a float
+    per value, and no packing pass in the next layer."""
+
+    def __init__(self, conv: ops.BinaryConv, post: ops.PostOps, bits_for: ops.BinaryConv | None = None):
+        self.conv, self.post, self.bits_for = conv, post, bits_for
+
+    def fused(self) -> bool:
+        return self.conv.packed is not None and self.conv.kind != "linear" and self.conv.gain is None
+
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> "np.ndarray | ops.PackedActs":
+        if self.post.residual and residual is None:
+            raise ValueError("the fused add needs its second input")
+        if self.fused():
+            return self.conv._conv_packed(x, self.post, residual, self.bits_for)
+        return self.post.apply(self.conv(x), residual)
+
+
+@dataclass(frozen=True)
+class StemPost:
+    """Nodes the engine fused after a direct (stem) conv, in this order, each optional:
+    channel_affine, hardtanh, a 2-D max_pool."""
+
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    clamp: tuple[float, float] | None = None
+    pool: ops.MaxPool | None = None
+
+    def apply(self, y: np.ndarray) -> np.ndarray:
+        """The same nodes one at a time (the reference the fused kernel must equal)."""
+        if self.scale is not None:
+            y = ops.channel_affine(y, self.scale, self.shift)
+        if self.clamp is not None:
+            y = ops.clamp(y, np.float32(self.clamp[0]), np.float32(self.clamp[1]))
+        return y if self.pool is None else self.pool(y)
+
+
+class FusedStemConv:
+    """A direct conv with its next nodes fused (see StemPost): the pool reads each block of
+    8 channels while it is still in cache, and the conv output is never written whole."""
+
+    def __init__(self, conv: ops.Conv, post: StemPost):
+        self.conv, self.post = conv, post
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.conv.direct is not None:
+            return self.conv.direct_call(x, self.post)
+        return self.post.apply(self.conv(x))
+
+
+# -- the rewrites -------------------------------------------------------------------------------
 def fuse(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]], make_node: Callable) -> list:
     """Apply every rewrite. `make_node(op, name, inputs, output, fn)` builds an engine Node."""
     nodes = fuse_conv_epilogues(nodes, outputs, shapes, make_node)
@@ -75,7 +134,7 @@ def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, t
             continue
         post = ops.PostOps(scale, shift, residual, clamp)
         fused = make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain), inputs, value,
-                          ops.FusedBinaryConv(conv, post))
+                          FusedBinaryConv(conv, post))
         chains.append((chain, fused))  # it runs where the add ran: by then the residual exists
     return _rebuild(nodes, chains)
 
@@ -90,21 +149,21 @@ def fuse_packed_outputs(nodes: list, outputs: Iterable[str], make_node: Callable
     rewritten = []
     for node in nodes:
         fn = node.fn
-        conv = fn.conv if isinstance(fn, ops.FusedBinaryConv) else fn
+        conv = fn.conv if isinstance(fn, FusedBinaryConv) else fn
         nxt = _sole_reader(readers, node.output)
         ok = (_packs_2d(conv) and conv.gain is None and nxt is not None and nxt.inputs[0] == node.output
               and node.output not in nxt.inputs[1:])
         if ok:
-            reader = nxt.fn.conv if isinstance(nxt.fn, ops.FusedBinaryConv) else nxt.fn
+            reader = nxt.fn.conv if isinstance(nxt.fn, FusedBinaryConv) else nxt.fn
             ok = _packs_2d(reader) and not reader.mean_abs
-            if isinstance(nxt.fn, ops.FusedBinaryConv):
+            if isinstance(nxt.fn, FusedBinaryConv):
                 ok = ok and nxt.fn.fused()
         if not ok:
             rewritten.append(node)
             continue
-        post = fn.post if isinstance(fn, ops.FusedBinaryConv) else ops.PostOps()
+        post = fn.post if isinstance(fn, FusedBinaryConv) else ops.PostOps()
         rewritten.append(make_node(f"{node.op}+sign", node.name, node.inputs, node.output,
-                                   ops.FusedBinaryConv(conv, post, bits_for=reader)))
+                                   FusedBinaryConv(conv, post, bits_for=reader)))
     return rewritten
 
 
@@ -135,7 +194,7 @@ def fuse_stems(nodes: list, outputs: Iterable[str], make_node: Callable) -> list
             pool = nxt.fn
             chain.append(nxt)
         if len(chain) > 1:
-            fused = ops.FusedStemConv(node.fn, ops.StemPost(scale, shift, clamp, pool))
+            fused = FusedStemConv(node.fn, StemPost(scale, shift, clamp, pool))
             chains.append((chain, make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain),
                                             node.inputs, chain[-1].output, fused)))
     return _rebuild(nodes, chains)

@@ -444,28 +444,6 @@ class PackedActs:
     shape: tuple[int, ...]
 
 
-class FusedBinaryConv:
-    """binary_conv with its next nodes fused (see PostOps): one pass over the output instead
-    of up to four. Falls back to the nodes one by one where the C conv does not run.
-
-    bits_for: the binary conv that alone reads this output. Then only its sign bits are
-    written, straight into that conv's packed input (PackedActs): 1 bit instead of a float
-    per value, and no packing pass in the next layer."""
-
-    def __init__(self, conv: BinaryConv, post: PostOps, bits_for: BinaryConv | None = None):
-        self.conv, self.post, self.bits_for = conv, post, bits_for
-
-    def fused(self) -> bool:
-        return self.conv.packed is not None and self.conv.kind != "linear" and self.conv.gain is None
-
-    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> "np.ndarray | PackedActs":
-        if self.post.residual and residual is None:
-            raise ValueError("the fused add needs its second input")
-        if self.fused():
-            return self.conv._conv_packed(x, self.post, residual, self.bits_for)
-        return self.post.apply(self.conv(x), residual)
-
-
 # -- full precision ------------------------------------------------------------------------
 class Conv:
     """conv: zero-padded Conv1d/Conv2d, im2col + float32 matmul, per group."""
@@ -499,7 +477,7 @@ class Conv:
     def out_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(x_shape[2:], self.pads, self.kernel, self.stride, self.dilation))
 
-    def direct_call(self, x: np.ndarray, post: "StemPost | None" = None) -> np.ndarray:
+    def direct_call(self, x: np.ndarray, post: "StemPost | None" = None) -> np.ndarray:  # noqa: F821 (custom_fusion)
         """The direct kernel, with the fused next nodes (`post`) in its epilogue."""
         n, out = x.shape[0], self.out_shape(x.shape)
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -652,38 +630,6 @@ class MaxPool:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return max_pool(x, self.kernel, self.stride, self.pads, self.dilation)
-
-
-@dataclass(frozen=True)
-class StemPost:
-    """Nodes the engine fused after a direct (stem) conv, in this order, each optional:
-    channel_affine, hardtanh, a 2-D max_pool."""
-
-    scale: np.ndarray | None = None
-    shift: np.ndarray | None = None
-    clamp: tuple[float, float] | None = None
-    pool: MaxPool | None = None
-
-    def apply(self, y: np.ndarray) -> np.ndarray:
-        """The same nodes one at a time (the reference the fused kernel must equal)."""
-        if self.scale is not None:
-            y = channel_affine(y, self.scale, self.shift)
-        if self.clamp is not None:
-            y = clamp(y, np.float32(self.clamp[0]), np.float32(self.clamp[1]))
-        return y if self.pool is None else self.pool(y)
-
-
-class FusedStemConv:
-    """A direct conv with its next nodes fused (see StemPost): the pool reads each block of
-    8 channels while it is still in cache, and the conv output is never written whole."""
-
-    def __init__(self, conv: Conv, post: StemPost):
-        self.conv, self.post = conv, post
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.conv.direct is not None:
-            return self.conv.direct_call(x, self.post)
-        return self.post.apply(self.conv(x))
 
 
 def max_pool(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
