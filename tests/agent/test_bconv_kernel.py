@@ -48,11 +48,11 @@ def _conv(cin, cout, k, s, d, p, pv, extras, seed=0, nd=2):
 
 
 def _reference(conv, x):
-    packed, conv.packed = conv.packed, None
+    packed, linear, conv.packed, conv.packed_linear = conv.packed, conv.packed_linear, None, None
     try:
         return conv(x)
     finally:
-        conv.packed = packed
+        conv.packed, conv.packed_linear = packed, linear
 
 
 def _inputs(cin, h, w, seed=1, n=2):
@@ -84,6 +84,43 @@ def test_conv1d_and_spatial_gain(isa, monkeypatch):
     expected = _reference(conv, x)
     monkeypatch.setitem(ops.KERNEL, "isa", isa)
     assert np.array_equal(conv(x), expected)
+
+
+def _linear(cin, cout, extras, seed=0):
+    rng = np.random.default_rng(seed)
+    attrs = dict(kind="linear", k=cin, weight_shape=[cout, cin], weight_bits="w")
+    tensors = {"w": ops.pack_rows(rng.random((cout, cin)) < 0.5)}
+    if extras:
+        for key, n in (("input_shift", cin), ("weight_scale", cout), ("channel_scale", cout), ("bias", cout)):
+            attrs[key] = key
+            tensors[key] = rng.standard_normal(n).astype(np.float32)
+    return ops.BinaryConv(attrs, tensors)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cin, cout, lead", [(70, 13, (1,)), (130, 64, (5,)), (3, 1000, (2, 3)), (512, 512, (300,))])
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "scales"])
+def test_binary_linear_runs_on_the_packed_conv_exactly(isa, cin, cout, lead, extras, monkeypatch):
+    monkeypatch.setattr(ops, "LINEAR_PACKED_MIN_OUT", 1)  # narrow ones too, here
+    lin = _linear(cin, cout, extras)
+    assert lin.packed_linear is not None
+    x = np.random.default_rng(2).standard_normal((*lead, cin)).astype(np.float32)
+    x.reshape(-1)[:3] = [0.0, -0.0, np.nan]
+    expected = _reference(lin, x)
+    monkeypatch.setitem(ops.KERNEL, "isa", isa)
+    for threads in (1, 2):  # 300 rows x 512 outputs x 8 words: big enough for 2 threads
+        monkeypatch.setitem(ops.KERNEL, "threads", threads)
+        got = lin(x)
+        assert got.shape == (*lead, cout) and np.array_equal(got, expected), (isa, threads)
+
+
+def test_xnor_and_narrow_linears_keep_the_gemm():
+    lin = _linear(70, 130, extras=False)
+    assert lin.packed_linear is not None
+    xnor = ops.BinaryConv(dict(kind="linear", k=70, weight_shape=[130, 70], weight_bits="w", input_scale="mean_abs"),
+                          {"w": lin.weights_rows[0]})
+    assert xnor.packed_linear is None  # beta (per row) sits inside the epilogue's order
+    assert _linear(70, 13, extras=False).packed_linear is None
 
 
 def test_the_dots_are_the_signed_integer_dots():

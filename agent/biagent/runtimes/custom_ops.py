@@ -34,6 +34,7 @@ COLS_BYTES = 1 << 20  # FP conv columns per block: copied, then read by sgemm wh
 # ~0.1 ms: resnet18's 6.4M-MAC downsample convs took 0.50 ms split over 2 threads, 0.42 on one.
 PARALLEL_MACS = 1 << 24
 DIRECT_MAX_CHANNELS = 16  # FP convs with at most this many input channels per group use the direct kernel
+LINEAR_PACKED_MIN_OUT = 64  # binary linears this wide run on the channel-packed conv (see BinaryConv)
 
 # The custom runtime owns its threads: BLAS runs single-threaded in its worker (see
 # biagent.worker.thread_env), the binary kernels use OpenMP, and big FP convs split their
@@ -226,7 +227,15 @@ class BinaryConv:
         self.channel_scale, self.gain, self.bias = get("channel_scale"), get("output_gain"), get("bias")
         self.mean_abs = a.get("input_scale") == "mean_abs"
         self.packed = None  # the channel-packed C conv's weights, set below where it applies
+        self.packed_linear = None  # the same for a linear layer, run as a 1x1 conv over its rows
         if self.kind == "linear":
+            # XNOR's per-row beta sits between alpha and the channel scale, and a gain broadcasts
+            # over rows: those keep the popcount GEMM, so the floats stay the reference's. So do
+            # narrow layers: below 64 outputs the transposes cost more than the faster popcounts
+            # save (256 -> 40 over 1024 rows: 0.50 ms against 0.33; 512 -> 512 over 300: 0.58 vs 1.27).
+            if KERNEL["use_c"] and _xnor is not None and hasattr(_xnor, "bconv2d") and not self.mean_abs \
+                    and self.gain is None and self.cout >= LINEAR_PACKED_MIN_OUT:
+                self.packed_linear = channel_packed_weights(bits, shape[1], ())
             return
         self.kernel = tuple(shape[2:])
         self.stride, self.dilation = tuple(a["stride"]), tuple(a["dilation"])
@@ -287,6 +296,8 @@ class BinaryConv:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.packed is not None and self.kind != "linear":
             return self._conv_packed(x)
+        if self.packed_linear is not None:
+            return self._linear_packed(x)
         if self.kind == "linear":
             y = self._linear(x)
         else:
@@ -321,6 +332,16 @@ class BinaryConv:
         for r0 in range(0, neg.shape[0], step):
             out[r0 : r0 + step] = xnor_dot(pack_rows(neg[r0 : r0 + step]), self.weights_rows[0], self.weights_t[0], self.k)
         return out.reshape(*x.shape[:-1], self.cout)
+
+    def _linear_packed(self, x: np.ndarray) -> np.ndarray:
+        """A binary linear through the channel-packed conv: rows become the positions of one
+        1x1 conv (one transpose each way), so it gets every popcount path and thread."""
+        rows = math.prod(x.shape[:-1])
+        planar = np.ascontiguousarray(x.reshape(rows, x.shape[-1]).T, dtype=np.float32).reshape(1, x.shape[-1], 1, rows)
+        y = np.empty((1, self.cout, 1, rows), np.float32)
+        _xnor.bconv2d(planar, self.packed_linear, y, (1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0), self.shift, None, None,
+                      self.alpha, self.channel_scale, self.bias, None, KERNEL["isa"], KERNEL["threads"])
+        return np.ascontiguousarray(y.reshape(self.cout, rows).T).reshape(*x.shape[:-1], self.cout)
 
     def _conv_packed(self, x: "np.ndarray | PackedActs", post: "PostOps | None" = None,
                      residual: np.ndarray | None = None, bits_for: "BinaryConv | None" = None) -> "np.ndarray | PackedActs":
