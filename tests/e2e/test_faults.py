@@ -55,8 +55,12 @@ def test_agent_sigkilled_mid_benchmark_and_restarted_is_retried(start_agent, tmp
     results = ResultsStore(tmp_path / "results")
     log = Log()
     timing = log.when("bnn/custom: timing")
-    plan = _plan(settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=1.5), retries=6)
-    done: list = []  # 6 retries give a restart ~40 s even on a loaded CI machine
+    # A retry waits for the board's health check for twice the backoff, and a board silent that
+    # long is filed as down: 5 s gives the restarted agent 10 s, enough on a loaded CI machine
+    # (0.3 s gave it 1.3 s, and lost the race now and then).
+    plan = _plan(settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=1.5), retries=6,
+                 retry_backoff_s=5.0)
+    done: list = []
     runner = threading.Thread(target=lambda: done.append(run_campaign([Target("alpha", "x", agent.address)], plan,
                                                                       results, progress=log)))
     runner.start()
