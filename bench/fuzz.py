@@ -44,12 +44,16 @@ def main() -> None:
             model = bimodels.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.Flatten(),
                                                     nn.Linear(8 * 25, 4)), "bnn", fp_layers=["0", "3"]).eval()
             seed = bimodels.export(model, "custom", torch.randn(1, 3, 5, 5))
+            torch.manual_seed(0)  # a binary ResNet: its graph loads fused (conv epilogues, packed bits, stem)
+            resnet = bimodels.export(bimodels.binarize(bimodels.create_model("resnet20"), "bnn").eval(), "custom",
+                                     torch.randn(1, 3, 32, 32))
             with AgentClient(agent.address, "fuzzed") as client:
                 model_id = client.push(seed, "custom").model_id
             for name, run in (("raw bytes to every RPC", lambda: raw_bytes_to_every_rpc(agent.address, args.cases)),
                               ("hostile well-formed requests",
                                lambda: structured_requests(agent.address, args.cases, [model_id])),
                               ("mutated custom artifacts", lambda: custom_artifact_mutations(seed, args.cases)),
+                              ("mutated fused resnet artifacts", lambda: custom_artifact_mutations(resnet, args.cases)),
                               ("inventory files", lambda: inventory_files(Path(tmp), args.cases))):
                 start = time.monotonic()
                 outcomes = run()

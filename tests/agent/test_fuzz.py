@@ -7,6 +7,7 @@ from torch import nn
 
 import bimodels
 from bihost.client import AgentClient
+from biagent.runtimes.custom_engine import load_artifact
 from tests.fuzz import custom_artifact_mutations, raw_bytes_to_every_rpc, structured_requests
 
 
@@ -40,6 +41,18 @@ def test_mutated_custom_artifacts_only_raise_load_or_invoke_errors():
     seed = bimodels.export(model, "custom", torch.randn(1, 3, 5, 5))
     outcomes = custom_artifact_mutations(seed, 300)
     assert sum(outcomes.values()) == 300 and outcomes.get("rejected"), outcomes
+
+
+def test_mutated_fused_resnet_artifacts_only_raise_load_or_invoke_errors():
+    """A binary ResNet: its graph loads fused (conv epilogues, packed-bits outputs, the stem),
+    so mutations reach the fused kernels' argument checks too."""
+    torch.manual_seed(0)
+    model = bimodels.binarize(bimodels.create_model("resnet20"), "bnn").eval()
+    seed = bimodels.export(model, "custom", torch.randn(1, 3, 32, 32))
+    ops = {n.op for n in load_artifact(seed).nodes}
+    assert {"binary_conv+channel_affine+add+hardtanh", "binary_conv+channel_affine+hardtanh+sign"} <= ops, ops
+    outcomes = custom_artifact_mutations(seed, 200)
+    assert sum(outcomes.values()) == 200 and outcomes.get("rejected") and outcomes.get("ran"), outcomes
 
 
 def test_regressions_the_fuzzer_found(start_agent):
