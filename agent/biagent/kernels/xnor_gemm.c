@@ -246,6 +246,15 @@ static int take(PyObject *obj, opt_buf *b, int ndim, Py_ssize_t itemsize, char k
     return 0;
 }
 
+/* A kernel's return code as the call's result: None, or the error it stands for (-1: this CPU
+ * or build cannot run it: `unavailable`, formatted with `arg` where it has a %s; any other nonzero: out of
+ * memory). */
+static PyObject *kernel_result(int rc, const char *unavailable, const char *arg) {
+    if (rc == -1) return PyErr_Format(PyExc_ValueError, unavailable, arg);
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static void release(opt_buf *bufs, int n) {
     for (int i = 0; i < n; i++)
         if (bufs[i].held) PyBuffer_Release(&bufs[i].view);
@@ -383,14 +392,7 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
                  b[15].held ? (const uint64_t *)b[15].view.buf : NULL, beta, n, (const uint64_t *)b[1].view.buf,
                  (float *)b[2].view.buf, isa, threads);
     Py_END_ALLOW_THREADS
-    if (rc == -1) {
-        PyErr_Format(PyExc_ValueError, "bconv2d: kernel %s cannot run on this CPU", isa);
-    } else if (rc) {
-        PyErr_NoMemory();
-    } else {
-        result = Py_None;
-        Py_INCREF(result);
-    }
+    result = kernel_result(rc, "bconv2d: kernel %s cannot run on this CPU", isa);
 done:
     release(b, 16);
     return result;
@@ -493,12 +495,7 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     rc = fp_max_pool2d((const float *)b[0].view.buf, xs[0] * xs[1], xs[2], xs[3], &p, (float *)b[1].view.buf, threads, isa);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    result = Py_None;
-    Py_INCREF(result);
+    result = kernel_result(rc, "max_pool2d: %s cannot run here", isa);
 done:
     release(b, 2);
     return result;
@@ -593,14 +590,7 @@ static PyObject *py_conv2d_direct(PyObject *self, PyObject *args) {
     rc = fp_conv2d_direct((const float *)b[0].view.buf, xs[0], xs[1], xs[2], (const float *)b[1].view.buf,
                           b[2].held ? (const float *)b[2].view.buf : NULL, cout, &p, &post, (float *)b[3].view.buf, threads);
     Py_END_ALLOW_THREADS
-    if (rc == -1) {
-        PyErr_SetString(PyExc_ValueError, "conv2d_direct: not available on this CPU (needs AVX-512)");
-    } else if (rc) {
-        PyErr_NoMemory();
-    } else {
-        result = Py_None;
-        Py_INCREF(result);
-    }
+    result = kernel_result(rc, "conv2d_direct: not available on this CPU (needs AVX-512)", NULL);
 done:
     release(b, 6);
     return result;
@@ -628,12 +618,7 @@ static PyObject *py_fp_gemm(PyObject *self, PyObject *args) {
     rc = fp_gemm((const float *)b[0].view.buf, (const float *)b[1].view.buf,
                  b[2].held ? (const float *)b[2].view.buf : NULL, M, K, N, (float *)b[3].view.buf, threads);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        PyErr_SetString(PyExc_ValueError, "fp_gemm: not available on this CPU (needs AVX-512)");
-        goto done;
-    }
-    result = Py_None;
-    Py_INCREF(result);
+    result = kernel_result(rc, "fp_gemm: not available on this CPU (needs AVX-512)", NULL);
 done:
     release(b, 4);
     return result;
