@@ -103,59 +103,12 @@ MICRO_SCALAR(, micro_portable, pop_soft)
 
 #ifdef BC_X86
 #define NP_AVX512 16
-/* The epilogue of one 8-lane vector of dots, in registers: the same float32 sequence as
- * finish(). store_lanes writes it into the NCHW output row (masked past P); neg_lanes
- * returns the next conv's sign bits of it instead. */
-__attribute__((target("avx512f,avx512vl,fma"), always_inline)) static inline __m256 lanes_value(
-    const bconv_epilogue *e, __m512i acc, int64_t K, int64_t oc, int64_t p, int64_t P, __mmask8 live,
-    const tile_env *env, const int post) {
-    __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(_mm512_set1_epi64(K), _mm512_slli_epi64(acc, 1)));
-    if (e->corr_cls) {
-        const __m256i cls = _mm256_maskz_loadu_epi32(live, e->corr_cls + p);
-        const __mmask8 edge = _mm256_test_epi32_mask(cls, cls);
-        if (edge)
-            d = _mm256_sub_epi32(d, _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), edge, cls,
-                                                                e->corr_table + oc * e->n_cls, 4));
-    }
-    __m256 v = _mm256_cvtepi32_ps(d);
-    if (e->alpha) v = _mm256_mul_ps(v, _mm256_set1_ps(e->alpha[oc]));
-    if (env->has_beta) v = _mm256_mul_ps(v, _mm256_set1_ps(env->beta));
-    if (e->cs) v = _mm256_mul_ps(v, _mm256_set1_ps(e->cs[oc]));
-    if (e->bias) v = _mm256_add_ps(v, _mm256_set1_ps(e->bias[oc]));
-    if (!post) return v; /* a constant: the kernel without fused successors skips these tests (5-13% faster) */
-    if (e->post_scale) v = _mm256_fmadd_ps(v, _mm256_set1_ps(e->post_scale[oc]), _mm256_set1_ps(e->post_shift[oc]));
-    if (env->res) v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(live, env->res + oc * P + p));
-    if (e->has_clamp) /* max_ps(a, b) is b when either is NaN: a NaN v passes both */
-        v = _mm256_min_ps(_mm256_set1_ps(e->hi), _mm256_max_ps(_mm256_set1_ps(e->lo), v));
-    return v;
-}
-
-static inline __mmask8 live_lanes(int64_t p, int64_t P) {
-    return P - p >= 8 ? (__mmask8)0xFF : P - p <= 0 ? (__mmask8)0 : (__mmask8)((1u << (P - p)) - 1);
-}
-
-__attribute__((target("avx512f,avx512vl,fma"), always_inline)) static inline void store_lanes(
-    const bconv_epilogue *e, __m512i acc, int64_t K, int64_t oc, int64_t p, int64_t P, const tile_env *env,
-    const int post) {
-    const __mmask8 live = live_lanes(p, P);
-    if (!live) return;
-    _mm256_mask_storeu_ps(env->out + oc * P + p, live, lanes_value(e, acc, K, oc, p, P, live, env, post));
-}
-
-__attribute__((target("avx512f,avx512vl,fma"))) static inline __mmask8 neg_lanes(const bconv_epilogue *e, __m512i acc,
-                                                                                 int64_t K, int64_t oc, int64_t p,
-                                                                                 int64_t P, const tile_env *env) {
-    const __mmask8 live = live_lanes(p, P);
-    if (!live) return 0;
-    __m256 v = lanes_value(e, acc, K, oc, p, P, live, env, 1);
-    if (e->bits->shift) v = _mm256_add_ps(v, _mm256_set1_ps(e->bits->shift[oc]));
-    return _mm256_mask_cmp_ps_mask(live, v, _mm256_setzero_ps(), _CMP_NGE_UQ); /* NaN -> -1, as the packing */
-}
-
-/* The same epilogue for 16 positions (both halves of a full tile) in one 512-bit vector: half
- * the instructions of two 8-lane passes, which matters where K is small (64 channels x 3x3:
- * the epilogue was as long as the popcount loop). Same float32 operations, same order. */
-__attribute__((target("avx512f,fma"), always_inline)) static inline __m512 lanes_value16(
+/* The epilogue of a tile's dots, in registers: both 8-position halves (acc0, acc1) in one
+ * 512-bit vector, the same float32 sequence as finish(). One pass for 16 positions halves the
+ * instructions of two 8-lane passes, which matters where K is small (64 channels x 3x3: the
+ * epilogue was as long as the popcount loop). Lanes past P are never loaded or stored;
+ * store_lanes writes NCHW output rows, neg_lanes returns the next conv's sign bits instead. */
+__attribute__((target("avx512f,fma"), always_inline)) static inline __m512 lanes_value(
     const bconv_epilogue *e, __m512i acc0, __m512i acc1, int64_t K, int64_t oc, int64_t p, int64_t P,
     __mmask16 live, const tile_env *env, const int post) {
     const __m512i k = _mm512_set1_epi64(K);
@@ -174,33 +127,34 @@ __attribute__((target("avx512f,fma"), always_inline)) static inline __m512 lanes
     if (env->has_beta) v = _mm512_mul_ps(v, _mm512_set1_ps(env->beta));
     if (e->cs) v = _mm512_mul_ps(v, _mm512_set1_ps(e->cs[oc]));
     if (e->bias) v = _mm512_add_ps(v, _mm512_set1_ps(e->bias[oc]));
-    if (!post) return v;
+    if (!post) return v; /* a constant: the kernel without fused successors skips these tests (5-13% faster) */
     if (e->post_scale) v = _mm512_fmadd_ps(v, _mm512_set1_ps(e->post_scale[oc]), _mm512_set1_ps(e->post_shift[oc]));
     if (env->res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, env->res + oc * P + p));
-    if (e->has_clamp) v = _mm512_min_ps(_mm512_set1_ps(e->hi), _mm512_max_ps(_mm512_set1_ps(e->lo), v));
+    if (e->has_clamp) /* max_ps(a, b) is b when either is NaN: a NaN v passes both */
+        v = _mm512_min_ps(_mm512_set1_ps(e->hi), _mm512_max_ps(_mm512_set1_ps(e->lo), v));
     return v;
 }
 
-static inline __mmask16 live_lanes16(int64_t p, int64_t P) {
+/* The lanes of positions p .. p + 15 that exist (below P; a tail tile has at most 8). */
+static inline __mmask16 live_lanes(int64_t p, int64_t P) {
     return P - p >= 16 ? (__mmask16)0xFFFF : P - p <= 0 ? (__mmask16)0 : (__mmask16)((1u << (P - p)) - 1);
 }
 
-__attribute__((target("avx512f,fma"), always_inline)) static inline void store_lanes16(
-    const bconv_epilogue *e, __m512i acc0, __m512i acc1, int64_t K, int64_t oc, int64_t p, int64_t P,
-    const tile_env *env, const int post) {
-    const __mmask16 live = live_lanes16(p, P);
+__attribute__((target("avx512f,fma"), always_inline)) static inline void store_lanes(
+    const bconv_epilogue *e, __m512i acc0, __m512i acc1, int64_t K, int64_t oc, int64_t p, int64_t P, const tile_env *env,
+    const int post) {
+    const __mmask16 live = live_lanes(p, P);
     if (!live) return;
-    _mm512_mask_storeu_ps(env->out + oc * P + p, live, lanes_value16(e, acc0, acc1, K, oc, p, P, live, env, post));
+    _mm512_mask_storeu_ps(env->out + oc * P + p, live, lanes_value(e, acc0, acc1, K, oc, p, P, live, env, post));
 }
 
-__attribute__((target("avx512f,fma"), always_inline)) static inline __mmask16 neg_lanes16(
-    const bconv_epilogue *e, __m512i acc0, __m512i acc1, int64_t K, int64_t oc, int64_t p, int64_t P,
-    const tile_env *env) {
-    const __mmask16 live = live_lanes16(p, P);
+__attribute__((target("avx512f,fma"), always_inline)) static inline __mmask16 neg_lanes(
+    const bconv_epilogue *e, __m512i acc0, __m512i acc1, int64_t K, int64_t oc, int64_t p, int64_t P, const tile_env *env) {
+    const __mmask16 live = live_lanes(p, P);
     if (!live) return 0;
-    __m512 v = lanes_value16(e, acc0, acc1, K, oc, p, P, live, env, 1);
+    __m512 v = lanes_value(e, acc0, acc1, K, oc, p, P, live, env, 1);
     if (e->bits->shift) v = _mm512_add_ps(v, _mm512_set1_ps(e->bits->shift[oc]));
-    return _mm512_mask_cmp_ps_mask(live, v, _mm512_setzero_ps(), _CMP_NGE_UQ);
+    return _mm512_mask_cmp_ps_mask(live, v, _mm512_setzero_ps(), _CMP_NGE_UQ); /* NaN -> -1, as the packing */
 }
 
 /* byte o of x holds channel o's bits over 8 positions -> byte p holds position p's 8 channel bits */
@@ -214,8 +168,9 @@ static inline uint64_t transpose8(uint64_t x) {
     return x ^ t ^ (t << 28);
 }
 
-/* NV vectors of 8 positions x 8 output channels; NV = 2 for the body, 1 for a short tail.
- * POST: 0 for a layer without fused successors (its epilogue has fewer tests), 1 otherwise. */
+/* NV vectors of 8 positions x 8 output channels; NV = 2 for the body, 1 for a short tail (its
+ * epilogue runs with zeros in the upper half, masked off). POST: 0 for a layer without fused
+ * successors (its epilogue has fewer tests), 1 otherwise. */
 #define MICRO_AVX512(NAME, NV, POST)                                                                      \
     __attribute__((target("avx512f,avx512vl,avx512vpopcntdq,fma"))) static void NAME(                      \
         const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0, int64_t p0,  \
@@ -234,29 +189,20 @@ static inline uint64_t transpose8(uint64_t x) {
             }                                                                                             \
         }                                                                                                 \
         if (!POST || !env->bits) {                                                                        \
-            for (int o = 0; o < NO && o0 + o < env->s->cout; o++) {                                      \
-                if (NV == 2) {                                                                            \
-                    store_lanes16(env->e, acc[0][o], acc[NV - 1][o], K, o0 + o, p0, env->P, env, POST);   \
-                    continue;                                                                             \
-                }                                                                                         \
-                for (int v = 0; v < NV; v++) store_lanes(env->e, acc[v][o], K, o0 + o, p0 + 8 * v, env->P, env, POST); \
-            }                                                                                             \
+            for (int o = 0; o < NO && o0 + o < env->s->cout; o++)                                        \
+                store_lanes(env->e, acc[0][o], NV == 2 ? acc[NV - 1][o] : _mm512_setzero_si512(), K, o0 + o, p0, \
+                            env->P, env, POST);                                                           \
             return;                                                                                       \
         }                                                                                                 \
         uint64_t m16[2] = {0, 0}; /* byte o: channel o's -1 bits over 8 positions */                      \
-        if (NV == 2) {                                                                                    \
-            for (int o = 0; o < NO && o0 + o < env->s->cout; o++) {                                      \
-                const __mmask16 k = neg_lanes16(env->e, acc[0][o], acc[NV - 1][o], K, o0 + o, p0, env->P, env); \
-                m16[0] |= (uint64_t)(k & 0xFF) << (8 * o);                                                \
-                m16[1] |= (uint64_t)(k >> 8) << (8 * o);                                                  \
-            }                                                                                             \
+        for (int o = 0; o < NO && o0 + o < env->s->cout; o++) {                                          \
+            const __mmask16 k = neg_lanes(env->e, acc[0][o], NV == 2 ? acc[NV - 1][o] : _mm512_setzero_si512(), K, \
+                                          o0 + o, p0, env->P, env);                                      \
+            m16[0] |= (uint64_t)(k & 0xFF) << (8 * o);                                                    \
+            m16[1] |= (uint64_t)(k >> 8) << (8 * o);                                                      \
         }                                                                                                 \
         for (int v = 0; v < NV && p0 + 8 * v < env->P; v++) {                                            \
-            uint64_t m = m16[v];                                                                          \
-            if (NV == 1)                                                                                  \
-                for (int o = 0; o < NO && o0 + o < env->s->cout; o++)                                    \
-                    m |= (uint64_t)neg_lanes(env->e, acc[v][o], K, o0 + o, p0 + 8 * v, env->P, env) << (8 * o); \
-            m = transpose8(m);                                                                            \
+            const uint64_t m = transpose8(m16[v]);                                                        \
             uint8_t nb[8];                                                                                \
             memcpy(nb, &m, 8);                                                                            \
             const int64_t left = env->P - p0 - 8 * v;                                                     \
