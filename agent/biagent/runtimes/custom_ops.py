@@ -174,6 +174,16 @@ def out_size(size: int, pads: tuple[int, int], k: int, s: int, d: int) -> int:
     return (size + pads[0] + pads[1] - d * (k - 1) - 1) // s + 1
 
 
+def out_spatial(spatial, pads, kernel, stride, dilation) -> tuple[int, ...]:
+    """A window op's output size along each spatial axis."""
+    return tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(spatial, pads, kernel, stride, dilation))
+
+
+def geometry2d(kernel, stride, dilation, pads) -> tuple[int, ...]:
+    """(kh, kw, sh, sw, dh, dw, pad_top, pad_left): a 2-D window as the C kernels take it."""
+    return (*kernel, *stride, *dilation, pads[0][0], pads[1][0])
+
+
 def pad_spatial(x: np.ndarray, pads: list[list[int]], value) -> np.ndarray:
     if not any(b or a for b, a in pads):
         return x
@@ -355,7 +365,7 @@ class BinaryConv:
         """
         spatial = tuple(x.shape[2:])
         n = x.shape[0]
-        out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(spatial, self.pads, self.kernel, self.stride, self.dilation))
+        out = out_spatial(spatial, self.pads, self.kernel, self.stride, self.dilation)
         two_d = len(spatial) == 2
         kh, kw = self.kernel if two_d else (1, self.kernel[0])
         sh, sw = self.stride if two_d else (1, self.stride[0])
@@ -403,7 +413,7 @@ class BinaryConv:
     def _conv(self, x: np.ndarray) -> np.ndarray:
         n, c = x.shape[:2]
         spatial = tuple(x.shape[2:])
-        out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(spatial, self.pads, self.kernel, self.stride, self.dilation))
+        out = out_spatial(spatial, self.pads, self.kernel, self.stride, self.dilation)
         negp = pad_spatial(self._signs(x), self.pads, self.pad_value == -1)
         view = windows(negp, self.kernel, self.stride, self.dilation, out)  # (N, C, *out, *k)
         nd = len(out)
@@ -481,28 +491,25 @@ class Conv:
         # the im2col copies the input kh*kw/stride^2 times). Weights as (ceil(C_out/8), C, kh, kw, 8).
         # Below PARALLEL_MACS at 2+ threads: im2col + our OpenMP GEMM (weights (ceil(C_out/8), K, 8)),
         # which uses every thread without a Python hand-off; OpenBLAS would run on one.
-        self.gemm_w = None
+        self.gemm_w = self.direct = None
         if len(self.kernel) == 2 and self.groups == 1 and KERNEL["use_c"] and _xnor is not None \
                 and _xnor.conv2d_direct_supported():
-            k = cg * math.prod(self.kernel)
-            packed = np.zeros((-(-self.cout // 8) * 8, k), np.float32)
-            packed[: self.cout] = w.reshape(self.cout, k)
-            self.gemm_w = np.ascontiguousarray(packed.reshape(-1, 8, k).transpose(0, 2, 1))
-        self.direct = None
-        if (len(self.kernel) == 2 and self.groups == 1 and cg <= DIRECT_MAX_CHANNELS and KERNEL["use_c"]
-                and _xnor is not None and _xnor.conv2d_direct_supported()):
-            padded = np.zeros((-(-self.cout // 8) * 8, cg, *self.kernel), np.float32)
-            padded[: self.cout] = w
-            self.direct = np.ascontiguousarray(padded.reshape(-1, 8, cg, *self.kernel).transpose(0, 2, 3, 4, 1))
+            padded = np.zeros((-(-self.cout // 8) * 8, cg * math.prod(self.kernel)), np.float32)
+            padded[: self.cout] = w.reshape(self.cout, -1)  # K in (c, ky, kx) order
+            blocks = np.ascontiguousarray(padded.reshape(-1, 8, padded.shape[1]).transpose(0, 2, 1))  # (blocks, K, 8)
+            if cg <= DIRECT_MAX_CHANNELS:
+                self.direct = blocks.reshape(-1, cg, *self.kernel, 8)
+            else:
+                self.gemm_w = blocks
 
     def out_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(x_shape[2:], self.pads, self.kernel, self.stride, self.dilation))
+        return out_spatial(x_shape[2:], self.pads, self.kernel, self.stride, self.dilation)
 
     def direct_call(self, x: np.ndarray, post: "StemPost | None" = None) -> np.ndarray:  # noqa: F821 (custom_fusion)
         """The direct kernel, with the fused next nodes (`post`) in its epilogue."""
         n, out = x.shape[0], self.out_shape(x.shape)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        geom = (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
+        geom = geometry2d(self.kernel, self.stride, self.dilation, self.pads)
         extra, final = (), out
         if post is not None:
             pool = None
@@ -528,7 +535,7 @@ class Conv:
         fast = nd == 2 and KERNEL["use_c"] and _xnor is not None
         if fast:  # (the window view below costs ~0.08 ms of Python: built only where it is used)
             x = np.ascontiguousarray(x, dtype=np.float32)
-            geom = (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
+            geom = geometry2d(self.kernel, self.stride, self.dilation, self.pads)
         else:
             view = windows(pad_spatial(x, self.pads, 0.0), self.kernel, self.stride, self.dilation, out)  # (N, C, *out, *k)
             view = view.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *k, *out)
@@ -643,21 +650,21 @@ class MaxPool:
         self.kernel, self.stride, self.pads, self.dilation = tuple(kernel), tuple(stride), [list(p) for p in pads], tuple(dilation)
 
     def out_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(spatial, self.pads, self.kernel, self.stride, self.dilation))
+        return out_spatial(spatial, self.pads, self.kernel, self.stride, self.dilation)
 
     def geometry(self) -> tuple[int, ...]:
         """(kh, kw, sh, sw, dh, dw, pt, pl), as the C kernels take it (2-D)."""
-        return (*self.kernel, *self.stride, *self.dilation, self.pads[0][0], self.pads[1][0])
+        return geometry2d(self.kernel, self.stride, self.dilation, self.pads)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return max_pool(x, self.kernel, self.stride, self.pads, self.dilation)
 
 
 def max_pool(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
-    out = tuple(out_size(i, p, k, s, d) for i, p, k, s, d in zip(x.shape[2:], pads, kernel, stride, dilation))
+    out = out_spatial(x.shape[2:], pads, kernel, stride, dilation)
     if KERNEL["use_c"] and _xnor is not None and x.ndim == 4:
         y = np.empty(x.shape[:2] + out, np.float32)
-        _xnor.max_pool2d(np.ascontiguousarray(x, dtype=np.float32), y, (*kernel, *stride, *dilation, pads[0][0], pads[1][0]),
+        _xnor.max_pool2d(np.ascontiguousarray(x, dtype=np.float32), y, geometry2d(kernel, stride, dilation, pads),
                          KERNEL["threads"], KERNEL["isa"])
         return y
     xp = pad_spatial(x, pads, -np.inf)
@@ -670,7 +677,7 @@ def max_pool(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
 def avg_pool(x: np.ndarray, kernel, stride, pads, count_include_pad: bool) -> np.ndarray:
     """Window sum in row-major tap order, then one division (torch's CPU kernel order)."""
     ones = (1,) * len(kernel)
-    out = tuple(out_size(i, p, k, s, 1) for i, p, k, s in zip(x.shape[2:], pads, kernel, stride))
+    out = out_spatial(x.shape[2:], pads, kernel, stride, ones)
     y = np.zeros(x.shape[:2] + out, np.float32)
     for view in tap_slices(pad_spatial(x, pads, 0.0), kernel, stride, ones, out):
         y += view
