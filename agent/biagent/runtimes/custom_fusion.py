@@ -102,6 +102,27 @@ def _sole_reader(readers: dict[str, list], value: str):
     return found[0] if len(found) == 1 else None
 
 
+def _plain_affine(node) -> bool:
+    return isinstance(node.fn, ops.ChannelAffine) and node.fn.clamp_to is None
+
+
+def _is_clamp(node) -> bool:
+    return isinstance(node.fn, ops.Clamp)
+
+
+def _extend(chain: list, readers: dict[str, list], accepts: Callable) -> bool:
+    """Append the sole reader of the chain's last value when it `accepts` it."""
+    nxt = _sole_reader(readers, chain[-1].output)
+    if nxt is not None and accepts(nxt):
+        chain.append(nxt)
+        return True
+    return False
+
+
+def _chain_node(make_node: Callable, chain: list, inputs: list, fn) -> object:
+    return make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain), inputs, chain[-1].output, fn)
+
+
 def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]],
                         make_node: Callable) -> list:
     readers = _readers(nodes, outputs)
@@ -111,31 +132,20 @@ def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, t
         if not (isinstance(conv, ops.BinaryConv) and conv.packed is not None and conv.kind != "linear"
                 and conv.gain is None):
             continue
-        value, chain, inputs = node.output, [node], list(node.inputs)
-        scale = shift = clamp = None
-        residual = False
-        nxt = _sole_reader(readers, value)
-        if nxt is not None and isinstance(nxt.fn, ops.ChannelAffine) and nxt.fn.clamp_to is None:
-            scale, shift = nxt.fn.scale, nxt.fn.shift
-            chain.append(nxt)
-            value, nxt = nxt.output, _sole_reader(readers, nxt.output)
-        if (nxt is not None and nxt.op == "add" and len(nxt.inputs) == 2 and nxt.inputs.count(value) == 1
-                and shapes.get(nxt.inputs[0]) == shapes.get(nxt.inputs[1])):
-            other = nxt.inputs[1] if nxt.inputs[0] == value else nxt.inputs[0]
-            residual = True
-            inputs.append(other)
-            chain.append(nxt)
-            value, nxt = nxt.output, _sole_reader(readers, nxt.output)
-        if nxt is not None and isinstance(nxt.fn, ops.Clamp):
-            clamp = (float(nxt.fn.lo), float(nxt.fn.hi))
-            chain.append(nxt)
-            value = nxt.output
+        chain = [node]
+        affine = chain[-1] if _extend(chain, readers, _plain_affine) else None
+        value = chain[-1].output
+        add = chain[-1] if _extend(chain, readers, lambda n: n.op == "add" and len(n.inputs) == 2
+                                   and n.inputs.count(value) == 1
+                                   and shapes.get(n.inputs[0]) == shapes.get(n.inputs[1])) else None
+        clamp = chain[-1].fn if _extend(chain, readers, _is_clamp) else None
         if len(chain) == 1:
             continue
-        post = ops.PostOps(scale, shift, residual, clamp)
-        fused = make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain), inputs, value,
-                          FusedBinaryConv(conv, post))
-        chains.append((chain, fused))  # it runs where the add ran: by then the residual exists
+        inputs = list(node.inputs) + [v for v in (add.inputs if add else []) if v != value]
+        post = ops.PostOps(affine.fn.scale if affine else None, affine.fn.shift if affine else None, add is not None,
+                           None if clamp is None else (float(clamp.lo), float(clamp.hi)))
+        # the fused node runs where the chain's last node ran: by then the residual exists
+        chains.append((chain, _chain_node(make_node, chain, inputs, FusedBinaryConv(conv, post))))
     return _rebuild(nodes, chains)
 
 
@@ -180,23 +190,15 @@ def fuse_stems(nodes: list, outputs: Iterable[str], make_node: Callable) -> list
     for node in nodes:
         if not (isinstance(node.fn, ops.Conv) and node.fn.direct is not None):
             continue
-        chain, scale, shift, clamp, pool = [node], None, None, None, None
-        nxt = _sole_reader(readers, node.output)
-        if nxt is not None and isinstance(nxt.fn, ops.ChannelAffine) and nxt.fn.clamp_to is None:
-            scale, shift = nxt.fn.scale, nxt.fn.shift
-            chain.append(nxt)
-            nxt = _sole_reader(readers, nxt.output)
-        if nxt is not None and isinstance(nxt.fn, ops.Clamp):
-            clamp = (float(nxt.fn.lo), float(nxt.fn.hi))
-            chain.append(nxt)
-            nxt = _sole_reader(readers, nxt.output)
-        if nxt is not None and isinstance(nxt.fn, ops.MaxPool) and len(nxt.fn.kernel) == 2:
-            pool = nxt.fn
-            chain.append(nxt)
+        chain = [node]
+        affine = chain[-1].fn if _extend(chain, readers, _plain_affine) else None
+        clamp = chain[-1].fn if _extend(chain, readers, _is_clamp) else None
+        pool = chain[-1].fn if _extend(chain, readers, lambda n: isinstance(n.fn, ops.MaxPool)
+                                       and len(n.fn.kernel) == 2) else None
         if len(chain) > 1:
-            fused = FusedStemConv(node.fn, StemPost(scale, shift, clamp, pool))
-            chains.append((chain, make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain),
-                                            node.inputs, chain[-1].output, fused)))
+            post = StemPost(affine.scale if affine else None, affine.shift if affine else None,
+                            None if clamp is None else (float(clamp.lo), float(clamp.hi)), pool)
+            chains.append((chain, _chain_node(make_node, chain, node.inputs, FusedStemConv(node.fn, post))))
     return _rebuild(nodes, chains)
 
 
@@ -204,16 +206,11 @@ def fuse_affine_clamp(nodes: list, outputs: Iterable[str], make_node: Callable) 
     """channel_affine -> hardtanh (batch norm, then the activation before a sign) becomes one
     pass over memory, when nothing else reads the affine's output."""
     readers = _readers(nodes, outputs)
-    fused, dropped = [], set()
+    chains = []
     for node in nodes:
-        if id(node) in dropped:
-            continue
-        nxt = _sole_reader(readers, node.output)
-        if (isinstance(node.fn, ops.ChannelAffine) and node.fn.clamp_to is None and nxt is not None
-                and isinstance(nxt.fn, ops.Clamp) and nxt.inputs == [node.output]):
-            fn = ops.ChannelAffine(node.fn.scale, node.fn.shift, (nxt.fn.lo, nxt.fn.hi))
-            fused.append(make_node(f"{node.op}+{nxt.op}", f"{node.name}+{nxt.name}", node.inputs, nxt.output, fn))
-            dropped.add(id(nxt))
-        else:
-            fused.append(node)
-    return fused
+        chain = [node]
+        if _plain_affine(node) and _extend(chain, readers, lambda n: _is_clamp(n) and n.inputs == [node.output]):
+            clamp = chain[-1].fn
+            fn = ops.ChannelAffine(node.fn.scale, node.fn.shift, (clamp.lo, clamp.hi))
+            chains.append((chain, _chain_node(make_node, chain, node.inputs, fn)))
+    return _rebuild(nodes, chains)
