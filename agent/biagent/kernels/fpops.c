@@ -99,6 +99,11 @@ static inline float nan_max(float cur, float v) { return ((cur == cur) & ((v > c
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define FP_X86 1
 #include <immintrin.h>
+
+/* The lanes of a 16-column vector that hold columns, when `left` columns remain. */
+static inline __mmask16 lanes_left(int64_t left) {
+    return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+}
 #endif
 
 /* m[ox] = max over kx of row[2 ox + kx]: the horizontal half of a stride-2 pool (the
@@ -128,8 +133,7 @@ __attribute__((target("avx512f"))) static void hmax2_avx512(const float *row, in
             acc = _mm512_max_ps(v, acc); /* acc where either is NaN ... */
             acc = _mm512_mask_mov_ps(acc, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v); /* ... v where v is */
         }
-        const __mmask16 live = OW - ox >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (OW - ox)) - 1);
-        _mm512_mask_storeu_ps(m + ox, live, acc);
+        _mm512_mask_storeu_ps(m + ox, lanes_left(OW - ox), acc);
     }
 }
 
@@ -271,9 +275,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void direct_tile
                 }
             }
         }
-    const int64_t left = g->OW - ox;
-    const __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-    const __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+    const __mmask16 m0 = lanes_left(g->OW - ox), m1 = lanes_left(g->OW - ox - 16);
     const fp_conv_post *post = g->post;
     for (int j = 0; j < 8 && b * 8 + j < g->cout; j++) {
         const int64_t ch = b * 8 + j;
@@ -400,8 +402,7 @@ __attribute__((target("avx512f"))) int fp_gemm(const float *wp, const float *x, 
 #endif
     for (int64_t t = 0; t < tiles; t++) {
         const int64_t n0 = t * 32, left = N - n0;
-        const __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        const __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+        const __mmask16 m0 = lanes_left(left), m1 = lanes_left(left - 16);
         for (int64_t mb = 0; mb < mblocks; mb++) {
             __m512 acc[8][2];
             for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
