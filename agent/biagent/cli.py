@@ -24,7 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-queue-wait", type=float, default=600, help="seconds a benchmark may wait for the board")
     serve.add_argument("--max-store-mb", type=float, default=8192,
                        help="bytes kept in the store; least recently used models are evicted (0: no limit)")
-    serve.add_argument("--max-streams", type=int, default=16, help="concurrent RPCs; more get RESOURCE_EXHAUSTED")
+    serve.add_argument("--max-streams", type=int, default=16,
+                       help="concurrent calls (the health check not counted); more get RESOURCE_EXHAUSTED")
+    serve.add_argument("--max-streams-per-client", type=int, default=None,
+                       help="concurrent calls of one client (an IP address; on loopback, a connection); "
+                            "default half of --max-streams")
+    serve.add_argument("--upload-idle-timeout", type=float, default=30.0,
+                       help="abort an upload whose client sends nothing this many seconds (its temp file removed)")
     serve.add_argument("--tls-cert", help="serve TLS with this certificate (PEM; `bihost certs issue`)")
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
     serve.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
@@ -45,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
         server = AgentServer(args.store, args.host, args.port, args.name, int(args.max_model_mb * (1 << 20)),
                              args.max_queue_wait, tls=tls, token=load_token(args.token_file), insecure=args.insecure,
-                             max_streams=args.max_streams or None,
+                             max_streams=args.max_streams, max_streams_per_client=args.max_streams_per_client,
+                             upload_idle_s=args.upload_idle_timeout,
                              max_store_bytes=int(args.max_store_mb * (1 << 20)) or None).start()
-    except (OSError, SecurityConfigError, RuntimeError) as exc:
+    except (OSError, SecurityConfigError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()

@@ -39,7 +39,14 @@ def summarize(samples: list[float] | np.ndarray) -> LatencyStats:
 
 
 def max_abs_error(outputs: list[np.ndarray], expected: list[np.ndarray]) -> tuple[float, float, str]:
-    """(max |out - expected|, max |expected|, problem) over all outputs; problem names a mismatch."""
+    """(max |out - expected|, max finite |expected|, problem) over all outputs.
+
+    `problem` names a mismatch no tolerance can excuse: a wrong output count or shape, or a
+    NaN in the output or the reference where the other has none (NaN compares false with
+    everything, so a plain max would hide it; an error of NaN would pass `err > tol`). NaN
+    in both at the same places, and infinities of the same sign, count as equal. Any other
+    infinity makes the error infinite.
+    """
     if len(outputs) != len(expected):
         return float("inf"), 0.0, f"runtime returned {len(outputs)} outputs, expected {len(expected)}"
     err, scale = 0.0, 0.0
@@ -47,7 +54,27 @@ def max_abs_error(outputs: list[np.ndarray], expected: list[np.ndarray]) -> tupl
         o = np.asarray(o)
         if o.shape != e.shape:
             return float("inf"), 0.0, f"output {i} has shape {o.shape}, expected {e.shape}"
-        if e.size:
-            err = max(err, float(np.max(np.abs(o.astype(np.float64) - e.astype(np.float64)))))
-            scale = max(scale, float(np.max(np.abs(e))))
+        if not e.size:
+            continue
+        o64, e64 = o.astype(np.float64), e.astype(np.float64)
+        nan_o, nan_e = np.isnan(o64), np.isnan(e64)
+        if not np.array_equal(nan_o, nan_e):
+            where = "the output" if (nan_o & ~nan_e).any() else "the reference"
+            count = int((nan_o != nan_e).sum())
+            return float("inf"), scale, (f"output {i}: NaN in {where} at {count} of {e.size} places "
+                                         "where the other has a number")
+        same = (o64 == e64) | nan_o  # equal values, equal infinities, NaN matched by NaN
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.where(same, 0.0, np.abs(o64 - e64))
+        err = max(err, float(diff.max()))
+        finite = np.abs(e64[np.isfinite(e64)])
+        if finite.size:
+            scale = max(scale, float(finite.max()))
     return err, scale, ""
+
+
+def check_tolerance(atol: float, rtol: float) -> None:
+    """Raise ValueError unless both tolerances are finite and not negative (NaN accepts everything)."""
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")

@@ -91,21 +91,29 @@ class TokenInterceptor(grpc.ServerInterceptor):
         return _refusal(handler, message)
 
 
+def rewrap(handler: grpc.RpcMethodHandler, unary, stream) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` running `unary` or `stream` (a generator function)
+    in place of its behaviour; each takes (request_or_iterator, context, behaviour)."""
+    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    if handler.request_streaming and handler.response_streaming:
+        inner, make, wrap = handler.stream_stream, grpc.stream_stream_rpc_method_handler, stream
+    elif handler.request_streaming:
+        inner, make, wrap = handler.stream_unary, grpc.stream_unary_rpc_method_handler, unary
+    elif handler.response_streaming:
+        inner, make, wrap = handler.unary_stream, grpc.unary_stream_rpc_method_handler, stream
+    else:
+        inner, make, wrap = handler.unary_unary, grpc.unary_unary_rpc_method_handler, unary
+    return make(lambda request, context: wrap(request, context, inner), **kw)
+
+
 def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that refuses the call."""
 
-    def deny(request_or_iterator, context):
+    def deny(request_or_iterator, context, behavior):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    def deny_stream(request_or_iterator, context):
+    def deny_stream(request_or_iterator, context, behavior):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - abort raises
 
-    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny_stream, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kw)
-    return grpc.unary_unary_rpc_method_handler(deny, **kw)
+    return rewrap(handler, deny, deny_stream)

@@ -25,14 +25,89 @@ from biproto import agent_pb2_grpc as pb_grpc
 from . import hwinfo, wire
 from .runtimes import describe_all, get_runtime, UnknownRuntime
 from .lease import LeaseError, LeaseManager
+from .limits import CallLimiter, LimitInterceptor
+from .measure import check_tolerance
 from .security import SecurityConfigError, ServerTls, TokenInterceptor, is_loopback
-from .store import ModelStore, StoreError, UploadCorrupt
+from .store import ModelStore, StoreError, StoreLock, UploadCorrupt
 from .worker import thread_env
 
 log = logging.getLogger("biagent")
 SERVICE_NAME = "bibench.farm.v1.Agent"
 HEARTBEAT_S = 2.0  # a running benchmark sends at least one event this often (the host's stall watchdog)
 MAX_MESSAGE_BYTES = 64 << 20
+SPARE_THREADS = 4  # threads beyond --max-streams: the health check and refusals always find one
+# Bounds of a benchmark request (documented in agent.proto): a board is never held forever.
+MAX_WARMUP_RUNS = 10_000
+MAX_MIN_RUNS = 1_000_000
+MAX_TIMED_S = 3600.0  # also the timed phase's limit when a request sets none (max_duration_s = 0)
+
+
+class UploadIdle(Exception):
+    """The client of an upload sent nothing for the idle limit."""
+
+
+class IdleReader:
+    """Reads a request stream on a helper thread so the handler can give up on a silent client.
+
+    A sync gRPC handler blocks in `next(request_iterator)` for as long as the client keeps the
+    stream open without sending; with no deadline set by the client that is forever, holding
+    a slot and a temp file. `next(idle_s)` raises UploadIdle instead.
+    """
+
+    _END = object()
+
+    def __init__(self, iterator):
+        self._queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: the network never outruns the disk
+        self._closed = threading.Event()
+        threading.Thread(target=self._pump, args=(iterator,), daemon=True, name="upload-reader").start()
+
+    def _pump(self, iterator) -> None:
+        try:
+            for item in iterator:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except Exception as exc:  # the call was cancelled or broke: hand it to the handler
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.25)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self, idle_s: float):
+        """The next message, or None at the end of the stream."""
+        try:
+            item = self._queue.get(timeout=idle_s)
+        except queue.Empty:
+            raise UploadIdle(f"the client sent nothing for {idle_s:g} s") from None
+        if item is self._END:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def check_benchmark_request(request, cores: int) -> None:
+    """Raise ValueError naming the first field out of its documented bounds."""
+    if not 0 <= request.threads <= cores:
+        raise ValueError(f"threads must be 0 (one) to {cores} (this board's logical cores), got {request.threads}")
+    if not 0 <= request.warmup_runs <= MAX_WARMUP_RUNS:
+        raise ValueError(f"warmup_runs must be 0 to {MAX_WARMUP_RUNS}, got {request.warmup_runs}")
+    if not 0 <= request.min_runs <= MAX_MIN_RUNS:
+        raise ValueError(f"min_runs must be 0 (ten) to {MAX_MIN_RUNS}, got {request.min_runs}")
+    for name in ("min_duration_s", "max_duration_s"):
+        value = getattr(request, name)
+        if not 0.0 <= value <= MAX_TIMED_S:  # NaN fails this too
+            raise ValueError(f"{name} must be 0 to {MAX_TIMED_S:.0f} seconds, got {value}")
+    check_tolerance(request.atol, request.rtol)
 
 
 class BenchmarkSlot:
@@ -65,12 +140,17 @@ class BenchmarkSlot:
 
 
 class AgentServicer(pb_grpc.AgentServicer):
-    def __init__(self, store: ModelStore, name: str, max_queue_wait_s: float = 600.0, work_dir: Path | None = None):
+    def __init__(self, store: ModelStore, name: str, max_queue_wait_s: float = 600.0, work_dir: Path | None = None,
+                 upload_idle_s: float = 30.0):
         self.store, self.name = store, name
         self.max_queue_wait_s = max_queue_wait_s
+        self.upload_idle_s = upload_idle_s
+        self.cores = os.cpu_count() or 1
         self.slot = BenchmarkSlot()
         self.leases = LeaseManager()
         self.work_dir = Path(work_dir or store.root / "jobs")
+        # Job folders of a worker that died with its agent (SIGKILL, power cut): nobody reads them.
+        shutil.rmtree(self.work_dir, ignore_errors=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
 
     # -- identity ---------------------------------------------------------------------
@@ -80,8 +160,9 @@ class AgentServicer(pb_grpc.AgentServicer):
     # -- models -----------------------------------------------------------------------
     def PushModel(self, request_iterator, context):
         upload = None
+        reader = IdleReader(request_iterator)
         try:
-            first = next(request_iterator, None)
+            first = reader.next(self.upload_idle_s)
             if first is None or first.WhichOneof("kind") != "header":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first chunk of a push must be the model header")
             header = wire.header_to_model(first.header)
@@ -92,7 +173,7 @@ class AgentServicer(pb_grpc.AgentServicer):
             if existing is not None and existing.size_bytes == header.size_bytes:
                 return pb.PushModelResponse(model=wire.model_info(existing), already_present=True)
             upload = self.store.begin(header)
-            for chunk in request_iterator:
+            while (chunk := reader.next(self.upload_idle_s)) is not None:
                 if chunk.WhichOneof("kind") != "data":
                     raise UploadCorrupt("a second header arrived in the middle of the upload")
                 if len(chunk.data) > (1 << 20):
@@ -104,7 +185,12 @@ class AgentServicer(pb_grpc.AgentServicer):
             return pb.PushModelResponse(model=wire.model_info(model), already_present=False)
         except StoreError as exc:
             context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        except UploadIdle as exc:
+            log.warning("upload aborted: %s", exc)
+            context.abort(grpc.StatusCode.ABORTED, f"upload aborted, nothing stored: {exc} "
+                                                   "(the agent's --upload-idle-timeout)")
         finally:
+            reader.close()
             if upload is not None:
                 upload.abort()
 
@@ -133,8 +219,10 @@ class AgentServicer(pb_grpc.AgentServicer):
             context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         except (UnknownRuntime, wire.WireError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if request.threads < 0 or request.min_runs < 0 or request.warmup_runs < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "threads, min_runs and warmup_runs must not be negative")
+        try:
+            check_benchmark_request(request, self.cores)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self._check_lease(request.lease_id, context)
         yield from self.slot.acquire(context, self.max_queue_wait_s)
         if not self.slot.held_by_me():  # the caller left while queued: nothing acquired, nothing to release
@@ -202,8 +290,9 @@ class AgentServicer(pb_grpc.AgentServicer):
                 "runtime": request.runtime, "format": model.format,
                 "model_path": str(self.store.path(model.model_id)),
                 "threads": threads, "warmup_runs": request.warmup_runs, "min_runs": request.min_runs or 10,
-                "min_duration_s": request.min_duration_s, "max_duration_s": request.max_duration_s,
+                "min_duration_s": request.min_duration_s, "max_duration_s": request.max_duration_s or MAX_TIMED_S,
                 "atol": request.atol or 1e-4, "rtol": request.rtol or 1e-5, "arrays": str(npz),
+                "agent_pid": os.getpid(),
             }
             (job_dir / "job.json").write_text(json.dumps(job))
             proc = subprocess.Popen(
@@ -269,35 +358,55 @@ class AgentServer:
     def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int = 50051, name: str | None = None,
                  max_model_bytes: int = 2 << 30, max_queue_wait_s: float = 600.0, workers: int = 8,
                  tls: ServerTls | None = None, token: str | None = None, insecure: bool = False,
-                 max_streams: int | None = 16, max_store_bytes: int | None = None):
+                 max_streams: int = 16, max_store_bytes: int | None = None, max_streams_per_client: int | None = None,
+                 upload_idle_s: float = 30.0):
         if tls is None and not insecure and not is_loopback(host):
             raise SecurityConfigError(
                 f"refusing to serve plaintext on {host}: give --tls-cert and --tls-key (see `bihost certs`), "
                 "bind 127.0.0.1 and reach the board over SSH, or pass --insecure on a network you trust")
+        if not upload_idle_s > 0:
+            raise ValueError(f"the upload idle timeout must be positive, got {upload_idle_s}")
+        # One agent per store: a second would clear the first one's uploads and jobs.
+        self.lock = StoreLock(Path(store_dir))
+        try:
+            self._build(store_dir, host, port, name, max_model_bytes, max_queue_wait_s, workers, tls, token,
+                        max_streams, max_store_bytes, max_streams_per_client, upload_idle_s)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, store_dir, host, port, name, max_model_bytes, max_queue_wait_s, workers, tls, token,
+               max_streams, max_store_bytes, max_streams_per_client, upload_idle_s) -> None:
         self.store = ModelStore(Path(store_dir), max_model_bytes, max_store_bytes)
         self.name = name or hwinfo.measure().hostname
         self.security = ("mtls" if tls and tls.client_ca_file else "tls" if tls else "plaintext") + (
             "+token" if token else "")
-        # max_streams bounds concurrent calls (a flood gets RESOURCE_EXHAUSTED, not threads);
-        # the workers pool must exceed it by a little so health checks still get a thread.
+        # The limiter bounds the agent's own calls (in all and per client); the health service is
+        # outside it, and the pool keeps SPARE_THREADS beyond the limit so health always answers.
+        self.limiter = CallLimiter(max_streams, max_streams_per_client or max(1, max_streams // 2))
+        interceptors = ([TokenInterceptor(token)] if token else []) + [LimitInterceptor(self.limiter)]
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max(workers, (max_streams or 0) + 2)),
+            futures.ThreadPoolExecutor(max_workers=max(workers, max_streams + SPARE_THREADS)),
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
-            interceptors=[TokenInterceptor(token)] if token else None,
-            maximum_concurrent_rpcs=max_streams,
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)],  # a second agent on this port must fail, not share it
+            interceptors=interceptors,
         )
-        self.servicer = AgentServicer(self.store, self.name, max_queue_wait_s)
+        self.servicer = AgentServicer(self.store, self.name, max_queue_wait_s, upload_idle_s=upload_idle_s)
         pb_grpc.add_AgentServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if tls is not None:
-            self.port = self.server.add_secure_port(address, tls.credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if tls is not None:
+                self.port = self.server.add_secure_port(address, tls.credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {address}")
+            raise OSError(f"could not bind {address}: the port is in use (another agent, or another program; "
+                          f"`ss -ltnp 'sport = :{port}'` shows which) or the address is not this machine's")
         self.host = host
 
     def start(self) -> "AgentServer":
@@ -309,6 +418,7 @@ class AgentServer:
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.lock.release()
 
     def wait(self) -> None:
         self.server.wait_for_termination()

@@ -10,6 +10,8 @@ used ones (a model's file mtime is its last use) that no running benchmark holds
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -29,6 +31,36 @@ _FORMAT = re.compile(r"^[a-z0-9_]{1,16}$")
 MAX_NAME = 200
 MAX_METADATA_ITEMS, MAX_METADATA_CHARS = 32, 1024
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class StoreLocked(OSError):
+    """Another live agent serves this store."""
+
+
+class StoreLock:
+    """An exclusive lock on the store for one agent process, released when it exits (even by
+    SIGKILL: the kernel drops a dead process's flock), with the holder's pid for the message."""
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = root / "agent.lock"
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            self.release()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreLocked(f"another agent (pid {holder}) serves the store {root}; stop it first, "
+                                  "or give this one its own --store") from None
+            raise
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class StoreError(Exception):

@@ -45,7 +45,7 @@ def model_info(m: StoredModel) -> pb.ModelInfo:
 
 
 def header_to_model(h: pb.ModelHeader) -> StoredModel:
-    return StoredModel(model_id=h.sha256.lower(), size_bytes=h.size_bytes, format=h.format, name=h.name,
+    return StoredModel(model_id=h.sha256, size_bytes=h.size_bytes, format=h.format, name=h.name,
                        metadata=dict(h.metadata))
 
 

@@ -8,6 +8,7 @@ never filed under a chip the agent is not running on.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import os
 import re
@@ -15,7 +16,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -291,6 +292,23 @@ class Inventory:
                             width=1000, allow_unicode=True) for b in self.by_name.values()]
         body = "".join("\n" + _indent(block) for block in blocks).lstrip("\n") if blocks else "  {}\n"
         return f"{self.header}version: {VERSION}\nboards:\n{body}"
+
+    @classmethod
+    @contextlib.contextmanager
+    def editing(cls, path: str | Path) -> Iterator["Inventory"]:
+        """Load, let the caller change, and save, holding an exclusive lock for the whole edit:
+        two `bihost board add` at once each see the other's change (no lost update). The lock is
+        a sibling file, since `save` replaces the inventory's own inode."""
+        target = Path(os.path.realpath(path))
+        lock_path = target.parent / f".{target.name}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            inv = cls.load(path)
+            yield inv
+            inv.save(path)
+        finally:
+            os.close(fd)
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file in the same directory, fsync, rename): a crash or a full

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -30,8 +31,21 @@ class LocalAgent:
         self.proc: subprocess.Popen | None = None
         self.address = ""
         self.log: list[str] = []
+        self._private: tempfile.TemporaryDirectory | None = None
 
     def start(self) -> "LocalAgent":
+        try:
+            return self._start()
+        except BoardError:
+            if not any("serves the store" in line for line in self.log):
+                raise
+        # Another host's embedded agent holds the shared store (one agent per store): this one
+        # gets a private store for its lifetime.
+        self._private = tempfile.TemporaryDirectory(prefix="bibench-local-agent-")
+        self.store_dir, self.log = Path(self._private.name), []
+        return self._start()
+
+    def _start(self) -> "LocalAgent":
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "biagent.cli", "serve", "--host", "127.0.0.1", "--port", "0",
@@ -67,6 +81,9 @@ class LocalAgent:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self._private is not None:
+            self._private.cleanup()
+            self._private = None
 
     def __enter__(self) -> "LocalAgent":
         return self.start()

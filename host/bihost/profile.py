@@ -59,6 +59,9 @@ class Plan:
     lease_ttl_s: float = 60.0  # renewed every third of it; a crashed host frees the board after this
     lease_wait_s: float = 600.0  # how long to wait for another campaign's lease
     stall_s: float = 30.0  # a benchmark that sends nothing this long is given up (hung board)
+    # After a transient failure, how long a board may take to answer its health check again
+    # before it is filed as down: covers an agent restarted by its supervisor, or by hand.
+    board_wait_s: float = 120.0
 
     def combos(self) -> list[tuple[str, str, str]]:
         """(arch, algorithm, runtime), the FP32 baseline of each arch first."""
@@ -138,23 +141,8 @@ class BoardRun:
     def _measure_all(self, client: AgentClient, lease: "_LeaseKeeper", todo: list[tuple[str, str, str]]) -> None:
         name = self.target.name
         for i, (arch, algo, rt) in enumerate(todo):
-            for attempt in range(self.plan.retries + 1):
-                try:
-                    lease.check()
-                    self.file(self.measure(client, arch, algo, rt))
-                    break
-                except BoardError as exc:
-                    if attempt == self.plan.retries or not exc.transient:
-                        self.file(self.row(arch, algo, rt, "error", str(exc)))
-                        break
-                    delay = self.plan.retry_backoff_s * 2 ** attempt
-                    self.progress(name, f"{arch}/{algo}/{rt}: failed ({exc}); retry {attempt + 1} of "
-                                        f"{self.plan.retries} after {delay:.1f} s", notice=True)
-                    if not self._wait_healthy(client, delay):  # down, not flaky: stop here, do not hang
-                        self.file(self.row(arch, algo, rt, "error", str(exc)))
-                        break
-                    lease.regain()  # an agent that restarted has forgotten our lease
-            if self.rows[-1].status == "error" and not client.health(timeout_s=5):
+            down = self._measure_with_retries(client, lease, arch, algo, rt)
+            if down or (self.rows[-1].status == "error" and not client.health(timeout_s=5)):
                 reason = f"stopped answering during {arch}/{algo}/{rt}"
                 self.store.set_board_state(name, "bad", reason)
                 self.progress(name, f"marked bad: {reason}; its other measurements are left for --resume",
@@ -164,16 +152,45 @@ class BoardRun:
                                                          "`--resume` retries once it answers)"))
                 return
 
-    def _wait_healthy(self, client: AgentClient, delay_s: float) -> bool:
-        """Sleep `delay_s`, then give the board as long again to answer its health check."""
-        time.sleep(delay_s)
-        end = time.monotonic() + max(delay_s, 1.0)
-        while True:
-            if client.health(timeout_s=2):
-                return True
-            if time.monotonic() >= end:
+    def _measure_with_retries(self, client: AgentClient, lease: "_LeaseKeeper", arch: str, algo: str,
+                              rt: str) -> bool:
+        """Measure and file one row, retrying transient failures; True when the board is down
+        (it did not answer its health check within `board_wait_s` after a failure)."""
+        name = self.target.name
+        for attempt in range(self.plan.retries + 1):
+            try:
+                lease.check()
+                self.file(self.measure(client, arch, algo, rt))
                 return False
-            time.sleep(0.2)
+            except BoardError as exc:
+                if attempt == self.plan.retries or not exc.transient:
+                    self.file(self.row(arch, algo, rt, "error", str(exc)))
+                    return False
+                delay = self.plan.retry_backoff_s * 2 ** attempt
+                self.progress(name, f"{arch}/{algo}/{rt}: failed ({exc}); retry {attempt + 1} of "
+                                    f"{self.plan.retries} after {delay:.1f} s", notice=True)
+                time.sleep(delay)
+                if not self._wait_healthy(client, arch, algo, rt):
+                    self.file(self.row(arch, algo, rt, "error", f"{exc}; then no answer to health checks for "
+                                                                f"{self.plan.board_wait_s:.0f} s (--board-wait)"))
+                    return True
+                lease.regain()  # an agent that restarted has forgotten our lease
+        return False
+
+    def _wait_healthy(self, client: AgentClient, arch: str, algo: str, rt: str) -> bool:
+        """Poll the board's health check for up to `board_wait_s`, saying so while it waits."""
+        if client.health(timeout_s=2):
+            return True
+        start = time.monotonic()
+        end = start + self.plan.board_wait_s
+        self.progress(self.target.name, f"{arch}/{algo}/{rt}: waiting up to {self.plan.board_wait_s:.0f} s for "
+                                        "the board to answer again (--board-wait)", notice=True)
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+            if client.health(timeout_s=2):
+                self.progress(self.target.name, f"back after {time.monotonic() - start:.0f} s", notice=True)
+                return True
+        return False
 
     def _connect(self, client: AgentClient) -> None:
         self.progress(self.target.name, f"connecting to {self.target.address}")

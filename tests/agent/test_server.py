@@ -37,7 +37,8 @@ def stub(address: str) -> pb_grpc.AgentStub:
 
 
 def stored_files(agent) -> list[str]:
-    return sorted(p.name for p in agent.store.rglob("*") if p.is_file() and "jobs" not in p.parts)
+    return sorted(p.name for p in agent.store.rglob("*")
+                  if p.is_file() and "jobs" not in p.parts and p.name != "agent.lock")
 
 
 def test_health_and_measured_identity(start_agent):

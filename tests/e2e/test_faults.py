@@ -26,7 +26,7 @@ QUICK = BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=0.05)
 
 
 def _plan(runtimes=("onnxruntime", "custom"), algorithms=("bnn",), settings=QUICK, **kw) -> Plan:
-    defaults = dict(retries=3, retry_backoff_s=0.3, lease_ttl_s=5.0, lease_wait_s=60.0, stall_s=5.0)
+    defaults = dict(retries=3, retry_backoff_s=0.3, lease_ttl_s=5.0, lease_wait_s=60.0, stall_s=5.0, board_wait_s=5.0)
     return Plan(["resnet20"], list(algorithms), list(runtimes), settings, **(defaults | kw))
 
 
@@ -76,6 +76,38 @@ def test_agent_sigkilled_mid_benchmark_and_restarted_is_retried(start_agent, tmp
     retries = [line for line in log.lines if "bnn/custom: failed" in line and "retry 1 of 6" in line]
     assert retries, log.lines  # the failure was reported, then retried
     assert results.board_state("alpha").state == "good"
+
+
+def test_agent_sigkilled_and_restarted_20s_later_finishes_in_the_same_run_with_default_flags(start_agent, tmp_path):
+    """The supervised-restart case: `bihost profile` with its default patience (--board-wait)
+    waits for the board instead of filing the rest as errors; no row is missing or doubled."""
+    port, store_dir = free_port(), tmp_path / "store"
+    agent = start_agent("alpha", store=store_dir, extra=("--port", str(port)))
+    inv = write_inventory(tmp_path / "inv.yaml", {"alpha": {"address": agent.address}})
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "bihost.cli", "profile", "--chip", "alpha", "--algo", "bnn,xnor",
+                             "--runtime", "onnxruntime,custom", "--arch", "resnet20", "--runs", "3",
+                             "--min-duration", "1.0", "--warmup", "1", "--results", str(results),
+                             "--inventory", str(inv), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(stored(results)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.3)  # into the next measurement
+        agent.stop(sig=signal.SIGKILL)
+        time.sleep(20)
+        start_agent("alpha", store=store_dir, extra=("--port", str(port)))
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    rows = stored(results)
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), [(r["algorithm"], r["reason"]) for r in rows]
+    assert len({(r["algorithm"], r["runtime"]) for r in rows}) == 5
+    assert "waiting up to 120 s for the board to answer again" in err, err
+    assert "marked bad" not in err
 
 
 def test_host_killed_mid_campaign_resumes_without_repeats(start_agent, tmp_path):

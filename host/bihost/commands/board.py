@@ -89,22 +89,21 @@ def add(name: str, address: str, soc: str | None, arch: str | None, os_name: str
     """Register a board's agent. A listed board without an address (the paper's chips) just
     gets one; a board that has an address needs --replace. Options not given are kept."""
     path = inventory_file(inventory_path)
-    inv = Inventory.load(path)
     given: dict[str, Any] = {"address": address, "soc": soc, "arch": arch, "os": os_name, "transport": transport,
                              "description": description, "runtimes": list(runtimes) or None,
                              "cpu_clusters": list(clusters) or None}
     changes = {k: v for k, v in given.items() if v is not None}
-    if name in inv:
-        old = inv.get(name)
-        if old.address is not None and not replace:
-            raise InventoryError(f"already exists with address {old.address}; pass --replace to change it",
-                                 board=name, key="name")
-        inv.replace(dataclasses.replace(old, **changes))
-        verb = "updated"
-    else:
-        inv.add(Board(name=name, **changes))
-        verb = "added"
-    inv.save(path)
+    with Inventory.editing(path) as inv:
+        if name in inv:
+            old = inv.get(name)
+            if old.address is not None and not replace:
+                raise InventoryError(f"already exists with address {old.address}; pass --replace to change it",
+                                     board=name, key="name")
+            inv.replace(dataclasses.replace(old, **changes))
+            verb = "updated"
+        else:
+            inv.add(Board(name=name, **changes))
+            verb = "added"
     click.echo(f"{verb} board {name} ({address}) in {path}")
 
 
@@ -114,9 +113,8 @@ def add(name: str, address: str, soc: str | None, arch: str | None, os_name: str
 def rm(name: str, inventory_path: Path | None) -> None:
     """Remove a board from the inventory."""
     path = inventory_file(inventory_path)
-    inv = Inventory.load(path)
-    inv.remove(name)
-    inv.save(path)
+    with Inventory.editing(path) as inv:
+        inv.remove(name)
     click.echo(f"removed board {name} from {path}")
 
 

@@ -61,9 +61,12 @@ def _archs(spec: str) -> list[str]:
 @click.option("--lease-wait", default=600.0, show_default=True, help="Seconds to wait for a board leased to another.")
 @click.option("--stall-timeout", default=30.0, show_default=True,
               help="Give up a benchmark when the board sends nothing this long.")
+@click.option("--board-wait", default=120.0, show_default=True,
+              help="After a failure, seconds a board may take to answer again (an agent restarted by its "
+                   "supervisor) before it is marked bad.")
 def command(chips, all_up, arch, algo, runtime, runs, min_duration, max_duration, warmup, threads, seed,
             results_dir, inventory, resume, campaign, force, as_json, insecure, retries, retry_backoff, lease_ttl,
-            lease_wait, stall_timeout) -> None:
+            lease_wait, stall_timeout, board_wait) -> None:
     """Export, push, run and collect: one row per (board, arch, algorithm, runtime)."""
     from ..artifacts import ArtifactCache
     from ..client import BenchmarkSettings
@@ -73,15 +76,18 @@ def command(chips, all_up, arch, algo, runtime, runs, min_duration, max_duration
 
     if not chips and not all_up:
         raise UserError("name the boards: --chip NAME[,NAME...] (see `bihost board list`) or --all-up")
-    if threads < 1 or runs < 1 or warmup < 0:
-        raise UserError("--threads and --runs must be at least 1, --warmup at least 0")
-    if retries < 0 or retry_backoff < 0 or not 1 <= lease_ttl <= 3600 or lease_wait < 0 or stall_timeout <= 0:
-        raise UserError("--retries, --retry-backoff and --lease-wait must not be negative, --lease-ttl is 1-3600 s, "
-                        "--stall-timeout positive")
+    if threads < 1 or runs < 1 or warmup < 0 or not min_duration >= 0 or not max_duration >= 0:
+        raise UserError("--threads and --runs must be at least 1, --warmup, --min-duration and --max-duration "
+                        "at least 0")
+    if (retries < 0 or retry_backoff < 0 or not 1 <= lease_ttl <= 3600 or lease_wait < 0 or stall_timeout <= 0
+            or board_wait < 0):
+        raise UserError("--retries, --retry-backoff, --lease-wait and --board-wait must not be negative, "
+                        "--lease-ttl is 1-3600 s, --stall-timeout positive")
     plan = Plan(_archs(arch), resolve_algorithms(algo), _runtimes(runtime),
                 BenchmarkSettings(threads=threads, warmup_runs=warmup, min_runs=runs, min_duration_s=min_duration,
                                   max_duration_s=max_duration), force=force, retries=retries,
-                retry_backoff_s=retry_backoff, lease_ttl_s=lease_ttl, lease_wait_s=lease_wait, stall_s=stall_timeout)
+                retry_backoff_s=retry_backoff, lease_ttl_s=lease_ttl, lease_wait_s=lease_wait, stall_s=stall_timeout,
+                board_wait_s=board_wait)
     store = ResultsStore(results_dir or Path(os.environ.get("BIHOST_RESULTS", "results")))
     if resume:
         plan.campaign = campaign or store.latest_campaign() or ""
