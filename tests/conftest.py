@@ -94,7 +94,7 @@ class SshServer:
 
     SSHD = "/usr/sbin/sshd"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, sftp: bool = True):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -106,7 +106,8 @@ class SshServer:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nPidFile {root / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
-            "StrictModes no\nUsePAM no\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel ERROR\n")
+            "StrictModes no\nUsePAM no\nAllowTcpForwarding yes\nLogLevel ERROR\n"
+            + ("Subsystem sftp internal-sftp\n" if sftp else ""))  # without: like dropbear and embedded images
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([self.SSHD, "-D", "-e", "-f", str(self.config)], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
@@ -139,13 +140,26 @@ class SshServer:
                 self.proc.kill()
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
+def _need_sshd() -> None:
     if not Path(SshServer.SSHD).exists() or not shutil.which("ssh-keygen"):
         if os.environ.get("CI"):
             pytest.fail("CI must run the SSH tests: .ci/run installs openssh-server")
         pytest.skip("no OpenSSH server here (apt-get install openssh-server)")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    _need_sshd()
     server = SshServer(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sshd_without_sftp(tmp_path_factory):
+    """A board whose sshd has no SFTP subsystem (dropbear, some embedded images)."""
+    _need_sshd()
+    server = SshServer(tmp_path_factory.mktemp("sshd-nosftp"), sftp=False)
     yield server
     server.stop()
 

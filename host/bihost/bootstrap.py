@@ -2,7 +2,8 @@
 
 Steps, each idempotent: probe the board (machine, Python), build this repo into a wheel
 (same machine type and Python as the host) or an sdist (anything else; the board compiles
-the kernels), copy it by SFTP, install it into a venv on the board with only the agent's
+the kernels), copy it (by SFTP, or over an exec channel where the board's sshd has no
+SFTP subsystem, checked by sha256), install it into a venv on the board with only the agent's
 light dependencies (no torch, no host extras) plus the pip-installable runtimes the
 inventory lists for the board (onnxruntime, larq), start it under a small supervisor that
 restarts it when it exits and appends to its log, wait for its health check through an
@@ -30,7 +31,7 @@ from . import __version__
 from .client import AgentClient, AgentIdentity
 from .errors import BoardError, UserError
 from .inventory import parse_address
-from .ssh import SshEndpoint, Tunnel, connect, expand_remote, remote_home, run, run_shell
+from .ssh import SshEndpoint, Tunnel, connect, expand_remote, put_file, remote_home, run, run_shell
 
 DEFAULT_DIR = "~/.bibench-agent"
 DEFAULT_PORT = 50051
@@ -153,11 +154,11 @@ def _install(client, name: str, root: Path, base: str, version: str, machine: st
         package = build_package(root, Path(tmp), wheel=same)
         run(client, ["mkdir", "-p", f"{base}/dist", f"{base}/store"], board=name)
         remote = f"{base}/dist/{package.name}"
-        progress(f"copying {package.name} ({package.stat().st_size / 1e6:.1f} MB) by SFTP")
-        with client.open_sftp() as sftp:
-            sftp.put(str(package), remote)
-            with sftp.open(f"{base}/supervisor.sh", "w") as f:
-                f.write(SUPERVISOR.format(port=int(port), name=q(name)))
+        progress(f"copying {package.name} ({package.stat().st_size / 1e6:.1f} MB)")
+        how = put_file(client, package.read_bytes(), remote, board=name)
+        put_file(client, SUPERVISOR.format(port=int(port), name=q(name)).encode(), f"{base}/supervisor.sh",
+                 board=name, mode=0o755)
+        progress(f"copied by {'SFTP' if how == 'sftp' else 'an exec channel (the board offers no SFTP)'}")
     if run(client, ["test", "-x", f"{base}/venv/bin/python"], check=False, board=name).code != 0:
         progress("creating the agent's virtualenv")
         run(client, ["python3", "-m", "venv", f"{base}/venv"], board=name)

@@ -232,3 +232,53 @@ def remote_home(client: paramiko.SSHClient, board: str) -> str:
 def expand_remote(path: str, home: str) -> str:
     return home + path[1:] if path == "~" or path.startswith("~/") else path
 
+
+
+# The board computes the hash of what arrived with the Python the agent needs anyway.
+_SHA256 = "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest())"
+
+
+def put_file(client: paramiko.SSHClient, data: bytes, remote: str, board: str = "", mode: int = 0o644) -> str:
+    """Write `data` to `remote` on the board; returns how ("sftp" or "exec").
+
+    SFTP when the board's sshd offers it; boards without the subsystem (dropbear, some
+    embedded images) get the bytes over an exec channel (`cat` into a temp file), checked
+    against their sha256 on the board and renamed into place. Failures are BoardErrors.
+    """
+    try:
+        sftp = client.open_sftp()
+    except (paramiko.SSHException, EOFError):  # "Channel closed": no sftp subsystem there
+        sftp = None
+    if sftp is not None:
+        try:
+            with sftp:
+                with sftp.open(remote, "wb") as f:
+                    f.write(data)
+                sftp.chmod(remote, mode)
+            return "sftp"
+        except (OSError, paramiko.SSHException) as exc:
+            raise BoardError(board, f"cannot write {remote} on the board by SFTP: {exc}") from None
+    q = shlex.quote
+    part = f"{remote}.part"
+    try:
+        channel = client.get_transport().open_session()
+        channel.settimeout(600)
+        channel.exec_command(f"cat > {q(part)}")
+        channel.sendall(data)
+        channel.shutdown_write()
+        code = channel.recv_exit_status()
+        errors = channel.makefile_stderr("rb").read().decode("utf-8", "replace").strip()
+        channel.close()
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise BoardError(board, f"the board offers no SFTP, and copying {remote} over an exec channel "
+                                f"failed: {exc}") from None
+    if code != 0:
+        raise BoardError(board, f"the board offers no SFTP, and `cat > {part}` failed (exit {code}): {errors[:300]}")
+    digest = run(client, ["python3", "-c", _SHA256, part], board=board).stdout.strip()
+    if digest != hashlib.sha256(data).hexdigest():
+        run(client, ["rm", "-f", part], check=False, board=board)
+        raise BoardError(board, f"{remote} arrived corrupted over the exec channel (sha256 {digest[:16]}...); "
+                                "nothing was installed")
+    run(client, ["chmod", f"{mode:o}", part], board=board)
+    run(client, ["mv", "-f", part, remote], board=board)
+    return "exec"

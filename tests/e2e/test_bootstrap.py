@@ -67,3 +67,28 @@ def test_bootstrap_then_check_and_profile_through_ssh(sshd, tmp_path):
                 os.kill(int(sup.read_text()), signal.SIGTERM)
             except (ProcessLookupError, ValueError):
                 pass
+
+
+def test_bootstrap_on_a_board_without_sftp_copies_over_an_exec_channel(sshd_without_sftp, tmp_path):
+    sshd = sshd_without_sftp
+    known, agent_dir, port = tmp_path / "known_hosts", tmp_path / "board-agent", free_port()
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump({"version": 1, "boards": {"dropbear-like": {
+        "soc": "a board whose sshd has no sftp", "arch": "native", "os": "linux", "runtimes": ["custom"],
+        "address": f"127.0.0.1:{port}", "transport": "ssh",
+        "ssh": sshd.ssh_settings(known, agent_dir=str(agent_dir))}}}))
+    try:
+        out = bihost("board", "bootstrap", "dropbear-like", "--inventory", str(inv), "--accept-new-host-key")
+        assert out.returncode == 0, out.stderr
+        assert "Traceback" not in out.stderr and "exec channel (the board offers no SFTP)" in out.stdout + out.stderr
+        assert os.access(agent_dir / "supervisor.sh", os.X_OK) and not list((agent_dir / "dist").glob("*.part"))
+        check = bihost("board", "check", "dropbear-like", "--inventory", str(inv), "--json")
+        assert check.returncode == 0 and json.loads(check.stdout)["healthy"], check.stderr
+    finally:
+        bihost("board", "bootstrap", "dropbear-like", "--inventory", str(inv), "--stop")
+        sup = agent_dir / "supervisor.pid"
+        if sup.exists():
+            try:
+                os.kill(int(sup.read_text()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass

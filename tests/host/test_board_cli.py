@@ -135,3 +135,31 @@ def test_default_inventory_from_env(inv_path, monkeypatch):
     result = CliRunner().invoke(command, ["rm", "kirin9000"])
     assert result.exit_code == 0, result.output
     assert "kirin9000" not in Inventory.load(inv_path) and "kirin9000" in Inventory.load(SHIPPED)
+
+
+def test_concurrent_board_adds_lose_no_update(inv_path):
+    """Eight `bihost board add` processes at once: every board lands (the edit holds a lock)."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import time
+
+    def add(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "bihost.cli", "board", "add", name, "--address",
+                                 "127.0.0.1:50051", "--inventory", str(inv_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    lock = os.open(inv_path.parent / f".{inv_path.name}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # hold the inventory: an add must wait, not write past us
+    held = add("held-board")
+    time.sleep(3)
+    assert held.poll() is None and "held-board" not in Inventory.load(inv_path)
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    os.close(lock)
+    assert held.wait(60) == 0, held.stderr.read()
+    procs = [add(f"racer{i}") for i in range(8)]
+    for p in procs:
+        assert p.wait(120) == 0, p.stderr.read()
+    names = Inventory.load(inv_path).names()
+    assert {"held-board", *(f"racer{i}" for i in range(8))} <= set(names)

@@ -91,3 +91,24 @@ def test_a_port_forward_carries_the_agents_grpc(sshd, tmp_path, start_agent):
                 assert remote.push(b"through the tunnel" * 1000, "onnx").model_id
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("server", ["sshd", "sshd_without_sftp"])
+def test_put_file_by_sftp_or_over_an_exec_channel(server, request, tmp_path):
+    from bihost.ssh import put_file
+
+    sshd = request.getfixturevalue(server)
+    known = tmp_path / "known_hosts"
+    client = connect(endpoint_for(_board(sshd, known)), accept_new_host_key=True)
+    try:
+        data = bytes(range(256)) * 4096 + b"\n'$(touch /tmp/pwned)'\n"  # binary, 1 MB, and shell-hostile
+        target = tmp_path / "dir with space" / "pkg.whl"
+        target.parent.mkdir()
+        how = put_file(client, data, str(target), board="pi", mode=0o755)
+        assert how == ("sftp" if server == "sshd" else "exec")
+        assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o755
+        assert not (tmp_path / "dir with space" / "pkg.whl.part").exists()
+        with pytest.raises(BoardError, match="pi"):  # a folder that does not exist: a clear error
+            put_file(client, b"x", str(tmp_path / "missing" / "f"), board="pi")
+    finally:
+        client.close()
