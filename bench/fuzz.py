@@ -3,7 +3,9 @@ inventory loader (the unit suite runs the same properties with a few hundred).
 
     python bench/fuzz.py [--cases 2500] [--json]
 
-`--cases` is per property (four properties, so 2,500 gives 10,000). The structured
+`--cases` is per property (five properties, so 2,500 gives 12,500), and a fifth of it for
+the NaN/Inf numerics checks (each a real benchmark) and a fiftieth for batches of silent
+and slow uploads (each up to two seconds). The structured
 requests may name a model that exists on the agent, so some of them start real worker
 processes and fail at load time, as a hostile host would make them do. Prints the
 outcome counts per property; any crash, UNKNOWN status or unclear rejection fails the run.
@@ -20,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import AgentProcess  # noqa: E402
-from tests.fuzz import (custom_artifact_mutations, inventory_files, raw_bytes_to_every_rpc,  # noqa: E402
-                        structured_requests)
+from tests.fuzz import (custom_artifact_mutations, double_model_onnx, inventory_files,  # noqa: E402
+                        nan_and_inf_checks, raw_bytes_to_every_rpc, silent_and_slow_clients, structured_requests)
 
 
 def main() -> None:
@@ -38,7 +40,7 @@ def main() -> None:
 
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        agent = AgentProcess(Path(tmp) / "store", name="fuzzed")
+        agent = AgentProcess(Path(tmp) / "store", name="fuzzed", extra=("--upload-idle-timeout", "1"))
         try:
             torch.manual_seed(0)
             model = bimodels.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.Flatten(),
@@ -49,12 +51,17 @@ def main() -> None:
                                      torch.randn(1, 3, 32, 32))
             with AgentClient(agent.address, "fuzzed") as client:
                 model_id = client.push(seed, "custom").model_id
+                double_id = client.push(double_model_onnx(), "onnx").model_id
             for name, run in (("raw bytes to every RPC", lambda: raw_bytes_to_every_rpc(agent.address, args.cases)),
                               ("hostile well-formed requests",
                                lambda: structured_requests(agent.address, args.cases, [model_id])),
                               ("mutated custom artifacts", lambda: custom_artifact_mutations(seed, args.cases)),
                               ("mutated fused resnet artifacts", lambda: custom_artifact_mutations(resnet, args.cases)),
-                              ("inventory files", lambda: inventory_files(Path(tmp), args.cases))):
+                              ("inventory files", lambda: inventory_files(Path(tmp), args.cases)),
+                              ("NaN and Inf in numerics checks",
+                               lambda: nan_and_inf_checks(agent.address, args.cases // 5, double_id)),
+                              ("silent and slow clients (batches)",
+                               lambda: silent_and_slow_clients(agent.address, args.cases // 50, idle_s=1.0))):
                 start = time.monotonic()
                 outcomes = run()
                 report[name] = {"cases": sum(outcomes.values()), "seconds": round(time.monotonic() - start, 1),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -227,6 +229,166 @@ def inventory_files(tmp: Path, n: int) -> dict[str, int]:
         except InventoryError as exc:
             assert str(path) in str(exc), exc
             outcomes["rejected"] = outcomes.get("rejected", 0) + 1
+
+    prop()
+    return outcomes
+
+
+def double_model_onnx() -> bytes:
+    """`y = 2 x` on a (1, 8) float32 input: the reference output of any input is known exactly."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Mul", ["x", "two"], ["y"])
+    graph = helper.make_graph([node], "double", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def expected_verdict(output: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> str:
+    """The check's verdict, written out independently of the agent's code: INVALID for a
+    tolerance that is not finite and >= 0 (0 means the default), numerics_error for any NaN
+    mismatch or an error over atol + rtol * max finite |expected|, else ok."""
+    if not (np.isfinite(atol) and np.isfinite(rtol) and atol >= 0 and rtol >= 0):
+        return "INVALID_ARGUMENT"
+    atol, rtol = atol or 1e-4, rtol or 1e-5
+    o, e = output.astype(np.float64).ravel(), expected.astype(np.float64).ravel()
+    worst, scale = 0.0, 0.0
+    for a, b in zip(o, e):
+        if np.isnan(a) or np.isnan(b):
+            if not (np.isnan(a) and np.isnan(b)):
+                return "numerics_error"
+            continue
+        if a != b:
+            worst = max(worst, abs(a - b))
+        if np.isfinite(b):
+            scale = max(scale, abs(b))
+    return "ok" if worst <= atol + rtol * scale else "numerics_error"
+
+
+def nan_and_inf_checks(address: str, n: int, model_id: str) -> dict[str, int]:
+    """Check inputs, expected outputs and tolerances with NaN, +-Inf and huge values placed at
+    random against the `y = 2 x` model (`double_model_onnx`, pushed as `model_id`): the agent's
+    verdict must be the independent one of `expected_verdict` every time."""
+    from biproto import agent_pb2 as pb
+    from biproto import agent_pb2_grpc as pb_grpc
+
+    specials = st.sampled_from([np.nan, np.inf, -np.inf, 3e38, -0.0])
+    values = st.one_of(st.floats(-4, 4, width=32), specials)
+    vectors = st.lists(values, min_size=8, max_size=8)
+    tolerances = st.one_of(st.just(0.0), st.floats(1e-7, 10.0), st.sampled_from([np.nan, np.inf, -np.inf, -1e-3]))
+    outcomes: dict[str, int] = {}
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.AgentStub(channel)
+
+    def tensor(a: np.ndarray):
+        return pb.Tensor(shape=list(a.shape), dtype="float32", data=a.astype("<f4").tobytes())
+
+    @_settings(n)
+    @given(x=vectors, edits=st.lists(st.tuples(st.integers(0, 7), values), max_size=3),
+           noise=st.floats(0, 1e-3), atol=tolerances, rtol=tolerances)
+    def prop(x, edits, noise, atol, rtol):
+        x = np.asarray(x, np.float32).reshape(1, 8)
+        with np.errstate(over="ignore", invalid="ignore"):
+            output = x * np.float32(2)
+            expected = (output + np.float32(noise)).astype(np.float32)
+        for i, v in edits:
+            expected[0, i] = v
+        want = expected_verdict(output, expected, atol, rtol)
+        request = pb.BenchmarkRequest(model_id=model_id, runtime="onnxruntime", min_runs=1, atol=atol, rtol=rtol,
+                                      checks=[pb.NumericsCase(inputs=[tensor(x)], expected=[tensor(expected)])])
+        try:
+            events = list(stub.RunBenchmark(request, timeout=60))
+            got = events[-1].summary.status
+        except grpc.RpcError as exc:
+            got = exc.code().name
+        assert got == want, (x, expected, atol, rtol, got, want)
+        outcomes[got] = outcomes.get(got, 0) + 1
+
+    try:
+        prop()
+    finally:
+        channel.close()
+    return outcomes
+
+
+def silent_and_slow_clients(address: str, n: int, idle_s: float) -> dict[str, int]:
+    """Batches of concurrent uploads that pause (shorter or longer than the agent's idle limit
+    `idle_s`), stop early, or never finish: each ends as it must (stored, ABORTED, DATA_LOSS),
+    and the health check answers within a second all along."""
+    import hashlib
+    import threading
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from biproto import agent_pb2 as pb
+    from biproto import agent_pb2_grpc as pb_grpc
+
+    outcomes: dict[str, int] = {}
+    behaviours = st.tuples(st.integers(1, 6),  # chunks sent before the pause
+                           st.sampled_from(["short pause", "long pause", "hang up", "stop early"]))
+
+    def upload(channel, data: bytes, sent: int, how: str) -> str:
+        data = os.urandom(16) + data  # a model never stored before: no early "already present"
+
+        hung_up = threading.Event()
+
+        def chunks():
+            yield pb.PushModelChunk(header=pb.ModelHeader(sha256=hashlib.sha256(data).hexdigest(),
+                                                          size_bytes=len(data), format="onnx"))
+            pieces = [data[i:i + 100] for i in range(0, len(data), 100)]
+            for i, piece in enumerate(pieces):
+                if i == sent:
+                    if how == "stop early":
+                        return
+                    if how == "hang up":
+                        hung_up.wait(idle_s * 10)
+                        return
+                    time.sleep(idle_s * (0.3 if how == "short pause" else 2.0))
+                yield pb.PushModelChunk(data=piece)
+
+        call = pb_grpc.AgentStub(channel).PushModel.future(chunks(), timeout=idle_s * 10)
+        if how == "hang up":
+            time.sleep(idle_s * 0.3)
+            call.cancel()
+            hung_up.set()
+        try:
+            call.result()
+            return "stored"
+        except grpc.FutureCancelledError:
+            return "CANCELLED"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    allowed = {"short pause": {"stored"}, "long pause": {"ABORTED"}, "stop early": {"DATA_LOSS"},
+               "hang up": {"CANCELLED"}}
+
+    @_settings(n)
+    @given(batch=st.lists(st.tuples(behaviours, st.binary(min_size=700, max_size=700)), min_size=1, max_size=6))
+    def prop(batch):
+        channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in batch]
+        results: list[tuple[str, str]] = []
+        threads = [threading.Thread(target=lambda c=c, d=d, s=s, h=h: results.append((h, upload(c, d, s, h))))
+                   for c, ((s, h), d) in zip(channels, batch)]
+        for t in threads:
+            t.start()
+        with grpc.insecure_channel(address) as probe:
+            health = health_pb2_grpc.HealthStub(probe)
+            while any(t.is_alive() for t in threads):
+                reply = health.Check(health_pb2.HealthCheckRequest(service="bibench.farm.v1.Agent"), timeout=1)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+                time.sleep(0.1)
+        for t in threads:
+            t.join()
+        for c in channels:
+            c.close()
+        for how, got in results:
+            assert got in allowed[how], (how, got)
+            outcomes[f"{how}:{got}"] = outcomes.get(f"{how}:{got}", 0) + 1
 
     prop()
     return outcomes

@@ -8,7 +8,8 @@ from torch import nn
 import bimodels
 from bihost.client import AgentClient
 from biagent.runtimes.custom_engine import load_artifact
-from tests.fuzz import custom_artifact_mutations, raw_bytes_to_every_rpc, structured_requests
+from tests.fuzz import (custom_artifact_mutations, double_model_onnx, nan_and_inf_checks, raw_bytes_to_every_rpc,
+                        silent_and_slow_clients, structured_requests)
 
 
 def _alive_and_clean(agent) -> None:
@@ -78,4 +79,20 @@ def test_regressions_the_fuzzer_found(start_agent):
             client.benchmark(model_id, "custom", BenchmarkSettings(min_runs=1, min_duration_s=0),
                              timing_inputs=[np.zeros((0,), np.float32)])
         assert not info.value.transient
+    _alive_and_clean(agent)
+
+
+def test_nan_and_inf_in_checks_and_tolerances_get_the_independent_verdict(start_agent):
+    agent = start_agent()
+    with AgentClient(agent.address, "fuzzed") as client:
+        model_id = client.push(double_model_onnx(), "onnx").model_id
+    outcomes = nan_and_inf_checks(agent.address, 40, model_id)
+    assert sum(outcomes.values()) == 40 and {"ok", "numerics_error", "INVALID_ARGUMENT"} <= set(outcomes), outcomes
+    _alive_and_clean(agent)
+
+
+def test_silent_and_slow_clients_end_as_they_must_and_health_always_answers(start_agent):
+    agent = start_agent(extra=("--upload-idle-timeout", "1"))
+    outcomes = silent_and_slow_clients(agent.address, 8, idle_s=1.0)
+    assert sum(outcomes.values()) >= 8, outcomes
     _alive_and_clean(agent)

@@ -12,28 +12,18 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from biproto import agent_pb2 as pb
 from biproto import agent_pb2_grpc as pb_grpc
 from bihost.client import AgentClient, BenchmarkSettings, _tensor
-from bihost.errors import BoardError
+from tests.fuzz import double_model_onnx
 
 QUICK = BenchmarkSettings(warmup_runs=0, min_runs=1, min_duration_s=0.0, max_duration_s=5)
 X = np.linspace(-1.0, 1.0, 8, dtype=np.float32).reshape(1, 8)
 
 
-def double_model() -> bytes:
-    node = helper.make_node("Mul", ["x", "two"], ["y"])
-    graph = helper.make_graph([node], "double", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+double_model = double_model_onnx
 
 
 @pytest.fixture(scope="module")
