@@ -13,6 +13,17 @@ from tests.conftest import free_port
 from tests.e2e.test_profile import FAST, bihost
 
 
+def _stop_board(name: str, inv, agent_dir) -> None:
+    """Stop the bootstrapped agent and, should that fail, its supervisor."""
+    bihost("board", "bootstrap", name, "--inventory", str(inv), "--stop")
+    sup = agent_dir / "supervisor.pid"
+    if sup.exists():
+        try:
+            os.kill(int(sup.read_text()), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
 def test_bootstrap_then_check_and_profile_through_ssh(sshd, tmp_path):
     known, agent_dir, port = tmp_path / "known_hosts", tmp_path / "board-agent", free_port()
     inv = tmp_path / "inv.yaml"
@@ -60,13 +71,7 @@ def test_bootstrap_then_check_and_profile_through_ssh(sshd, tmp_path):
         else:
             raise AssertionError("the supervisor did not bring the agent back")
     finally:
-        bihost("board", "bootstrap", "pi", "--inventory", str(inv), "--stop")
-        sup = agent_dir / "supervisor.pid"
-        if sup.exists():
-            try:
-                os.kill(int(sup.read_text()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
+        _stop_board("pi", inv, agent_dir)
 
 
 def test_bootstrap_on_a_board_without_sftp_copies_over_an_exec_channel(sshd_without_sftp, tmp_path):
@@ -85,10 +90,4 @@ def test_bootstrap_on_a_board_without_sftp_copies_over_an_exec_channel(sshd_with
         check = bihost("board", "check", "dropbear-like", "--inventory", str(inv), "--json")
         assert check.returncode == 0 and json.loads(check.stdout)["healthy"], check.stderr
     finally:
-        bihost("board", "bootstrap", "dropbear-like", "--inventory", str(inv), "--stop")
-        sup = agent_dir / "supervisor.pid"
-        if sup.exists():
-            try:
-                os.kill(int(sup.read_text()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
+        _stop_board("dropbear-like", inv, agent_dir)

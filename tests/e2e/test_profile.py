@@ -108,7 +108,8 @@ def test_agent_killed_mid_profile_then_resume(start_agent, tmp_path):
     inv = write_inventory(tmp_path / "inv.yaml", {"alpha": {"address": alpha.address}})
     results = tmp_path / "results"
     args = ["profile", "--chip", "alpha", "--algo", "bnn,xnor,dorefa,bireal", "--runtime", "onnxruntime,custom",
-            *FAST, "--results", str(results), "--inventory", str(inv), "--json"]
+            *FAST, "--results", str(results), "--inventory", str(inv), "--json",
+            "--board-wait", "3"]  # the board stays dead: file the rest for --resume, no 120 s wait
     proc = subprocess.Popen([sys.executable, "-m", "bihost.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
