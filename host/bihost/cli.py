@@ -12,8 +12,10 @@ from .errors import BoardError, UserError
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Library errors that mean "you asked for something invalid", not "we have a bug"."""
     from bimodels import BinarizationError, ExportError, UnknownNameError
+    from bimodels.data import DataError
+    from bimodels.tasks import TaskError
 
-    return (UserError, BoardError, UnknownNameError, BinarizationError, ExportError)
+    return (UserError, BoardError, UnknownNameError, BinarizationError, ExportError, DataError, TaskError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,14 +25,14 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from .commands import (board, board_bootstrap, board_check, board_health, certs, complexity, export, matrix,
-                           metrics, models, profile, results)
+    from .commands import (bench, board, board_bootstrap, board_check, board_health, certs, complexity, export,
+                           matrix, metrics, models, profile, results)
 
     board.command.add_command(board_check.command)
     board.command.add_command(board_bootstrap.command)
     board.command.add_command(board_health.health)
     board.command.add_command(board_health.maintenance)
-    for module in (models, complexity, export, matrix, board, profile, results, metrics, certs):
+    for module in (bench, models, complexity, export, matrix, board, profile, results, metrics, certs):
         cli.add_command(module.command)
 
 

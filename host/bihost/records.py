@@ -68,3 +68,37 @@ class BoardState:
     state: str = "good"
     reason: str = ""
     since: float = 0.0
+
+
+@dataclass
+class TrainingRun:
+    """One trained model of the accuracy tracks, with everything that produced its number.
+
+    `algorithm` is "fp32" for the full-precision model the binarized ones start from. A row
+    is keyed by (task, arch, algorithm, scale, seed, config_hash, data_version): numbers from
+    another recipe, seed or data never overwrite or mix with it.
+    """
+
+    task: str
+    arch: str
+    algorithm: str
+    scale: str  # quick | default | paper
+    seed: int
+    config_hash: str  # TrainConfig.digest()
+    data_version: str  # hash of the arrays loaded
+    data_source: str  # "fashion-mnist (/usr/share/datasets/fashion-mnist)"
+    metric_name: str  # "accuracy", "mAP@0.5", "mIoU", "matthews_corr"
+    metric: float  # on the held-out test split, in [0, 1]
+    epochs: int
+    train_seconds: float  # training only, summed over resumes
+    device: str  # "cpu", "cuda:0 (NVIDIA H200)"
+    threads: int  # torch intra-op threads
+    config: dict[str, Any] = field(default_factory=dict)
+    host: str = ""
+    created_at: float = 0.0
+
+    def key(self) -> tuple:
+        return (self.task, self.arch, self.algorithm, self.scale, self.seed, self.config_hash, self.data_version)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import UserError
-from .records import BOARD_STATES, BoardState, Measurement
+from .records import BOARD_STATES, BoardState, Measurement, TrainingRun
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +49,15 @@ CREATE TABLE IF NOT EXISTS measurements (
     UNIQUE ({", ".join(KEY_COLUMNS)})
 );
 CREATE INDEX IF NOT EXISTS measurements_board ON measurements (board, created_at);
+CREATE TABLE IF NOT EXISTS training_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL, arch TEXT NOT NULL, algorithm TEXT NOT NULL, scale TEXT NOT NULL,
+    seed INTEGER NOT NULL, config_hash TEXT NOT NULL, data_version TEXT NOT NULL,
+    data_source TEXT NOT NULL, metric_name TEXT NOT NULL, metric REAL NOT NULL, epochs INTEGER NOT NULL,
+    train_seconds REAL NOT NULL, device TEXT NOT NULL, threads INTEGER NOT NULL, config TEXT NOT NULL,
+    host TEXT NOT NULL, created_at REAL NOT NULL,
+    UNIQUE (task, arch, algorithm, scale, seed, config_hash, data_version)
+);
 CREATE TABLE IF NOT EXISTS board_health (
     board TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -124,6 +133,37 @@ class ResultsStore:
             db.execute(f"INSERT INTO measurements ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})",
                        [values[c] for c in _NAMES])
             db.execute("COMMIT")
+
+    # -- training runs (the accuracy tracks) ----------------------------------------------
+    def add_training_run(self, run: TrainingRun) -> None:
+        """Store a finished training run, committed on return; the same key again replaces it
+        (a run retrained on purpose), never duplicates it."""
+        d = run.as_dict()
+        d["config"] = json.dumps(d["config"], sort_keys=True)
+        d["created_at"] = d["created_at"] or time.time()
+        names = list(d)
+        with self._connect() as db:
+            db.execute(f"INSERT OR REPLACE INTO training_runs ({', '.join(names)}) "
+                       f"VALUES ({', '.join('?' * len(names))})", [d[n] for n in names])
+
+    def training_runs(self, **where: Any) -> list[TrainingRun]:
+        """Stored training runs, oldest first, filtered by equality on any of their fields."""
+        fields = list(TrainingRun.__dataclass_fields__)
+        unknown = set(where) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown training-run fields: {', '.join(sorted(unknown))}")
+        clause = " AND ".join(f"{k} = ?" for k in where)
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute(f"SELECT {', '.join(fields)} FROM training_runs "
+                               f"{'WHERE ' + clause if clause else ''} ORDER BY created_at, id",
+                               list(where.values())).fetchall()
+        runs = []
+        for r in found:
+            d = dict(r)
+            d["config"] = json.loads(d["config"])
+            runs.append(TrainingRun(**d))
+        return runs
 
     # -- board health -------------------------------------------------------------------
     def board_state(self, board: str) -> BoardState:

@@ -1,0 +1,153 @@
+"""`bihost bench`: the accuracy tracks trained for real at the quick scale, the table, and
+overall metrics that follow by hand from the per-run numbers in the JSON."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from bihost.records import Measurement, TrainingRun
+from bihost.results import ResultsStore
+from bihost.tracks import BenchContext, get_track, list_tracks
+
+
+def bihost(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def qmean(values):
+    return math.sqrt(sum(v * v for v in values) / len(values))
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    results = tmp_path_factory.mktemp("bench") / "results"
+    args = ["bench", "--track", "task,arch,complexity", "--algo", "bnn,reactnet", "--scale", "quick",
+            "--results", str(results), "--json"]
+    first = bihost(*args)
+    assert first.returncode == 0, first.stderr
+    return args, results, first
+
+
+def test_quick_bench_trains_stores_and_scores(quick_bench):
+    args, results, first = quick_bench
+    out = json.loads(first.stdout)
+    runs = out["runs"]
+    assert {(r["task"], r["arch"], r["algorithm"]) for r in runs} == {
+        ("image_classification", "resnet20", a) for a in ("fp32", "bnn", "reactnet")}
+    for r in runs:  # every number carries what produced it
+        assert r["scale"] == "quick" and r["seed"] == 0 and len(r["config_hash"]) == 16 and r["data_version"]
+        assert r["device"] == "cpu" and r["threads"] >= 1 and r["train_seconds"] > 0 and 0 <= r["metric"] <= 1
+        assert r["config"]["fp_epochs"] >= 1 and r["data_source"]
+    fp = next(r for r in runs if r["algorithm"] == "fp32")
+    assert fp["metric"] > 0.3, fp  # well above chance (0.1) even at the smoke scale
+    stored = ResultsStore(results).training_runs(scale="quick")
+    assert sorted(r.algorithm for r in stored) == ["bnn", "fp32", "reactnet"]
+
+
+def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):
+    out = json.loads(quick_bench[2].stdout)
+    fp = {(r["task"], r["arch"]): r["metric"] for r in out["runs"] if r["algorithm"] == "fp32"}
+    tracks = {t["track"]: t for t in out["tracks"]}
+    table = {row[0]: row[1:] for row in out["table"]["rows"]}
+    assert out["table"]["columns"] == ["algorithm", "learning task", "neural architecture", "theoretical complexity"]
+    for algo in ("bnn", "reactnet"):
+        ratios = [r["metric"] / fp[(r["task"], r["arch"])] for r in out["runs"] if r["algorithm"] == algo]
+        by_hand = qmean([sum(ratios) / len(ratios)])  # one task, one arch at this scale
+        assert tracks["task"]["overall"][algo] == pytest.approx(by_hand, rel=1e-12)
+        assert tracks["arch"]["overall"][algo] == pytest.approx(by_hand, rel=1e-12)  # one family: CNN
+        rows = [d for d in tracks["complexity"]["details"] if d["algorithm"] == algo]
+        rc, rs = (sum(d[k] for d in rows) / len(rows) for k in ("compression_ratio", "speedup_ratio"))
+        assert tracks["complexity"]["overall"][algo] == pytest.approx(math.sqrt((rc * rc + rs * rs) / 2), rel=1e-12)
+        assert table[algo] == [tracks[t]["overall"][algo] for t in ("task", "arch", "complexity")]
+
+
+def test_a_rerun_trains_nothing_and_prints_the_same_table(quick_bench):
+    args, results, first = quick_bench
+    again = bihost(*args)
+    assert again.returncode == 0, again.stderr
+    assert "already stored" in again.stderr
+    assert json.loads(again.stdout)["table"] == json.loads(first.stdout)["table"]
+    assert len(ResultsStore(results).training_runs()) == 3
+    md = bihost(*[a for a in args if a != "--json"])
+    assert md.returncode == 0 and md.stdout.startswith("| algorithm | learning task | neural architecture |")
+    csv = bihost(*[a for a in args if a != "--json"], "--format", "csv")
+    assert csv.stdout.splitlines()[0] == "algorithm,learning task,neural architecture,theoretical complexity"
+    assert [line.split(",")[0] for line in csv.stdout.splitlines()[1:]] == ["bnn", "reactnet"]
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--task", "imagenet", "unknown task 'imagenet'; known tasks: image_classification"),
+    ("--track", "speed", "unknown track 'speed'; known tracks: task, arch, complexity, hardware"),
+    ("--arch", "resnet21", "unknown architecture 'resnet21'"),
+    ("--algo", "bnnx", "unknown algorithm 'bnnx'"),
+    ("--arch", "bert_tiny", "none of --arch bert_tiny fits the tasks image_classification"),
+])
+def test_bad_names_are_one_clear_line(tmp_path, flag, value, words):
+    out = bihost("bench", flag, value, "--results", str(tmp_path / "r"))
+    assert out.returncode == 1 and words in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_malformed_data_root_fails_before_training(tmp_path):
+    root = tmp_path / "root" / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    (root / "data_batch_1").write_bytes(b"garbage")
+    out = bihost("bench", "--track", "task", "--data-root", str(tmp_path / "root"), "--results", str(tmp_path / "r"))
+    assert out.returncode == 1 and "data_batch_1: not a CIFAR-10 python batch" in out.stderr, out.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()  # nothing was trained
+
+
+def test_hardware_track_from_stored_measurements(tmp_path):
+    store = ResultsStore(tmp_path)
+
+    def row(algo, runtime, board, speedup, storage):
+        return Measurement(campaign="c", board=board, chip=board, arch="resnet20", algorithm=algo, runtime=runtime,
+                           status="ok", speedup_vs_fp32=speedup, storage_ratio=storage, latency_ms={"median": 1.0})
+
+    for m in (row("bnn", "custom", "a", 4.0, 20.0), row("bnn", "larq", "b", 2.0, 16.0),
+              row("xnor", "custom", "a", 3.0, 19.0), row("fp32", "onnxruntime", "a", 1.0, 1.0)):
+        store.add(m)
+    failed = Measurement(campaign="c", board="a", chip="a", arch="resnet20", algorithm="xnor", runtime="larq",
+                         status="error", reason="board died")
+    store.add(failed)
+    ctx = BenchContext(algorithms=["bnn", "xnor", "dorefa"], archs=["resnet20"], tasks=[], measurements=store.rows())
+    result = get_track("hardware").score(ctx)
+    assert result.overall["bnn"] == pytest.approx(math.sqrt((3.0 ** 2 + 18.0 ** 2) / 2))
+    assert result.overall["xnor"] == pytest.approx(math.sqrt((3.0 ** 2 + 19.0 ** 2) / 2))  # the error row is not used
+    assert math.isnan(result.overall["dorefa"])  # nothing measured: said, not invented
+    assert list_tracks() == ["task", "arch", "complexity", "hardware"]
+
+
+def test_learning_task_track_groups_by_task_then_takes_the_quadratic_mean():
+    def run(task, arch, algo, metric):
+        return TrainingRun(task=task, arch=arch, algorithm=algo, scale="quick", seed=0, config_hash="h",
+                           data_version="v", data_source="s", metric_name="accuracy", metric=metric, epochs=1,
+                           train_seconds=1.0, device="cpu", threads=1)
+
+    runs = [run("t1", "resnet20", "fp32", 0.8), run("t1", "resnet20", "bnn", 0.4),
+            run("t1", "vgg_small", "fp32", 0.5), run("t1", "vgg_small", "bnn", 0.5),
+            run("t2", "pointnet", "fp32", 0.9), run("t2", "pointnet", "bnn", 0.3)]
+    ctx = BenchContext(algorithms=["bnn"], archs=[], tasks=["t1", "t2"], runs=runs)
+    task = get_track("task").score(ctx)
+    assert task.overall["bnn"] == pytest.approx(math.sqrt(((0.5 + 1.0) / 2) ** 2 / 2 + (1 / 3) ** 2 / 2))
+    arch = get_track("arch").score(ctx)  # families: cnn (two archs), mlp (pointnet)
+    assert arch.overall["bnn"] == pytest.approx(math.sqrt((0.75 ** 2 + (1 / 3) ** 2) / 2))
+
+
+def test_hardware_track_profiles_the_local_board_when_the_store_has_no_rows(tmp_path):
+    args = ["bench", "--track", "hardware", "--algo", "bnn", "--arch", "resnet20", "--results", str(tmp_path), "--json"]
+    out = bihost(*args)
+    assert out.returncode == 0, out.stderr
+    assert "profiling them on the local board" in out.stderr
+    result = json.loads(out.stdout)["tracks"][0]
+    rows = [d for d in result["details"] if d["algorithm"] == "bnn"]
+    assert rows and all(d["board"] == "local" and d["runtime"] == "custom" for d in rows)
+    speed, size = rows[0]["speedup"], rows[0]["storage_ratio"]
+    assert result["overall"]["bnn"] == pytest.approx(math.sqrt((speed ** 2 + size ** 2) / 2))
+    stored = {(m.algorithm, m.runtime) for m in ResultsStore(tmp_path).rows()}
+    assert stored == {("fp32", "onnxruntime"), ("bnn", "custom")}
+    again = bihost(*args)  # now the store has rows: nothing is profiled again
+    assert again.returncode == 0 and "profiling" not in again.stderr

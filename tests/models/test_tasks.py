@@ -1,0 +1,173 @@
+"""Tasks and their data: real formats on tiny fixture files, clear errors, and a test split
+that no training step can see."""
+from __future__ import annotations
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from bimodels.data import DataError, read_cifar10, read_idx
+from bimodels.data.cifar import write_cifar_batch
+from bimodels.data.idx import write_idx
+from bimodels.tasks import Split, TaskError, get_task, list_tasks
+from bimodels.tasks import image_classification as ic
+from bimodels.training import recalibrate_batch_norm, resolve_device, run_binary, run_full_precision, train
+
+
+def test_idx_round_trip_and_corrupt_headers(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "x-idx3-ubyte.gz", images)
+    assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte.gz"), images)
+    raw = gzip.decompress((tmp_path / "x-idx3-ubyte.gz").read_bytes())
+    (tmp_path / "short").write_bytes(raw[:-10])
+    with pytest.raises(DataError, match="short: IDX header declares shape"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "magic").write_bytes(b"\x01\x02" + raw[2:])
+    with pytest.raises(DataError, match="magic: not an IDX file"):
+        read_idx(tmp_path / "magic")
+    (tmp_path / "bad.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="bad.gz: cannot read or decompress"):
+        read_idx(tmp_path / "bad.gz")
+    with pytest.raises(DataError, match="missing: file not found"):
+        read_idx(tmp_path / "missing")
+
+
+def _cifar_fixture(folder, n=6):
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        write_cifar_batch(folder / name, rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n))
+    return folder
+
+
+def test_cifar10_python_batches_and_their_faults(tmp_path):
+    folder = _cifar_fixture(tmp_path / "cifar-10-batches-py")
+    x, y = read_cifar10(folder, "train")
+    assert x.shape == (30, 3, 32, 32) and x.dtype == np.uint8 and y.shape == (30,)
+    assert read_cifar10(folder, "test")[0].shape == (6, 3, 32, 32)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(DataError, match="test_batch: b'data' must be N x 3072"):
+        read_cifar10(folder, "test")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (folder / "test_batch").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(DataError, match="refusing to load builtins.print"):
+        read_cifar10(folder, "test")
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3: file not found"):
+        read_cifar10(folder, "train")
+
+
+def test_image_task_reads_cifar_from_data_root_and_fails_clearly(tmp_path):
+    task = get_task("image_classification")
+    _cifar_fixture(tmp_path / "root" / "cifar-10-batches-py")
+    data = task.load("quick", tmp_path / "root", seed=0)
+    assert data.source.startswith("cifar-10") and len(data.train) == 30 and len(data.test) == 6
+    x, _ = data.train.batch(torch.arange(2))
+    assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32
+    with pytest.raises(TaskError, match="paper scale trains on CIFAR-10"):
+        task.load("paper", tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None, seed=0)
+    with pytest.raises(DataError, match="not a folder"):
+        task.load("quick", tmp_path / "nowhere", seed=0)
+
+
+def test_fashion_mnist_idx_files_from_a_folder(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 40), ("test", 20)):
+        images, labels = ic.FASHION_FILES[split]
+        write_idx(tmp_path / images, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(tmp_path / labels, rng.integers(0, 10, n).astype(np.uint8))
+    monkeypatch.setenv("BIBENCH_FASHION_MNIST", str(tmp_path))
+    data = get_task("image_classification").load("quick", None, seed=0)
+    assert data.source == f"fashion-mnist ({tmp_path})" and (len(data.train), len(data.test)) == (40, 20)
+    assert data.train.batch(torch.arange(3))[0].shape == (3, 3, 32, 32)
+    write_idx(tmp_path / ic.FASHION_FILES["test"][1], rng.integers(0, 10, 19).astype(np.uint8))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: expected 20 labels"):
+        get_task("image_classification").load("quick", None, seed=0)
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_no_training_step_sees_the_test_split(name):
+    """Train and test are disjoint sets of samples, and the trainer refuses anything but "train"."""
+    task = get_task(name)
+    data = task.load("quick", None, seed=0)
+    train_rows = {bytes(r) for r in data.train.x.reshape(len(data.train), -1).numpy()}
+    test_rows = [bytes(r) for r in data.test.x.reshape(len(data.test), -1).numpy()]
+    leaked = sum(r in train_rows for r in test_rows)
+    assert leaked <= len(test_rows) // 100, f"{leaked} test samples also in the training split"  # duplicates in the source only
+    model = task.create_model(task.default_archs("quick")[0])
+    with pytest.raises(TaskError, match="takes the train split, not the test split"):
+        train(model, task, data.test, optimizer="adam", lr=1e-3, epochs=1, batch_size=8, weight_decay=0, seed=0,
+              device=torch.device("cpu"), checkpoint=__import__("pathlib").Path("/nonexistent/x.pt"))
+    with pytest.raises(TaskError):
+        recalibrate_batch_norm(model, data.test, 8, torch.device("cpu"))
+
+
+def test_unknown_task_and_arch_list_the_valid_names():
+    from bimodels import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="known tasks: image_classification"):
+        get_task("imagenet")
+    with pytest.raises(TaskError, match="does not fit task image_classification; it takes: resnet20"):
+        get_task("image_classification").create_model("bert_tiny")
+
+
+def _tiny(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    y = (x.float().mean((1, 2, 3)) > 127.5).long()  # learnable: brightness
+    prepare = ic._Prepare(0.5, 0.29, 1, 28)
+    return Split("train", x, y, prepare), Split("test", x[:32], y[:32], prepare)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    task = get_task("image_classification")
+    tr, _ = _tiny()
+    kw = dict(optimizer="sgd", lr=0.05, epochs=3, batch_size=16, weight_decay=5e-4, seed=3, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    whole = task.create_model("resnet20")
+    train(whole, task, tr, checkpoint=tmp_path / "whole.pt", **kw)
+
+    torch.manual_seed(0)
+    part = task.create_model("resnet20")
+    with pytest.raises(_Crash):  # the process dies in the middle of the third epoch
+        train(part, task, tr, checkpoint=tmp_path / "part.pt", progress=_crash_in_epoch(2), **kw)
+    state = torch.load(tmp_path / "part.pt", weights_only=True)
+    assert state["epoch"] == 2  # the crash lost only the epoch in flight
+    torch.manual_seed(123)  # a fresh process: other random state
+    resumed = task.create_model("resnet20")
+    seconds, loss, done_before = train(resumed, task, tr, checkpoint=tmp_path / "part.pt", **kw)
+    assert done_before == 2
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_in_epoch(epoch_index: int):
+    def progress(epoch, epochs, batch, batches, loss):
+        if epoch == epoch_index and batch == 2:
+            raise _Crash()
+    return progress
+
+
+def test_full_precision_then_binary_fine_tune_learns_and_checkpoints(tmp_path):
+    task = get_task("image_classification")
+    tr, te = _tiny(128)
+    te = Split("test", te.x, te.y, te.prepare)
+    config = task.config("quick")
+    fp, fp_result = run_full_precision(task, "resnet20", tr, te, config, 0, resolve_device("cpu"), tmp_path / "fp.pt")
+    assert 0.0 <= fp_result.metric <= 1.0 and fp_result.epochs == config.fp_epochs and fp_result.train_seconds > 0
+    again_model, again = run_full_precision(task, "resnet20", tr, te, config, 0, resolve_device("cpu"),
+                                            tmp_path / "fp.pt")
+    assert again.resumed_from == config.fp_epochs and again.metric == fp_result.metric  # nothing retrained
+    result = run_binary(task, fp, "reactnet", tr, te, config, 0, resolve_device("cpu"), tmp_path / "reactnet.pt")
+    assert 0.0 <= result.metric <= 1.0 and (tmp_path / "reactnet.pt").exists()
