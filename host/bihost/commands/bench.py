@@ -11,21 +11,13 @@ import click
 
 from ..errors import UserError
 from ..output import console, print_json
-from .common import resolve_algorithms
+from .common import resolve_algorithms, resolve_names
 
 SCALES = ("quick", "default", "paper")
 
 
 def _names(spec: str | None, known: list[str], kind: str) -> list[str] | None:
-    if spec is None:
-        return None
-    if spec == "all":
-        return list(known)
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    for n in names:
-        if n not in known:
-            raise UserError(f"unknown {kind} {n!r}; known {kind}s: {', '.join(known)}")
-    return names
+    return None if spec is None else resolve_names(spec, known, kind)
 
 
 def _fmt(v) -> str:

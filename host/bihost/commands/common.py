@@ -6,6 +6,17 @@ from pathlib import Path
 from ..errors import UserError
 
 
+def resolve_names(spec: str, known: list[str], kind: str) -> list[str]:
+    """'all', one name or a comma-separated list of `known` names; an unknown one lists the known ones."""
+    if spec == "all":
+        return list(known)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        if n not in known:
+            raise UserError(f"unknown {kind} {n!r}; known {kind}s: {', '.join(known)}")
+    return names
+
+
 def resolve_algorithms(spec: str) -> list[str]:
     """'all', one name or a comma-separated list; unknown names fail listing the known ones."""
     import bimodels

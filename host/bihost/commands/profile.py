@@ -8,7 +8,7 @@ import click
 
 from ..errors import UserError
 from ..output import console, print_json, print_table
-from .common import resolve_algorithms
+from .common import resolve_algorithms, resolve_names
 
 from ..artifacts import RUNTIME_FORMATS
 
@@ -16,13 +16,7 @@ RUNTIMES = tuple(RUNTIME_FORMATS)  # every runtime the host can export for
 
 
 def _runtimes(spec: str) -> list[str]:
-    if spec == "all":
-        return list(RUNTIMES)
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    for n in names:
-        if n not in RUNTIMES:
-            raise UserError(f"unknown runtime {n!r}; known runtimes: {', '.join(RUNTIMES)}")
-    return names
+    return resolve_names(spec, list(RUNTIMES), "runtime")
 
 
 def _archs(spec: str) -> list[str]:
