@@ -86,7 +86,8 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
                 return (lambda e, n, b, nb, loss: step(label, e, n, b, nb, loss)) if step else None
 
             fp_model, fp_result = run_full_precision(task, arch, data.train, data.test, config, plan.seed, device,
-                                                     folder / "fp32.pt", progress=bar(f"{task.name}/{arch}/fp32"))
+                                                     folder / "fp32.pt", progress=bar(f"{task.name}/{arch}/fp32"),
+                                                     num_classes=data.num_classes)
             if FP not in stored:
                 stored[FP] = _file(store, key, FP, fp_result, task, data, config, device_label)
                 notice(f"{task.name}/{arch}/fp32: {task.metric} {fp_result.metric:.4f} "

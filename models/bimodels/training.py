@@ -139,11 +139,11 @@ def _save(path: Path, state: dict) -> None:
 
 
 def run_full_precision(task: Task, arch: str, data_train: Split, data_test: Split, config: TrainConfig, seed: int,
-                       device: torch.device, checkpoint: Path, progress: ProgressFn | None = None
-                       ) -> tuple[nn.Module, RunResult]:
+                       device: torch.device, checkpoint: Path, progress: ProgressFn | None = None,
+                       num_classes: int | None = None) -> tuple[nn.Module, RunResult]:
     """Train the FP model (or resume it); returns it, trained, with its test metric."""
     torch.manual_seed(seed)
-    model = task.create_model(arch)
+    model = task.create_model(arch, num_classes)
     seconds, loss, resumed = train(model, task, data_train, optimizer=config.fp_optimizer, lr=config.fp_lr,
                                    epochs=config.fp_epochs, batch_size=config.batch_size,
                                    weight_decay=config.weight_decay, seed=seed, device=device,

@@ -37,15 +37,17 @@ def test_quick_bench_trains_stores_and_scores(quick_bench):
     out = json.loads(first.stdout)
     runs = out["runs"]
     assert {(r["task"], r["arch"], r["algorithm"]) for r in runs} == {
-        ("image_classification", "resnet20", a) for a in ("fp32", "bnn", "reactnet")}
+        (task, arch, a) for task, arch in (("image_classification", "resnet20"),
+                                          ("point_cloud_classification", "pointnet_vanilla"))
+        for a in ("fp32", "bnn", "reactnet")}
     for r in runs:  # every number carries what produced it
         assert r["scale"] == "quick" and r["seed"] == 0 and len(r["config_hash"]) == 16 and r["data_version"]
         assert r["device"] == "cpu" and r["threads"] >= 1 and r["train_seconds"] > 0 and 0 <= r["metric"] <= 1
         assert r["config"]["fp_epochs"] >= 1 and r["data_source"]
-    fp = next(r for r in runs if r["algorithm"] == "fp32")
-    assert fp["metric"] > 0.3, fp  # well above chance (0.1) even at the smoke scale
+    for fp in (r for r in runs if r["algorithm"] == "fp32"):
+        assert fp["metric"] > 0.3, fp  # well above chance (0.1, 0.083) even at the smoke scale
     stored = ResultsStore(results).training_runs(scale="quick")
-    assert sorted(r.algorithm for r in stored) == ["bnn", "fp32", "reactnet"]
+    assert sorted(r.algorithm for r in stored) == ["bnn", "bnn", "fp32", "fp32", "reactnet", "reactnet"]
 
 
 def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):
@@ -54,11 +56,20 @@ def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):
     tracks = {t["track"]: t for t in out["tracks"]}
     table = {row[0]: row[1:] for row in out["table"]["rows"]}
     assert out["table"]["columns"] == ["algorithm", "learning task", "neural architecture", "theoretical complexity"]
+    family = {"resnet20": "cnn", "pointnet_vanilla": "mlp"}
     for algo in ("bnn", "reactnet"):
-        ratios = [r["metric"] / fp[(r["task"], r["arch"])] for r in out["runs"] if r["algorithm"] == algo]
-        by_hand = qmean([sum(ratios) / len(ratios)])  # one task, one arch at this scale
-        assert tracks["task"]["overall"][algo] == pytest.approx(by_hand, rel=1e-12)
-        assert tracks["arch"]["overall"][algo] == pytest.approx(by_hand, rel=1e-12)  # one family: CNN
+        mine = [r for r in out["runs"] if r["algorithm"] == algo]
+        by_task = {}
+        by_family = {}
+        for r in mine:  # one arch per task at this scale, so each group's mean is its one ratio
+            ratio = r["metric"] / fp[(r["task"], r["arch"])]
+            by_task.setdefault(r["task"], []).append(ratio)
+            by_family.setdefault(family[r["arch"]], []).append(ratio)
+        task_by_hand = qmean([sum(v) / len(v) for v in by_task.values()])
+        arch_by_hand = qmean([sum(v) / len(v) for v in by_family.values()])
+        assert len(by_task) == 2 and len(by_family) == 2
+        assert tracks["task"]["overall"][algo] == pytest.approx(task_by_hand, rel=1e-12)
+        assert tracks["arch"]["overall"][algo] == pytest.approx(arch_by_hand, rel=1e-12)
         rows = [d for d in tracks["complexity"]["details"] if d["algorithm"] == algo]
         rc, rs = (sum(d[k] for d in rows) / len(rows) for k in ("compression_ratio", "speedup_ratio"))
         assert tracks["complexity"]["overall"][algo] == pytest.approx(math.sqrt((rc * rc + rs * rs) / 2), rel=1e-12)
@@ -71,7 +82,7 @@ def test_a_rerun_trains_nothing_and_prints_the_same_table(quick_bench):
     assert again.returncode == 0, again.stderr
     assert "already stored" in again.stderr
     assert json.loads(again.stdout)["table"] == json.loads(first.stdout)["table"]
-    assert len(ResultsStore(results).training_runs()) == 3
+    assert len(ResultsStore(results).training_runs()) == 6
     md = bihost(*[a for a in args if a != "--json"])
     assert md.returncode == 0 and md.stdout.startswith("| algorithm | learning task | neural architecture |")
     csv = bihost(*[a for a in args if a != "--json"], "--format", "csv")
@@ -80,11 +91,11 @@ def test_a_rerun_trains_nothing_and_prints_the_same_table(quick_bench):
 
 
 @pytest.mark.parametrize("flag, value, words", [
-    ("--task", "imagenet", "unknown task 'imagenet'; known tasks: image_classification"),
+    ("--task", "imagenet", "unknown task 'imagenet'; known tasks: image_classification, point_cloud_classification"),
     ("--track", "speed", "unknown track 'speed'; known tracks: task, arch, complexity, hardware"),
     ("--arch", "resnet21", "unknown architecture 'resnet21'"),
     ("--algo", "bnnx", "unknown algorithm 'bnnx'"),
-    ("--arch", "bert_tiny", "none of --arch bert_tiny fits the tasks image_classification"),
+    ("--arch", "bert_tiny", "none of --arch bert_tiny fits the tasks image_classification,point_cloud"),
 ])
 def test_bad_names_are_one_clear_line(tmp_path, flag, value, words):
     out = bihost("bench", flag, value, "--results", str(tmp_path / "r"))

@@ -112,7 +112,7 @@ def test_no_training_step_sees_the_test_split(name):
 def test_unknown_task_and_arch_list_the_valid_names():
     from bimodels import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="known tasks: image_classification"):
+    with pytest.raises(UnknownNameError, match="known tasks: image_classification, point_cloud_classification"):
         get_task("imagenet")
     with pytest.raises(TaskError, match="does not fit task image_classification; it takes: resnet20"):
         get_task("image_classification").create_model("bert_tiny")
@@ -171,3 +171,95 @@ def test_full_precision_then_binary_fine_tune_learns_and_checkpoints(tmp_path):
     assert again.resumed_from == config.fp_epochs and again.metric == fp_result.metric  # nothing retrained
     result = run_binary(task, fp, "reactnet", tr, te, config, 0, resolve_device("cpu"), tmp_path / "reactnet.pt")
     assert 0.0 <= result.metric <= 1.0 and (tmp_path / "reactnet.pt").exists()
+
+
+CUBE_OFF = """OFF
+8 6 0
+-1 -1 -1
+1 -1 -1
+1 1 -1
+-1 1 -1
+-1 -1 1
+1 -1 1
+1 1 1
+-1 1 1
+4 0 1 2 3
+4 4 5 6 7
+4 0 1 5 4
+4 2 3 7 6
+4 1 2 6 5
+4 0 3 7 4
+"""
+TETRA_OFF = "OFF4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n"  # counts glued to OFF
+
+
+def _modelnet_fixture(root):
+    for name, text in (("cube", CUBE_OFF), ("tetra", TETRA_OFF)):
+        for split, n in (("train", 3), ("test", 2)):
+            folder = root / "ModelNet40" / name / split
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{name}_{i:04d}.off").write_text(text)
+    return root
+
+
+def test_modelnet_off_meshes_are_sampled_on_their_surface(tmp_path):
+    from bimodels.data.modelnet import read_modelnet, read_off
+
+    vertices, triangles = read_off(_modelnet_fixture(tmp_path) / "ModelNet40" / "cube" / "train" / "cube_0000.off")
+    assert vertices.shape == (8, 3) and triangles.shape == (12, 3)  # quads fanned into triangles
+    x, y, classes = read_modelnet(tmp_path, "train", points=128, seed=0)
+    assert x.shape == (6, 128, 3) and classes == ["cube", "tetra"] and list(y) == [0, 0, 0, 1, 1, 1]
+    assert np.allclose(np.abs(x[0]).max(axis=1), 1.0, atol=1e-6)  # every cube point lies on a face
+    assert np.all(x[3] >= -1e-9) and np.all(x[3].sum(axis=1) <= 1 + 1e-6)  # inside the tetrahedron's hull
+    data = get_task("point_cloud_classification").load("quick", tmp_path, seed=0)
+    assert data.source.startswith("modelnet40") and data.num_classes == 2 and len(data.test) == 4
+    assert data.train.batch(torch.arange(2))[0].shape == (2, 3, 256)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("PLY\n", "not an OFF mesh"),
+    ("OFF\n3 1 0\n0 0 0\n1 0 0\n", "declares 3 vertices and 1 faces; found 2"),
+    ("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n", "names a vertex outside 0..2"),
+])
+def test_malformed_off_files_name_the_file(tmp_path, text, words):
+    from bimodels.data.modelnet import read_off
+
+    (tmp_path / "bad.off").write_text(text)
+    with pytest.raises(DataError, match=f"bad.off: .*{words}"):
+        read_off(tmp_path / "bad.off")
+
+
+def test_modelnet_empty_class_folder_and_missing_h5py(tmp_path):
+    from bimodels.data.modelnet import read_modelnet
+
+    _modelnet_fixture(tmp_path)
+    (tmp_path / "ModelNet40" / "chair" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="chair/train: empty class folder"):
+        read_modelnet(tmp_path, "train", 64, 0)
+    h5 = tmp_path / "h5" / "ply_data_train0.h5"
+    h5.parent.mkdir()
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    try:
+        import h5py  # noqa: F401
+        words = "not a ModelNet40 HDF5 file"
+    except ImportError:
+        words = "needs h5py"
+    with pytest.raises(DataError, match=words):
+        read_modelnet(tmp_path / "h5", "train", 64, 0)
+
+
+def test_generated_shapes_are_deterministic_balanced_and_not_trivial():
+    from bimodels.data import shapes
+
+    a, la = shapes.generate(120, 64, seed=5)
+    b, lb = shapes.generate(120, 64, seed=5)
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert np.bincount(la).tolist() == [10] * len(shapes.CLASSES)
+    c, _ = shapes.generate(120, 64, seed=6)
+    assert not np.array_equal(a, c)
+    # a nearest-centroid classifier on sorted radii cannot separate all classes: the task is not trivial
+    radii = np.sort(np.linalg.norm(a - a.mean(1, keepdims=True), axis=2), axis=1)
+    centroids = np.stack([radii[la == k].mean(0) for k in range(len(shapes.CLASSES))])
+    guess = np.argmin(((radii[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert (guess == la).mean() < 0.9

@@ -86,6 +86,7 @@ class TaskData:
     test: Split
     source: str  # what was read, from where: "fashion-mnist (/usr/share/datasets/fashion-mnist)"
     version: str  # hash of the arrays loaded
+    num_classes: int  # of this data (ModelNet40's 40, the generated shapes' 12)
     notes: tuple[str, ...] = ()  # said to the user: fallbacks, resizes
 
 
@@ -111,14 +112,14 @@ class Task:
     def load(self, scale: str, data_root: Path | None, seed: int) -> TaskData:
         raise NotImplementedError
 
-    def create_model(self, arch: str) -> nn.Module:
+    def create_model(self, arch: str, num_classes: int | None = None) -> nn.Module:
         from ..architectures import create_model
 
         if arch not in self.archs:
             raise TaskError(f"architecture {arch!r} does not fit task {self.name}; it takes: {', '.join(self.archs)}")
-        return create_model(arch, num_classes=self.num_classes)
+        return create_model(arch, num_classes=num_classes or self.num_classes)
 
-    num_classes: int = 0
+    num_classes: int = 0  # of the default data
 
     def config(self, scale: str) -> TrainConfig:
         if scale not in self.configs:
