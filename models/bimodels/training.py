@@ -113,10 +113,10 @@ def recalibrate_batch_norm(model: nn.Module, split: Split, batch_size: int, devi
     short run (the quick scale, a binary fine-tune whose activations change fast) that made
     eval-mode accuracy 26% where the same weights scored 66% on batch statistics.
     """
+    split = split.require("train")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
-    split = split.require("train")
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

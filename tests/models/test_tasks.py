@@ -112,7 +112,7 @@ def test_no_training_step_sees_the_test_split(name):
 def test_unknown_task_and_arch_list_the_valid_names():
     from bimodels import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="known tasks: image_classification, point_cloud_classification"):
+    with pytest.raises(UnknownNameError, match="known tasks: image_classification, point_cloud_classification, language"):
         get_task("imagenet")
     with pytest.raises(TaskError, match="does not fit task image_classification; it takes: resnet20"):
         get_task("image_classification").create_model("bert_tiny")
@@ -214,7 +214,7 @@ def test_modelnet_off_meshes_are_sampled_on_their_surface(tmp_path):
     assert np.all(x[3] >= -1e-9) and np.all(x[3].sum(axis=1) <= 1 + 1e-6)  # inside the tetrahedron's hull
     data = get_task("point_cloud_classification").load("quick", tmp_path, seed=0)
     assert data.source.startswith("modelnet40") and data.num_classes == 2 and len(data.test) == 4
-    assert data.train.batch(torch.arange(2))[0].shape == (2, 3, 256)
+    assert data.train.batch(torch.arange(2))[0].shape == (2, 3, 128)  # the quick scale's points per cloud
 
 
 @pytest.mark.parametrize("text, words", [
@@ -263,3 +263,71 @@ def test_generated_shapes_are_deterministic_balanced_and_not_trivial():
     centroids = np.stack([radii[la == k].mean(0) for k in range(len(shapes.CLASSES))])
     guess = np.argmin(((radii[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
     assert (guess == la).mean() < 0.9
+
+
+def test_glue_tsv_files_in_their_real_layouts(tmp_path):
+    from bimodels.data.text import read_glue
+
+    sst = tmp_path / "SST-2"
+    sst.mkdir()
+    (sst / "train.tsv").write_text("sentence\tlabel\nit 's a charming and often affecting journey . \t1\n"
+                                   "unflinchingly bleak and desperate \t0\n")
+    (sst / "dev.tsv").write_text("sentence\tlabel\na gorgeous , witty , seductive movie . \t1\n")
+    a, b, y = read_glue(sst, "train")
+    assert a[1].startswith("unflinchingly") and b == ["", ""] and list(y) == [1, 0]
+    cola = tmp_path / "CoLA"
+    cola.mkdir()
+    (cola / "train.tsv").write_text("gj04\t1\t\tOur friends won't buy this analysis.\n"
+                                    "gj04\t0\t*\tThey drank the pub.\n")
+    assert read_glue(cola, "train")[0] == ["Our friends won't buy this analysis.", "They drank the pub."]
+    mrpc = tmp_path / "MRPC"
+    mrpc.mkdir()
+    (mrpc / "train.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+                                    "1\t702876\t702977\tAmrozi accused his brother .\tHe accused his brother .\n")
+    a, b, y = read_glue(mrpc, "train")
+    assert b == ["He accused his brother ."] and list(y) == [1]
+    (sst / "train.tsv").write_text("sentence\tlabel\ngood\tmaybe\n")
+    with pytest.raises(DataError, match="SST-2/train.tsv: line 2: expected 2 tab-separated columns with a 0/1"):
+        read_glue(sst, "train")
+    (sst / "train.tsv").write_text("text\tstars\nfine\t1\n")
+    with pytest.raises(DataError, match="expected a header with 'sentence', 'label'"):
+        read_glue(sst, "train")
+
+
+def test_language_task_reads_glue_from_data_root_with_its_own_metric(tmp_path):
+    cola = tmp_path / "glue_data" / "CoLA"
+    cola.mkdir(parents=True)
+    rows = "".join(f"src\t{i % 2}\t\tsentence number {i} is {'fine' if i % 2 else 'bad'}\n" for i in range(20))
+    (cola / "train.tsv").write_text(rows)
+    (cola / "dev.tsv").write_text(rows[: rows.index("sentence number 6")].rsplit("src", 1)[0])
+    task = get_task("language_understanding")
+    data = task.load("quick", tmp_path, seed=0)
+    assert data.source.startswith("glue CoLA") and task.metric == "matthews_corr"
+    assert len(data.train) == 20 and len(data.test) == 6 and data.train.x.shape[1] == 24
+    assert int(data.train.x[0, 0]) == 1  # [CLS]
+    task.load("quick", None, seed=0)
+    assert task.metric == "accuracy"
+
+
+def test_matthews_correlation():
+    from bimodels.tasks.language_understanding import matthews_corr
+
+    assert matthews_corr(np.array([1, 0, 1, 0]), np.array([1, 0, 1, 0])) == 1.0
+    assert matthews_corr(np.array([1, 1, 1, 1]), np.array([1, 0, 1, 0])) == 0.0
+    assert matthews_corr(np.array([1, 0, 0, 0]), np.array([1, 0, 1, 0])) == pytest.approx(1 / 3 ** 0.5)
+
+
+def test_generated_text_labels_follow_their_rules():
+    from bimodels.data import text
+
+    a, b, y = text.generate(400, seed=3)
+    for first, second, label in zip(a, b, y):
+        if second:  # a pair: same content words either way
+            assert sorted(set(text.tokenize(first)) - {"was", "by"}) != [] and label in (0, 1)
+        else:
+            clause = first.split(" , but ")[-1]
+            words = set(text.tokenize(clause))
+            positive = bool(words & set(text.POSITIVE))
+            negated = bool(words & set(text.NEGATORS))
+            assert label == int(positive != negated), first
+    assert 0.4 < y.mean() < 0.6

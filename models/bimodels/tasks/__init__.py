@@ -1,6 +1,6 @@
 """Learning tasks: one file per task, each registering itself (see base.Task)."""
 from .base import SCALES, Split, Task, TaskData, TaskError, TrainConfig, get_task, list_tasks, register_task
-from . import image_classification, point_cloud_classification  # noqa: F401,E402  (registers, in order)
+from . import image_classification, point_cloud_classification, language_understanding  # noqa: F401,E402
 
 __all__ = ["SCALES", "Split", "Task", "TaskData", "TaskError", "TrainConfig", "get_task", "list_tasks",
            "register_task"]
