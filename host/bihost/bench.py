@@ -44,8 +44,7 @@ class BenchPlan:
 def task_archs(plan: BenchPlan, task) -> list[str]:
     if plan.archs is None:
         return list(task.default_archs(plan.scale))
-    fitting = [a for a in plan.archs if a in task.archs]
-    return fitting
+    return [a for a in plan.archs if a in task.archs]
 
 
 def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = print,
@@ -71,6 +70,9 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
     runs: list[TrainingRun] = []
     for task in tasks:
         data, config = loaded[task.name], task.config(plan.scale)
+        if not task_archs(plan, task):
+            notice(f"{task.name}: none of --arch {','.join(plan.archs or [])} fits it (it takes "
+                   f"{', '.join(task.archs)}); skipped")
         for arch in task_archs(plan, task):
             key = dict(task=task.name, arch=arch, scale=plan.scale, seed=plan.seed, config_hash=config.digest(),
                        data_version=data.version)

@@ -166,3 +166,11 @@ def test_hardware_track_profiles_the_local_board_when_the_store_has_no_rows(tmp_
     assert stored == {("fp32", "onnxruntime"), ("bnn", "custom")}
     again = bihost(*args)  # now the store has rows: nothing is profiled again
     assert again.returncode == 0 and "profiling" not in again.stderr
+
+
+def test_an_arch_selection_skips_the_tasks_it_does_not_fit_and_says_so(tmp_path):
+    out = bihost("bench", "--track", "task", "--arch", "resnet20", "--algo", "bnn", "--results", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    assert "point_cloud_classification: none of --arch resnet20 fits it" in out.stderr
+    assert "language_understanding: none of --arch resnet20 fits it" in out.stderr
+    assert {(r["task"], r["arch"]) for r in json.loads(out.stdout)["runs"]} == {("image_classification", "resnet20")}
