@@ -16,7 +16,7 @@ from bihost.tracks import BenchContext, get_track, list_tracks
 
 # The quick scale's (task, architecture) pairs: one per task.
 TASK_ARCHS = (("image_classification", "resnet20"), ("point_cloud_classification", "pointnet_vanilla"),
-              ("language_understanding", "bert_tiny"))
+              ("language_understanding", "bert_tiny"), ("keyword_spotting", "dfsmn"))
 
 
 def bihost(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -59,18 +59,18 @@ def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):
     tracks = {t["track"]: t for t in out["tracks"]}
     table = {row[0]: row[1:] for row in out["table"]["rows"]}
     assert out["table"]["columns"] == ["algorithm", "learning task", "neural architecture", "theoretical complexity"]
-    family = {"resnet20": "cnn", "pointnet_vanilla": "mlp", "bert_tiny": "transformer"}
+    family = {"resnet20": "cnn", "pointnet_vanilla": "mlp", "bert_tiny": "transformer", "dfsmn": "mlp"}
     for algo in ("bnn", "reactnet"):
         mine = [r for r in out["runs"] if r["algorithm"] == algo]
         by_task = {}
         by_family = {}
-        for r in mine:  # one arch per task at this scale, so each group's mean is its one ratio
+        for r in mine:  # one arch per task at this scale
             ratio = r["metric"] / fp[(r["task"], r["arch"])]
             by_task.setdefault(r["task"], []).append(ratio)
             by_family.setdefault(family[r["arch"]], []).append(ratio)
         task_by_hand = qmean([sum(v) / len(v) for v in by_task.values()])
         arch_by_hand = qmean([sum(v) / len(v) for v in by_family.values()])
-        assert len(by_task) == 3 and len(by_family) == 3
+        assert len(by_task) == 4 and len(by_family) == 3
         assert tracks["task"]["overall"][algo] == pytest.approx(task_by_hand, rel=1e-12)
         assert tracks["arch"]["overall"][algo] == pytest.approx(arch_by_hand, rel=1e-12)
         rows = [d for d in tracks["complexity"]["details"] if d["algorithm"] == algo]
@@ -95,14 +95,14 @@ def test_a_rerun_trains_nothing_and_prints_the_same_table(quick_bench):
 
 @pytest.mark.parametrize("flag, value, words", [
     ("--task", "imagenet", "unknown task 'imagenet'; known tasks: image_classification, point_cloud_classification, "
-                           "language_understanding"),
+                           "language_understanding, keyword_spotting"),
     ("--track", "speed", "unknown track 'speed'; known tracks: task, arch, complexity, hardware"),
     ("--arch", "resnet21", "unknown architecture 'resnet21'"),
     ("--algo", "bnnx", "unknown algorithm 'bnnx'"),
-    ("--arch", "dfsmn", "none of --arch dfsmn fits the tasks image_classification,point_cloud"),
+    ("--arch", "resnet20 --task point_cloud_classification", "none of --arch resnet20 fits the tasks point_cloud"),
 ])
 def test_bad_names_are_one_clear_line(tmp_path, flag, value, words):
-    out = bihost("bench", flag, value, "--results", str(tmp_path / "r"))
+    out = bihost("bench", flag, *value.split(), "--results", str(tmp_path / "r"))
     assert out.returncode == 1 and words in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
@@ -173,4 +173,5 @@ def test_an_arch_selection_skips_the_tasks_it_does_not_fit_and_says_so(tmp_path)
     assert out.returncode == 0, out.stderr
     assert "point_cloud_classification: none of --arch resnet20 fits it" in out.stderr
     assert "language_understanding: none of --arch resnet20 fits it" in out.stderr
+    assert "keyword_spotting: none of --arch resnet20 fits it" in out.stderr
     assert {(r["task"], r["arch"]) for r in json.loads(out.stdout)["runs"]} == {("image_classification", "resnet20")}

@@ -112,7 +112,7 @@ def test_no_training_step_sees_the_test_split(name):
 def test_unknown_task_and_arch_list_the_valid_names():
     from bimodels import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="known tasks: image_classification, point_cloud_classification, language"):
+    with pytest.raises(UnknownNameError, match="known tasks: image_classification, point_cloud_classification, language_understanding, keyword_spotting"):
         get_task("imagenet")
     with pytest.raises(TaskError, match="does not fit task image_classification; it takes: resnet20"):
         get_task("image_classification").create_model("bert_tiny")
@@ -331,3 +331,69 @@ def test_generated_text_labels_follow_their_rules():
             negated = bool(words & set(text.NEGATORS))
             assert label == int(positive != negated), first
     assert 0.4 < y.mean() < 0.6
+
+
+def _wav(path, samples, rate=16000, width=2):
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes((np.asarray(samples) * 20000).astype("<i2").tobytes() if width == 2 else
+                      (np.asarray(samples) * 100 + 128).astype(np.uint8).tobytes())
+
+
+def test_speech_commands_folder_and_bad_wavs(tmp_path):
+    from bimodels.data import speech
+
+    t = np.arange(16000) / 16000
+    for word in ("yes", "no", "marvin"):
+        (tmp_path / word).mkdir()
+        for i in range(3):
+            _wav(tmp_path / word / f"{i:08x}_nohash_0.wav", np.sin(2 * np.pi * (200 + 100 * i) * t))
+    (tmp_path / "_background_noise_").mkdir()
+    _wav(tmp_path / "_background_noise_" / "white.wav", np.random.default_rng(0).normal(0, 0.1, 16000))
+    (tmp_path / "testing_list.txt").write_text("yes/00000000_nohash_0.wav\nmarvin/00000001_nohash_0.wav\n")
+    (tmp_path / "validation_list.txt").write_text("no/00000002_nohash_0.wav\n")
+    x, y = speech.read_speech_commands(tmp_path, "train")
+    assert x.shape == (6, 40, 98) and sorted(speech.LABELS[i] for i in y) == ["no", "no", "unknown", "unknown",
+                                                                                "yes", "yes"]
+    xt, yt = speech.read_speech_commands(tmp_path, "test")
+    assert [speech.LABELS[i] for i in yt] == ["unknown", "yes"]
+    data = get_task("keyword_spotting").load("quick", tmp_path, seed=0)
+    assert data.source.startswith("speech commands") and len(data.test) == 2
+    bad = tmp_path / "no" / "broken.wav"
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt junk")
+    with pytest.raises(DataError, match="broken.wav: not a valid WAV file"):
+        speech.read_speech_commands(tmp_path, "train")
+    bad.unlink()
+    _wav(tmp_path / "no" / "eight_bit.wav", np.zeros(100), width=1)
+    with pytest.raises(DataError, match="eight_bit.wav: expected 16-bit PCM"):
+        speech.read_speech_commands(tmp_path, "train")
+
+
+def test_log_mel_features_and_resampling():
+    from bimodels.data import speech
+
+    t = np.arange(22050) / 22050
+    tone = speech.fit_second(np.sin(2 * np.pi * 1000 * t), 22050)
+    assert tone.shape == (16000,)
+    features = speech.log_mel(tone)
+    assert features.shape == (40, 98) and features.dtype == np.float32
+    band = int(features.mean(axis=1).argmax())
+    centres = [np.argmax(row) * 16000 / 512 for row in speech.mel_filterbank()]
+    assert abs(centres[band] - 1000) < 150  # the loudest band is the one around 1 kHz
+
+
+@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng not installed")
+def test_espeak_keywords_are_deterministic_and_balanced():
+    from bimodels.data import speech
+
+    a, la = speech.generate(24, seed=4)
+    b, lb = speech.generate(24, seed=4)
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert np.bincount(la, minlength=12).tolist() == [2] * 12
+    silence = a[la == speech.LABELS.index("silence")]
+    spoken = a[la == speech.LABELS.index("yes")]
+    assert spoken.max() > silence.max()  # speech is louder than noise alone
