@@ -1,6 +1,6 @@
 """The results store: one durable SQLite row per measurement.
 
-Durability is the point (DESIGN.md, "Results are durable"): `add` commits (WAL,
+Durability is the point (docs/design.md, "Contracts"): `add` commits (WAL,
 synchronous=FULL) before it returns, so a crash loses at most the measurement in flight,
 and a UNIQUE key per campaign lets `--resume` skip what is already stored.
 """

@@ -2,7 +2,7 @@
 
 Sign convention for the whole project: sign(t) = +1 for t >= 0, -1 otherwise (torch.sign
 maps 0 to 0, which no binary runtime can represent). Each estimator is a forward `sign`
-with its own backward, written as the closed form from ALGORITHMS.md.
+with its own backward, written as the closed form from docs/algorithms.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The agent must install and run on a board without torch (DESIGN.md)."""
+"""The agent must install and run on a board without torch (docs/design.md)."""
 from __future__ import annotations
 
 import subprocess

@@ -1,5 +1,5 @@
 """Each algorithm's forward AND gradient against an independent reference written from
-ALGORITHMS.md, on Conv1d, Conv2d and Linear with stride, padding, dilation, groups, bias.
+docs/algorithms.md, on Conv1d, Conv2d and Linear with stride, padding, dilation, groups, bias.
 
 The reference builds every estimator with the detach trick (forward sign, backward the
 closed form) instead of the library's autograd.Function, so the two implementations share

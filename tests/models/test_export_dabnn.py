@@ -2,7 +2,7 @@
 
 daBNN itself is not available here, so the writer is checked end to end in two ways: the
 file is parsed back with `read_dab` (every field of every table), and a numpy interpreter of
-daBNN's documented semantics (DABNN-FORMAT.md: BinConv2D = number of mismatching bits with
+daBNN's documented semantics (docs/dabnn-format.md: BinConv2D = number of mismatching bits with
 x > 0 -> 1 and padding bit 0, in-place Affine/Relu/PRelu/Add, NHWC) runs the parsed file
 against the torch model. Every refusal has a test with its message.
 """

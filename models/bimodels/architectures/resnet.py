@@ -1,7 +1,7 @@
 """ResNets: ImageNet-style resnet18/34 (224x224), CIFAR-style resnet20 (32x32), and a
 Bi-Real style resnet18 with a shortcut around every binary convolution.
 
-Binarization contract (ALGORITHMS.md): every 3x3 convolution inside the residual blocks is
+Binarization contract (docs/algorithms.md): every 3x3 convolution inside the residual blocks is
 binarized; the stem, the 1x1 downsample convolutions, batch norms and the classifier stay
 full precision; every ReLU becomes Hardtanh in the binarized network.
 

@@ -6,7 +6,7 @@ buffer of namespace ``flatbnn`` (root table ``Model``, version 2, no file identi
 written with the ``flatbuffers`` package's Builder; `read_dab` parses one back into plain
 Python for tests and tools (the agent's runtime reads the few fields it needs with its own
 flatbuffers-free `biagent.runtimes.dabnn.inspect_dab`). The facts about the format and the
-runtime this relies on are in the project's daBNN fact sheet (DABNN-FORMAT.md).
+runtime this relies on are in the project's daBNN fact sheet (docs/dabnn-format.md).
 
 Lowering (x = an IR value; daBNN activations are float32 NHWC with N = 1)
 -----------------------------------------------------------------------
@@ -54,7 +54,7 @@ Semantics and refusals (an ExportError names the operator and the node)
   a tensor its shortcut also reads), or the value is the model input or output, the export
   is refused (no copies are inserted).
 * Runtime limits that would assert, compute wrong values or corrupt memory (see
-  DABNN-FORMAT.md): the input and the tensors read by Affine/Add/pools need rows of
+  docs/dabnn-format.md): the input and the tensors read by Affine/Add/pools need rows of
   W*C % 4 == 0 floats; a ReLU needs a multiple of 4 values; 2x2/3x3 max pools need C % 4 == 0;
   64-channel binary convs need an even map width; the aarch64 3x3 direct kernel's channel
   asserts; the BGEMM buffer size; the im2col size.

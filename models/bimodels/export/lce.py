@@ -17,7 +17,7 @@ What LCE has no op for is emitted as builtin float ops where that is exact, and 
 - ReActNet's threshold: +1 ADD before the quantize.
 - XNOR-Net's beta: ABS, MEAN, MUL (computed from every input).
 - XNOR-Net++'s spatial Gamma: +1 MUL (its per-channel factor folds into the multiplier).
-Facts about the ops: shared/LCE-FORMAT.md (bit 1 = -1, LSB first along channels; 5 inputs;
+Facts about the ops: docs/lce-format.md (bit 1 = -1, LSB first along channels; 5 inputs;
 8 required option keys; TFL3 identifier; version 3; buffer 0 empty).
 """
 from __future__ import annotations
