@@ -150,8 +150,13 @@ def affinity() -> str:
     return ",".join(ranges)
 
 
+def logical_cores() -> int:
+    """The board's logical cores: what BoardInfo reports and what a benchmark's threads are bounded by."""
+    return os.cpu_count() or 1
+
+
 def measure() -> BoardIdentity:
-    cores = os.cpu_count() or 1
+    cores = logical_cores()
     model, features, core_types = parse_cpuinfo(_read("/proc/cpuinfo"))
     if sys.platform == "darwin" and not model:
         model = platform.processor()

@@ -145,7 +145,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         self.store, self.name = store, name
         self.max_queue_wait_s = max_queue_wait_s
         self.upload_idle_s = upload_idle_s
-        self.cores = os.cpu_count() or 1
+        self.cores = hwinfo.logical_cores()
         self.slot = BenchmarkSlot()
         self.leases = LeaseManager()
         self.work_dir = Path(work_dir or store.root / "jobs")
@@ -369,45 +369,40 @@ class AgentServer:
         # One agent per store: a second would clear the first one's uploads and jobs.
         self.lock = StoreLock(Path(store_dir))
         try:
-            self._build(store_dir, host, port, name, max_model_bytes, max_queue_wait_s, workers, tls, token,
-                        max_streams, max_store_bytes, max_streams_per_client, upload_idle_s)
+            self.store = ModelStore(Path(store_dir), max_model_bytes, max_store_bytes)
+            self.name = name or hwinfo.measure().hostname
+            self.security = ("mtls" if tls and tls.client_ca_file else "tls" if tls else "plaintext") + (
+                "+token" if token else "")
+            # The limiter bounds the agent's own calls (in all and per client); the health service is
+            # outside it, and the pool keeps SPARE_THREADS beyond the limit so health always answers.
+            self.limiter = CallLimiter(max_streams, max_streams_per_client or max(1, max_streams // 2))
+            interceptors = ([TokenInterceptor(token)] if token else []) + [LimitInterceptor(self.limiter)]
+            self.server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=max(workers, max_streams + SPARE_THREADS)),
+                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                         ("grpc.so_reuseport", 0)],  # a second agent on this port must fail, not share it
+                interceptors=interceptors,
+            )
+            self.servicer = AgentServicer(self.store, self.name, max_queue_wait_s, upload_idle_s=upload_idle_s)
+            pb_grpc.add_AgentServicer_to_server(self.servicer, self.server)
+            self.health = health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            try:
+                if tls is not None:
+                    self.port = self.server.add_secure_port(address, tls.credentials())
+                else:
+                    self.port = self.server.add_insecure_port(address)
+            except RuntimeError:
+                self.port = 0
+            if self.port == 0:
+                raise OSError(f"could not bind {address}: the port is in use (another agent, or another program; "
+                              f"`ss -ltnp 'sport = :{port}'` shows which) or the address is not this machine's")
+            self.host = host
         except BaseException:
             self.lock.release()
             raise
-
-    def _build(self, store_dir, host, port, name, max_model_bytes, max_queue_wait_s, workers, tls, token,
-               max_streams, max_store_bytes, max_streams_per_client, upload_idle_s) -> None:
-        self.store = ModelStore(Path(store_dir), max_model_bytes, max_store_bytes)
-        self.name = name or hwinfo.measure().hostname
-        self.security = ("mtls" if tls and tls.client_ca_file else "tls" if tls else "plaintext") + (
-            "+token" if token else "")
-        # The limiter bounds the agent's own calls (in all and per client); the health service is
-        # outside it, and the pool keeps SPARE_THREADS beyond the limit so health always answers.
-        self.limiter = CallLimiter(max_streams, max_streams_per_client or max(1, max_streams // 2))
-        interceptors = ([TokenInterceptor(token)] if token else []) + [LimitInterceptor(self.limiter)]
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max(workers, max_streams + SPARE_THREADS)),
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.so_reuseport", 0)],  # a second agent on this port must fail, not share it
-            interceptors=interceptors,
-        )
-        self.servicer = AgentServicer(self.store, self.name, max_queue_wait_s, upload_idle_s=upload_idle_s)
-        pb_grpc.add_AgentServicer_to_server(self.servicer, self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        try:
-            if tls is not None:
-                self.port = self.server.add_secure_port(address, tls.credentials())
-            else:
-                self.port = self.server.add_insecure_port(address)
-        except RuntimeError:
-            self.port = 0
-        if self.port == 0:
-            raise OSError(f"could not bind {address}: the port is in use (another agent, or another program; "
-                          f"`ss -ltnp 'sport = :{port}'` shows which) or the address is not this machine's")
-        self.host = host
 
     def start(self) -> "AgentServer":
         self.server.start()

@@ -8,7 +8,6 @@ interrupted one resumes from its last checkpointed epoch.
 """
 from __future__ import annotations
 
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -119,9 +118,9 @@ def _file(store, key: dict, algorithm: str, result, task, data, config, device_l
 
 def hardware_rows(plan: BenchPlan, archs: list[str], store, notice: NoticeFn = print):
     """The store's measurements for these archs; when it holds none, profile them on the local board."""
-    rows = [m for m in store.rows() if m.arch in archs and m.status == "ok" and m.algorithm != FP]
-    if rows:
-        return store.rows()
+    rows = store.rows()
+    if any(m.arch in archs and m.status == "ok" and m.algorithm != FP for m in rows):
+        return rows
     from .artifacts import ArtifactCache
     from .client import BenchmarkSettings
     from .profile import Plan, new_campaign_id, run_campaign
@@ -148,6 +147,3 @@ def main_table(results: list[TrackResult], algorithms: list[str]) -> tuple[list[
     header = ["algorithm", *(r.title for r in results)]
     return header, [[algo, *(r.overall.get(algo) for r in results)] for algo in algorithms]
 
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -170,20 +170,20 @@ class BoardRun:
                 self.progress(name, f"{arch}/{algo}/{rt}: failed ({exc}); retry {attempt + 1} of "
                                     f"{self.plan.retries} after {delay:.1f} s", notice=True)
                 time.sleep(delay)
-                if not self._wait_healthy(client, arch, algo, rt):
+                if not self._wait_healthy(client, f"{arch}/{algo}/{rt}"):
                     self.file(self.row(arch, algo, rt, "error", f"{exc}; then no answer to health checks for "
                                                                 f"{self.plan.board_wait_s:.0f} s (--board-wait)"))
                     return True
                 lease.regain()  # an agent that restarted has forgotten our lease
         return False
 
-    def _wait_healthy(self, client: AgentClient, arch: str, algo: str, rt: str) -> bool:
+    def _wait_healthy(self, client: AgentClient, label: str) -> bool:
         """Poll the board's health check for up to `board_wait_s`, saying so while it waits."""
         if client.health(timeout_s=2):
             return True
         start = time.monotonic()
         end = start + self.plan.board_wait_s
-        self.progress(self.target.name, f"{arch}/{algo}/{rt}: waiting up to {self.plan.board_wait_s:.0f} s for "
+        self.progress(self.target.name, f"{label}: waiting up to {self.plan.board_wait_s:.0f} s for "
                                         "the board to answer again (--board-wait)", notice=True)
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))

@@ -20,8 +20,12 @@ def _names(spec: str | None, known: list[str], kind: str) -> list[str] | None:
     return None if spec is None else resolve_names(spec, known, kind)
 
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _fmt(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+    return "n/a" if _missing(v) else f"{v:.3f}"
 
 
 def markdown(header: list[str], rows: list[list]) -> str:
@@ -34,8 +38,7 @@ def to_csv(header: list[str], rows: list[list]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([[r[0], *("" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(v)
-                               for v in r[1:])] for r in rows])
+    writer.writerows([[r[0], *("" if _missing(v) else repr(v) for v in r[1:])] for r in rows])
     return out.getvalue()
 
 
@@ -64,7 +67,7 @@ def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes
     import bimodels
     from bimodels.tasks import list_tasks
 
-    from ..bench import BenchPlan, hardware_rows, main_table, run_training, score
+    from ..bench import BenchPlan, hardware_rows, main_table, score
     from ..results import ResultsStore
     from ..tracks import list_tracks
 
