@@ -91,7 +91,7 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
                                                      num_classes=data.num_classes)
             if FP not in stored:
                 stored[FP] = _file(store, key, FP, fp_result, task, data, config, device_label)
-                notice(f"{task.name}/{arch}/fp32: {task.metric} {fp_result.metric:.4f} "
+                notice(f"{task.name}/{arch}/fp32: {data.metric_name(task)} {fp_result.metric:.4f} "
                        f"({fp_result.train_seconds:.0f} s)")
             runs.append(stored[FP])
             for algo in plan.algorithms:
@@ -99,7 +99,7 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
                     result = run_binary(task, fp_model, algo, data.train, data.test, config, plan.seed, device,
                                         folder / f"{algo}.pt", progress=bar(f"{task.name}/{arch}/{algo}"))
                     stored[algo] = _file(store, key, algo, result, task, data, config, device_label)
-                    notice(f"{task.name}/{arch}/{algo}: {task.metric} {result.metric:.4f} "
+                    notice(f"{task.name}/{arch}/{algo}: {data.metric_name(task)} {result.metric:.4f} "
                            f"({result.train_seconds:.0f} s)")
                 runs.append(stored[algo])
     return runs
@@ -108,7 +108,7 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
 def _file(store, key: dict, algorithm: str, result, task, data, config, device_label: str) -> TrainingRun:
     import torch
 
-    run = TrainingRun(**key, algorithm=algorithm, data_source=data.source, metric_name=task.metric,
+    run = TrainingRun(**key, algorithm=algorithm, data_source=data.source, metric_name=data.metric_name(task),
                       metric=result.metric, epochs=result.epochs, train_seconds=result.train_seconds,
                       device=device_label, threads=torch.get_num_threads(), config=config.as_dict(),
                       host=socket.gethostname(), created_at=time.time())

@@ -30,6 +30,7 @@ def test_architecture_metadata_is_consistent(arch):
     info = bimodels.get_arch_info(arch)
     assert info.family in {"cnn", "mlp", "transformer"}
     model = bimodels.create_model(arch)
+    assert model.eval()(bimodels.example_input(arch, batch_size=1)).shape == (1, *info.output_shape)
     names = dict(model.named_modules())
     for name in model.full_precision_layers():
         assert isinstance(names[name], (nn.Conv1d, nn.Conv2d, nn.Linear)), name
@@ -46,7 +47,7 @@ def test_forward_shape_and_finite_gradients(arch, algo):
     info = bimodels.get_arch_info(arch)
     x = bimodels.example_input(model, batch_size=2)
     y = model(x)
-    assert y.shape == (2, info.num_classes)
+    assert y.shape == (2, *info.output_shape)
     assert torch.isfinite(y).all()
     y.square().mean().backward()
     layers = bimodels.binary_layers(model)

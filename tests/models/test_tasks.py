@@ -112,7 +112,7 @@ def test_no_training_step_sees_the_test_split(name):
 def test_unknown_task_and_arch_list_the_valid_names():
     from bimodels import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="known tasks: image_classification, point_cloud_classification, language_understanding, keyword_spotting"):
+    with pytest.raises(UnknownNameError, match="known tasks: image_classification, point_cloud_classification, language_understanding, keyword_spotting, object_detection, part_segmentation"):
         get_task("imagenet")
     with pytest.raises(TaskError, match="does not fit task image_classification; it takes: resnet20"):
         get_task("image_classification").create_model("bert_tiny")
@@ -302,11 +302,14 @@ def test_language_task_reads_glue_from_data_root_with_its_own_metric(tmp_path):
     (cola / "dev.tsv").write_text(rows[: rows.index("sentence number 6")].rsplit("src", 1)[0])
     task = get_task("language_understanding")
     data = task.load("quick", tmp_path, seed=0)
-    assert data.source.startswith("glue CoLA") and task.metric == "matthews_corr"
+    assert data.source.startswith("glue CoLA") and data.metric_name(task) == "matthews_corr"
     assert len(data.train) == 20 and len(data.test) == 6 and data.train.x.shape[1] == 24
     assert int(data.train.x[0, 0]) == 1  # [CLS]
-    task.load("quick", None, seed=0)
-    assert task.metric == "accuracy"
+    assert task.metric == "accuracy"  # the task itself is unchanged: the metric belongs to the data
+    assert task.load("quick", None, seed=0).metric_name(task) == "accuracy"
+    # the Matthews correlation is what CoLA's split is scored by
+    constant = type("Constant", (torch.nn.Module,), {"forward": lambda self, x: torch.tensor([[0.0, 1.0]]).expand(len(x), 2)})()
+    assert task.evaluate(constant, data.test, 8, torch.device("cpu")) == 0.0  # MCC of a constant guess
 
 
 def test_matthews_correlation():

@@ -1,6 +1,8 @@
 """BERT encoder for sequence classification, binarized as in BiBERT / BiT (and BiBench).
 
-`bert_tiny`: 4 layers, hidden 256, 4 heads, intermediate 1024, 128 token ids per sample.
+`bert_tiny`: 4 layers, hidden 256, 4 heads, intermediate 1024, 128 token ids per sample;
+`bert_tiny6l`: the same layers, 6 deep (BiBench binarizes BERTs of several depths, and
+deeper ones lose more).
 The input is token ids only: token types are all zero and every token attends to every
 other (no padding mask), so the exported graph has a single int64 input.
 
@@ -147,3 +149,16 @@ class BertClassifier(nn.Module):
 def bert_tiny(num_classes: int = 2) -> BertClassifier:
     """4 layers, hidden 256, 4 heads, intermediate 1024, BERT's uncased vocabulary."""
     return BertClassifier(num_classes)
+
+
+@register_model(
+    family="transformer",
+    task="text_classification",
+    input_shape=(128,),
+    num_classes=2,
+    input_dtype="int64",
+    vocab_size=30522,
+)
+def bert_tiny6l(num_classes: int = 2) -> BertClassifier:
+    """bert_tiny's layers, 6 deep."""
+    return BertClassifier(num_classes, num_layers=6)

@@ -1,4 +1,5 @@
-"""PointNet for point-cloud classification (ModelNet40: 1024 points x 3 coordinates).
+"""PointNet for point-cloud classification (ModelNet40: 1024 points x 3 coordinates) and
+part segmentation (ShapeNet-part: 2048 points, 50 parts).
 
 Points arrive as (B, 3, N) so the shared per-point MLP is a stack of kernel-1 Conv1d
 layers; a global max pool over points makes the network order invariant. `pointnet` adds
@@ -117,3 +118,43 @@ def pointnet_vanilla(num_classes: int = 40) -> PointNet:
 def pointnet(num_classes: int = 40) -> PointNet:
     """PointNet with the 3x3 input T-Net and the 64x64 feature T-Net."""
     return PointNet(num_classes, transforms=True)
+
+
+class PointNetSegmentation(nn.Module):
+    """PointNet's part-segmentation network without T-Nets: per-point local features, a
+    global feature max-pooled over all points, both concatenated at every point and mapped
+    to per-point part logits, (B, parts, N).
+
+    Binarization contract: the first conv (raw coordinates) and the last (the part logits)
+    stay full precision; ReLUs become Hardtanh except the one before the global pool, which
+    becomes the identity for the reason given in `PointNet.binary_activation_swaps`.
+    """
+
+    def __init__(self, num_parts: int = 50, local: tuple[int, ...] = (64, 128, 128), global_width: int = 512):
+        super().__init__()
+        self.mlp1 = shared_mlp([3, *local])
+        self.mlp2 = shared_mlp([local[-1], global_width])
+        self.pool_norm = nn.BatchNorm1d(global_width)
+        self.seg = shared_mlp([local[-1] + global_width, 256, 128])
+        self.classifier = nn.Conv1d(128, num_parts, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.mlp1(x)
+        pooled = self.pool_norm(self.mlp2(local).amax(dim=2))
+        features = torch.cat([local, pooled.unsqueeze(2).expand(-1, -1, local.shape[2])], dim=1)
+        return self.classifier(self.seg(features))
+
+    def full_precision_layers(self) -> list[str]:
+        return ["mlp1.0", "classifier"]
+
+    def binary_activation_swaps(self) -> dict[str, Callable[[], nn.Module]]:
+        relus = [name for name, m in self.named_modules() if isinstance(m, nn.ReLU)]
+        before_pool = [name for name in relus if name.startswith("mlp2.")][-1]
+        return {name: (nn.Identity if name == before_pool else nn.Hardtanh) for name in relus}
+
+
+@register_model(family="mlp", task="part_segmentation", input_shape=(3, 2048), num_classes=50,
+                output_shape=(50, 2048))
+def pointnet_part_seg(num_classes: int = 50) -> PointNetSegmentation:
+    """Per-point part logits from local and global PointNet features (ShapeNet-part's 50 parts)."""
+    return PointNetSegmentation(num_classes)

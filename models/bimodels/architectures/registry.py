@@ -26,6 +26,7 @@ class ArchInfo:
     num_classes: int
     input_dtype: str = "float32"  # "int64" for token ids
     vocab_size: int | None = None  # for token inputs: ids are drawn from [0, vocab_size)
+    output_shape: tuple[int, ...] = ()  # without the batch dimension; () means (num_classes,)
     builder: Callable[..., nn.Module] = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
 
@@ -40,9 +41,11 @@ def register_model(
     num_classes: int,
     input_dtype: str = "float32",
     vocab_size: int | None = None,
+    output_shape: tuple[int, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        info = ArchInfo(fn.__name__, family, task, tuple(input_shape), num_classes, input_dtype, vocab_size, fn)
+        info = ArchInfo(fn.__name__, family, task, tuple(input_shape), num_classes, input_dtype, vocab_size,
+                        tuple(output_shape) or (num_classes,), fn)
         ARCHITECTURES.register(fn.__name__)(info)
         return fn
 

@@ -61,6 +61,7 @@ class Split:
     x: Tensor
     y: Tensor
     prepare: Callable[[Tensor], Tensor] = field(default=lambda x: x, repr=False, compare=False)
+    meta: dict = field(default_factory=dict, repr=False, compare=False)  # what the metric needs beyond x, y
 
     def __post_init__(self) -> None:
         if self.role not in ("train", "test"):
@@ -88,6 +89,10 @@ class TaskData:
     version: str  # hash of the arrays loaded
     num_classes: int  # of this data (ModelNet40's 40, the generated shapes' 12)
     notes: tuple[str, ...] = ()  # said to the user: fallbacks, resizes
+    metric: str = ""  # the metric's name when this data has its own (GLUE's CoLA: Matthews); "" = the task's
+
+    def metric_name(self, task: "Task") -> str:
+        return self.metric or task.metric
 
 
 def data_version(*arrays: np.ndarray | Tensor) -> str:

@@ -2,6 +2,9 @@
 
 Data, in order of preference:
 - `--data-root` holding `cifar-10-batches-py/` (the CIFAR-10 python batches): CIFAR-10;
+- `--data-root` holding `train/` and `val/` class-folder trees (or `imagenet/` with them):
+  ImageNet, or any set kept that way, decoded a batch at a time at 224x224 (shorter side
+  to 256, centre crop) for the ImageNet architectures;
 - otherwise Fashion-MNIST from Debian's `dataset-fashion-mnist` (70,000 real 28x28 images
   in IDX files under /usr/share/datasets/fashion-mnist, or $BIBENCH_FASHION_MNIST), padded
   to 32x32 and repeated to 3 channels so the CIFAR architectures take it unchanged;
@@ -19,13 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from ..data import DataError, read_cifar10, read_idx
+from ..data.imagefolder import decode_center_crop, find_image_folder, read_image_folder
 from .base import Split, Task, TaskData, TaskError, TrainConfig, data_version, register_task
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 # Samples per split a scale uses (None: all): quick is a smoke run, default converges.
-SUBSETS = {"quick": (1000, 500), "default": (20000, None), "paper": (None, None)}
+SUBSETS = {"quick": (800, 400), "default": (20000, None), "paper": (None, None)}
 
 
 def _fashion_dir() -> Path:
@@ -47,6 +51,23 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.
         return x, y
     pick = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
     return x[pick], y[pick]
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_SIZE = 224
+
+
+class _DecodeFolder:
+    """Image indices -> ImageNet-normalised float images, decoded from files a batch at a time."""
+
+    def __init__(self, files: tuple[Path, ...], size: int):
+        self.files, self.size = files, size
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def __call__(self, index: Tensor) -> Tensor:
+        x = torch.from_numpy(decode_center_crop([self.files[int(i)] for i in index], self.size))
+        return (x.float() / 255.0 - self.mean) / self.std
 
 
 class _Prepare:
@@ -82,11 +103,15 @@ class ImageClassification(Task):
         n_train, n_test = SUBSETS[scale]
         notes: list[str] = []
         cifar = _find_cifar(data_root) if data_root is not None else None
+        folder = find_image_folder(data_root) if data_root is not None and cifar is None else None
+        if folder is not None:
+            return self._image_folder(folder, n_train, n_test, seed)
         if cifar is not None:
             (xtr, ytr), (xte, yte) = read_cifar10(cifar, "train"), read_cifar10(cifar, "test")
             source = f"cifar-10 ({cifar})"
         elif scale == "paper":
-            raise TaskError("the paper scale trains on CIFAR-10: give --data-root with cifar-10-batches-py in it")
+            raise TaskError("the paper scale trains on CIFAR-10 or ImageNet: give --data-root with "
+                            "cifar-10-batches-py in it, or train/ and val/ class-folder trees")
         elif (_fashion_dir() / FASHION_FILES["train"][0]).exists():
             folder = _fashion_dir()
             (xtr, ytr), (xte, yte) = _read_fashion(folder, "train"), _read_fashion(folder, "test")
@@ -104,6 +129,22 @@ class ImageClassification(Task):
         return TaskData(Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), prepare),
                         Split("test", torch.from_numpy(xte), torch.from_numpy(yte), prepare),
                         source, version, self.num_classes, tuple(notes))
+
+
+    def _image_folder(self, folder: Path, n_train: int | None, n_test: int | None, seed: int) -> TaskData:
+        train_files, ytr, classes = read_image_folder(folder / "train")
+        test_files, yte, _ = read_image_folder(folder / "val", classes)
+        rtr = _subset(np.arange(len(train_files)), ytr, n_train, seed)[0]
+        rte = _subset(np.arange(len(test_files)), yte, n_test, seed + 1)[0]
+        train_files, ytr = tuple(train_files[i] for i in rtr), ytr[rtr]
+        test_files, yte = tuple(test_files[i] for i in rte), yte[rte]
+        names = "\n".join(str(p) for p in train_files + test_files)
+        version = data_version(np.frombuffer(names.encode(), dtype=np.uint8), ytr, yte)
+        return TaskData(Split("train", torch.arange(len(train_files)), torch.from_numpy(ytr),
+                              _DecodeFolder(train_files, IMAGENET_SIZE)),
+                        Split("test", torch.arange(len(test_files)), torch.from_numpy(yte),
+                              _DecodeFolder(test_files, IMAGENET_SIZE)),
+                        f"image folders ({folder}, {len(classes)} classes)", version, len(classes))
 
 
 def _find_cifar(root: Path) -> Path | None:
