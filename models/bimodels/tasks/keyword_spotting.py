@@ -15,7 +15,7 @@ from torch import Tensor
 from ..data import speech
 from .base import Split, Task, TaskData, TaskError, TrainConfig, data_version, register_task
 
-SIZES = {"quick": (240, 120), "default": (6000, 1800), "paper": (None, None)}
+SIZES = {"quick": (240, 120), "default": (4000, 1800), "paper": (None, None)}
 
 
 class _Normalise:
@@ -35,7 +35,7 @@ class KeywordSpotting(Task):
     configs = {
         "quick": TrainConfig(fp_epochs=3, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=1, batch_size=64,
                              weight_decay=0.0),
-        "default": TrainConfig(fp_epochs=15, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=8, batch_size=64,
+        "default": TrainConfig(fp_epochs=12, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=3, batch_size=64,
                                weight_decay=0.0),
         "paper": TrainConfig(fp_epochs=100, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=100, batch_size=128,
                              weight_decay=0.0),

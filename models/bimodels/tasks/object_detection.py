@@ -159,7 +159,7 @@ class ObjectDetection(Task):
     configs = {
         "quick": TrainConfig(fp_epochs=3, fp_optimizer="adam", fp_lr=2e-3, bin_epochs=1, batch_size=32,
                              weight_decay=0.0, eval_batch_size=128),
-        "default": TrainConfig(fp_epochs=24, fp_optimizer="adam", fp_lr=2e-3, bin_epochs=6, batch_size=64,
+        "default": TrainConfig(fp_epochs=24, fp_optimizer="adam", fp_lr=2e-3, bin_epochs=5, batch_size=64,
                                weight_decay=0.0, eval_batch_size=256),
         "paper": TrainConfig(fp_epochs=120, fp_optimizer="sgd", fp_lr=1e-3, bin_epochs=120, batch_size=32,
                              weight_decay=5e-4, eval_batch_size=64),

@@ -24,7 +24,7 @@ from .base import Split, Task, TaskData, TaskError, TrainConfig, data_version, r
 from .point_cloud_classification import normalise
 
 # (train clouds, test clouds, points per cloud) per scale; ShapeNet-part keeps its own split.
-SIZES = {"quick": (160, 80, 128), "default": (4800, 1200, 1024), "paper": (None, None, 2048)}
+SIZES = {"quick": (160, 80, 128), "default": (2000, 800, 512), "paper": (None, None, 2048)}
 
 
 def instance_miou(logits: np.ndarray, labels: np.ndarray, groups: tuple[tuple[int, ...], ...]) -> np.ndarray:
@@ -53,7 +53,7 @@ class PartSegmentation(Task):
     configs = {
         "quick": TrainConfig(fp_epochs=3, fp_optimizer="adam", fp_lr=2e-3, bin_epochs=1, batch_size=32,
                              weight_decay=0.0, eval_batch_size=128),
-        "default": TrainConfig(fp_epochs=20, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=10, batch_size=32,
+        "default": TrainConfig(fp_epochs=12, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=3, batch_size=32,
                                weight_decay=0.0, eval_batch_size=128),
         "paper": TrainConfig(fp_epochs=200, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=200, batch_size=32,
                              weight_decay=0.0, eval_batch_size=64),
