@@ -180,3 +180,30 @@ def test_an_arch_selection_skips_the_tasks_it_does_not_fit_and_says_so(tmp_path)
     assert "language_understanding: none of --arch resnet20 fits it" in out.stderr
     assert "keyword_spotting: none of --arch resnet20 fits it" in out.stderr
     assert {(r["task"], r["arch"]) for r in json.loads(out.stdout)["runs"]} == {("image_classification", "resnet20")}
+
+
+def test_real_dataset_formats_from_data_root_through_the_cli(tmp_path):
+    """VOC XML, ShapeNet-part .txt and ImageNet-style class folders, written in their real layouts,
+    trained and scored end to end; every row names the data it came from."""
+    pytest.importorskip("PIL")
+    from tests.models.test_detection import _voc
+    from tests.models.test_image_folder import _tree
+    from tests.models.test_part_segmentation import _shapenet
+
+    root = tmp_path / "datasets"
+    root.mkdir()
+    _voc(root)
+    _shapenet(root)
+    _tree(root / "imagenet")
+    out = bihost("bench", "--track", "task,arch", "--task", "object_detection,part_segmentation,image_classification",
+                 "--algo", "bnn", "--data-root", str(root), "--results", str(tmp_path / "r"), "--json")
+    assert out.returncode == 0, out.stderr
+    runs = {(r["task"], r["algorithm"]): r for r in json.loads(out.stdout)["runs"]}
+    assert set(runs) == {(t, a) for t in ("object_detection", "part_segmentation", "image_classification")
+                         for a in ("fp32", "bnn")}
+    expected = {"object_detection": ("voc (", "map50"), "part_segmentation": ("shapenet-part (", "instance_miou"),
+                "image_classification": ("image folders (", "accuracy")}
+    for (task, _), r in runs.items():
+        source, metric = expected[task]
+        assert r["data_source"].startswith(source) and r["metric_name"] == metric and 0 <= r["metric"] <= 1, r
+    assert len(ResultsStore(tmp_path / "r").training_runs()) == 6
