@@ -138,27 +138,18 @@ class BertClassifier(nn.Module):
         return {}
 
 
-@register_model(
-    family="transformer",
-    task="text_classification",
-    input_shape=(128,),
-    num_classes=2,
-    input_dtype="int64",
-    vocab_size=30522,
-)
+# 128 token ids of BERT's uncased vocabulary, two classes
+TOKEN_CLASSIFIER = dict(family="transformer", task="text_classification", input_shape=(128,), num_classes=2,
+                        input_dtype="int64", vocab_size=30522)
+
+
+@register_model(**TOKEN_CLASSIFIER)
 def bert_tiny(num_classes: int = 2) -> BertClassifier:
     """4 layers, hidden 256, 4 heads, intermediate 1024, BERT's uncased vocabulary."""
     return BertClassifier(num_classes)
 
 
-@register_model(
-    family="transformer",
-    task="text_classification",
-    input_shape=(128,),
-    num_classes=2,
-    input_dtype="int64",
-    vocab_size=30522,
-)
+@register_model(**TOKEN_CLASSIFIER)
 def bert_tiny6l(num_classes: int = 2) -> BertClassifier:
     """bert_tiny's layers, 6 deep."""
     return BertClassifier(num_classes, num_layers=6)

@@ -103,9 +103,15 @@ class PointNet(nn.Module):
         "aggregation-induced feature homogenization"; unbounded features, re-centred by the
         batch norm after the pool, keep the pooled signs informative.
         """
-        relus = [name for name, m in self.named_modules() if isinstance(m, nn.ReLU)]
-        before_pool = [name for name in relus if name.startswith("mlp2.")][-1]
-        return {name: (nn.Identity if name == before_pool else nn.Hardtanh) for name in relus}
+        return pooled_mlp_swaps(self)
+
+
+def pooled_mlp_swaps(model: nn.Module) -> dict[str, Callable[[], nn.Module]]:
+    """ReLU -> Hardtanh, except the last ReLU of `mlp2` (the one before the global max pool),
+    which becomes the identity (see `PointNet.binary_activation_swaps`)."""
+    relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    before_pool = [name for name in relus if name.startswith("mlp2.")][-1]
+    return {name: (nn.Identity if name == before_pool else nn.Hardtanh) for name in relus}
 
 
 @register_model(family="mlp", task="point_cloud_classification", input_shape=(3, 1024), num_classes=40)
@@ -148,9 +154,7 @@ class PointNetSegmentation(nn.Module):
         return ["mlp1.0", "classifier"]
 
     def binary_activation_swaps(self) -> dict[str, Callable[[], nn.Module]]:
-        relus = [name for name, m in self.named_modules() if isinstance(m, nn.ReLU)]
-        before_pool = [name for name in relus if name.startswith("mlp2.")][-1]
-        return {name: (nn.Identity if name == before_pool else nn.Hardtanh) for name in relus}
+        return pooled_mlp_swaps(self)
 
 
 @register_model(family="mlp", task="part_segmentation", input_shape=(3, 2048), num_classes=50,

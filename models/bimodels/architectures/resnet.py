@@ -56,6 +56,11 @@ class BiRealBlock(nn.Module):
         return self.act(self.bn(self.conv(x)) + shortcut)
 
 
+def downsample_convs(model: nn.Module) -> list[str]:
+    """The 1x1 convolutions of every shortcut (kept full precision)."""
+    return [name for name, m in model.named_modules() if ".downsample." in f".{name}." and isinstance(m, nn.Conv2d)]
+
+
 class ResNet(nn.Module):
     def __init__(
         self,
@@ -90,9 +95,7 @@ class ResNet(nn.Module):
 
     def full_precision_layers(self) -> list[str]:
         """Stem, classifier and every 1x1 downsample convolution."""
-        keep = ["conv1", "fc"]
-        keep += [name for name, m in self.named_modules() if ".downsample." in f".{name}." and isinstance(m, nn.Conv2d)]
-        return keep
+        return ["conv1", "fc", *downsample_convs(self)]
 
     def binary_activation_swaps(self) -> dict[str, Callable[[], nn.Module]]:
         """Every ReLU becomes Hardtanh in the binarized network.

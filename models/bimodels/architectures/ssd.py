@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .registry import register_model
-from .resnet import conv3x3
+from .resnet import conv3x3, downsample_convs
 
 SCALES = (0.15, 0.3, 0.5, 0.75, 0.95)  # anchor size per level, as a share of the image side (+1 for the "between")
 RATIOS = (1.0, 2.0, 0.5)
@@ -147,9 +147,7 @@ class SSD(nn.Module):
 
     def full_precision_layers(self) -> list[str]:
         """Stem, prediction heads and every 1x1 downsample convolution."""
-        keep = ["conv1"] + [f"heads.{i}" for i in range(self.levels)]
-        keep += [name for name, m in self.named_modules() if ".downsample." in f".{name}." and isinstance(m, nn.Conv2d)]
-        return keep
+        return ["conv1", *(f"heads.{i}" for i in range(self.levels)), *downsample_convs(self)]
 
     def binary_activation_swaps(self) -> dict[str, Callable[[], nn.Module]]:
         return {name: nn.Hardtanh for name, m in self.named_modules() if isinstance(m, nn.ReLU)}
