@@ -46,6 +46,12 @@ def task_archs(plan: BenchPlan, task) -> list[str]:
     return [a for a in plan.archs if a in task.archs]
 
 
+def checkpoint_folder(checkpoints: Path, task: str, arch: str, scale: str, config_hash: str, data_version: str,
+                      seed: int) -> Path:
+    """Where the checkpoints of one (task, arch) recipe live: one file per algorithm, fp32.pt first."""
+    return checkpoints / task / arch / f"{scale}-{config_hash}-{data_version}-seed{seed}"
+
+
 def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = print,
                  step: StepFn | None = None) -> list[TrainingRun]:
     """Every (task, arch, FP + algorithm) run of the plan, trained or found in the store."""
@@ -76,7 +82,8 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
             key = dict(task=task.name, arch=arch, scale=plan.scale, seed=plan.seed, config_hash=config.digest(),
                        data_version=data.version)
             stored = {r.algorithm: r for r in store.training_runs(**key)}
-            folder = checkpoints / task.name / arch / f"{plan.scale}-{config.digest()}-{data.version}-seed{plan.seed}"
+            folder = checkpoint_folder(checkpoints, task.name, arch, plan.scale, config.digest(), data.version,
+                                       plan.seed)
             wanted = [a for a in plan.algorithms if a not in stored]
             if FP in stored and not wanted:
                 notice(f"{task.name}/{arch}: all {len(plan.algorithms) + 1} runs already stored")
@@ -136,9 +143,10 @@ def hardware_rows(plan: BenchPlan, archs: list[str], store, notice: NoticeFn = p
     return store.rows()
 
 
-def score(plan: BenchPlan, runs: list[TrainingRun], measurements, archs: list[str]) -> list[TrackResult]:
+def score(plan: BenchPlan, runs: list[TrainingRun], measurements, archs: list[str], corruption_runs=(),
+          notes: dict[str, list[str]] | None = None) -> list[TrackResult]:
     ctx = BenchContext(algorithms=plan.algorithms, archs=archs, tasks=plan.tasks, runs=runs,
-                       measurements=measurements)
+                       measurements=measurements, corruption_runs=list(corruption_runs), notes=notes or {})
     return [get_track(t).score(ctx) for t in plan.tracks]
 
 

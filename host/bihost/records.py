@@ -102,3 +102,35 @@ class TrainingRun:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class CorruptionRun:
+    """One trained model's metric on one corrupted copy of its task's test images (severity 0:
+    the same images, clean). The model is the training run with the same (task, arch,
+    algorithm, scale, seed, config_hash, data_version); `corruption_version` names the
+    corrupted set (its images, seed and implementation, or a CIFAR-10-C folder)."""
+
+    task: str
+    arch: str
+    algorithm: str
+    scale: str
+    seed: int
+    config_hash: str
+    data_version: str
+    corruption_source: str  # "imagecorruptions-imaug 1.1.5 (28x28 zero-padded to 32x32)", "CIFAR-10-C (/data/...)"
+    corruption_version: str
+    corruption: str  # "clean" for severity 0
+    severity: int
+    n_images: int
+    metric: float
+    device: str = ""
+    host: str = ""
+    created_at: float = 0.0
+
+    def key(self) -> tuple:
+        return (self.task, self.arch, self.algorithm, self.scale, self.seed, self.config_hash, self.data_version,
+                self.corruption_version, self.corruption, self.severity)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

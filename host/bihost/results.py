@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import UserError
-from .records import BOARD_STATES, BoardState, Measurement, TrainingRun
+from .records import BOARD_STATES, BoardState, CorruptionRun, Measurement, TrainingRun
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,6 +57,15 @@ CREATE TABLE IF NOT EXISTS training_runs (
     train_seconds REAL NOT NULL, device TEXT NOT NULL, threads INTEGER NOT NULL, config TEXT NOT NULL,
     host TEXT NOT NULL, created_at REAL NOT NULL,
     UNIQUE (task, arch, algorithm, scale, seed, config_hash, data_version)
+);
+CREATE TABLE IF NOT EXISTS corruption_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL, arch TEXT NOT NULL, algorithm TEXT NOT NULL, scale TEXT NOT NULL,
+    seed INTEGER NOT NULL, config_hash TEXT NOT NULL, data_version TEXT NOT NULL,
+    corruption_source TEXT NOT NULL, corruption_version TEXT NOT NULL, corruption TEXT NOT NULL,
+    severity INTEGER NOT NULL, n_images INTEGER NOT NULL, metric REAL NOT NULL, device TEXT NOT NULL,
+    host TEXT NOT NULL, created_at REAL NOT NULL,
+    UNIQUE (task, arch, algorithm, scale, seed, config_hash, data_version, corruption_version, corruption, severity)
 );
 CREATE TABLE IF NOT EXISTS board_health (
     board TEXT PRIMARY KEY,
@@ -164,6 +173,37 @@ class ResultsStore:
             d["config"] = json.loads(d["config"])
             runs.append(TrainingRun(**d))
         return runs
+
+    # -- corruption runs (the robustness track) --------------------------------------------
+    def add_corruption_runs(self, runs: list[CorruptionRun]) -> None:
+        """Store one model's corrupted-set metrics in one transaction, committed on return."""
+        if not runs:
+            return
+        rows = []
+        for run in runs:
+            d = run.as_dict()
+            d["created_at"] = d["created_at"] or time.time()
+            rows.append(d)
+        names = list(rows[0])
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(f"INSERT OR REPLACE INTO corruption_runs ({', '.join(names)}) "
+                           f"VALUES ({', '.join('?' * len(names))})", [[d[n] for n in names] for d in rows])
+            db.execute("COMMIT")
+
+    def corruption_runs(self, **where: Any) -> list[CorruptionRun]:
+        """Stored corruption runs, oldest first, filtered by equality on any of their fields."""
+        fields = list(CorruptionRun.__dataclass_fields__)
+        unknown = set(where) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown corruption-run fields: {', '.join(sorted(unknown))}")
+        clause = " AND ".join(f"{k} = ?" for k in where)
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute(f"SELECT {', '.join(fields)} FROM corruption_runs "
+                               f"{'WHERE ' + clause if clause else ''} ORDER BY created_at, id",
+                               list(where.values())).fetchall()
+        return [CorruptionRun(**dict(r)) for r in found]
 
     # -- board health -------------------------------------------------------------------
     def board_state(self, board: str) -> BoardState:

@@ -166,3 +166,41 @@ def run_binary(task: Task, fp_model: nn.Module, algorithm: str, data_train: Spli
     recalibrate_batch_norm(model, data_train, config.eval_batch_size, device)
     metric = task.evaluate(model, data_test.require("test"), config.eval_batch_size, device)
     return RunResult(metric, config.bin_epochs, seconds, loss, resumed)
+
+
+class CheckpointMissing(FileNotFoundError):
+    """A stored run's finished checkpoint is gone or incomplete, so its model cannot be rebuilt."""
+
+
+def _load_finished(model: nn.Module, checkpoint: Path, epochs: int, device: torch.device) -> None:
+    if not checkpoint.exists():
+        raise CheckpointMissing(f"{checkpoint} is missing: its model cannot be rebuilt (retrain it by deleting the "
+                                "stored row, or keep checkpoints with the results)")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("epoch") != epochs:
+        raise CheckpointMissing(f"{checkpoint} holds {state.get('epoch')} of {epochs} epochs: the run is unfinished")
+    model.load_state_dict(state["model"])
+    model.to(device)
+
+
+def restore_full_precision(task: Task, arch: str, data_train: Split, config: TrainConfig, device: torch.device,
+                           checkpoint: Path, num_classes: int | None = None) -> nn.Module:
+    """The FP model a finished run scored, rebuilt from its checkpoint without training.
+
+    Precise BN is a pure function of the weights and the training split, so recalibrating
+    again gives the exact model that was evaluated.
+    """
+    model = task.create_model(arch, num_classes)
+    _load_finished(model, checkpoint, config.fp_epochs, device)
+    recalibrate_batch_norm(model, data_train, config.eval_batch_size, device)
+    return model
+
+
+def restore_binary(task: Task, fp_model: nn.Module, algorithm: str, data_train: Split, config: TrainConfig,
+                   device: torch.device, checkpoint: Path) -> nn.Module:
+    """The binarized model a finished run scored, rebuilt from its checkpoint without training."""
+    example = data_train.batch(torch.arange(1))[0]
+    model = binarize(fp_model.cpu(), algorithm, example_input=example)
+    _load_finished(model, checkpoint, config.bin_epochs, device)
+    recalibrate_batch_norm(model, data_train, config.eval_batch_size, device)
+    return model

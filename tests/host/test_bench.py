@@ -31,7 +31,7 @@ def qmean(values):
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory):
     results = tmp_path_factory.mktemp("bench") / "results"
-    args = ["bench", "--track", "task,arch,complexity", "--algo", "bnn,reactnet", "--scale", "quick",
+    args = ["bench", "--track", "task,arch,robustness,complexity", "--algo", "bnn,reactnet", "--scale", "quick",
             "--results", str(results), "--json"]
     first = bihost(*args)
     assert first.returncode == 0, first.stderr
@@ -62,7 +62,8 @@ def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):
     fp = {(r["task"], r["arch"]): r["metric"] for r in out["runs"] if r["algorithm"] == "fp32"}
     tracks = {t["track"]: t for t in out["tracks"]}
     table = {row[0]: row[1:] for row in out["table"]["rows"]}
-    assert out["table"]["columns"] == ["algorithm", "learning task", "neural architecture", "theoretical complexity"]
+    assert out["table"]["columns"] == ["algorithm", "learning task", "neural architecture", "corruption robustness",
+                                       "theoretical complexity"]
     family = {"resnet20": "cnn", "pointnet_vanilla": "mlp", "bert_tiny": "transformer", "dfsmn": "mlp",
               "ssd_resnet": "cnn", "pointnet_part_seg": "mlp"}
     for algo in ("bnn", "reactnet"):
@@ -81,7 +82,51 @@ def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):
         rows = [d for d in tracks["complexity"]["details"] if d["algorithm"] == algo]
         rc, rs = (sum(d[k] for d in rows) / len(rows) for k in ("compression_ratio", "speedup_ratio"))
         assert tracks["complexity"]["overall"][algo] == pytest.approx(math.sqrt((rc * rc + rs * rs) / 2), rel=1e-12)
-        assert table[algo] == [tracks[t]["overall"][algo] for t in ("task", "arch", "complexity")]
+        assert table[algo] == [tracks[t]["overall"][algo] for t in ("task", "arch", "robustness", "complexity")]
+
+
+def test_robustness_follows_by_hand_from_the_corruption_runs(quick_bench):
+    """The learning-task models, rebuilt from their checkpoints, scored on 15 corruptions x 5 severities."""
+    out = json.loads(quick_bench[2].stdout)
+    rows = out["corruption_runs"]
+    assert {(r["task"], r["arch"]) for r in rows} == {("image_classification", "resnet20")}  # the image task only
+    assert len(rows) == 3 * (1 + 15 * 5) and {r["n_images"] for r in rows} == {50}
+    assert all(r["corruption_source"].startswith("imagecorruptions-imaug ") and "zero-padded" in r["corruption_source"]
+               for r in rows)
+    fp_run = next(r for r in out["runs"] if r["task"] == "image_classification" and r["algorithm"] == "fp32")
+    assert all(r["config_hash"] == fp_run["config_hash"] and r["data_version"] == fp_run["data_version"] for r in rows)
+    metric = {(r["algorithm"], r["corruption"], r["severity"]): r["metric"] for r in rows}
+    corruptions = sorted({r["corruption"] for r in rows} - {"clean"})
+
+    def gap(algo, c):
+        return max(metric[(algo, "clean", 0)] - sum(metric[(algo, c, s)] for s in range(1, 6)) / 5, 0.01)
+
+    track = next(t for t in out["tracks"] if t["track"] == "robustness")
+    for algo in ("bnn", "reactnet"):
+        assert track["overall"][algo] == pytest.approx(qmean([gap("fp32", c) / gap(algo, c) for c in corruptions]),
+                                                       rel=1e-12)
+
+
+def test_models_rebuilt_from_checkpoints_score_exactly_what_was_stored(quick_bench):
+    """The robustness track scores the learning-task models themselves: rebuilt from their
+    checkpoints (with the same precise-BN pass), they give the stored test metric to the last image."""
+    import torch
+
+    from bihost.bench import checkpoint_folder
+    from bimodels.tasks import get_task
+    from bimodels.training import restore_binary, restore_full_precision
+
+    results = quick_bench[1]
+    task = get_task("image_classification")
+    data, config = task.load("quick", None, 0), task.config("quick")
+    runs = {r.algorithm: r for r in ResultsStore(results).training_runs(task=task.name)}
+    folder = checkpoint_folder(results / "checkpoints", task.name, "resnet20", "quick", runs["fp32"].config_hash,
+                               runs["fp32"].data_version, 0)
+    cpu = torch.device("cpu")
+    fp = restore_full_precision(task, "resnet20", data.train, config, cpu, folder / "fp32.pt")
+    assert task.evaluate(fp, data.test, config.eval_batch_size, cpu) == runs["fp32"].metric
+    bnn = restore_binary(task, fp, "bnn", data.train, config, cpu, folder / "bnn.pt")
+    assert task.evaluate(bnn, data.test, config.eval_batch_size, cpu) == runs["bnn"].metric
 
 
 def test_a_rerun_trains_nothing_and_prints_the_same_table(quick_bench):
@@ -93,15 +138,19 @@ def test_a_rerun_trains_nothing_and_prints_the_same_table(quick_bench):
     assert len(ResultsStore(results).training_runs()) == 3 * len(TASK_ARCHS)
     md = bihost(*[a for a in args if a != "--json"])
     assert md.returncode == 0 and md.stdout.startswith("| algorithm | learning task | neural architecture |")
+    stored = ResultsStore(results).corruption_runs()
+    assert len(stored) == 3 * 76 and json.loads(again.stdout)["corruption_runs"] == json.loads(first.stdout)[
+        "corruption_runs"]  # measured once, then read back
     csv = bihost(*[a for a in args if a != "--json"], "--format", "csv")
-    assert csv.stdout.splitlines()[0] == "algorithm,learning task,neural architecture,theoretical complexity"
+    assert csv.stdout.splitlines()[0] == ("algorithm,learning task,neural architecture,corruption robustness,"
+                                          "theoretical complexity")
     assert [line.split(",")[0] for line in csv.stdout.splitlines()[1:]] == ["bnn", "reactnet"]
 
 
 @pytest.mark.parametrize("flag, value, words", [
     ("--task", "imagenet", "unknown task 'imagenet'; known tasks: image_classification, point_cloud_classification, "
                            "language_understanding, keyword_spotting, object_detection, part_segmentation"),
-    ("--track", "speed", "unknown track 'speed'; known tracks: task, arch, complexity, hardware"),
+    ("--track", "speed", "unknown track 'speed'; known tracks: task, arch, robustness, complexity, hardware"),
     ("--arch", "resnet21", "unknown architecture 'resnet21'"),
     ("--algo", "bnnx", "unknown algorithm 'bnnx'"),
     ("--arch", "resnet20 --task point_cloud_classification", "none of --arch resnet20 fits the tasks point_cloud"),
@@ -138,7 +187,7 @@ def test_hardware_track_from_stored_measurements(tmp_path):
     assert result.overall["bnn"] == pytest.approx(math.sqrt((3.0 ** 2 + 18.0 ** 2) / 2))
     assert result.overall["xnor"] == pytest.approx(math.sqrt((3.0 ** 2 + 19.0 ** 2) / 2))  # the error row is not used
     assert math.isnan(result.overall["dorefa"])  # nothing measured: said, not invented
-    assert list_tracks() == ["task", "arch", "complexity", "hardware"]
+    assert list_tracks() == ["task", "arch", "robustness", "complexity", "hardware"]
 
 
 def test_learning_task_track_groups_by_task_then_takes_the_quadratic_mean():

@@ -44,7 +44,7 @@ def to_csv(header: list[str], rows: list[list]) -> str:
 
 @click.command("bench")
 @click.option("--track", "tracks", default="all", show_default=True,
-              help="Track(s), comma-separated: task, arch, complexity, hardware, or 'all'.")
+              help="Track(s), comma-separated: task, arch, robustness, complexity, hardware, or 'all'.")
 @click.option("--task", "tasks", default="all", show_default=True, help="Learning task(s), comma-separated, or 'all'.")
 @click.option("--arch", "archs", default=None, help="Architecture(s) (default: each task's own at this scale).")
 @click.option("--algo", default="all", show_default=True, help="Algorithm(s), comma-separated, or 'all'.")
@@ -78,18 +78,29 @@ def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes
     if data_root is not None and not data_root.is_dir():
         raise UserError(f"--data-root {data_root} is not a folder")
     store = ResultsStore(results_dir or Path(os.environ.get("BIHOST_RESULTS", "results")))
+    if "robustness" in plan.tracks:
+        from ..robustness import check_corruption_data
+
+        check_corruption_data(plan)
     runs = []
     if plan.needs_training():
         runs = _train_with_progress(plan, store, as_json)
     trained_archs = sorted({r.arch for r in runs}, key=bimodels.list_architectures().index)
     archs_scored = trained_archs or plan.archs or ["resnet20"]
     measurements = hardware_rows(plan, archs_scored, store, notice=_notice) if "hardware" in plan.tracks else []
-    results = score(plan, runs, measurements, archs_scored)
+    corruption_runs, notes = [], {}
+    if "robustness" in plan.tracks and runs:
+        from ..robustness import run_robustness
+
+        corruption_runs, notes["robustness"] = run_robustness(plan, runs, store, store.directory / "checkpoints",
+                                                              notice=_notice)
+    results = score(plan, runs, measurements, archs_scored, corruption_runs, notes)
     header, rows = main_table(results, plan.algorithms)
     if as_json:
         print_json({"scale": scale, "seed": seed, "algorithms": plan.algorithms, "archs": archs_scored,
                     "table": {"columns": header, "rows": rows}, "tracks": [r.as_dict() for r in results],
-                    "runs": [r.as_dict() for r in runs]})
+                    "runs": [r.as_dict() for r in runs],
+                    "corruption_runs": [r.as_dict() for r in corruption_runs]})
         return
     click.echo(markdown(header, rows) if fmt == "markdown" else to_csv(header, rows), nl=fmt == "markdown")
     for r in results:

@@ -13,7 +13,7 @@ from typing import Any
 
 from bimodels.registry import Registry
 
-from ..records import Measurement, TrainingRun
+from ..records import CorruptionRun, Measurement, TrainingRun
 
 FP = "fp32"
 
@@ -38,6 +38,8 @@ class BenchContext:
     tasks: list[str]
     runs: list[TrainingRun] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
+    corruption_runs: list[CorruptionRun] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)  # track name -> what its measuring step said
 
 
 @dataclass

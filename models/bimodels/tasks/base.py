@@ -113,6 +113,7 @@ class Task:
     archs: tuple[str, ...] = ()  # every architecture that fits
     scale_archs: dict[str, tuple[str, ...]] = {}  # the ones a scale runs by default
     configs: dict[str, TrainConfig] = {}
+    corruptible: bool = False  # its test images can be corrupted for the robustness track
 
     def load(self, scale: str, data_root: Path | None, seed: int) -> TaskData:
         raise NotImplementedError

@@ -46,11 +46,11 @@ def _read_fashion(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[:, None], labels.astype(np.int64)  # N x 1 x H x W
 
 
-def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if n is None or n >= len(x):
-        return x, y
-    pick = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
-    return x[pick], y[pick]
+def _pick(count: int, n: int | None, seed: int) -> np.ndarray:
+    """Indices of the `n` samples a scale uses (all when n is None), in their file's order."""
+    if n is None or n >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).permutation(count)[:n])
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -90,6 +90,7 @@ class _Prepare:
 class ImageClassification(Task):
     name = "image_classification"
     kind = "image classification"
+    corruptible = True  # in-memory uint8 images (not the lazily decoded class folders)
     num_classes = 10
     archs = ("resnet20", "vgg_small", "resnet18", "resnet34", "birealnet18", "reactnet")
     scale_archs = {"quick": ("resnet20",), "default": ("resnet20",)}  # vgg_small: ~5 h more on 2 cores
@@ -121,21 +122,23 @@ class ImageClassification(Task):
             source = "scikit-learn digits"
             notes.append(f"Fashion-MNIST not found at {_fashion_dir()} (apt-get install dataset-fashion-mnist): "
                          "using scikit-learn's 1,797 digits instead; not comparable with Fashion-MNIST results")
-        xtr, ytr = _subset(xtr, ytr, n_train, seed)
-        xte, yte = _subset(xte, yte, n_test, seed + 1)
+        xte_all = xte
+        train_pick, test_pick = _pick(len(xtr), n_train, seed), _pick(len(xte), n_test, seed + 1)
+        xtr, ytr, xte, yte = xtr[train_pick], ytr[train_pick], xte[test_pick], yte[test_pick]
         scaled = xtr.astype(np.float64) / 255.0
         prepare = _Prepare(float(scaled.mean()), float(scaled.std()) or 1.0, xtr.shape[1], xtr.shape[-1])
         version = data_version(xtr, ytr, xte, yte)
         return TaskData(Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), prepare),
-                        Split("test", torch.from_numpy(xte), torch.from_numpy(yte), prepare),
+                        Split("test", torch.from_numpy(xte), torch.from_numpy(yte), prepare,
+                              meta={"source_index": test_pick, "source_count": len(xte_all)}),  # for CIFAR-10-C
                         source, version, self.num_classes, tuple(notes))
 
 
     def _image_folder(self, folder: Path, n_train: int | None, n_test: int | None, seed: int) -> TaskData:
         train_files, ytr, classes = read_image_folder(folder / "train")
         test_files, yte, _ = read_image_folder(folder / "val", classes)
-        rtr = _subset(np.arange(len(train_files)), ytr, n_train, seed)[0]
-        rte = _subset(np.arange(len(test_files)), yte, n_test, seed + 1)[0]
+        rtr = _pick(len(train_files), n_train, seed)
+        rte = _pick(len(test_files), n_test, seed + 1)
         train_files, ytr = tuple(train_files[i] for i in rtr), ytr[rtr]
         test_files, yte = tuple(test_files[i] for i in rte), yte[rte]
         names = "\n".join(str(p) for p in train_files + test_files)
