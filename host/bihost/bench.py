@@ -144,9 +144,10 @@ def hardware_rows(plan: BenchPlan, archs: list[str], store, notice: NoticeFn = p
 
 
 def score(plan: BenchPlan, runs: list[TrainingRun], measurements, archs: list[str], corruption_runs=(),
-          notes: dict[str, list[str]] | None = None) -> list[TrackResult]:
+          notes: dict[str, list[str]] | None = None, grid_runs=()) -> list[TrackResult]:
     ctx = BenchContext(algorithms=plan.algorithms, archs=archs, tasks=plan.tasks, runs=runs,
-                       measurements=measurements, corruption_runs=list(corruption_runs), notes=notes or {})
+                       measurements=measurements, corruption_runs=list(corruption_runs),
+                       grid_runs=list(grid_runs), notes=notes or {})
     return [get_track(t).score(ctx) for t in plan.tracks]
 
 

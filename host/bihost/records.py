@@ -134,3 +134,50 @@ class CorruptionRun:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+GRID_STATUSES = ("ok", "failed")
+
+
+@dataclass
+class GridRun:
+    """One run of the training-consumption grid: trained from scratch under one setting
+    (optimizer, learning rate, schedule), timed on `worker`'s hardware with fixed threads.
+
+    Keyed by (task, arch, algorithm, setting, scale, seed, recipe_hash, data_version); a
+    failed run keeps its error and is retried by the next invocation.
+    """
+
+    task: str
+    arch: str
+    algorithm: str
+    setting: str  # "sgd-0.1-cosine"
+    optimizer: str
+    lr: float
+    schedule: str  # cosine | step
+    scale: str
+    seed: int
+    recipe_hash: str
+    data_version: str
+    data_source: str
+    status: str  # ok | failed
+    metric: float  # test accuracy (NaN when failed)
+    epochs: int
+    train_seconds: float
+    seconds_per_epoch: float
+    worker: dict[str, Any] = field(default_factory=dict)  # host, cpu_model, cores, threads, machine
+    executor: str = ""  # "local process pool, 2 workers", "Ray at 10.0.0.5:6379"
+    attempts: int = 1
+    error: str = ""
+    created_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in GRID_STATUSES:
+            raise ValueError(f"status must be one of {GRID_STATUSES}, got {self.status!r}")
+
+    def key(self) -> tuple:
+        return (self.task, self.arch, self.algorithm, self.setting, self.scale, self.seed, self.recipe_hash,
+                self.data_version)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

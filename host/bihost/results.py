@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import UserError
-from .records import BOARD_STATES, BoardState, CorruptionRun, Measurement, TrainingRun
+from .records import BOARD_STATES, BoardState, CorruptionRun, GridRun, Measurement, TrainingRun
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,6 +66,16 @@ CREATE TABLE IF NOT EXISTS corruption_runs (
     severity INTEGER NOT NULL, n_images INTEGER NOT NULL, metric REAL NOT NULL, device TEXT NOT NULL,
     host TEXT NOT NULL, created_at REAL NOT NULL,
     UNIQUE (task, arch, algorithm, scale, seed, config_hash, data_version, corruption_version, corruption, severity)
+);
+CREATE TABLE IF NOT EXISTS grid_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL, arch TEXT NOT NULL, algorithm TEXT NOT NULL, setting TEXT NOT NULL,
+    optimizer TEXT NOT NULL, lr REAL NOT NULL, schedule TEXT NOT NULL, scale TEXT NOT NULL,
+    seed INTEGER NOT NULL, recipe_hash TEXT NOT NULL, data_version TEXT NOT NULL, data_source TEXT NOT NULL,
+    status TEXT NOT NULL, metric REAL, epochs INTEGER NOT NULL, train_seconds REAL NOT NULL,
+    seconds_per_epoch REAL NOT NULL, worker TEXT NOT NULL, executor TEXT NOT NULL, attempts INTEGER NOT NULL,
+    error TEXT NOT NULL, created_at REAL NOT NULL,
+    UNIQUE (task, arch, algorithm, setting, scale, seed, recipe_hash, data_version)
 );
 CREATE TABLE IF NOT EXISTS board_health (
     board TEXT PRIMARY KEY,
@@ -204,6 +214,37 @@ class ResultsStore:
                                f"{'WHERE ' + clause if clause else ''} ORDER BY created_at, id",
                                list(where.values())).fetchall()
         return [CorruptionRun(**dict(r)) for r in found]
+
+    # -- training-consumption grid -----------------------------------------------------------
+    def add_grid_run(self, run: GridRun) -> None:
+        """Store one grid run, committed on return; the same key again (a retry) replaces it."""
+        d = run.as_dict()
+        d["worker"] = json.dumps(d["worker"], sort_keys=True)
+        d["created_at"] = d["created_at"] or time.time()
+        d["metric"] = None if d["metric"] != d["metric"] else d["metric"]  # NaN is stored as NULL
+        names = list(d)
+        with self._connect() as db:
+            db.execute(f"INSERT OR REPLACE INTO grid_runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                       [d[n] for n in names])
+
+    def grid_runs(self, **where: Any) -> list[GridRun]:
+        """Stored grid runs, oldest first, filtered by equality on any of their fields."""
+        fields = list(GridRun.__dataclass_fields__)
+        unknown = set(where) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown grid-run fields: {', '.join(sorted(unknown))}")
+        clause = " AND ".join(f"{k} = ?" for k in where)
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute(f"SELECT {', '.join(fields)} FROM grid_runs {'WHERE ' + clause if clause else ''} "
+                               "ORDER BY created_at, id", list(where.values())).fetchall()
+        runs = []
+        for r in found:
+            d = dict(r)
+            d["worker"] = json.loads(d["worker"])
+            d["metric"] = float("nan") if d["metric"] is None else d["metric"]
+            runs.append(GridRun(**d))
+        return runs
 
     # -- board health -------------------------------------------------------------------
     def board_state(self, board: str) -> BoardState:

@@ -52,18 +52,34 @@ def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim
     raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")
 
 
+SCHEDULES = ("cosine", "step")
+STEP_MILESTONES = (0.5, 0.75)  # step decay: the learning rate x 0.1 at half and three quarters of the run
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The learning rate's multiplier after `step` of `steps` batches: cosine to 0, or step decay."""
+    progress = min(step, steps) / steps
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return 0.1 ** sum(progress >= m for m in STEP_MILESTONES)
+    raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+
+
 def train(model: nn.Module, task: Task, train_split: Split, *, optimizer: str, lr: float, epochs: int,
-          batch_size: int, weight_decay: float, seed: int, device: torch.device, checkpoint: Path,
-          progress: ProgressFn | None = None) -> tuple[float, float, int]:
+          batch_size: int, weight_decay: float, seed: int, device: torch.device, checkpoint: Path | None,
+          progress: ProgressFn | None = None, schedule: str = "cosine") -> tuple[float, float, int]:
     """Train `model` in place on the train split; returns (train seconds, last epoch's mean loss,
-    epochs already done at the start). Resumes from `checkpoint` when it holds a partial run."""
+    epochs already done at the start). Resumes from `checkpoint` when it holds a partial run;
+    None: no checkpoints (short grid jobs, resumed as whole jobs)."""
     split = train_split.require("train")
+    lr_factor(schedule, 0, 1)  # an unknown schedule fails before any work
     model.to(device)
     opt = _optimizer(optimizer, model.parameters(), lr, weight_decay)
     steps = max(1, math.ceil(len(split) / batch_size)) * epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(schedule, step, steps))
     start_epoch, seconds, loss_value = 0, 0.0, float("nan")
-    if checkpoint.exists():
+    if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -94,9 +110,10 @@ def train(model: nn.Module, task: Task, train_split: Split, *, optimizer: str, l
         loss_value = total / max(1, count)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training diverged in epoch {epoch + 1}: loss {loss_value}")
-        _save(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
-                           "loss": loss_value})
+        if checkpoint is not None:
+            _save(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
+                               "loss": loss_value})
     return seconds, loss_value, resumed
 
 

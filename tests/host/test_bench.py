@@ -31,7 +31,8 @@ def qmean(values):
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory):
     results = tmp_path_factory.mktemp("bench") / "results"
-    args = ["bench", "--track", "task,arch,robustness,complexity", "--algo", "bnn,reactnet", "--scale", "quick",
+    args = ["bench", "--track", "task,arch,robustness,consumption,complexity", "--algo", "bnn,reactnet", "--scale",
+            "quick",
             "--results", str(results), "--json"]
     first = bihost(*args)
     assert first.returncode == 0, first.stderr
@@ -63,7 +64,7 @@ def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):
     tracks = {t["track"]: t for t in out["tracks"]}
     table = {row[0]: row[1:] for row in out["table"]["rows"]}
     assert out["table"]["columns"] == ["algorithm", "learning task", "neural architecture", "corruption robustness",
-                                       "theoretical complexity"]
+                                       "training consumption", "theoretical complexity"]
     family = {"resnet20": "cnn", "pointnet_vanilla": "mlp", "bert_tiny": "transformer", "dfsmn": "mlp",
               "ssd_resnet": "cnn", "pointnet_part_seg": "mlp"}
     for algo in ("bnn", "reactnet"):
@@ -82,7 +83,8 @@ def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):
         rows = [d for d in tracks["complexity"]["details"] if d["algorithm"] == algo]
         rc, rs = (sum(d[k] for d in rows) / len(rows) for k in ("compression_ratio", "speedup_ratio"))
         assert tracks["complexity"]["overall"][algo] == pytest.approx(math.sqrt((rc * rc + rs * rs) / 2), rel=1e-12)
-        assert table[algo] == [tracks[t]["overall"][algo] for t in ("task", "arch", "robustness", "complexity")]
+        assert table[algo] == [tracks[t]["overall"][algo]
+                               for t in ("task", "arch", "robustness", "consumption", "complexity")]
 
 
 def test_robustness_follows_by_hand_from_the_corruption_runs(quick_bench):
@@ -105,6 +107,29 @@ def test_robustness_follows_by_hand_from_the_corruption_runs(quick_bench):
     for algo in ("bnn", "reactnet"):
         assert track["overall"][algo] == pytest.approx(qmean([gap("fp32", c) / gap(algo, c) for c in corruptions]),
                                                        rel=1e-12)
+
+
+def test_consumption_follows_by_hand_from_the_grid_runs(quick_bench):
+    """FP and each algorithm trained from scratch under the 8 settings, timed on one worker type."""
+    out = json.loads(quick_bench[2].stdout)
+    rows = out["grid_runs"]
+    assert len(rows) == 3 * 8 and {r["status"] for r in rows} == {"ok"}
+    assert {(r["optimizer"], r["lr"], r["schedule"]) for r in rows} == {
+        (o, lr, s) for o, lr in (("sgd", 0.1), ("sgd", 0.01), ("adam", 1e-3), ("adam", 1e-4)) for s in ("cosine", "step")}
+    assert all(r["seconds_per_epoch"] > 0 and r["worker"]["threads"] == 1 for r in rows)
+    by = {(r["algorithm"], r["setting"]): r for r in rows}
+    settings = sorted({r["setting"] for r in rows})
+    track = next(t for t in out["tracks"] if t["track"] == "consumption")
+    for algo in ("bnn", "reactnet"):
+        t = sum(by[("fp32", s)]["seconds_per_epoch"] / by[(algo, s)]["seconds_per_epoch"] for s in settings) / 8
+
+        def std(a):
+            v = [by[(a, s)]["metric"] for s in settings]
+            m = sum(v) / len(v)
+            return max(math.sqrt(sum((x - m) ** 2 for x in v) / len(v)), 0.001)
+
+        sr = std("fp32") / std(algo)
+        assert track["overall"][algo] == pytest.approx(math.sqrt((t * t + sr * sr) / 2), rel=1e-9)
 
 
 def test_models_rebuilt_from_checkpoints_score_exactly_what_was_stored(quick_bench):
@@ -143,14 +168,15 @@ def test_a_rerun_trains_nothing_and_prints_the_same_table(quick_bench):
         "corruption_runs"]  # measured once, then read back
     csv = bihost(*[a for a in args if a != "--json"], "--format", "csv")
     assert csv.stdout.splitlines()[0] == ("algorithm,learning task,neural architecture,corruption robustness,"
-                                          "theoretical complexity")
+                                          "training consumption,theoretical complexity")
     assert [line.split(",")[0] for line in csv.stdout.splitlines()[1:]] == ["bnn", "reactnet"]
 
 
 @pytest.mark.parametrize("flag, value, words", [
     ("--task", "imagenet", "unknown task 'imagenet'; known tasks: image_classification, point_cloud_classification, "
                            "language_understanding, keyword_spotting, object_detection, part_segmentation"),
-    ("--track", "speed", "unknown track 'speed'; known tracks: task, arch, robustness, complexity, hardware"),
+    ("--track", "speed", "unknown track 'speed'; known tracks: task, arch, robustness, consumption, complexity, "
+                         "hardware"),
     ("--arch", "resnet21", "unknown architecture 'resnet21'"),
     ("--algo", "bnnx", "unknown algorithm 'bnnx'"),
     ("--arch", "resnet20 --task point_cloud_classification", "none of --arch resnet20 fits the tasks point_cloud"),
@@ -187,7 +213,7 @@ def test_hardware_track_from_stored_measurements(tmp_path):
     assert result.overall["bnn"] == pytest.approx(math.sqrt((3.0 ** 2 + 18.0 ** 2) / 2))
     assert result.overall["xnor"] == pytest.approx(math.sqrt((3.0 ** 2 + 19.0 ** 2) / 2))  # the error row is not used
     assert math.isnan(result.overall["dorefa"])  # nothing measured: said, not invented
-    assert list_tracks() == ["task", "arch", "robustness", "complexity", "hardware"]
+    assert list_tracks() == ["task", "arch", "robustness", "consumption", "complexity", "hardware"]
 
 
 def test_learning_task_track_groups_by_task_then_takes_the_quadratic_mean():

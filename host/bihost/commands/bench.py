@@ -44,7 +44,8 @@ def to_csv(header: list[str], rows: list[list]) -> str:
 
 @click.command("bench")
 @click.option("--track", "tracks", default="all", show_default=True,
-              help="Track(s), comma-separated: task, arch, robustness, complexity, hardware, or 'all'.")
+              help="Track(s), comma-separated: task, arch, robustness, consumption, complexity, hardware, or "
+                   "'all'.")
 @click.option("--task", "tasks", default="all", show_default=True, help="Learning task(s), comma-separated, or 'all'.")
 @click.option("--arch", "archs", default=None, help="Architecture(s) (default: each task's own at this scale).")
 @click.option("--algo", default="all", show_default=True, help="Algorithm(s), comma-separated, or 'all'.")
@@ -61,15 +62,21 @@ def to_csv(header: list[str], rows: list[list]) -> str:
               help="Results directory (default ./results or $BIHOST_RESULTS); checkpoints go in its checkpoints/.")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True,
               help="How to print the main table.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the training-consumption grid's jobs run: a local process pool, or Ray.")
+@click.option("--workers", default=2, show_default=True, help="Grid jobs at a time (one torch thread each).")
+@click.option("--ray-address", default=None, help="HOST:PORT of a running Ray head (with --executor ray); "
+                                                  "without it, Ray starts on this machine.")
 @click.option("--json", "as_json", is_flag=True, help="Print every underlying number as JSON.")
-def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes, results_dir, fmt, as_json) -> None:
+def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes, results_dir, fmt, executor, workers,
+            ray_address, as_json) -> None:
     """Train and score BiBench's tracks, then print the algorithms x tracks table."""
     import bimodels
     from bimodels.tasks import list_tasks
 
     from ..bench import BenchPlan, hardware_rows, main_table, score
     from ..results import ResultsStore
-    from ..tracks import list_tracks
+    from ..tracks import get_track, list_tracks
 
     plan = BenchPlan(tracks=_names(tracks, list_tracks(), "track"), tasks=_names(tasks, list_tasks(), "task"),
                      algorithms=resolve_algorithms(algo), scale=scale,
@@ -82,6 +89,11 @@ def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes
         from ..robustness import check_corruption_data
 
         check_corruption_data(plan)
+    pool = None
+    if any(getattr(get_track(t), "needs_grid", False) for t in plan.tracks):
+        from ..executors import make_executor
+
+        pool = make_executor(executor, workers, ray_address)  # a Ray head that does not answer fails here
     runs = []
     if plan.needs_training():
         runs = _train_with_progress(plan, store, as_json)
@@ -94,13 +106,19 @@ def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes
 
         corruption_runs, notes["robustness"] = run_robustness(plan, runs, store, store.directory / "checkpoints",
                                                               notice=_notice)
-    results = score(plan, runs, measurements, archs_scored, corruption_runs, notes)
+    grid_runs = []
+    if pool is not None:
+        from ..consumption import run_grid
+
+        grid_runs, notes["consumption"] = run_grid(plan, store, pool, notice=_notice)
+    results = score(plan, runs, measurements, archs_scored, corruption_runs, notes, grid_runs)
     header, rows = main_table(results, plan.algorithms)
     if as_json:
         print_json({"scale": scale, "seed": seed, "algorithms": plan.algorithms, "archs": archs_scored,
                     "table": {"columns": header, "rows": rows}, "tracks": [r.as_dict() for r in results],
                     "runs": [r.as_dict() for r in runs],
-                    "corruption_runs": [r.as_dict() for r in corruption_runs]})
+                    "corruption_runs": [r.as_dict() for r in corruption_runs],
+                    "grid_runs": [r.as_dict() for r in grid_runs]})
         return
     click.echo(markdown(header, rows) if fmt == "markdown" else to_csv(header, rows), nl=fmt == "markdown")
     for r in results:

@@ -13,7 +13,7 @@ from typing import Any
 
 from bimodels.registry import Registry
 
-from ..records import CorruptionRun, Measurement, TrainingRun
+from ..records import CorruptionRun, GridRun, Measurement, TrainingRun
 
 FP = "fp32"
 
@@ -39,6 +39,7 @@ class BenchContext:
     runs: list[TrainingRun] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
     corruption_runs: list[CorruptionRun] = field(default_factory=list)
+    grid_runs: list[GridRun] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)  # track name -> what its measuring step said
 
 
@@ -59,7 +60,8 @@ class TrackResult:
 class Track:
     name: str = ""
     title: str = ""
-    needs_training: bool = False
+    needs_training: bool = False  # it scores the learning-task models
+    needs_grid: bool = False  # it scores the training-consumption grid
 
     def score(self, ctx: BenchContext) -> TrackResult:
         raise NotImplementedError

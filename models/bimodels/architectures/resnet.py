@@ -1,4 +1,4 @@
-"""ResNets: ImageNet-style resnet18/34 (224x224), CIFAR-style resnet20 (32x32), and a
+"""ResNets: ImageNet-style resnet18/34 (224x224), CIFAR-style resnet20 and resnet18_cifar (32x32), and a
 Bi-Real style resnet18 with a shortcut around every binary convolution.
 
 Binarization contract (docs/algorithms.md): every 3x3 convolution inside the residual blocks is
@@ -118,6 +118,12 @@ def resnet34(num_classes: int = 1000) -> ResNet:
 @register_model(family="cnn", task="image_classification", input_shape=(3, 32, 32), num_classes=10)
 def resnet20(num_classes: int = 10) -> ResNet:
     return ResNet(BasicBlock, [3, 3, 3], [16, 32, 64], num_classes, imagenet_stem=False)
+
+
+@register_model(family="cnn", task="image_classification", input_shape=(3, 32, 32), num_classes=10)
+def resnet18_cifar(num_classes: int = 10) -> ResNet:
+    """resnet18's stages on 32x32 inputs (3x3 stem, no max pool): BiBench's training-consumption model."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], num_classes, imagenet_stem=False)
 
 
 @register_model(family="cnn", task="image_classification", input_shape=(3, 224, 224), num_classes=1000)
