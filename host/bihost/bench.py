@@ -53,8 +53,13 @@ def checkpoint_folder(checkpoints: Path, task: str, arch: str, scale: str, confi
 
 
 def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = print,
-                 step: StepFn | None = None) -> list[TrainingRun]:
-    """Every (task, arch, FP + algorithm) run of the plan, trained or found in the store."""
+                 step: StepFn | None = None, pool=None) -> list[TrainingRun]:
+    """Every (task, arch, FP + algorithm) run of the plan, trained or found in the store.
+
+    With a `pool` (an executor of `bihost.executors`) and a CPU device, the runs are jobs on
+    it: every FP run first, then every binarized fine-tune from its FP checkpoint; otherwise
+    they run one after another in this process, with per-batch progress.
+    """
     import torch
 
     from bimodels.tasks import get_task
@@ -72,6 +77,8 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
     if plan.archs is not None and not any(task_archs(plan, t) for t in tasks):
         raise UserError(f"none of --arch {','.join(plan.archs)} fits the tasks {','.join(plan.tasks)}")
     device_label = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    if pool is not None and device.type == "cpu":
+        return _train_on_pool(plan, store, checkpoints, tasks, loaded, pool, notice)
     runs: list[TrainingRun] = []
     for task in tasks:
         data, config = loaded[task.name], task.config(plan.scale)
@@ -112,15 +119,132 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
     return runs
 
 
-def _file(store, key: dict, algorithm: str, result, task, data, config, device_label: str) -> TrainingRun:
+def _file(store, key: dict, algorithm: str, result, task, data, config, device_label: str,
+          threads: int | None = None) -> TrainingRun:
     import torch
 
     run = TrainingRun(**key, algorithm=algorithm, data_source=data.source, metric_name=data.metric_name(task),
                       metric=result.metric, epochs=result.epochs, train_seconds=result.train_seconds,
-                      device=device_label, threads=torch.get_num_threads(), config=config.as_dict(),
+                      device=device_label, threads=threads or torch.get_num_threads(), config=config.as_dict(),
                       host=socket.gethostname(), created_at=time.time())
     store.add_training_run(run)
     return run
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One learning-task run as a job for a pool worker (picklable; the worker reads the data itself)."""
+
+    task: str
+    arch: str
+    algorithm: str
+    scale: str
+    seed: int
+    data_root: str | None
+    data_version: str  # what the driver loaded: the worker must load the same
+    folder: str  # the recipe's checkpoint folder
+    threads: int
+
+
+@dataclass
+class TrainOutcome:
+    ok: bool
+    metric: float = float("nan")
+    epochs: int = 0
+    train_seconds: float = 0.0
+    threads: int = 1
+    error: str = ""
+
+
+_WORKER_DATA: dict = {}  # per worker process: each task's data, read once
+
+
+def run_train_job(job: TrainJob) -> TrainOutcome:
+    """Train one run in a pool worker (FP, or a binarized fine-tune from the FP checkpoint);
+    a failure comes back as data, never as a dead worker."""
+    import traceback
+
+    import torch
+
+    torch.set_num_threads(job.threads)
+    try:
+        from bimodels.tasks import get_task
+        from bimodels.training import restore_full_precision, run_binary, run_full_precision
+
+        task, cpu, folder = get_task(job.task), torch.device("cpu"), Path(job.folder)
+        key = (job.task, job.scale, job.data_root, job.seed)
+        if key not in _WORKER_DATA:
+            _WORKER_DATA[key] = task.load(job.scale, Path(job.data_root) if job.data_root else None, job.seed)
+        data, config = _WORKER_DATA[key], task.config(job.scale)
+        if data.version != job.data_version:
+            raise RuntimeError(f"the worker read data version {data.version}, the driver {job.data_version}")
+        if job.algorithm == FP:
+            _, result = run_full_precision(task, job.arch, data.train, data.test, config, job.seed, cpu,
+                                           folder / "fp32.pt", num_classes=data.num_classes)
+        else:
+            fp_model = restore_full_precision(task, job.arch, data.train, config, cpu, folder / "fp32.pt",
+                                              num_classes=data.num_classes)
+            result = run_binary(task, fp_model, job.algorithm, data.train, data.test, config, job.seed, cpu,
+                                folder / f"{job.algorithm}.pt")
+        return TrainOutcome(True, result.metric, result.epochs, result.train_seconds, job.threads)
+    except Exception as exc:
+        return TrainOutcome(False, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"[:2000])
+
+
+class TrainingFailed(UserError):
+    """Some runs failed; the others are stored, and a re-run retries only the failed ones."""
+
+
+def _train_on_pool(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, pool, notice: NoticeFn
+                   ) -> list[TrainingRun]:
+    from .executors import JobCrashed
+
+    recipes = []  # (task, arch, key, folder, stored runs by algorithm)
+    for task in tasks:
+        data, config = loaded[task.name], task.config(plan.scale)
+        if not task_archs(plan, task):
+            notice(f"{task.name}: none of --arch {','.join(plan.archs or [])} fits it (it takes "
+                   f"{', '.join(task.archs)}); skipped")
+        for arch in task_archs(plan, task):
+            key = dict(task=task.name, arch=arch, scale=plan.scale, seed=plan.seed, config_hash=config.digest(),
+                       data_version=data.version)
+            folder = checkpoint_folder(checkpoints, task.name, arch, plan.scale, config.digest(), data.version,
+                                       plan.seed)
+            stored = {r.algorithm: r for r in store.training_runs(**key)}
+            if all(a in stored for a in (FP, *plan.algorithms)):
+                notice(f"{task.name}/{arch}: all {len(plan.algorithms) + 1} runs already stored")
+            recipes.append((task, arch, key, folder, stored))
+    threads = 1
+    failures: list[str] = []
+
+    def jobs(algorithms_of):
+        return [TrainJob(task.name, arch, algo, plan.scale, plan.seed, str(plan.data_root) if plan.data_root else None,
+                         key["data_version"], str(folder), threads)
+                for task, arch, key, folder, stored in recipes for algo in algorithms_of(stored)]
+
+    def finish(batch):
+        by_job = {(t.name, a): (t, k, st) for t, a, k, _, st in recipes}
+        for job, outcome in pool.run(run_train_job, batch):
+            task, key, stored = by_job[(job.task, job.arch)]
+            label = f"{job.task}/{job.arch}/{job.algorithm}"
+            if isinstance(outcome, JobCrashed) or not outcome.ok:
+                failures.append(f"{label}: {outcome.error.splitlines()[0] if outcome.error else 'failed'}")
+                notice(f"{label}: FAILED: {failures[-1].split(': ', 1)[1]}")
+                continue
+            data = loaded[job.task]
+            stored[job.algorithm] = _file(store, key, job.algorithm, outcome, task, data, task.config(plan.scale),
+                                          "cpu", threads=outcome.threads)
+            notice(f"{label}: {data.metric_name(task)} {outcome.metric:.4f} ({outcome.train_seconds:.0f} s)")
+
+    fp_jobs = jobs(lambda stored: [] if FP in stored else [FP])
+    if fp_jobs or any(a not in st for *_, st in recipes for a in plan.algorithms):
+        notice(f"training on {pool.describe()}, {threads} torch thread each")
+    finish(fp_jobs)
+    finish(jobs(lambda stored: [a for a in plan.algorithms if a not in stored] if FP in stored else []))
+    if failures:
+        raise TrainingFailed(f"{len(failures)} training run(s) failed (the others are stored; a re-run retries "
+                             "these):\n  " + "\n  ".join(failures))
+    return [stored[a] for *_, stored in recipes for a in (FP, *plan.algorithms)]
 
 
 def hardware_rows(plan: BenchPlan, archs: list[str], store, notice: NoticeFn = print):

@@ -42,7 +42,7 @@ class GridScale:
 
 GRID_SCALES = {
     # quick: a smoke run of all 72 jobs; ResNet-18 itself would take ~10 min on 2 cores.
-    "quick": GridScale("resnet20", 128, 100, 1, 64, "quick scale: resnet20 stands in for resnet18_cifar"),
+    "quick": GridScale("resnet20", 64, 50, 1, 64, "quick scale: resnet20 stands in for resnet18_cifar"),
     "default": GridScale("resnet18_cifar", 2000, 1000, 3, 64),
     "paper": GridScale("resnet18_cifar", None, None, 200, 256),
 }

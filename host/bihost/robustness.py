@@ -22,7 +22,7 @@ from .tracks.base import FP
 
 NoticeFn = Callable[[str], None]
 # Test images each scale corrupts (None: the whole test split): 75 sets of them are scored per model.
-ROBUSTNESS_IMAGES = {"quick": 50, "default": 1000, "paper": None}
+ROBUSTNESS_IMAGES = {"quick": 25, "default": 1000, "paper": None}
 CLEAN = "clean"
 
 

@@ -92,7 +92,7 @@ def test_robustness_follows_by_hand_from_the_corruption_runs(quick_bench):
     out = json.loads(quick_bench[2].stdout)
     rows = out["corruption_runs"]
     assert {(r["task"], r["arch"]) for r in rows} == {("image_classification", "resnet20")}  # the image task only
-    assert len(rows) == 3 * (1 + 15 * 5) and {r["n_images"] for r in rows} == {50}
+    assert len(rows) == 3 * (1 + 15 * 5) and {r["n_images"] for r in rows} == {25}
     assert all(r["corruption_source"].startswith("imagecorruptions-imaug ") and "zero-padded" in r["corruption_source"]
                for r in rows)
     fp_run = next(r for r in out["runs"] if r["task"] == "image_classification" and r["algorithm"] == "fp32")

@@ -109,3 +109,19 @@ def test_a_failing_job_and_a_dead_worker_are_filed_retried_once_and_the_grid_goe
                             "--results", str(tmp_path), "--json"], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "2 of 16 runs to train" in again.stderr  # only the failed ones, now fixed
     assert {r["status"] for r in json.loads(again.stdout)["grid_runs"]} == {"ok"}
+
+
+def test_learning_task_runs_on_a_local_pool_fp_first_then_each_fine_tune(tmp_path):
+    args = ["bench", "--track", "task", "--task", "part_segmentation", "--algo", "bnn,xnor", "--train-workers", "2",
+            "--results", str(tmp_path), "--json"]
+    out = bihost(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training on local process pool, 2 workers, 1 torch thread each" in out.stderr
+    runs = json.loads(out.stdout)["runs"]
+    assert [r["algorithm"] for r in runs] == ["fp32", "bnn", "xnor"] and {r["threads"] for r in runs} == {1}
+    assert all(0 < r["metric"] <= 1 and r["train_seconds"] > 0 for r in runs)
+    stored = ResultsStore(tmp_path).training_runs()
+    assert sorted(r.algorithm for r in stored) == ["bnn", "fp32", "xnor"]
+    again = bihost(*args)
+    assert again.returncode == 0 and "all 3 runs already stored" in again.stderr
+    assert json.loads(again.stdout)["runs"] == runs

@@ -65,11 +65,14 @@ def to_csv(header: list[str], rows: list[list]) -> str:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where the training-consumption grid's jobs run: a local process pool, or Ray.")
 @click.option("--workers", default=2, show_default=True, help="Grid jobs at a time (one torch thread each).")
+@click.option("--train-workers", default=1, show_default=True,
+              help="Learning-task runs at a time on CPU, one torch thread each, on a local process pool (1: one "
+                   "after another in this process with all threads; on 2 cores the pool gains nothing).")
 @click.option("--ray-address", default=None, help="HOST:PORT of a running Ray head (with --executor ray); "
                                                   "without it, Ray starts on this machine.")
 @click.option("--json", "as_json", is_flag=True, help="Print every underlying number as JSON.")
 def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes, results_dir, fmt, executor, workers,
-            ray_address, as_json) -> None:
+            train_workers, ray_address, as_json) -> None:
     """Train and score BiBench's tracks, then print the algorithms x tracks table."""
     import bimodels
     from bimodels.tasks import list_tasks
@@ -89,14 +92,15 @@ def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes
         from ..robustness import check_corruption_data
 
         check_corruption_data(plan)
+    from ..executors import LocalPool, make_executor
+
     pool = None
     if any(getattr(get_track(t), "needs_grid", False) for t in plan.tracks):
-        from ..executors import make_executor
-
         pool = make_executor(executor, workers, ray_address)  # a Ray head that does not answer fails here
     runs = []
     if plan.needs_training():
-        runs = _train_with_progress(plan, store, as_json)
+        # Learning-task runs share checkpoints on this machine's disk: always the local pool.
+        runs = _train_with_progress(plan, store, as_json, LocalPool(train_workers) if train_workers > 1 else None)
     trained_archs = sorted({r.arch for r in runs}, key=bimodels.list_architectures().index)
     archs_scored = trained_archs or plan.archs or ["resnet20"]
     measurements = hardware_rows(plan, archs_scored, store, notice=_notice) if "hardware" in plan.tracks else []
@@ -130,7 +134,7 @@ def _notice(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _train_with_progress(plan, store, quiet: bool):
+def _train_with_progress(plan, store, quiet: bool, pool=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..bench import run_training
@@ -151,4 +155,4 @@ def _train_with_progress(plan, store, quiet: bool):
         (progress.console.print if progress.console.is_terminal else _notice)(message)
 
     with progress:
-        return run_training(plan, store, results_dir / "checkpoints", notice=notice, step=step)
+        return run_training(plan, store, results_dir / "checkpoints", notice=notice, step=step, pool=pool)
