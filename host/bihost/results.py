@@ -160,60 +160,47 @@ class ResultsStore:
         d = run.as_dict()
         d["config"] = json.dumps(d["config"], sort_keys=True)
         d["created_at"] = d["created_at"] or time.time()
-        names = list(d)
-        with self._connect() as db:
-            db.execute(f"INSERT OR REPLACE INTO training_runs ({', '.join(names)}) "
-                       f"VALUES ({', '.join('?' * len(names))})", [d[n] for n in names])
+        self._insert_or_replace("training_runs", [d])
 
     def training_runs(self, **where: Any) -> list[TrainingRun]:
         """Stored training runs, oldest first, filtered by equality on any of their fields."""
-        fields = list(TrainingRun.__dataclass_fields__)
+        return [TrainingRun(**{**d, "config": json.loads(d["config"])})
+                for d in self._select_records("training_runs", TrainingRun, "training-run", where)]
+
+    def _select_records(self, table: str, record: type, kind: str, where: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows of a record table as dicts of the dataclass's fields, oldest first, filtered by equality."""
+        fields = list(record.__dataclass_fields__)
         unknown = set(where) - set(fields)
         if unknown:
-            raise ValueError(f"unknown training-run fields: {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown {kind} fields: {', '.join(sorted(unknown))}")
         clause = " AND ".join(f"{k} = ?" for k in where)
         with self._connect() as db:
             db.row_factory = sqlite3.Row
-            found = db.execute(f"SELECT {', '.join(fields)} FROM training_runs "
-                               f"{'WHERE ' + clause if clause else ''} ORDER BY created_at, id",
-                               list(where.values())).fetchall()
-        runs = []
-        for r in found:
-            d = dict(r)
-            d["config"] = json.loads(d["config"])
-            runs.append(TrainingRun(**d))
-        return runs
+            found = db.execute(f"SELECT {', '.join(fields)} FROM {table} {'WHERE ' + clause if clause else ''} "
+                               "ORDER BY created_at, id", list(where.values())).fetchall()
+        return [dict(r) for r in found]
+
+    def _insert_or_replace(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Write rows (same keys) in one committed transaction; a row with a stored key replaces it."""
+        if not rows:
+            return
+        names = list(rows[0])
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                           [[d[n] for n in names] for d in rows])
+            db.execute("COMMIT")
 
     # -- corruption runs (the robustness track) --------------------------------------------
     def add_corruption_runs(self, runs: list[CorruptionRun]) -> None:
         """Store one model's corrupted-set metrics in one transaction, committed on return."""
-        if not runs:
-            return
-        rows = []
-        for run in runs:
-            d = run.as_dict()
-            d["created_at"] = d["created_at"] or time.time()
-            rows.append(d)
-        names = list(rows[0])
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(f"INSERT OR REPLACE INTO corruption_runs ({', '.join(names)}) "
-                           f"VALUES ({', '.join('?' * len(names))})", [[d[n] for n in names] for d in rows])
-            db.execute("COMMIT")
+        self._insert_or_replace("corruption_runs",
+                                [{**run.as_dict(), "created_at": run.created_at or time.time()} for run in runs])
 
     def corruption_runs(self, **where: Any) -> list[CorruptionRun]:
         """Stored corruption runs, oldest first, filtered by equality on any of their fields."""
-        fields = list(CorruptionRun.__dataclass_fields__)
-        unknown = set(where) - set(fields)
-        if unknown:
-            raise ValueError(f"unknown corruption-run fields: {', '.join(sorted(unknown))}")
-        clause = " AND ".join(f"{k} = ?" for k in where)
-        with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            found = db.execute(f"SELECT {', '.join(fields)} FROM corruption_runs "
-                               f"{'WHERE ' + clause if clause else ''} ORDER BY created_at, id",
-                               list(where.values())).fetchall()
-        return [CorruptionRun(**dict(r)) for r in found]
+        return [CorruptionRun(**d) for d in self._select_records("corruption_runs", CorruptionRun, "corruption-run",
+                                                                 where)]
 
     # -- training-consumption grid -----------------------------------------------------------
     def add_grid_run(self, run: GridRun) -> None:
@@ -222,29 +209,13 @@ class ResultsStore:
         d["worker"] = json.dumps(d["worker"], sort_keys=True)
         d["created_at"] = d["created_at"] or time.time()
         d["metric"] = None if d["metric"] != d["metric"] else d["metric"]  # NaN is stored as NULL
-        names = list(d)
-        with self._connect() as db:
-            db.execute(f"INSERT OR REPLACE INTO grid_runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                       [d[n] for n in names])
+        self._insert_or_replace("grid_runs", [d])
 
     def grid_runs(self, **where: Any) -> list[GridRun]:
         """Stored grid runs, oldest first, filtered by equality on any of their fields."""
-        fields = list(GridRun.__dataclass_fields__)
-        unknown = set(where) - set(fields)
-        if unknown:
-            raise ValueError(f"unknown grid-run fields: {', '.join(sorted(unknown))}")
-        clause = " AND ".join(f"{k} = ?" for k in where)
-        with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            found = db.execute(f"SELECT {', '.join(fields)} FROM grid_runs {'WHERE ' + clause if clause else ''} "
-                               "ORDER BY created_at, id", list(where.values())).fetchall()
-        runs = []
-        for r in found:
-            d = dict(r)
-            d["worker"] = json.loads(d["worker"])
-            d["metric"] = float("nan") if d["metric"] is None else d["metric"]
-            runs.append(GridRun(**d))
-        return runs
+        return [GridRun(**{**d, "worker": json.loads(d["worker"]),
+                           "metric": float("nan") if d["metric"] is None else d["metric"]})
+                for d in self._select_records("grid_runs", GridRun, "grid-run", where)]
 
     # -- board health -------------------------------------------------------------------
     def board_state(self, board: str) -> BoardState:
