@@ -26,13 +26,13 @@ def cli() -> None:
 
 def _register_commands() -> None:
     from .commands import (bench, board, board_bootstrap, board_check, board_health, certs, complexity, export,
-                           matrix, metrics, models, profile, results)
+                           matrix, metrics, models, profile, report, results)
 
     board.command.add_command(board_check.command)
     board.command.add_command(board_bootstrap.command)
     board.command.add_command(board_health.health)
     board.command.add_command(board_health.maintenance)
-    for module in (bench, models, complexity, export, matrix, board, profile, results, metrics, certs):
+    for module in (bench, report, models, complexity, export, matrix, board, profile, results, metrics, certs):
         cli.add_command(module.command)
 
 

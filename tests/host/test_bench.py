@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from bihost.records import Measurement, TrainingRun
 from bihost.results import ResultsStore
 from bihost.tracks import BenchContext, get_track, list_tracks
+from tests.host.helpers import bihost, qmean  # noqa: F401  (qmean: imported from here by other tests)
 
 
 # The quick scale's (task, architecture) pairs: one per task.
 TASK_ARCHS = (("image_classification", "resnet20"), ("point_cloud_classification", "pointnet_vanilla"),
               ("language_understanding", "bert_tiny"), ("keyword_spotting", "dfsmn"),
               ("object_detection", "ssd_resnet"), ("part_segmentation", "pointnet_part_seg"))
-
-
-def bihost(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def qmean(values):
-    return math.sqrt(sum(v * v for v in values) / len(values))
-
-
-@pytest.fixture(scope="module")
-def quick_bench(tmp_path_factory):
-    results = tmp_path_factory.mktemp("bench") / "results"
-    args = ["bench", "--track", "task,arch,robustness,consumption,complexity", "--algo", "bnn,reactnet", "--scale",
-            "quick",
-            "--results", str(results), "--json"]
-    first = bihost(*args)
-    assert first.returncode == 0, first.stderr
-    return args, results, first
 
 
 def test_quick_bench_trains_stores_and_scores(quick_bench):

@@ -29,7 +29,7 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 # Samples per split a scale uses (None: all): quick is a smoke run, default converges.
-SUBSETS = {"quick": (800, 400), "default": (10000, None), "paper": (None, None)}
+SUBSETS = {"quick": (512, 256), "default": (10000, None), "paper": (None, None)}
 
 
 def _fashion_dir() -> Path:

@@ -29,7 +29,7 @@ from ..data.detection import DetectionSet, decode_images, find_coco, find_voc, r
 from .base import Split, Task, TaskData, TaskError, TrainConfig, data_version, register_task
 
 # (train images, test images, image side) per scale; real sets keep their splits.
-SIZES = {"quick": (480, 96, 64), "default": (6000, 1000, 64), "paper": (None, None, 300)}
+SIZES = {"quick": (320, 64, 64), "default": (6000, 1000, 64), "paper": (None, None, 300)}
 MATCH_IOU, NEGATIVES_PER_POSITIVE = 0.5, 3
 SCORE_FLOOR, CANDIDATES, NMS_IOU, DETECTIONS = 0.01, 200, 0.45, 100
 
