@@ -3,7 +3,9 @@ that no training step can see."""
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -400,3 +402,23 @@ def test_espeak_keywords_are_deterministic_and_balanced():
     silence = a[la == speech.LABELS.index("silence")]
     spoken = a[la == speech.LABELS.index("yes")]
     assert spoken.max() > silence.max()  # speech is louder than noise alone
+
+
+def test_a_hung_espeak_is_retried_and_a_repeated_hang_is_a_clear_error(tmp_path, monkeypatch):
+    """espeak-ng stand-in on PATH: hangs on the first call, then hands over to the real one."""
+    from bimodels.data import speech
+
+    real = shutil.which("espeak-ng")
+    if real is None:
+        pytest.skip("espeak-ng is not installed")
+    marker = tmp_path / "hung-once"
+    script = tmp_path / "espeak-ng"
+    script.write_text(f"#!/bin/sh\nif [ ! -e {marker} ] || [ -e {tmp_path / 'always'} ]; then touch {marker}; "
+                      f"exec sleep 30; fi\nexec {real} \"$@\"\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    audio, rate = speech.speak("yes", "en", 160, 50, timeout=1.0)
+    assert marker.exists() and rate > 0 and np.abs(audio).max() > 0  # the second attempt spoke
+    (tmp_path / "always").touch()
+    with pytest.raises(DataError, match=r"espeak-ng: did not finish 'yes' in voice en within 1 s, 2 times"):
+        speech.speak("yes", "en", 160, 50, attempts=2, timeout=1.0)
