@@ -52,6 +52,44 @@ def checkpoint_folder(checkpoints: Path, task: str, arch: str, scale: str, confi
     return checkpoints / task / arch / f"{scale}-{config_hash}-{data_version}-seed{seed}"
 
 
+@dataclass
+class Recipe:
+    """One (task, arch) of the plan: its store key, checkpoint folder and the runs already stored."""
+
+    task: object  # a bimodels Task
+    arch: str
+    key: dict
+    folder: Path
+    stored: dict[str, TrainingRun]  # by algorithm; filled in as runs finish
+    wanted: tuple[str, ...] = ()  # the plan's algorithms
+
+    @property
+    def done(self) -> bool:
+        return FP in self.stored and all(a in self.stored for a in self.wanted)
+
+
+def recipes(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, notice: NoticeFn) -> list[Recipe]:
+    """The plan's (task, arch) pairs with what the store already holds of each; says which tasks
+    an --arch selection skips and which recipes are complete."""
+    out = []
+    for task in tasks:
+        data, config = loaded[task.name], task.config(plan.scale)
+        if not task_archs(plan, task):
+            notice(f"{task.name}: none of --arch {','.join(plan.archs or [])} fits it (it takes "
+                   f"{', '.join(task.archs)}); skipped")
+        for arch in task_archs(plan, task):
+            key = dict(task=task.name, arch=arch, scale=plan.scale, seed=plan.seed, config_hash=config.digest(),
+                       data_version=data.version)
+            folder = checkpoint_folder(checkpoints, task.name, arch, plan.scale, config.digest(), data.version,
+                                       plan.seed)
+            recipe = Recipe(task, arch, key, folder, {r.algorithm: r for r in store.training_runs(**key)},
+                            tuple(plan.algorithms))
+            if recipe.done:
+                notice(f"{task.name}/{arch}: all {len(plan.algorithms) + 1} runs already stored")
+            out.append(recipe)
+    return out
+
+
 def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = print,
                  step: StepFn | None = None, pool=None) -> list[TrainingRun]:
     """Every (task, arch, FP + algorithm) run of the plan, trained or found in the store.
@@ -80,42 +118,32 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
     if pool is not None and device.type == "cpu":
         return _train_on_pool(plan, store, checkpoints, tasks, loaded, pool, notice)
     runs: list[TrainingRun] = []
-    for task in tasks:
+    for recipe in recipes(plan, store, checkpoints, tasks, loaded, notice):
+        task, arch, key, folder, stored = recipe.task, recipe.arch, recipe.key, recipe.folder, recipe.stored
         data, config = loaded[task.name], task.config(plan.scale)
-        if not task_archs(plan, task):
-            notice(f"{task.name}: none of --arch {','.join(plan.archs or [])} fits it (it takes "
-                   f"{', '.join(task.archs)}); skipped")
-        for arch in task_archs(plan, task):
-            key = dict(task=task.name, arch=arch, scale=plan.scale, seed=plan.seed, config_hash=config.digest(),
-                       data_version=data.version)
-            stored = {r.algorithm: r for r in store.training_runs(**key)}
-            folder = checkpoint_folder(checkpoints, task.name, arch, plan.scale, config.digest(), data.version,
-                                       plan.seed)
-            wanted = [a for a in plan.algorithms if a not in stored]
-            if FP in stored and not wanted:
-                notice(f"{task.name}/{arch}: all {len(plan.algorithms) + 1} runs already stored")
-                runs += [stored[FP]] + [stored[a] for a in plan.algorithms]
-                continue
+        if recipe.done:
+            runs += [stored[FP]] + [stored[a] for a in plan.algorithms]
+            continue
 
-            def bar(label):
-                return (lambda e, n, b, nb, loss: step(label, e, n, b, nb, loss)) if step else None
+        def bar(label):
+            return (lambda e, n, b, nb, loss: step(label, e, n, b, nb, loss)) if step else None
 
-            fp_model, fp_result = run_full_precision(task, arch, data.train, data.test, config, plan.seed, device,
-                                                     folder / "fp32.pt", progress=bar(f"{task.name}/{arch}/fp32"),
-                                                     num_classes=data.num_classes)
-            if FP not in stored:
-                stored[FP] = _file(store, key, FP, fp_result, task, data, config, device_label)
-                notice(f"{task.name}/{arch}/fp32: {data.metric_name(task)} {fp_result.metric:.4f} "
-                       f"({fp_result.train_seconds:.0f} s)")
-            runs.append(stored[FP])
-            for algo in plan.algorithms:
-                if algo not in stored:
-                    result = run_binary(task, fp_model, algo, data.train, data.test, config, plan.seed, device,
-                                        folder / f"{algo}.pt", progress=bar(f"{task.name}/{arch}/{algo}"))
-                    stored[algo] = _file(store, key, algo, result, task, data, config, device_label)
-                    notice(f"{task.name}/{arch}/{algo}: {data.metric_name(task)} {result.metric:.4f} "
-                           f"({result.train_seconds:.0f} s)")
-                runs.append(stored[algo])
+        fp_model, fp_result = run_full_precision(task, arch, data.train, data.test, config, plan.seed, device,
+                                                 folder / "fp32.pt", progress=bar(f"{task.name}/{arch}/fp32"),
+                                                 num_classes=data.num_classes)
+        if FP not in stored:
+            stored[FP] = _file(store, key, FP, fp_result, task, data, config, device_label)
+            notice(f"{task.name}/{arch}/fp32: {data.metric_name(task)} {fp_result.metric:.4f} "
+                   f"({fp_result.train_seconds:.0f} s)")
+        runs.append(stored[FP])
+        for algo in plan.algorithms:
+            if algo not in stored:
+                result = run_binary(task, fp_model, algo, data.train, data.test, config, plan.seed, device,
+                                    folder / f"{algo}.pt", progress=bar(f"{task.name}/{arch}/{algo}"))
+                stored[algo] = _file(store, key, algo, result, task, data, config, device_label)
+                notice(f"{task.name}/{arch}/{algo}: {data.metric_name(task)} {result.metric:.4f} "
+                       f"({result.train_seconds:.0f} s)")
+            runs.append(stored[algo])
     return runs
 
 
@@ -199,33 +227,20 @@ def _train_on_pool(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, poo
                    ) -> list[TrainingRun]:
     from .executors import JobCrashed
 
-    recipes = []  # (task, arch, key, folder, stored runs by algorithm)
-    for task in tasks:
-        data, config = loaded[task.name], task.config(plan.scale)
-        if not task_archs(plan, task):
-            notice(f"{task.name}: none of --arch {','.join(plan.archs or [])} fits it (it takes "
-                   f"{', '.join(task.archs)}); skipped")
-        for arch in task_archs(plan, task):
-            key = dict(task=task.name, arch=arch, scale=plan.scale, seed=plan.seed, config_hash=config.digest(),
-                       data_version=data.version)
-            folder = checkpoint_folder(checkpoints, task.name, arch, plan.scale, config.digest(), data.version,
-                                       plan.seed)
-            stored = {r.algorithm: r for r in store.training_runs(**key)}
-            if all(a in stored for a in (FP, *plan.algorithms)):
-                notice(f"{task.name}/{arch}: all {len(plan.algorithms) + 1} runs already stored")
-            recipes.append((task, arch, key, folder, stored))
+    todo = recipes(plan, store, checkpoints, tasks, loaded, notice)
     threads = 1
     failures: list[str] = []
 
     def jobs(algorithms_of):
-        return [TrainJob(task.name, arch, algo, plan.scale, plan.seed, str(plan.data_root) if plan.data_root else None,
-                         key["data_version"], str(folder), threads)
-                for task, arch, key, folder, stored in recipes for algo in algorithms_of(stored)]
+        return [TrainJob(r.task.name, r.arch, algo, plan.scale, plan.seed,
+                         str(plan.data_root) if plan.data_root else None, r.key["data_version"], str(r.folder), threads)
+                for r in todo for algo in algorithms_of(r.stored)]
 
     def finish(batch):
-        by_job = {(t.name, a): (t, k, st) for t, a, k, _, st in recipes}
+        by_job = {(r.task.name, r.arch): r for r in todo}
         for job, outcome in pool.run(run_train_job, batch):
-            task, key, stored = by_job[(job.task, job.arch)]
+            recipe = by_job[(job.task, job.arch)]
+            task, key, stored = recipe.task, recipe.key, recipe.stored
             label = f"{job.task}/{job.arch}/{job.algorithm}"
             if isinstance(outcome, JobCrashed) or not outcome.ok:
                 failures.append(f"{label}: {outcome.error.splitlines()[0] if outcome.error else 'failed'}")
@@ -237,14 +252,14 @@ def _train_on_pool(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, poo
             notice(f"{label}: {data.metric_name(task)} {outcome.metric:.4f} ({outcome.train_seconds:.0f} s)")
 
     fp_jobs = jobs(lambda stored: [] if FP in stored else [FP])
-    if fp_jobs or any(a not in st for *_, st in recipes for a in plan.algorithms):
+    if fp_jobs or not all(r.done for r in todo):
         notice(f"training on {pool.describe()}, {threads} torch thread each")
     finish(fp_jobs)
     finish(jobs(lambda stored: [a for a in plan.algorithms if a not in stored] if FP in stored else []))
     if failures:
         raise TrainingFailed(f"{len(failures)} training run(s) failed (the others are stored; a re-run retries "
                              "these):\n  " + "\n  ".join(failures))
-    return [stored[a] for *_, stored in recipes for a in (FP, *plan.algorithms)]
+    return [r.stored[a] for r in todo for a in (FP, *plan.algorithms)]
 
 
 def hardware_rows(plan: BenchPlan, archs: list[str], store, notice: NoticeFn = print):

@@ -125,3 +125,24 @@ def test_learning_task_runs_on_a_local_pool_fp_first_then_each_fine_tune(tmp_pat
     again = bihost(*args)
     assert again.returncode == 0 and "all 3 runs already stored" in again.stderr
     assert json.loads(again.stdout)["runs"] == runs
+
+
+def test_a_failed_pool_run_is_reported_the_others_stored_and_a_rerun_retries_only_it(tmp_path):
+    base = ["bench", "--track", "task", "--task", "part_segmentation", "--train-workers", "2", "--results",
+            str(tmp_path), "--json"]
+    first = bihost(*base, "--algo", "bnn")
+    assert first.returncode == 0, first.stderr[-3000:]
+    fp_checkpoint = next(tmp_path.glob("checkpoints/part_segmentation/*/*/fp32.pt"))
+    good = fp_checkpoint.read_bytes()
+    fp_checkpoint.write_bytes(good[: len(good) // 2])  # truncated: the fine-tunes cannot start from it
+    failed = bihost(*base, "--algo", "bnn,xnor,dorefa")
+    assert failed.returncode != 0
+    assert "2 training run(s) failed (the others are stored; a re-run retries these)" in failed.stderr
+    assert "part_segmentation/pointnet_part_seg/xnor: FAILED" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert sorted(r.algorithm for r in ResultsStore(tmp_path).training_runs()) == ["bnn", "fp32"]
+    fp_checkpoint.write_bytes(good)
+    again = bihost(*base, "--algo", "bnn,xnor,dorefa")
+    assert again.returncode == 0, again.stderr[-3000:]
+    trained = [line.split(":")[0] for line in again.stderr.splitlines() if "instance_miou" in line]
+    assert sorted(trained) == ["part_segmentation/pointnet_part_seg/dorefa", "part_segmentation/pointnet_part_seg/xnor"]
