@@ -109,6 +109,10 @@ class RayCluster:
 
         started = not ray.is_initialized()
         if started:
+            # Ray nices its workers to 15 by default: on a machine with other work their timings
+            # stretch (x7 measured beside a nice-5 training run). A Ray started here runs them at
+            # the driver's own niceness, as the local pool's workers inherit it.
+            os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
             if self.address:
                 ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
             else:

@@ -105,13 +105,17 @@ def worker_hardware(threads: int) -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
+    # nice: Ray runs its workers at niceness 15 unless told otherwise; on a busy machine such a
+    # worker gets a fraction of a core, so its times are not comparable with a nice-0 worker's.
     return {"host": socket.gethostname(), "cpu_model": cpu, "cores": os.cpu_count() or 0, "threads": threads,
-            "machine": platform.machine()}
+            "machine": platform.machine(), "nice": os.nice(0)}
 
 
 def hardware_signature(worker: dict) -> str:
-    """Rows are comparable when this agrees: the CPU, its core count and the threads used."""
-    return f"{worker.get('cpu_model', '?')} x{worker.get('cores', '?')} cores, {worker.get('threads', '?')} threads"
+    """Rows are comparable when this agrees: the CPU, its core count, the threads used and the
+    worker's scheduling priority."""
+    return (f"{worker.get('cpu_model', '?')} x{worker.get('cores', '?')} cores, {worker.get('threads', '?')} threads, "
+            f"nice {worker.get('nice', '?')}")
 
 
 _DATA: dict = {}  # per worker process: the dataset, read once for all the jobs it runs

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bihost.grid import SETTINGS, setting_name
+from bihost.grid import SETTINGS, setting_name, worker_hardware
 from bihost.records import GridRun
 from bihost.results import ResultsStore
 from bihost.tracks import BenchContext, get_track
@@ -41,6 +41,16 @@ def test_time_ratio_pairs_same_hardware_and_std_ratio_over_common_settings():
     s = float(np.std(fp_acc)) / float(np.std(bi_acc))
     assert result.overall["bnn"] == pytest.approx(math.sqrt((t * t + s * s) / 2))
     assert any("different hardware" in n for n in result.notes)
+
+
+def test_times_from_workers_at_another_priority_are_not_divided():
+    fp = _run("fp32", SETTING_NAMES[0], 0.9, 2.0)
+    bnn = _run("bnn", SETTING_NAMES[0], 0.6, 4.0)
+    fp.worker, bnn.worker = {**fp.worker, "nice": 0}, {**bnn.worker, "nice": 15}  # a Ray worker's default
+    result = get_track("consumption").score(BenchContext(algorithms=["bnn"], archs=[], tasks=[], grid_runs=[fp, bnn]))
+    pair = next(d for d in result.details if "time_ratio" in d)
+    assert math.isnan(pair["time_ratio"]) and pair["hardware"].endswith("nice 15")
+    assert worker_hardware(1)["nice"] == os.nice(0)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +83,7 @@ def test_grid_on_a_real_ray_cluster_and_resumed_on_the_local_pool(tmp_path, ray_
     assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}
     assert {r["executor"] for r in rows} == {f"Ray at {ray_head}"}
     assert {r["worker"]["threads"] for r in rows} == {1} and all(r["worker"]["cpu_model"] for r in rows)
+    assert len({r["worker"]["nice"] for r in rows}) == 1  # the cluster's worker priority, recorded with each time
     track = json.loads(out.stdout)["tracks"][0]
     assert math.isfinite(track["overall"]["bnn"])
     again = bihost(*args)  # the local pool finds every run stored: nothing is trained again
