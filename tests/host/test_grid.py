@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from bihost.grid import SETTINGS, setting_name, worker_hardware
+from bihost.grid import GRID_SCALES, GRID_TASK, SETTINGS, setting_name, worker_hardware
 from bihost.records import GridRun
 from bihost.results import ResultsStore
 from bihost.tracks import BenchContext, get_track
@@ -157,3 +158,12 @@ def test_a_failed_pool_run_is_reported_the_others_stored_and_a_rerun_retries_onl
     assert again.returncode == 0, again.stderr[-3000:]
     trained = [line.split(":")[0] for line in again.stderr.splitlines() if "instance_miou" in line]
     assert sorted(trained) == ["part_segmentation/pointnet_part_seg/dorefa", "part_segmentation/pointnet_part_seg/xnor"]
+
+
+@pytest.mark.parametrize("scale", sorted(GRID_SCALES))
+def test_every_scale_of_the_grid_builds_its_model_for_its_task(scale):
+    """The default and paper grids train resnet18_cifar, which the quick CI run never builds."""
+    from bimodels.tasks import get_task
+
+    model = get_task(GRID_TASK).create_model(GRID_SCALES[scale].arch)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)  # what the task feeds it

@@ -92,7 +92,7 @@ class ImageClassification(Task):
     kind = "image classification"
     corruptible = True  # in-memory uint8 images (not the lazily decoded class folders)
     num_classes = 10
-    archs = ("resnet20", "vgg_small", "resnet18", "resnet34", "birealnet18", "reactnet")
+    archs = ("resnet20", "resnet18_cifar", "vgg_small", "resnet18", "resnet34", "birealnet18", "reactnet")
     scale_archs = {"quick": ("resnet20",), "default": ("resnet20",)}  # vgg_small: ~5 h more on 2 cores
     configs = {
         "quick": TrainConfig(fp_epochs=2, fp_optimizer="sgd", fp_lr=0.1, bin_epochs=1, batch_size=128),
