@@ -243,3 +243,42 @@ def test_real_dabnn_driver_compiles_and_runs(monkeypatch, tmp_path):
         ref = model(x).numpy()
     assert out.shape == ref.shape
     assert np.abs(out - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+
+
+def _with_glog(root: Path, generated: str) -> None:
+    """daBNN's tree as its CMake leaves it: glog's sources (with a Windows port whose logging.h
+    does not compile here) and, under build/, the logging.h glog's CMake generated."""
+    net_h = root / "dabnn" / "net.h"
+    net_h.write_text("#include <glog/logging.h>\n" + net_h.read_text())
+    windows = root / "third_party" / "glog" / "src" / "windows" / "glog"
+    windows.mkdir(parents=True)
+    (windows / "logging.h").write_text('#error "glog\'s Windows port: typedef __int32 int32;"\n')
+    (root / "third_party" / "glog" / "src" / "glog").mkdir()
+    (root / "third_party" / "glog" / "src" / "glog" / "log_severity.h").write_text("#pragma once\n")
+    generated_dir = root / "build" / "third_party" / "glog" / "glog"
+    generated_dir.mkdir(parents=True)
+    (generated_dir / "logging.h").write_text(generated)
+
+
+def test_glogs_generated_headers_win_over_its_windows_port(monkeypatch, tmp_path, fake_root):
+    _with_glog(fake_root, "#pragma once\n#include <glog/log_severity.h>\n")
+    monkeypatch.setenv(dab.CONFIG_KEY, str(fake_root))
+    info = dab.DabnnRuntime.describe()
+    assert info.installed, info.detail
+
+
+def test_the_operators_include_flags_come_first_and_a_failure_shows_the_first_error(monkeypatch, tmp_path,
+                                                                                      fake_root):
+    _with_glog(fake_root, '#error "a stale generated header"\n')
+    monkeypatch.setenv(dab.CONFIG_KEY, str(fake_root))
+    info = dab.DabnnRuntime.describe()
+    assert not info.installed
+    assert "failed at compiling and linking dabnn_driver.cpp" in info.detail
+    assert "#error \"a stale generated header\"" in info.detail and "full log:" in info.detail
+    mine = tmp_path / "my-glog" / "glog"
+    mine.mkdir(parents=True)
+    (mine / "logging.h").write_text("#pragma once\n")
+    monkeypatch.setenv(dab.CXXFLAGS_KEY, f"-I{mine.parent}")
+    dab._cache.clear()
+    info = dab.DabnnRuntime.describe()
+    assert info.installed, info.detail
