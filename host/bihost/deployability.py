@@ -25,7 +25,9 @@ class Cell:
     reason: str = ""
     extra_ops: dict[str, int] = field(default_factory=dict)  # float op -> number of layers that need it
     checked: bool = False  # numerics compared with torch on this machine
-    max_rel_error: float | None = None
+    max_rel_error: float | None = None  # the largest over the check inputs
+    rel_errors: list[float] = field(default_factory=list)  # one per check input
+    unchecked: str = ""  # why the numerics were not compared here (the runtime is missing or unusable)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +52,7 @@ def export_for(runtime: str, model, example) -> tuple[bytes, dict[str, int]]:
     return data, {}
 
 
-def _check(runtime: str, fmt: str, data: bytes, model, cases) -> tuple[bool, float, str]:
+def _check(runtime: str, fmt: str, data: bytes, model, cases) -> tuple[bool, list[float]]:
     """Run the artifact in the locally installed runtime on the check inputs."""
     from biagent.runtimes import get_runtime
 
@@ -66,7 +68,7 @@ def _check(runtime: str, fmt: str, data: bytes, model, cases) -> tuple[bool, flo
             errors.append(float(np.abs(out.reshape(refs[0].shape) - refs[0]).max() / max(np.abs(refs[0]).max(), 1e-12)))
         loaded.close()
     ok = sum(e <= 1e-3 for e in errors) * 2 > len(errors)  # a rounding flip may hit one input
-    return ok, sorted(errors)[len(errors) // 2], ", ".join(f"{e:.1e}" for e in errors)
+    return ok, errors
 
 
 def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check: bool = True, seed: int = 0) -> Cell:
@@ -86,17 +88,21 @@ def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check:
     status = "composite" if extra else "native"
     reason = "" if not extra else "extra float ops per layer: " + ", ".join(f"{op} x{n}" for op, n in extra.items())
     result = Cell(status, reason, extra)
-    if check and get_runtime(runtime).describe().installed:
+    info = get_runtime(runtime).describe() if check else None
+    if info is not None and not info.installed:
+        result.unchecked = f"{runtime} is not usable here: {info.detail}"
+    if info is not None and info.installed:
         cases = []
         for i in range(3):
             x = bimodels.example_input(model, 1, seed=seed + 1 + i)
             with torch.no_grad():
                 cases.append(([x.numpy()], [model(x).numpy()]))
-        ok, median, all_errors = _check(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
-        result.checked, result.max_rel_error = True, median
+        ok, errors = _check(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
+        result.checked, result.max_rel_error, result.rel_errors = True, max(errors), errors
         if not ok:
-            return Cell("unsupported", f"exported, but its output disagrees with torch (relative errors {all_errors})",
-                        extra, True, median)
+            shown = ", ".join(f"{e:.1e}" for e in errors)
+            return Cell("unsupported", f"exported, but its output disagrees with torch (relative errors {shown})",
+                        extra, True, max(errors), errors)
     return result
 
 

@@ -53,3 +53,15 @@ def test_unsupported_cells_name_the_reason():
 def test_table_output_for_people():
     out = bihost("matrix", "--arch", "resnet20", "--algo", "bnn", "--runtime", "custom,onnxruntime")
     assert out.returncode == 0 and "native" in out.stdout and "composite" in out.stdout
+
+
+def test_a_runtime_present_but_unusable_says_so_instead_of_an_unchecked_native(tmp_path, monkeypatch):
+    (tmp_path / "dabnn").mkdir()  # a daBNN "build" without its library: configured, not usable
+    monkeypatch.setenv("BIAGENT_DABNN_ROOT", str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "bihost.cli", "matrix", "--arch", "reactnet", "--algo", "bnn",
+                          "--runtime", "dabnn", "--pad-value", "-1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert f"dabnn: not checked against torch: dabnn is not usable here: BIAGENT_DABNN_ROOT={tmp_path} is not a " \
+           "usable daBNN build: missing libdabnn.so or libdabnn.a" in " ".join(out.stdout.split())
+    c = cell("reactnet", "bnn", "custom")  # checked: every input's error, and the largest as max_rel_error
+    assert c.checked and not c.unchecked and len(c.rel_errors) == 3 and c.max_rel_error == max(c.rel_errors)

@@ -37,3 +37,6 @@ def command(arch: str, algo: str, runtime: str, pad_value: str, no_check: bool, 
         for r, c in row.items():
             if c.reason:
                 print(f"  {a}/{r}: {c.reason[:220]}")
+    unchecked = {r: c.unchecked for row in cells.values() for r, c in row.items() if c.unchecked}
+    for r, why in unchecked.items():  # once per runtime: every cell of it has the same cause
+        print(f"  {r}: not checked against torch: {why[:400]}")
