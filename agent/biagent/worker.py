@@ -178,7 +178,8 @@ def run(job: dict) -> None:
     while True:
         t = clock()
         model.invoke()
-        samples.append(clock() - t)
+        wall = clock() - t
+        samples.append(wall if model.runtime_seconds is None else model.runtime_seconds)
         now = clock()
         elapsed = now - start
         if len(samples) >= min_runs and elapsed >= min_duration:
@@ -191,7 +192,8 @@ def run(job: dict) -> None:
     model.close()
     emit("samples", latency_s=samples)
     temp = hwinfo.temperature_c()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # A runtime's own process (the daBNN driver process) has ended by now: count it too.
+    rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     emit(
         "summary",
         status="ok" if numerics_ok else "numerics_error",

@@ -155,8 +155,7 @@ std::shared_ptr<Mat> Net::get_blob(const std::string &name) {
 """
 
 
-@pytest.fixture
-def fake_root(tmp_path):
+def _fake_root(tmp_path: Path, pic: bool) -> Path:
     if CXX is None:
         pytest.skip("no C++ compiler")
     root = tmp_path / "fake-dabnn"
@@ -167,10 +166,22 @@ def fake_root(tmp_path):
     build = root / "build" / "dabnn"
     build.mkdir(parents=True)
     (build / "net.cpp").write_text(_FAKE_NET_CPP)
-    subprocess.run([CXX, "-std=c++17", "-fPIC", "-c", "-I", str(root), str(build / "net.cpp"), "-o", str(build / "net.o")],
-                   check=True, timeout=120)
+    # -fPIE: what a compiler that builds position-independent executables by default gives a
+    # static library that CMake was not asked to make position-independent.
+    subprocess.run([CXX, "-std=c++17", "-fPIC" if pic else "-fPIE", "-c", "-I", str(root), str(build / "net.cpp"),
+                    "-o", str(build / "net.o")], check=True, timeout=120)
     subprocess.run(["ar", "rcs", str(build / "libdabnn.a"), str(build / "net.o")], check=True, timeout=60)
     return root
+
+
+@pytest.fixture
+def fake_root(tmp_path):
+    return _fake_root(tmp_path, pic=True)
+
+
+@pytest.fixture
+def fake_root_not_pic(tmp_path):
+    return _fake_root(tmp_path, pic=False)
 
 
 def test_driver_builds_once_and_runs_through_ctypes(monkeypatch, tmp_path, fake_root):
@@ -282,3 +293,36 @@ def test_the_operators_include_flags_come_first_and_a_failure_shows_the_first_er
     dab._cache.clear()
     info = dab.DabnnRuntime.describe()
     assert info.installed, info.detail
+
+
+def test_a_static_library_without_pic_runs_in_a_driver_process_timed_there(monkeypatch, tmp_path,
+                                                                          fake_root_not_pic):
+    monkeypatch.setenv(dab.CONFIG_KEY, str(fake_root_not_pic))
+    info = dab.DabnnRuntime.describe()
+    assert info.installed, info.detail
+    assert "through our driver process" in info.detail and "not position-independent" in info.detail
+    model = dab.DabnnRuntime().load(_dab_file(tmp_path / "m.dab"), threads=1)
+    x = np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4)
+    model.set_inputs([x])
+    model.invoke()
+    assert model.runtime_seconds is not None and 0 <= model.runtime_seconds < 1  # timed in the driver process
+    (out,) = model.get_outputs()
+    nhwc = x.transpose(0, 2, 3, 1).reshape(-1)
+    expect = np.array([[nhwc[r * 16 + k] * (k + 1) for k in range(3)] for r in range(2)], np.float32)
+    np.testing.assert_array_equal(out, expect.reshape(1, 2, 1, 3).transpose(0, 3, 1, 2))
+    proc = model.driver.proc
+    model.close()
+    assert proc.poll() == 0  # asked to quit, it did
+    with pytest.raises(ModelLoadError, match="mock assert: bad model"):
+        dab.DabnnRuntime().load(_dab_file(tmp_path / "broken.dab"), 1)
+
+
+def test_a_driver_process_that_dies_is_an_invoke_error_not_a_hang(monkeypatch, tmp_path, fake_root_not_pic):
+    monkeypatch.setenv(dab.CONFIG_KEY, str(fake_root_not_pic))
+    model = dab.DabnnRuntime().load(_dab_file(tmp_path / "m.dab"), threads=1)
+    model.set_inputs([np.zeros((1, 4, 4, 4), np.float32)])
+    model.driver.proc.kill()
+    model.driver.proc.wait()
+    with pytest.raises(InvokeError, match=r"daBNN failed: the daBNN driver process ended \(exit code -9\)"):
+        model.invoke()
+    model.close()

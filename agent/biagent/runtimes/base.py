@@ -55,6 +55,9 @@ class LoadedModel(ABC):
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # Set by `invoke` in a runtime that runs the model in another process and times the run
+    # there, so that the call's round trip is not counted; None: the caller's clock is used.
+    runtime_seconds: float | None = None
 
     @abstractmethod
     def set_inputs(self, arrays: list[np.ndarray]) -> None:

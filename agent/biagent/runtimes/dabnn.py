@@ -260,43 +260,59 @@ def _probe() -> _Probe:
     includes, libs, defines = _third_party(root, lib.parent)
     cxxflags = shlex.split(os.environ.get(CXXFLAGS_KEY, ""))
     ldflags = shlex.split(os.environ.get(LDFLAGS_KEY, ""))
-    source = DRIVER_SOURCE.read_bytes()
     # The operator's flags come first, so an -I there wins over every directory found here.
-    args = ["-O2", "-std=c++17", "-shared", "-fPIC", *cxxflags, *defines, "-I", str(root),
-            *(f"-I{i}" for i in includes), str(DRIVER_SOURCE), str(lib), *libs, *ldflags, "-lpthread"]
+    compile_args = [*cxxflags, *defines, "-I", str(root), *(f"-I{i}" for i in includes), str(DRIVER_SOURCE),
+                    str(lib), *libs, *ldflags, "-lpthread"]
     if lib.suffix == ".so":
-        args.append(f"-Wl,-rpath,{lib.parent}")
-    stamp = [cxx, *args] + [f"{p}:{os.stat(p).st_mtime_ns}:{os.stat(p).st_size}" for p in (str(lib), *libs)
-                            if not p.startswith("-l")]
-    key = hashlib.sha256(source + "\0".join(stamp).encode()).hexdigest()[:16]
+        compile_args.append(f"-Wl,-rpath,{lib.parent}")
+    stamp = [cxx, *compile_args] + [f"{p}:{os.stat(p).st_mtime_ns}:{os.stat(p).st_size}" for p in (str(lib), *libs)
+                                    if not p.startswith("-l")]
+    key = hashlib.sha256(DRIVER_SOURCE.read_bytes() + "\0".join(stamp).encode()).hexdigest()[:16]
     out_dir = _cache_root() / f"dabnn-driver-{key}"
-    driver = out_dir / "libdabnn_driver.so"
     version = _git_version(root)
-    if not driver.is_file():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-        os.close(fd)
-        cmd = [cxx, *args[:4], "-o", tmp, *args[4:]]
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            Path(tmp).unlink(missing_ok=True)
-            return _Probe(False, f"building the daBNN driver failed: {exc}")
-        (out_dir / "build.log").write_text(shlex.join(cmd) + "\n\n" + res.stdout + res.stderr)
-        if res.returncode != 0:
-            Path(tmp).unlink(missing_ok=True)
-            first = first_error(res.stderr or res.stdout)
-            hint = ""
-            if "-fPIC" in res.stderr or "recompile with" in res.stderr:
-                hint = " (rebuild daBNN with -DCMAKE_POSITION_INDEPENDENT_CODE=ON, or as a shared library)"
-            elif "undefined reference" in res.stderr or "cannot find -l" in res.stderr:
-                hint = f" (add the missing libraries with {LDFLAGS_KEY})"
-            elif "No such file" in res.stderr:
-                hint = f" (add include directories with {CXXFLAGS_KEY})"
-            return _Probe(False, f"building the daBNN driver failed at compiling and linking {DRIVER_SOURCE.name} "
-                                 f"against {lib}{hint}: {first} (full log: {out_dir / 'build.log'})", version=version)
-        os.replace(tmp, driver)
-    return _Probe(True, f"daBNN at {root} through our driver {driver}; {_kernels()}; single-threaded", driver, version)
+    library, server = out_dir / "libdabnn_driver.so", out_dir / "dabnn_driver_server"
+    if library.is_file():
+        return _Probe(True, f"daBNN at {root} through our driver {library}; {_kernels()}; single-threaded", library,
+                      version)
+    if server.is_file():
+        return _Probe(True, f"daBNN at {root} through our driver process {server} ({lib.name} is not "
+                            f"position-independent); {_kernels()}; single-threaded", server, version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    error = _compile(cxx, ["-O2", "-std=c++17", "-shared", "-fPIC"], compile_args, library, out_dir / "build.log")
+    if error and ("recompile with -fPIC" in error or "making a shared object" in error):
+        # CMake builds a static libdabnn without -fPIC by default: it cannot go into a shared
+        # object, but it links into an executable; the same source serves it over a pipe.
+        error = _compile(cxx, ["-O2", "-std=c++17", "-DDABNN_DRIVER_SERVER"], compile_args, server,
+                         out_dir / "build-server.log")
+        if not error:
+            return _probe()
+    if error:
+        return _Probe(False, f"building the daBNN driver failed at compiling and linking {DRIVER_SOURCE.name} "
+                             f"against {lib}{error}", version=version)
+    return _probe()
+
+
+def _compile(cxx: str, flags: list[str], args: list[str], target: Path, log: Path) -> str:
+    """Build `target` atomically; '' on success, else the hint, first error and log path."""
+    fd, tmp = tempfile.mkstemp(suffix=target.suffix or ".bin", dir=target.parent)
+    os.close(fd)
+    cmd = [cxx, *flags, "-o", tmp, *args]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        return f": {exc}"
+    log.write_text(shlex.join(cmd) + "\n\n" + res.stdout + res.stderr)
+    if res.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
+        hint = ""
+        if "undefined reference" in res.stderr or "cannot find -l" in res.stderr:
+            hint = f" (add the missing libraries with {LDFLAGS_KEY})"
+        elif "No such file" in res.stderr:
+            hint = f" (add include directories with {CXXFLAGS_KEY})"
+        return f"{hint}: {first_error(res.stderr or res.stdout)} (full log: {log})"
+    os.replace(tmp, target)
+    return ""
 
 
 def _kernels() -> str:
@@ -324,7 +340,11 @@ def probe() -> _Probe:
         return hit
 
 
-# -- the driver through ctypes --------------------------------------------------------------
+# -- the driver: a shared library through ctypes, or the same code as a process ---------------
+class DriverError(Exception):
+    """What daBNN (or the driver around it) said went wrong."""
+
+
 def _load_driver(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     vp, cp = ctypes.c_void_p, ctypes.c_char_p
@@ -338,9 +358,113 @@ def _load_driver(path: Path) -> ctypes.CDLL:
     return lib
 
 
+class _LibraryDriver:
+    """One loaded net in this process: no boundary to cross, so invoke is timed by the caller."""
+
+    def __init__(self, path: Path, model: Path):
+        self.lib = _load_driver(path)
+        self.handle = self.lib.dabnn_create(str(model).encode(), 1, 1, 1)
+        if not self.handle:
+            raise DriverError(self._error())
+
+    def _error(self) -> str:
+        return (self.lib.dabnn_last_error() or b"").decode("utf-8", "replace")
+
+    def shape(self, name: bytes) -> list[int]:
+        out = (ctypes.c_int * 4)()
+        if self.lib.dabnn_blob_shape(self.handle, name, out) != 0:
+            raise DriverError(self._error())
+        return list(out)
+
+    def run(self, nhwc: np.ndarray) -> float | None:
+        if self.lib.dabnn_run(self.handle, nhwc.ctypes.data) != 0:
+            raise DriverError(self._error())
+        return None
+
+    def output(self, name: bytes) -> np.ndarray:
+        n = self.lib.dabnn_blob_size(self.handle, name)
+        if n < 0:
+            raise DriverError(self._error())
+        out = np.empty(n, np.float32)
+        if self.lib.dabnn_blob_copy(self.handle, name, out.ctypes.data, n) != 0:
+            raise DriverError(self._error())
+        return out
+
+    def close(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle:
+            self.lib.dabnn_destroy(handle)
+
+
+class _ServerDriver:
+    """The driver as a child process (for a libdabnn.a that is not position-independent). It
+    times `run` itself, so the pipe's round trip never enters a latency sample."""
+
+    def __init__(self, path: Path, model: Path):
+        self.proc = subprocess.Popen([str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            self._call(b"C" + self._text(str(model).encode()))
+        except Exception:
+            self.close()
+            raise
+
+    @staticmethod
+    def _text(b: bytes) -> bytes:
+        return struct.pack("<I", len(b)) + b
+
+    def _read(self, n: int) -> bytes:
+        data = self.proc.stdout.read(n) if n else b""
+        if len(data) != n:
+            code = self.proc.poll()
+            raise DriverError(f"the daBNN driver process ended (exit code {code})" if code is not None
+                              else "the daBNN driver process stopped answering")
+        return data
+
+    def _call(self, request: bytes) -> None:
+        if self.proc.poll() is not None:
+            raise DriverError(f"the daBNN driver process ended (exit code {self.proc.returncode})")
+        try:
+            self.proc.stdin.write(request)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise DriverError(f"the daBNN driver process ended (exit code {self.proc.wait()})") from None
+        if self._read(1) != b"\0":
+            (n,) = struct.unpack("<I", self._read(4))
+            raise DriverError(self._read(n).decode("utf-8", "replace"))
+
+    def shape(self, name: bytes) -> list[int]:
+        self._call(b"S" + self._text(name))
+        return list(struct.unpack("<4i", self._read(16)))
+
+    def run(self, nhwc: np.ndarray) -> float | None:
+        data = nhwc.tobytes()
+        self._call(b"R" + struct.pack("<Q", len(data)) + data)
+        (ns,) = struct.unpack("<Q", self._read(8))
+        return ns / 1e9
+
+    def output(self, name: bytes) -> np.ndarray:
+        self._call(b"Y" + self._text(name))
+        (n,) = struct.unpack("<q", self._read(8))
+        return np.frombuffer(self._read(4 * n), np.float32).copy()
+
+    def close(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            proc.stdin.write(b"Q")
+            proc.stdin.close()
+            proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
 class DabnnModel(LoadedModel):
-    def __init__(self, lib: ctypes.CDLL, handle: int, meta: dict, threads: int):
-        self.lib, self.handle, self.threads = lib, handle, threads
+    def __init__(self, driver, meta: dict, threads: int):
+        self.driver, self.threads = driver, threads
+        self.runtime_seconds: float | None = None
         self._input: np.ndarray | None = None
         self._ran = False
         self._in_name = meta["input"].encode()
@@ -348,22 +472,13 @@ class DabnnModel(LoadedModel):
         _, h, w, c = meta["input_shape"]
         self.inputs = [TensorSpec(meta["input"], (1, c, h, w), "float32")]
         try:
-            self._out_nhwc = tuple(self._shape(self._out_name))
-        except Exception:
-            self.close()  # the handle is ours from the first line on
-            raise
+            self._out_nhwc = tuple(self.driver.shape(self._out_name))
+        except DriverError as exc:
+            self.close()  # the driver is ours from the first line on
+            raise ModelLoadError(f"daBNN has no float blob {meta['output']!r}: {exc}") from None
         n, oh, ow, oc = self._out_nhwc
         shape = (n, oc) if (oh, ow) == (1, 1) else (n, oc, oh, ow)
         self.outputs = [TensorSpec(meta["output"], shape, "float32")]
-
-    def _error(self) -> str:
-        return (self.lib.dabnn_last_error() or b"").decode("utf-8", "replace")
-
-    def _shape(self, name: bytes) -> list[int]:
-        out = (ctypes.c_int * 4)()
-        if self.lib.dabnn_blob_shape(self.handle, name, out) != 0:
-            raise ModelLoadError(f"daBNN has no float blob {name.decode()!r}: {self._error()}")
-        return list(out)
 
     def set_inputs(self, arrays: list[np.ndarray]) -> None:
         if len(arrays) != 1:
@@ -376,28 +491,28 @@ class DabnnModel(LoadedModel):
     def invoke(self) -> None:
         if self._input is None:
             raise InvokeError("invoke() before set_inputs()")
-        if self.handle is None:
+        if self.driver is None:
             raise InvokeError("the model is closed")
-        if self.lib.dabnn_run(self.handle, self._input.ctypes.data) != 0:
-            raise InvokeError(f"daBNN failed: {self._error()}")
+        try:
+            self.runtime_seconds = self.driver.run(self._input)
+        except DriverError as exc:
+            raise InvokeError(f"daBNN failed: {exc}") from None
         self._ran = True
 
     def get_outputs(self) -> list[np.ndarray]:
         if not self._ran:
             raise InvokeError("get_outputs() before invoke()")
-        n = self.lib.dabnn_blob_size(self.handle, self._out_name)
-        if n < 0:
-            raise InvokeError(f"daBNN output: {self._error()}")
-        out = np.empty(n, np.float32)
-        if self.lib.dabnn_blob_copy(self.handle, self._out_name, out.ctypes.data, n) != 0:
-            raise InvokeError(f"daBNN output: {self._error()}")
+        try:
+            out = self.driver.output(self._out_name)
+        except DriverError as exc:
+            raise InvokeError(f"daBNN output: {exc}") from None
         nhwc = out.reshape(self._out_nhwc)
         return [nhwc.transpose(0, 3, 1, 2).reshape(self.outputs[0].shape).copy()]
 
     def close(self) -> None:
-        handle, self.handle = getattr(self, "handle", None), None
-        if handle is not None:
-            self.lib.dabnn_destroy(handle)
+        driver, self.driver = getattr(self, "driver", None), None
+        if driver is not None:
+            driver.close()
         self._input = None
 
     def __del__(self) -> None:
@@ -438,8 +553,9 @@ class DabnnRuntime(Runtime):
             raise ModelLoadError(f"daBNN cannot run layer type(s) {', '.join(bad)}")
         if not meta["output"]:
             raise ModelLoadError("the model's last layer has no single output (daBNN's output is the last layer's)")
-        lib = _load_driver(p.driver)
-        handle = lib.dabnn_create(str(path).encode(), 1, 1, 1)
-        if not handle:
-            raise ModelLoadError(f"daBNN could not load {path}: {(lib.dabnn_last_error() or b'').decode('utf-8', 'replace')}")
-        return DabnnModel(lib, handle, meta, threads)  # owns (and on failure frees) the handle
+        transport = _LibraryDriver if p.driver.suffix == ".so" else _ServerDriver
+        try:
+            driver = transport(p.driver, Path(path))
+        except DriverError as exc:
+            raise ModelLoadError(f"daBNN could not load {path}: {exc}") from None
+        return DabnnModel(driver, meta, threads)  # owns (and on failure closes) the driver

@@ -134,3 +134,116 @@ int dabnn_blob_copy(void *handle, const char *name, float *out, long long capaci
 void dabnn_destroy(void *handle) { delete static_cast<Handle *>(handle); }
 
 }  // extern "C"
+
+#ifdef DABNN_DRIVER_SERVER
+// The same entry points as an executable, for a libdabnn.a compiled without -fPIC (CMake's
+// default for a static library), which cannot be linked into a shared object. The agent
+// starts it and speaks a small binary protocol on its stdin/stdout (little endian):
+//   'C' u32 len, path                -> status              (dabnn_create, flags on)
+//   'S' u32 len, name                -> status, i32[4]      (dabnn_blob_shape)
+//   'R' u64 bytes, floats            -> status, u64 ns      (dabnn_run, timed here)
+//   'Y' u32 len, name                -> status, i64 n, f32[n] (dabnn_blob_size + copy)
+//   'Q'                              -> exits
+// status: u8 0, or u8 1 + u32 len + message. Anything daBNN prints goes to stderr: the
+// protocol has the original stdout to itself.
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <unistd.h>
+#include <vector>
+
+namespace {
+
+FILE *g_in = nullptr, *g_out = nullptr;
+
+bool read_exact(void *buf, size_t n) { return n == 0 || std::fread(buf, 1, n, g_in) == n; }
+
+template <typename T>
+bool read_value(T *v) { return read_exact(v, sizeof(T)); }
+
+bool read_string(std::string *s) {
+    uint32_t n = 0;
+    if (!read_value(&n) || n > (1u << 20)) return false;
+    s->resize(n);
+    return read_exact(&(*s)[0], n);
+}
+
+template <typename T>
+void write_value(const T &v) { std::fwrite(&v, sizeof(T), 1, g_out); }
+
+void reply_ok() { write_value<uint8_t>(0); }
+
+void reply_error() {
+    write_value<uint8_t>(1);
+    const std::string &msg = g_last_error;
+    write_value<uint32_t>(static_cast<uint32_t>(msg.size()));
+    std::fwrite(msg.data(), 1, msg.size(), g_out);
+}
+
+}  // namespace
+
+int main() {
+    int proto_fd = dup(1);
+    dup2(2, 1);  // daBNN's own prints must not reach the protocol
+    g_in = stdin;
+    g_out = fdopen(proto_fd, "wb");
+    void *handle = nullptr;
+    std::vector<float> input;
+    for (;;) {
+        uint8_t op = 0;
+        if (!read_value(&op) || op == 'Q') break;
+        std::string name;
+        if (op == 'C') {
+            if (!read_string(&name)) break;
+            if (handle) dabnn_destroy(handle);
+            handle = dabnn_create(name.c_str(), 1, 1, 1);
+            handle ? reply_ok() : reply_error();
+        } else if (op == 'S') {
+            if (!read_string(&name)) break;
+            int32_t shape[4] = {0, 0, 0, 0};
+            int dims[4];
+            if (handle && dabnn_blob_shape(handle, name.c_str(), dims) == 0) {
+                for (int i = 0; i < 4; ++i) shape[i] = dims[i];
+                reply_ok();
+                std::fwrite(shape, sizeof(shape), 1, g_out);
+            } else {
+                if (!handle) g_last_error = "no model loaded";
+                reply_error();
+            }
+        } else if (op == 'R') {
+            uint64_t bytes = 0;
+            if (!read_value(&bytes) || bytes % sizeof(float) != 0 || bytes > (1ull << 34)) break;
+            input.resize(bytes / sizeof(float));
+            if (!read_exact(input.data(), bytes)) break;
+            auto t0 = std::chrono::steady_clock::now();
+            int rc = handle ? dabnn_run(handle, input.data()) : -1;
+            auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
+            if (rc == 0) {
+                reply_ok();
+                write_value<uint64_t>(static_cast<uint64_t>(ns.count()));
+            } else {
+                if (!handle) g_last_error = "no model loaded";
+                reply_error();
+            }
+        } else if (op == 'Y') {
+            if (!read_string(&name)) break;
+            long long n = handle ? dabnn_blob_size(handle, name.c_str()) : -1;
+            std::vector<float> out(n > 0 ? static_cast<size_t>(n) : 0);
+            if (n >= 0 && dabnn_blob_copy(handle, name.c_str(), out.data(), n) == 0) {
+                reply_ok();
+                write_value<int64_t>(n);
+                std::fwrite(out.data(), sizeof(float), out.size(), g_out);
+            } else {
+                if (!handle) g_last_error = "no model loaded";
+                reply_error();
+            }
+        } else {
+            g_last_error = "unknown request";
+            reply_error();
+        }
+        std::fflush(g_out);
+    }
+    if (handle) dabnn_destroy(handle);
+    return 0;
+}
+#endif  // DABNN_DRIVER_SERVER
