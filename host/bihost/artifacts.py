@@ -13,7 +13,14 @@ import numpy as np
 
 #: the artifact format each runtime loads (the exporter registry names these)
 RUNTIME_FORMATS = {"custom": "custom", "larq": "lce", "dabnn": "dabnn", "onnxruntime": "onnx"}
+#: what a binarized conv pads with for each runtime: daBNN's binary convs pad with -1 and
+#: it has no way to correct for another value; the others take PyTorch's zero padding.
+RUNTIME_PAD_VALUE = {"dabnn": -1.0}
 FP32 = "fp32"  # the algorithm label of the full-precision baseline
+
+
+def pad_value_for(runtime: str, algorithm: str) -> float:
+    return 0.0 if algorithm == FP32 else RUNTIME_PAD_VALUE.get(runtime, 0.0)
 CHECK_CASES = 3
 
 
@@ -35,22 +42,24 @@ class ModelCase:
     model: object  # torch.nn.Module, eval mode
     checks: list[tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    pad_value: float = 0.0
 
 
 class ArtifactCache:
     def __init__(self, seed: int = 0):
         self.seed = seed
-        self._cases: dict[tuple[str, str], ModelCase] = {}
+        self._cases: dict[tuple[str, str, float], ModelCase] = {}
         self._lock = threading.Lock()
 
-    def case(self, arch: str, algorithm: str) -> ModelCase:
+    def case(self, arch: str, algorithm: str, pad_value: float = 0.0) -> ModelCase:
+        """The model (and its torch reference outputs) as binarized with this padding value."""
         with self._lock:
-            key = (arch, algorithm)
+            key = (arch, algorithm, pad_value)
             if key not in self._cases:
-                self._cases[key] = self._build(arch, algorithm)
+                self._cases[key] = self._build(arch, algorithm, pad_value)
             return self._cases[key]
 
-    def _build(self, arch: str, algorithm: str) -> ModelCase:
+    def _build(self, arch: str, algorithm: str, pad_value: float) -> ModelCase:
         import torch
 
         import bimodels
@@ -58,7 +67,7 @@ class ArtifactCache:
         torch.manual_seed(self.seed)
         model = bimodels.trained_like_norms(bimodels.create_model(arch), self.seed)
         if algorithm != FP32:
-            model = bimodels.binarize(model, algorithm)
+            model = bimodels.binarize(model, algorithm, pad_value=pad_value)
         model.eval()
         checks = []
         for i in range(CHECK_CASES):
@@ -66,7 +75,7 @@ class ArtifactCache:
             with torch.no_grad():
                 y = model(x)
             checks.append(([x.numpy()], [y.numpy()]))
-        return ModelCase(arch, algorithm, model, checks)
+        return ModelCase(arch, algorithm, model, checks, pad_value=pad_value)
 
     def artifact(self, arch: str, algorithm: str, runtime: str) -> Artifact:
         """The artifact `runtime` loads; ExportError (unsupported op) or NoExporter otherwise."""
@@ -77,7 +86,7 @@ class ArtifactCache:
         from .deployability import export_for
 
         fmt = RUNTIME_FORMATS[runtime]
-        case = self.case(arch, algorithm)
+        case = self.case(arch, algorithm, pad_value_for(runtime, algorithm))
         with self._lock:
             if fmt not in case.artifacts:
                 x = bimodels.example_input(case.model, batch_size=1, seed=self.seed)

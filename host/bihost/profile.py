@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
-from .artifacts import FP32, ArtifactCache, NoExporter
+from .artifacts import FP32, ArtifactCache, NoExporter, pad_value_for
 from .channel import ChannelSecurity
 from .client import AgentClient, AgentIdentity, BenchmarkSettings
 from .errors import BoardError
@@ -90,7 +90,7 @@ class BoardRun:
         return Measurement(
             campaign=self.plan.campaign, board=self.target.name, chip=self.target.chip, arch=arch,
             algorithm=algorithm, runtime=runtime, status=status, reason=reason, threads=self.plan.settings.threads,
-            agent_version=ident.version if ident else "",
+            pad_value=pad_value_for(runtime, algorithm), agent_version=ident.version if ident else "",
             agent={"cpu_model": ident.cpu_model, "machine": ident.machine, "cores": ident.cores} if ident else {},
             forced=self.forced, created_at=time.time(), **kw,
         )
@@ -220,7 +220,7 @@ class BoardRun:
             artifact = self.cache.artifact(arch, algo, runtime)
         except (ExportError, NoExporter) as exc:
             return self.row(arch, algo, runtime, "unsupported", str(exc))
-        case = self.cache.case(arch, algo)
+        case = self.cache.case(arch, algo, pad_value_for(runtime, algo))
         self.progress(self.target.name, f"{arch}/{algo}/{runtime}: pushing {len(artifact.data) / 1e6:.1f} MB")
         pushed = client.push(artifact.data, artifact.format, f"{arch}-{algo}", {"arch": arch, "algorithm": algo})
 

@@ -28,6 +28,7 @@ class Measurement:
     runs: int = 0
     warmup: int = 0
     threads: int = 1
+    pad_value: float = 0.0  # what binarized convs pad with in this artifact (-1 for daBNN; 0 otherwise)
     model_sha256: str = ""
     model_bytes: int = 0
     fp32_model_bytes: int = 0

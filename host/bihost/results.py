@@ -19,7 +19,7 @@ from .records import BOARD_STATES, BoardState, CorruptionRun, GridRun, Measureme
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: measurements.pad_value
 FILENAME = "results.sqlite"
 LATENCY_KEYS = ("min", "median", "mean", "p90", "p99", "std", "max")
 AGENT_KEYS = ("cpu_model", "machine", "cores")
@@ -29,7 +29,8 @@ DONE_STATUSES = ("ok", "unsupported")  # what --resume skips; failures are retri
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("campaign", "TEXT NOT NULL"), ("board", "TEXT NOT NULL"), ("chip", "TEXT NOT NULL"),
     ("arch", "TEXT NOT NULL"), ("algorithm", "TEXT NOT NULL"), ("runtime", "TEXT NOT NULL"),
-    ("threads", "INTEGER NOT NULL"), ("status", "TEXT NOT NULL"), ("reason", "TEXT NOT NULL"),
+    ("threads", "INTEGER NOT NULL"), ("pad_value", "REAL NOT NULL DEFAULT 0"), ("status", "TEXT NOT NULL"),
+    ("reason", "TEXT NOT NULL"),
     *((f"latency_{k}_ms", "REAL") for k in LATENCY_KEYS),
     ("runs", "INTEGER NOT NULL"), ("warmup", "INTEGER NOT NULL"), ("model_sha256", "TEXT NOT NULL"),
     ("model_bytes", "INTEGER NOT NULL"), ("fp32_model_bytes", "INTEGER NOT NULL"),
@@ -113,8 +114,15 @@ class ResultsStore:
                     f"{SCHEMA_VERSION}: upgrade bihost")
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(stmt)
+            # Columns added since version 1 (a store written before them gets their defaults).
+            have = {r[1] for r in db.execute("PRAGMA table_info(measurements)")}
+            for name, sql_type in COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE measurements ADD COLUMN {name} {sql_type}")
             if version is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             db.execute("COMMIT")
 
     @contextmanager

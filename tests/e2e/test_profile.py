@@ -167,3 +167,24 @@ def test_unreachable_board_fails_fast_and_clearly(tmp_path):
 def test_unknown_chip_lists_the_known_ones(tmp_path):
     out = bihost("profile", "--chip", "kirin971", "--results", str(tmp_path / "r"))
     assert out.returncode == 1 and "kirin970" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+DABNN = __import__("biagent.runtimes", fromlist=["get_runtime"]).get_runtime("dabnn").describe().installed
+
+
+def test_each_runtime_gets_the_padding_it_can_run_and_the_row_says_which(tmp_path):
+    """daBNN's binary convs pad with -1: its rows are binarized that way (the others with 0)."""
+    out = bihost("profile", "--chip", "local", "--arch", "reactnet", "--algo", "bnn", "--runtime", "custom,dabnn",
+                 "--runs", "3", "--min-duration", "0.05", "--warmup", "1", "--json", "--results", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rows = {(r["algorithm"], r["runtime"]): r for r in json.loads(out.stdout)}
+    assert rows[("fp32", "onnxruntime")]["pad_value"] == 0.0 and rows[("bnn", "custom")]["pad_value"] == 0.0
+    dabnn = rows[("bnn", "dabnn")]
+    assert dabnn["pad_value"] == -1.0
+    if DABNN:  # a daBNN build is configured here (BIAGENT_DABNN_ROOT): a real, checked row
+        assert dabnn["status"] == "ok", dabnn["reason"]
+        assert dabnn["speedup_vs_fp32"] > 0 and dabnn["max_abs_err"] < 1e-3
+    else:
+        assert dabnn["status"] == "unsupported" and "BIAGENT_DABNN_ROOT" in dabnn["reason"]
+    table = bihost("results", "--results", str(tmp_path))
+    assert table.returncode == 0 and " pad " in table.stdout.replace("┃", " ").replace("│", " ")

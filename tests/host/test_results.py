@@ -26,7 +26,7 @@ def full(**kw) -> Measurement:
     """A measurement whose every field differs from its default, so a dropped column shows."""
     base = dict(
         campaign="c1", board="rpi4", chip="bcm2711", arch="resnet20", algorithm="reactnet", runtime="larq",
-        status="ok", reason="why not", threads=4, runs=200, warmup=20, model_sha256="ab" * 32,
+        status="ok", reason="why not", threads=4, pad_value=1.0, runs=200, warmup=20, model_sha256="ab" * 32,
         model_bytes=123_456, fp32_model_bytes=1_000_000, speedup_vs_fp32=3.5, storage_ratio=8.1,
         max_abs_err=1.5e-6, peak_rss_bytes=9_999_999, runtime_version="0.16.0", agent_version="0.1.0",
         latency_ms={"min": 1.0, "median": 1.5, "mean": 1.6, "p90": 2.0, "p99": 3.0, "std": 0.25, "max": 4.0},
@@ -151,6 +151,21 @@ def test_a_newer_schema_is_refused(tmp_path):
         db.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(ResultsSchemaError, match="schema version 99"):
         ResultsStore(tmp_path)
+
+
+def test_a_version_1_store_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.add(full(campaign="v1"))
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:  # as bihost 0.1 wrote it
+        db.execute("ALTER TABLE measurements DROP COLUMN pad_value")
+        db.execute("UPDATE schema_version SET version = 1")
+    again = ResultsStore(tmp_path)
+    (row,) = again.rows()
+    assert row.campaign == "v1" and row.pad_value == 0.0
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    again.add(full(campaign="v2", pad_value=-1.0))
+    assert {r.campaign: r.pad_value for r in again.rows(campaign="v2")} == {"v2": -1.0}
 
 
 # ---- the `results` verb ----

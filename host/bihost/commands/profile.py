@@ -137,9 +137,10 @@ def _print_rows(campaign: str, rows) -> None:
 
     print_table(
         f"campaign {campaign}",
-        ["board", "arch", "algorithm", "runtime", "status", "median ms", "p90 ms", "runs", "speedup", "storage",
-         "max err", "reason"],
-        [(r.board, r.arch, r.algorithm, r.runtime, r.status, ms(r, "median"), ms(r, "p90"), r.runs,
+        ["board", "arch", "algorithm", "runtime", "pad", "status", "median ms", "p90 ms", "runs", "speedup",
+         "storage", "max err", "reason"],
+        [(r.board, r.arch, r.algorithm, r.runtime, "" if r.algorithm == "fp32" else f"{r.pad_value:g}", r.status,
+          ms(r, "median"), ms(r, "p90"), r.runs,
           ratio(r.speedup_vs_fp32), ratio(r.storage_ratio),
           f"{r.max_abs_err:.1e}" if r.max_abs_err is not None else "", (r.reason or "")[:70]) for r in rows],
     )

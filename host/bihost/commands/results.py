@@ -93,12 +93,13 @@ def _write(output: Path | None, text: str, n: int) -> None:
 
 
 def _table(rows: list[Measurement], scope: str, with_campaign: bool) -> None:
-    columns = ["board", "chip", "arch", "algorithm", "runtime", "threads", "status", "p50 ms", "p90 ms",
+    columns = ["board", "chip", "arch", "algorithm", "runtime", "threads", "pad", "status", "p50 ms", "p90 ms",
                "p99 ms", "speedup", "storage", "size", "max err", "reason"]
     table = []
     for m in rows:
         lat = m.latency_ms
-        table.append([m.board, m.chip, m.arch, m.algorithm, m.runtime, m.threads, m.status,
+        table.append([m.board, m.chip, m.arch, m.algorithm, m.runtime, m.threads,
+                      "" if m.algorithm == "fp32" else f"{m.pad_value:g}", m.status,
                       _ms(lat.get("median")), _ms(lat.get("p90")), _ms(lat.get("p99")),
                       _ratio(m.speedup_vs_fp32), _ratio(m.storage_ratio), m.model_bytes or "",
                       "" if m.max_abs_err is None else f"{m.max_abs_err:.1e}", m.reason])
