@@ -296,8 +296,10 @@ def test_small_net_lowering_and_numerics():
     x = no_zeros(1, 3, 16, 16)
     parsed = check_numerics(model, x)
     types = [l["type"] for l in parsed["layers"]]
-    assert types == ["FpConv2D", "Affine", "PRelu", "BinConv2D", "Affine", "PRelu", "MaxPool", "BinConv2D", "Affine",
-                     "Add", "BinConv2D", "Affine", "Concat", "AvePool", "Affine", "Relu", "AvePool", "FpConv2D"]
+    # each BinConv2D is followed by two Affines: the exact integer dot K - 2m, then scale and shift
+    assert types == ["FpConv2D", "Affine", "PRelu", "BinConv2D", "Affine", "Affine", "PRelu", "MaxPool", "BinConv2D",
+                     "Affine", "Affine", "Add", "BinConv2D", "Affine", "Affine", "Concat", "AvePool", "Affine", "Relu",
+                     "AvePool", "FpConv2D"]
     layers = parsed["layers"]
     inits = {t["name"]: t for t in parsed["initializers"]}
     assert parsed["inputs"] == [{"name": "input", "shape": [1, 16, 16, 3]}]
@@ -307,11 +309,11 @@ def test_small_net_lowering_and_numerics():
     assert layers[4]["params"]["input"] == bconv["output"]
     assert inits[bconv["weight"]]["shape"] == [32, 3, 3, 16]
     # the shortcut add overwrites the new branch and reads the shortcut
-    add = layers[9]["params"]
-    assert add["input1"] == layers[8]["params"]["output"] and add["input2"] == layers[6]["params"]["output"]
+    add = layers[11]["params"]
+    assert add["input1"] == layers[10]["params"]["output"] and add["input2"] == layers[7]["params"]["output"]
     # global pooling is an explicit 4x4 AvePool, the classifier a 1x1 FpConv
-    assert layers[16]["params"]["kernel_shape"] == [4, 4] and layers[16]["params"]["strides"] == [1, 1]
-    fc = layers[17]["params"]
+    assert layers[19]["params"]["kernel_shape"] == [4, 4] and layers[19]["params"]["strides"] == [1, 1]
+    fc = layers[20]["params"]
     assert inits[fc["weight"]]["shape"] == [10, 1, 1, 64] and inits[fc["bias"]]["shape"] == [10]
 
 
@@ -338,7 +340,7 @@ def test_flattened_map_linear_and_rescheduled_in_place_affine():
     types = [l["type"] for l in parsed["layers"]]
     # BinConv, its popcount Affine, then the max pool that reads v BEFORE bn1's in-place Affine
     i = types.index("BinConv2D")
-    assert types[i:i + 4] == ["BinConv2D", "Affine", "MaxPool", "Affine"]
+    assert types[i:i + 5] == ["BinConv2D", "Affine", "Affine", "MaxPool", "Affine"]
     fc = parsed["layers"][-1]["params"]
     w = {t["name"]: t for t in parsed["initializers"]}[fc["weight"]]
     assert w["shape"] == [7, 4, 4, 32] and fc["pads"] == [0, 0, 0, 0]
@@ -421,7 +423,7 @@ def test_refuses_hardtanh_read_by_a_full_precision_op():
 def test_hardtanh_read_only_by_binary_convs_is_dropped():
     model = perturb(randomize_norms(binarize(Clip(shortcut=False), "bireal", fp_layers=["stem"], pad_value=-1))).eval()
     parsed = check_numerics(model, no_zeros(1, 3, 8, 8))
-    assert [l["type"] for l in parsed["layers"]] == ["FpConv2D", "Affine", "BinConv2D", "Affine"]
+    assert [l["type"] for l in parsed["layers"]] == ["FpConv2D", "Affine", "BinConv2D", "Affine", "Affine"]
 
 
 def test_refuses_binarized_resnet18_naming_hardtanh():

@@ -13,13 +13,15 @@ Lowering (x = an IR value; daBNN activations are float32 NHWC with N = 1)
 * input ``[1, C, H, W]`` -> ``Input`` ``[1, H, W, C]`` named ``input``; batch 1 only.
 * ``conv`` -> ``FpConv2D``: weight OHWI ``[O, KH, KW, I]``, 1-D bias (zeros when the conv has
   none), pads ``[p, p, p, p]``, strides ``[s, s]``, dilations ``[1, 1]``.
-* ``binary_conv`` (conv2d) -> ``BinConv2D`` then an ``Affine``. The BinConv2D weight is a
+* ``binary_conv`` (conv2d) -> ``BinConv2D`` then two ``Affine`` layers. The BinConv2D weight is a
   Bit tensor of logical shape ``[O, KH, KW, I]``: each filter flattened in (kh, kw, c) order
   (the IR packs (c, kh, kw): reordered here), bit 1 = +1, LSB first in 64-bit words; layout
   "unaligned" (K/64 words a filter) only for I == 64 with a 3x3 kernel and equal strides,
   otherwise "aligned" (each filter zero-padded to a multiple of 128 bits). BinConv2D returns
-  the number of mismatching bits m, so the dot product is K - 2m (K = KH*KW*I); the Affine
-  carries ``a = -2*s*g``, ``b = t + s*(g*K + bias)`` where g is the product of the layer's
+  the number of mismatching bits m, so the dot product is K - 2m (K = KH*KW*I): the first
+  Affine (``a = -2``, ``b = K``) makes that integer exactly, the second carries ``a = s*g``,
+  ``b = t + s*bias`` (one fused ``a*m + b`` cancels a large b against a*m, and its rounding
+  flips signs the next binary layer takes near zero), where g is the product of the layer's
   per-channel factors (weight_scale alpha, channel_scale, and output_gain when it is
   per-channel) and (s, t) the following ``channel_affine`` (batch norm) when only this conv
   reads the conv's output, else (1, 0).
@@ -780,9 +782,16 @@ class _Lowering:
             "input": src, "weight": wname, "pads": [p, p, p, p], "strides": [s, s], "dilations": [1, 1], "output": raw}, node))
         v = self.define(final, (1, o, oh, oh))
         self.aligned_rows(v, node, "Affine")
+        # Two affines, not one: K - 2m first, an integer float32 holds exactly, then the float
+        # scale and shift. Folded into one a*m + b, a large b cancels against a*m and the
+        # rounding can flip the sign the next binary layer takes of a value near zero.
+        dot = self.fresh(f"{node}_dot")
         layers.append(DabLayer("Affine", {
-            "input": raw, "a": self.const(f"{final_node}.a", -2.0 * s_bn * g),
-            "b": self.const(f"{final_node}.b", t_bn + s_bn * (g * kk + bias)), "output": v.dab}, final_node))
+            "input": raw, "a": self.const(f"{node}.dot_a", np.full(o, -2.0, np.float32)),
+            "b": self.const(f"{node}.dot_b", np.full(o, float(kk), np.float32)), "output": dot}, node))
+        layers.append(DabLayer("Affine", {
+            "input": dot, "a": self.const(f"{final_node}.a", s_bn * g),
+            "b": self.const(f"{final_node}.b", t_bn + s_bn * bias), "output": v.dab}, final_node))
         self.group(node if final_node == node else f"{node}+{final_node}", reads, final, layers, clobbers, clobber_op)
 
     def blocked(self, pending: list[_Group], readers_of_root: dict[str, list[int]], done: set[int]) -> tuple[_Group, list[str]]:
