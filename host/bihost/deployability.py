@@ -45,6 +45,10 @@ def export_for(runtime: str, model, example) -> tuple[bytes, dict[str, int]]:
 
         data, report = export_lce_with_report(model, example)
         return data, dict(Counter(op for layer in report.layers for op in layer.extra_ops))
+    if fmt == "dabnn":
+        from bimodels.export.dabnn import export_dabnn_with_report
+
+        return export_dabnn_with_report(model, example)
     data = bimodels.export(model, fmt, example)
     layers = len(bimodels.binary_layers(model))
     if fmt == "onnx" and layers:  # no binary kernels at all: signs and convs in FP32

@@ -414,10 +414,17 @@ class Clip(nn.Module):
         return y + h if self.shortcut else y
 
 
-def test_refuses_hardtanh_read_by_a_full_precision_op():
-    msg = refused(binarize(Clip(shortcut=True), "bnn", fp_layers=["stem"], pad_value=-1), no_zeros(1, 3, 8, 8))
-    assert "hardtanh (node act, read by conv, add)" in msg and "no Hardtanh (clip) layer" in msg
-    assert "add read(s) the clipped values" in msg and "unsupported on daBNN" in msg
+def test_hardtanh_read_by_full_precision_ops_is_an_affine_relu_chain():
+    """clip(x) = hi - relu((hi - lo) - relu(x - lo)): five in-place layers, no copy of x."""
+    from bimodels.export.dabnn import export_dabnn_with_report
+
+    model = perturb(randomize_norms(binarize(Clip(shortcut=True), "bnn", fp_layers=["stem"], pad_value=-1))).eval()
+    x = no_zeros(1, 3, 8, 8) * 3  # well outside [-1, 1]: both sides of the clip are exercised
+    parsed = check_numerics(model, x)
+    types = [l["type"] for l in parsed["layers"]]
+    assert types[2:7] == ["Affine", "Relu", "Affine", "Relu", "Affine"]  # after the stem and bn0
+    _, extra = export_dabnn_with_report(model, x)
+    assert extra == {"Hardtanh as Affine/Relu/Affine/Relu/Affine": 1}
 
 
 def test_hardtanh_read_only_by_binary_convs_is_dropped():
@@ -426,10 +433,10 @@ def test_hardtanh_read_only_by_binary_convs_is_dropped():
     assert [l["type"] for l in parsed["layers"]] == ["FpConv2D", "Affine", "BinConv2D", "Affine", "Affine"]
 
 
-def test_refuses_binarized_resnet18_naming_hardtanh():
-    model = binarize(create_model("resnet18", num_classes=10), "bireal", pad_value=-1)
-    msg = refused(model, no_zeros(1, 3, 32, 32))
-    assert msg.startswith("daBNN cannot express hardtanh") and "Hardtanh (clip)" in msg and "compatibility matrix" in msg
+@pytest.mark.parametrize("arch", ["resnet18", "vgg_small"])
+def test_binarized_resnet18_and_vgg_small_export_with_their_hardtanh_lowered(arch):
+    model = perturb(randomize_norms(binarize(create_model(arch, num_classes=10), "bireal", pad_value=-1))).eval()
+    check_numerics(model, no_zeros(1, 3, 32, 32))
 
 
 def test_refuses_xnor_beta():

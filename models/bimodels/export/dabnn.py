@@ -369,6 +369,7 @@ class _Lowering:
         self.problems: dict[str, list[str]] = {}  # kind -> messages, in IR order
         self.readers: dict[str, list[str]] = {}  # IR value -> IR nodes reading it
         self.skip: set[str] = set()  # IR nodes folded into an earlier group
+        self.extra: dict[str, int] = {}  # what had to be composed of several daBNN layers -> how many times
         for n in ir.nodes:
             for v in n["inputs"]:
                 self.readers.setdefault(v, []).append(n["name"])
@@ -597,16 +598,38 @@ class _Lowering:
         readers = self.readers.get(out, [])
         ops = {m["name"]: m["op"] for m in self.ir.nodes}
         others = [r for r in readers if ops.get(r) != "binary_conv"]
+        x_name = n["inputs"][0]
+        x = self.val(x_name, node)
         if readers and not others and out != self.output:
             # sign(hardtanh(x)) = sign(x) (the clip keeps the sign, 0 included): binary convs
             # alone read it, so it is dropped and they binarize x directly
-            x = self.val(n["inputs"][0], node)
             return self.alias(n, x, x.shape)
-        raise _Refuse("hardtanh", f"hardtanh (node {node}, read by {', '.join(readers) or 'the output'}): daBNN has no "
-                      "Hardtanh (clip) layer. Dropping it is exact only where binary convs alone read it "
-                      f"(sign(hardtanh(x)) = sign(x)), but {', '.join(others) or 'the model output'} read(s) the clipped "
-                      "values (in binarized ResNets/VGG: the residual adds, pools and classifier), so the compatibility "
-                      "matrix records the model as unsupported on daBNN")
+        # Others read the clipped values (residual adds, pools, the classifier): daBNN has no
+        # clip layer, but clip(x, lo, hi) = hi - relu((hi - lo) - relu(x - lo)) is five in-place
+        # layers, each reading only the previous one, so no copy of x is needed.
+        lo, hi = float(n["attrs"]["min_val"]), float(n["attrs"]["max_val"])
+        if len(x.shape) not in (2, 4):
+            raise _Refuse("hardtanh", f"hardtanh on a tensor of shape {list(x.shape)} (node {node})")
+        total, c = int(np.prod(x.shape)), x.shape[1]
+        if total % 4:
+            raise _Refuse("align", f"a hardtanh on {total} values (node {node}): its ReLUs would skip the last "
+                          "total % 4 values on NEON")
+        self.aligned_rows(x, node, "Affine")
+        v = self.define(out, x.shape)
+        steps = [("Affine", 1.0, -lo), ("Relu", None, None), ("Affine", -1.0, hi - lo), ("Relu", None, None),
+                 ("Affine", -1.0, hi)]
+        layers, src = [], x.dab
+        for k, (ltype, a, b) in enumerate(steps):
+            dst = v.dab if k == len(steps) - 1 else self.fresh(f"{node}_clip{k}")
+            params: dict[str, Any] = {"input": src, "output": dst}
+            if ltype == "Affine":
+                params |= {"a": self.const(f"{node}.clip{k}_a", np.full(c, a, np.float32)),
+                           "b": self.const(f"{node}.clip{k}_b", np.full(c, b, np.float32))}
+            layers.append(DabLayer(ltype, params, node))
+            src = dst
+        self.extra["Hardtanh as Affine/Relu/Affine/Relu/Affine"] = (
+            self.extra.get("Hardtanh as Affine/Relu/Affine/Relu/Affine", 0) + 1)
+        self.group(node, [x_name], out, layers, clobbers=x_name, clobber_op="Hardtanh (Affine/Relu chain)")
 
     def op_add(self, n: dict, i: int) -> None:
         node = n["name"]
@@ -910,18 +933,30 @@ def lower(model: nn.Module, example_input: Tensor) -> tuple[list[DabLayer], list
     if isinstance(example_input, Tensor) and example_input.dim() >= 1 and example_input.shape[0] != 1:
         raise ExportError(f"{RUNTIME} runs batch 1 only (its input is [1, H, W, C] and it has no batch axis); the "
                           f"example input has batch {example_input.shape[0]}: export with a batch-1 example input")
+    layers, inits, shape, input_name, _ = _lower(model, example_input)
+    return layers, inits, shape, input_name
+
+
+def _lower(model: nn.Module, example_input: Tensor):
     ir = trace_ir(model, example_input, runtime=RUNTIME)
     lowering = _Lowering(ir)
     lowering.algos = _algorithms(model)
     layers, inits, shape = lowering.run()
-    return layers, inits, shape, lowering.input_dab
+    return layers, inits, shape, lowering.input_dab, dict(lowering.extra)
+
+
+def export_dabnn_with_report(model: nn.Module, example_input: Tensor) -> tuple[bytes, dict[str, int]]:
+    """The ``.dab`` and what had to be composed of several daBNN layers (-> layer count), for the
+    deployability matrix's 'composite' cells."""
+    layers, inits, input_shape, input_name, extra = _lower(model, example_input)
+    return write_dab(layers, inits, input_name, input_shape), extra
 
 
 @register_exporter("dabnn")
 def export_dabnn(model: nn.Module, example_input: Tensor) -> bytes:
     """The model as a daBNN ``.dab`` (FlatBuffers, flatbnn version 2); see the module docstring."""
-    layers, inits, input_shape, input_name = lower(model, example_input)
-    return write_dab(layers, inits, input_name, input_shape)
+    return export_dabnn_with_report(model, example_input)[0]
 
 
-__all__ = ["DabLayer", "DabTensor", "LAYER_TYPES", "PARAM_FIELDS", "VERSION", "export_dabnn", "lower", "read_dab", "write_dab"]
+__all__ = ["DabLayer", "DabTensor", "LAYER_TYPES", "PARAM_FIELDS", "VERSION", "export_dabnn", "export_dabnn_with_report",
+           "lower", "read_dab", "write_dab"]
