@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric, SummaryMet
 from prometheus_client.samples import Sample
 
 from .records import Measurement
-from .results import ResultsStore
+from .results import ResultsStore, latest_rows
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +104,6 @@ class ResultsCollector:
             for board, is_up in sorted(up.items()):
                 agent_up.add_metric([board], 1.0 if is_up else 0.0)
             yield agent_up
-
-
-def latest_rows(rows: Iterable[Measurement]) -> list[Measurement]:
-    """The newest row (by created_at) per (board, arch, algorithm, runtime, threads), whatever its campaign."""
-    latest: dict[tuple[str, str, str, str, int], Measurement] = {}
-    for m in rows:
-        key = (m.board, m.arch, m.algorithm, m.runtime, m.threads)
-        if key not in latest or m.created_at >= latest[key].created_at:
-            latest[key] = m
-    return list(latest.values())
 
 
 def serve_metrics(store: ResultsStore, port: int, host: str = "127.0.0.1",

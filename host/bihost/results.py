@@ -304,6 +304,20 @@ class ResultsStore:
         return [dict(r) for r in found]
 
 
+def latest_rows(rows, prefer_ok: bool = False) -> list[Measurement]:
+    """One row per (board, arch, algorithm, runtime, threads), whatever its campaign: the newest,
+    or with `prefer_ok` the newest ok one when there is one (a number to cite survives a later
+    failed retry; a live view shows the failure)."""
+    latest: dict[tuple[str, str, str, str, int], Measurement] = {}
+    for m in rows:
+        key = (m.board, m.arch, m.algorithm, m.runtime, m.threads)
+        old = latest.get(key)
+        rank = (prefer_ok and m.status == "ok", m.created_at)
+        if old is None or rank >= (prefer_ok and old.status == "ok", old.created_at):
+            latest[key] = m
+    return list(latest.values())
+
+
 def _flatten(m: Measurement) -> dict[str, Any]:
     d = m.as_dict(samples=True)
     latency, agent = dict(d.pop("latency_ms")), dict(d.pop("agent"))

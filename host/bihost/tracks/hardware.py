@@ -5,21 +5,14 @@ from __future__ import annotations
 import math
 
 from ..records import Measurement
+from ..results import latest_rows
 from .base import FP, BenchContext, Track, TrackResult, mean, register_track
 
 
 def latest_measurements(rows: list[Measurement]) -> list[Measurement]:
-    """One row per (board, arch, algorithm, runtime, threads): the newest ok one, else the newest.
-
-    Repeated campaigns of the same board would otherwise weigh a model several times in a mean.
-    """
-    best: dict[tuple, Measurement] = {}
-    for m in rows:
-        key = (m.board, m.arch, m.algorithm, m.runtime, m.threads)
-        old = best.get(key)
-        if old is None or ((m.status == "ok", m.created_at) >= (old.status == "ok", old.created_at)):
-            best[key] = m
-    return list(best.values())
+    """Each board's newest ok row of each model (repeated campaigns would otherwise weigh a
+    model several times in a mean)."""
+    return latest_rows(rows, prefer_ok=True)
 
 
 @register_track
