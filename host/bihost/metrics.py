@@ -21,8 +21,9 @@ from .results import ResultsStore, latest_rows
 log = logging.getLogger(__name__)
 
 UpProbe = Callable[[], dict[str, bool]]  # board name -> agent answers its health check
-RUN_LABELS = ("board", "chip", "arch", "algorithm", "runtime", "threads")
-MODEL_LABELS = ("board", "chip", "arch", "algorithm", "runtime")  # properties of the artifact, not of threads
+# pad: what the binarized convs pad with (daBNN's artifacts pad with -1, the others with 0)
+RUN_LABELS = ("board", "chip", "arch", "algorithm", "runtime", "pad", "threads")
+MODEL_LABELS = ("board", "chip", "arch", "algorithm", "runtime", "pad")  # properties of the artifact, not of threads
 QUANTILES = (("0.5", "median"), ("0.9", "p90"), ("0.99", "p99"))
 
 
@@ -79,7 +80,7 @@ class ResultsCollector:
                                    labels=(*RUN_LABELS, "status"))
         seen_models: set[tuple[str, ...]] = set()
         for m in sorted(rows, key=lambda r: r.created_at, reverse=True):  # newest first: it owns model labels
-            run = [m.board, m.chip, m.arch, m.algorithm, m.runtime, str(m.threads)]
+            run = [m.board, m.chip, m.arch, m.algorithm, m.runtime, f"{m.pad_value:g}", str(m.threads)]
             status.add_metric([*run, m.status], 1.0)
             if m.status != "ok":
                 continue

@@ -22,7 +22,8 @@ from .test_results import CLI
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 
-LABELS = dict(board="rpi4", chip="bcm2711", arch="resnet20", algorithm="reactnet", runtime="larq", threads="1")
+LABELS = dict(board="rpi4", chip="bcm2711", arch="resnet20", algorithm="reactnet", runtime="larq", pad="0",
+              threads="1")
 MODEL = {k: v for k, v in LABELS.items() if k != "threads"}
 
 
@@ -60,6 +61,12 @@ def test_values_of_an_ok_row(store):
     assert value("bibench_numerics_max_abs_error", LABELS) == 2e-6
     assert value("bibench_measurement_status", {**LABELS, "status": "ok"}) == 1.0
     assert value("bibench_agent_up", {"board": "rpi4"}) is None  # no probe, no family
+
+
+def test_a_daBNN_row_carries_its_padding_as_a_label(store):
+    store.add(row(runtime="dabnn", pad_value=-1.0))
+    value = registry_for(store).get_sample_value
+    assert value("bibench_speedup_ratio", {**LABELS, "runtime": "dabnn", "pad": "-1"}) == 3.0
 
 
 def test_latest_row_wins_across_campaigns(store):
