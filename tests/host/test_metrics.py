@@ -160,6 +160,13 @@ def test_metrics_serve_verb_until_sigterm(tmp_path):
             proc.wait()
 
 
+def test_a_mistyped_results_path_is_refused_not_served_empty(tmp_path):
+    out = subprocess.run([sys.executable, "-c", CLI, "metrics", "serve", "--port", "0", "--results",
+                          str(tmp_path / "typo")], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and f"no results store at {tmp_path / 'typo' / 'results.sqlite'}" in out.stderr
+    assert not (tmp_path / "typo").exists()
+
+
 def test_dashboards_load_and_query_exported_metrics(store):
     config = yaml.safe_load((DASHBOARDS / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]

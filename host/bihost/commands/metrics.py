@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..metrics import UpProbe, serve_metrics
-from ..results import ResultsStore
+from ..errors import UserError
+from ..results import FILENAME, ResultsStore
 from .results import results_dir_option
 
 
@@ -26,6 +27,9 @@ def command() -> None:
 @click.option("--insecure", is_flag=True, help="Probe non-loopback boards without TLS in plaintext.")
 def serve(port: int, host: str, results_dir: Path, inventory: Path | None, insecure: bool) -> None:
     """Serve /metrics until SIGINT or SIGTERM."""
+    if not (results_dir / FILENAME).exists():  # a mistyped path must not serve an empty store
+        raise UserError(f"no results store at {results_dir / FILENAME}: pass the --results folder that "
+                        "`bihost profile` or `bihost bench` wrote (or set BIHOST_RESULTS)")
     run(ResultsStore(results_dir), port, host, up_probe_for(inventory, insecure=insecure))
 
 
