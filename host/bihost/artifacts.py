@@ -17,11 +17,11 @@ RUNTIME_FORMATS = {"custom": "custom", "larq": "lce", "dabnn": "dabnn", "onnxrun
 #: it has no way to correct for another value; the others take PyTorch's zero padding.
 RUNTIME_PAD_VALUE = {"dabnn": -1.0}
 FP32 = "fp32"  # the algorithm label of the full-precision baseline
+CHECK_CASES = 3
 
 
 def pad_value_for(runtime: str, algorithm: str) -> float:
     return 0.0 if algorithm == FP32 else RUNTIME_PAD_VALUE.get(runtime, 0.0)
-CHECK_CASES = 3
 
 
 class NoExporter(Exception):
@@ -42,7 +42,6 @@ class ModelCase:
     model: object  # torch.nn.Module, eval mode
     checks: list[tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
-    pad_value: float = 0.0
 
 
 class ArtifactCache:
@@ -75,7 +74,7 @@ class ArtifactCache:
             with torch.no_grad():
                 y = model(x)
             checks.append(([x.numpy()], [y.numpy()]))
-        return ModelCase(arch, algorithm, model, checks, pad_value=pad_value)
+        return ModelCase(arch, algorithm, model, checks)
 
     def artifact(self, arch: str, algorithm: str, runtime: str) -> Artifact:
         """The artifact `runtime` loads; ExportError (unsupported op) or NoExporter otherwise."""

@@ -92,21 +92,23 @@ def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check:
     status = "composite" if extra else "native"
     reason = "" if not extra else "extra float ops per layer: " + ", ".join(f"{op} x{n}" for op, n in extra.items())
     result = Cell(status, reason, extra)
-    info = get_runtime(runtime).describe() if check else None
-    if info is not None and not info.installed:
+    if not check:
+        return result
+    info = get_runtime(runtime).describe()
+    if not info.installed:
         result.unchecked = f"{runtime} is not usable here: {info.detail}"
-    if info is not None and info.installed:
-        cases = []
-        for i in range(3):
-            x = bimodels.example_input(model, 1, seed=seed + 1 + i)
-            with torch.no_grad():
-                cases.append(([x.numpy()], [model(x).numpy()]))
-        ok, errors = _check(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
-        result.checked, result.max_rel_error, result.rel_errors = True, max(errors), errors
-        if not ok:
-            shown = ", ".join(f"{e:.1e}" for e in errors)
-            return Cell("unsupported", f"exported, but its output disagrees with torch (relative errors {shown})",
-                        extra, True, max(errors), errors)
+        return result
+    cases = []
+    for i in range(3):
+        x = bimodels.example_input(model, 1, seed=seed + 1 + i)
+        with torch.no_grad():
+            cases.append(([x.numpy()], [model(x).numpy()]))
+    ok, errors = _check(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
+    result.checked, result.max_rel_error, result.rel_errors = True, max(errors), errors
+    if not ok:
+        shown = ", ".join(f"{e:.1e}" for e in errors)
+        return Cell("unsupported", f"exported, but its output disagrees with torch (relative errors {shown})",
+                    extra, True, max(errors), errors)
     return result
 
 

@@ -12,9 +12,11 @@ once into ``~/.cache/bibench-farm/dabnn-driver-<hash>/`` with::
 The glog and flatbuffers headers and libraries of daBNN's own build are found automatically
 (glog's generated headers under build*/ first; its Windows port is never used), else the
 system's (``-lglog``, ``-lflatbuffers``). ``BIAGENT_DABNN_CXXFLAGS`` comes first, so an
-``-I`` there overrides what was found; ``BIAGENT_DABNN_LDFLAGS`` adds libraries. ``-DBNN_BENCHMARK`` is added when the build's
-CMakeCache.txt has BNN_NET_BENCHMARK on (bnn::Net's layout depends on it). A static
-libdabnn must have been compiled with -fPIC to link into the driver.
+``-I`` there overrides what was found; ``BIAGENT_DABNN_LDFLAGS`` adds libraries.
+``-DBNN_BENCHMARK`` is added when the build's CMakeCache.txt has BNN_NET_BENCHMARK on
+(bnn::Net's layout depends on it). A static libdabnn built without -fPIC (CMake's default)
+cannot go into a shared object: then the same source is built as an executable
+(``-DDABNN_DRIVER_SERVER``) that serves the model over a pipe and times each run itself.
 
 Artifacts come from ``bimodels.export(model, "dabnn", x)``. The model's input is NCHW
 ``[1, C, H, W]`` (transposed to daBNN's NHWC in `set_inputs`, not timed); its output is the
@@ -271,25 +273,28 @@ def _probe() -> _Probe:
     out_dir = _cache_root() / f"dabnn-driver-{key}"
     version = _git_version(root)
     library, server = out_dir / "libdabnn_driver.so", out_dir / "dabnn_driver_server"
-    if library.is_file():
-        return _Probe(True, f"daBNN at {root} through our driver {library}; {_kernels()}; single-threaded", library,
-                      version)
-    if server.is_file():
-        return _Probe(True, f"daBNN at {root} through our driver process {server} ({lib.name} is not "
-                            f"position-independent); {_kernels()}; single-threaded", server, version)
+
+    def ready(driver: Path) -> _Probe:
+        how = (f"our driver {driver}" if driver == library else
+               f"our driver process {driver} ({lib.name} is not position-independent)")
+        return _Probe(True, f"daBNN at {root} through {how}; {_kernels()}; single-threaded", driver, version)
+
+    for built in (library, server):
+        if built.is_file():
+            return ready(built)
     out_dir.mkdir(parents=True, exist_ok=True)
     error = _compile(cxx, ["-O2", "-std=c++17", "-shared", "-fPIC"], compile_args, library, out_dir / "build.log")
-    if error and ("recompile with -fPIC" in error or "making a shared object" in error):
+    if not error:
+        return ready(library)
+    if "recompile with -fPIC" in error or "making a shared object" in error:
         # CMake builds a static libdabnn without -fPIC by default: it cannot go into a shared
         # object, but it links into an executable; the same source serves it over a pipe.
         error = _compile(cxx, ["-O2", "-std=c++17", "-DDABNN_DRIVER_SERVER"], compile_args, server,
                          out_dir / "build-server.log")
         if not error:
-            return _probe()
-    if error:
-        return _Probe(False, f"building the daBNN driver failed at compiling and linking {DRIVER_SOURCE.name} "
-                             f"against {lib}{error}", version=version)
-    return _probe()
+            return ready(server)
+    return _Probe(False, f"building the daBNN driver failed at compiling and linking {DRIVER_SOURCE.name} "
+                         f"against {lib}{error}", version=version)
 
 
 def _compile(cxx: str, flags: list[str], args: list[str], target: Path, log: Path) -> str:

@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 
 from ..metrics import UpProbe, serve_metrics
-from ..errors import UserError
-from ..results import FILENAME, ResultsStore
-from .results import results_dir_option
+from ..results import ResultsStore
+from .results import existing_store, results_dir_option
 
 
 @click.group("metrics")
@@ -27,10 +26,7 @@ def command() -> None:
 @click.option("--insecure", is_flag=True, help="Probe non-loopback boards without TLS in plaintext.")
 def serve(port: int, host: str, results_dir: Path, inventory: Path | None, insecure: bool) -> None:
     """Serve /metrics until SIGINT or SIGTERM."""
-    if not (results_dir / FILENAME).exists():  # a mistyped path must not serve an empty store
-        raise UserError(f"no results store at {results_dir / FILENAME}: pass the --results folder that "
-                        "`bihost profile` or `bihost bench` wrote (or set BIHOST_RESULTS)")
-    run(ResultsStore(results_dir), port, host, up_probe_for(inventory, insecure=insecure))
+    run(existing_store(results_dir), port, host, up_probe_for(inventory, insecure=insecure))
 
 
 def up_probe_for(inventory: Path | None, timeout_s: float = 1.0, insecure: bool = False) -> UpProbe | None:

@@ -16,6 +16,14 @@ from ..results import FILENAME, ResultsStore
 FORMATS = ("table", "csv", "json", "parquet")
 
 
+def existing_store(results_dir: Path) -> ResultsStore:
+    """The store a reading command reports on; a path without one is an error, never a new empty store."""
+    if not (results_dir / FILENAME).exists():
+        raise UserError(f"no results store at {results_dir / FILENAME}: pass the --results folder that "
+                        "`bihost profile` or `bihost bench` wrote (or set BIHOST_RESULTS)")
+    return ResultsStore(results_dir)
+
+
 def results_dir_option(f):  # shared with `bihost metrics serve` so both find the same store
     return click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
                         default="results", envvar="BIHOST_RESULTS", show_default=True,

@@ -90,7 +90,8 @@ def main_table(data: ReportData) -> tuple[Figure, str]:
     if not tracks:
         raise NoData("no track has a number for this store")
     values = np.array([[t.overall.get(a, math.nan) for t in tracks] for a in data.algorithms], dtype=float)
-    best = np.nanargmax(np.where(np.isnan(values), -np.inf, values), axis=0)
+    winner = data.best()
+    best = [data.algorithms.index(winner[t.track]) for t in tracks]
     fig = Figure(figsize=(1.6 + 1.5 * len(tracks), 1.2 + 0.4 * len(data.algorithms)), layout="constrained")
     ax = fig.add_subplot()
     # Colour each column by its rank, so tracks on different scales (ratios ~1 vs ~20) share one map.

@@ -68,12 +68,7 @@ def _e(text) -> str:
 
 
 def main_table_html(data: ReportData) -> str:
-    tracks = data.tracks
-    best = {}
-    for t in tracks:
-        vals = {a: v for a, v in t.overall.items() if v is not None and not math.isnan(v)}
-        if vals:
-            best[t.track] = max(vals, key=vals.get)
+    tracks, best = data.tracks, data.best()
     head = "".join(f"<th>{_e(t.title)}</th>" for t in tracks)
     rows = []
     for a in data.algorithms:

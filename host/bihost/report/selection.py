@@ -8,6 +8,7 @@ measurement; and it says what it left out.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,6 +40,15 @@ class ReportData:
 
     def track(self, name: str) -> TrackResult:
         return next(t for t in self.tracks if t.track == name)
+
+    def best(self) -> dict[str, str]:
+        """Track name -> the algorithm with the highest overall metric (tracks with none are left out)."""
+        out = {}
+        for t in self.tracks:
+            values = {a: t.overall[a] for a in self.algorithms if not math.isnan(t.overall.get(a, math.nan))}
+            if values:
+                out[t.track] = max(values, key=values.get)
+        return out
 
 
 def _newest_group(rows, group_key, model_key) -> tuple[list, int]:

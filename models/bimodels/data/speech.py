@@ -93,20 +93,17 @@ def speak(word: str, voice: str, speed: int, pitch: int, attempts: int = 3, time
     """One word spoken by espeak-ng. A synthesis that hangs (or a host too loaded to finish
     it in time) is retried; only a repeated failure stops the run, with what to check."""
     cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word]
-    for attempt in range(1, attempts + 1):
+    where = shutil.which("espeak-ng") or "espeak-ng"  # what a DataError names
+    for _ in range(attempts):
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            if attempt == attempts:
-                raise DataError(shutil.which("espeak-ng") or "espeak-ng",
-                                f"did not finish {word!r} in voice {voice} within {timeout:.0f} s, {attempts} times: "
-                                f"check that `{' '.join(cmd)}` runs here") from None
             continue
         if proc.returncode != 0 or not proc.stdout:
-            raise DataError(shutil.which("espeak-ng") or "espeak-ng",
-                            f"failed for {word!r} in voice {voice}: {proc.stderr.decode()[-200:]}")
+            raise DataError(where, f"failed for {word!r} in voice {voice}: {proc.stderr.decode()[-200:]}")
         return read_wav(proc.stdout, f"espeak-ng {voice} {word}")
-    raise AssertionError("unreachable")
+    raise DataError(where, f"did not finish {word!r} in voice {voice} within {timeout:.0f} s, {attempts} times: "
+                           f"check that `{' '.join(cmd)}` runs here")
 
 
 def generate(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -64,6 +64,7 @@ Semantics and refusals (an ExportError names the operator and the node)
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,7 +370,7 @@ class _Lowering:
         self.problems: dict[str, list[str]] = {}  # kind -> messages, in IR order
         self.readers: dict[str, list[str]] = {}  # IR value -> IR nodes reading it
         self.skip: set[str] = set()  # IR nodes folded into an earlier group
-        self.extra: dict[str, int] = {}  # what had to be composed of several daBNN layers -> how many times
+        self.extra: Counter[str] = Counter()  # what had to be composed of several daBNN layers -> how many times
         for n in ir.nodes:
             for v in n["inputs"]:
                 self.readers.setdefault(v, []).append(n["name"])
@@ -627,8 +628,7 @@ class _Lowering:
                            "b": self.const(f"{node}.clip{k}_b", np.full(c, b, np.float32))}
             layers.append(DabLayer(ltype, params, node))
             src = dst
-        self.extra["Hardtanh as Affine/Relu/Affine/Relu/Affine"] = (
-            self.extra.get("Hardtanh as Affine/Relu/Affine/Relu/Affine", 0) + 1)
+        self.extra["Hardtanh as Affine/Relu/Affine/Relu/Affine"] += 1
         self.group(node, [x_name], out, layers, clobbers=x_name, clobber_op="Hardtanh (Affine/Relu chain)")
 
     def op_add(self, n: dict, i: int) -> None:
@@ -930,14 +930,14 @@ def _algorithms(model: nn.Module) -> dict[str, str]:
 
 def lower(model: nn.Module, example_input: Tensor) -> tuple[list[DabLayer], list[DabTensor], list[int], str]:
     """The daBNN layers, initializers, input shape [1, H, W, C] and input name of `model` (or ExportError)."""
-    if isinstance(example_input, Tensor) and example_input.dim() >= 1 and example_input.shape[0] != 1:
-        raise ExportError(f"{RUNTIME} runs batch 1 only (its input is [1, H, W, C] and it has no batch axis); the "
-                          f"example input has batch {example_input.shape[0]}: export with a batch-1 example input")
     layers, inits, shape, input_name, _ = _lower(model, example_input)
     return layers, inits, shape, input_name
 
 
 def _lower(model: nn.Module, example_input: Tensor):
+    if isinstance(example_input, Tensor) and example_input.dim() >= 1 and example_input.shape[0] != 1:
+        raise ExportError(f"{RUNTIME} runs batch 1 only (its input is [1, H, W, C] and it has no batch axis); the "
+                          f"example input has batch {example_input.shape[0]}: export with a batch-1 example input")
     ir = trace_ir(model, example_input, runtime=RUNTIME)
     lowering = _Lowering(ir)
     lowering.algos = _algorithms(model)
