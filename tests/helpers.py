@@ -23,3 +23,26 @@ def perturb_binarizers(model: nn.Module, seed: int = 1) -> nn.Module:
             if layer.bias is not None:
                 layer.bias.normal_(0.0, 0.5, generator=g)
     return model
+
+
+def assert_numerics(runtime: str, artifact: bytes, fmt: str, model: nn.Module, xs: list) -> None:
+    """The numerics rule (biagent.numerics), as the agent applies it, on each input of `xs`:
+    the runtime matches torch's float64 reference, or differs through a rounding flip its
+    sign inputs show."""
+    from biagent import numerics
+    from biagent.runtimes import get_runtime
+    from bimodels.numerics import reference_cases
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"model.{fmt}"
+        path.write_bytes(artifact)
+        rt = get_runtime(runtime)()
+        loaded = rt.load(path, threads=1)
+        try:
+            result = numerics.check(loaded, reference_cases(model, xs), probing=lambda: rt.load_probing(path, threads=1))
+        finally:
+            loaded.close()
+    assert result.ok, result.reason

@@ -26,6 +26,7 @@ from . import hwinfo, wire
 from .runtimes import describe_all, get_runtime, UnknownRuntime
 from .lease import LeaseError, LeaseManager
 from .limits import CallLimiter, LimitInterceptor
+from . import numerics
 from .measure import check_tolerance
 from .security import SecurityConfigError, ServerTls, TokenInterceptor, is_loopback
 from .store import ModelStore, StoreError, StoreLock, UploadCorrupt
@@ -276,6 +277,14 @@ class AgentServicer(pb_grpc.AgentServicer):
                 arrays[f"case{i}_in{j}"] = wire.to_array(t)
             for j, t in enumerate(case.expected):
                 arrays[f"case{i}_out{j}"] = wire.to_array(t)
+            for k, sign in enumerate(case.signs):
+                ref = numerics.SignReference(tuple(sign.shape), bytes(sign.bits), np.asarray(sign.fragile, dtype=np.int64),
+                                             np.asarray(sign.margins, dtype=np.float64))
+                try:
+                    ref.validate()
+                except ValueError as exc:
+                    raise wire.WireError(f"numerics case {i}, sign reference {k}: {exc}") from None
+                arrays.update(ref.as_arrays(f"case{i}_sign{k}"))
         for j, t in enumerate(request.inputs):
             arrays[f"timing{j}"] = wire.to_array(t)
         return arrays

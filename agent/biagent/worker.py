@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import hwinfo
-from .measure import check_tolerance, max_abs_error, summarize
+from . import hwinfo, numerics
+from .measure import check_tolerance, summarize
 from .runtimes import InvokeError, ModelLoadError, RuntimeNotInstalled, UnknownRuntime, get_runtime
 
 SECRET_ENV = ("BIAGENT_TOKEN",)
@@ -79,7 +79,7 @@ class Failure(Exception):
         self.code = code
 
 
-def load_cases(path: str | None) -> tuple[list[tuple[list[np.ndarray], list[np.ndarray]]], list[np.ndarray]]:
+def load_cases(path: str | None) -> tuple[list[numerics.Case], list[np.ndarray]]:
     """Numerics cases and the timing input from the job's npz (see server.write_job)."""
     if not path:
         return [], []
@@ -90,7 +90,10 @@ def load_cases(path: str | None) -> tuple[list[tuple[list[np.ndarray], list[np.n
     while f"case{i}_in0" in arrays:
         ins = [arrays[f"case{i}_in{j}"] for j in range(_count(arrays, f"case{i}_in"))]
         outs = [arrays[f"case{i}_out{j}"] for j in range(_count(arrays, f"case{i}_out"))]
-        cases.append((ins, outs))
+        signs = []
+        while f"case{i}_sign{len(signs)}_bits" in arrays:
+            signs.append(numerics.SignReference.from_arrays(arrays, f"case{i}_sign{len(signs)}"))
+        cases.append(numerics.Case(ins, outs, signs))
         i += 1
     timing = [arrays[f"timing{j}"] for j in range(_count(arrays, "timing"))]
     return cases, timing
@@ -132,30 +135,17 @@ def run(job: dict) -> None:
         check_tolerance(atol, rtol)
     except ValueError as exc:
         raise Failure("INVALID_ARGUMENT", str(exc)) from None
-    errors, reasons, fatal = [], [], []
-    for i, (ins, expected) in enumerate(cases):
-        emit("progress", phase="checking", done=i, total=len(cases), message="comparing with the reference")
-        try:
-            model.set_inputs(ins)
-            model.invoke()
-            err, scale, problem = max_abs_error(model.get_outputs(), expected)
-        except InvokeError as exc:
-            raise Failure("INVALID_ARGUMENT", f"{info.name} failed on the check input: {exc}") from None
-        errors.append(err)
-        if problem:  # a wrong shape or a NaN is never a rounding flip: it fails the whole check
-            fatal.append(f"case {i}: {problem}")
-        elif not err <= atol + rtol * scale:
-            reasons.append(f"case {i}: max abs error {err:.3g} > {atol:g} + {rtol:g} * {scale:.3g}")
-    passed = len(cases) - len(reasons) - len(fatal)
-    # Float rounding can flip one sign in a binary net (rare, input-dependent); a wrong
-    # kernel fails every input. So at least half of the cases must match, and none may fail
-    # in a way rounding cannot explain.
-    numerics_ok = not cases or (not fatal and passed * 2 >= len(cases))
-    reasons = fatal + reasons
-    if reasons and numerics_ok:
-        reasons.insert(0, f"matched on {passed} of {len(cases)} check inputs (a rounding sign flip on the others?)")
+    runtime = runtime_cls()
+    try:
+        result = numerics.check(
+            model, cases, atol, rtol, probing=lambda: runtime.load_probing(Path(job["model_path"]), threads),
+            progress=lambda i, n: emit("progress", phase="checking", done=i, total=n, message="comparing with the reference"))
+    except InvokeError as exc:
+        raise Failure("INVALID_ARGUMENT", f"{info.name} failed on the check input: {exc}") from None
+    numerics_ok, errors = result.ok, result.errors
+    reasons = [result.reason] if result.reason else []
 
-    inputs = timing_inputs or (cases[0][0] if cases else [np.zeros(s.shape, s.dtype) for s in model.inputs])
+    inputs = timing_inputs or (cases[0].inputs if cases else [np.zeros(s.shape, s.dtype) for s in model.inputs])
     try:
         model.set_inputs(inputs)
         model.invoke()  # once, untimed: an input the model cannot take is the request's fault, not a crash

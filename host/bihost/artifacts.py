@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-import numpy as np
+from biagent.numerics import Case
 
 #: the artifact format each runtime loads (the exporter registry names these)
 RUNTIME_FORMATS = {"custom": "custom", "larq": "lce", "dabnn": "dabnn", "onnxruntime": "onnx"}
@@ -18,6 +18,15 @@ RUNTIME_FORMATS = {"custom": "custom", "larq": "lce", "dabnn": "dabnn", "onnxrun
 RUNTIME_PAD_VALUE = {"dabnn": -1.0}
 FP32 = "fp32"  # the algorithm label of the full-precision baseline
 CHECK_CASES = 3
+
+
+def check_cases(model, seed: int) -> list[Case]:
+    """The numerics check inputs every runtime is judged on (biagent.numerics)."""
+    import bimodels
+    from bimodels.numerics import reference_cases
+
+    return reference_cases(model, [bimodels.example_input(model, batch_size=1, seed=seed + 1 + i)
+                                   for i in range(CHECK_CASES)])
 
 
 def pad_value_for(runtime: str, algorithm: str) -> float:
@@ -40,7 +49,7 @@ class ModelCase:
     arch: str
     algorithm: str
     model: object  # torch.nn.Module, eval mode
-    checks: list[tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
+    checks: list[Case] = field(default_factory=list)  # float64 torch references with sign decisions
     artifacts: dict[str, Artifact] = field(default_factory=dict)
 
 
@@ -68,13 +77,7 @@ class ArtifactCache:
         if algorithm != FP32:
             model = bimodels.binarize(model, algorithm, pad_value=pad_value)
         model.eval()
-        checks = []
-        for i in range(CHECK_CASES):
-            x = bimodels.example_input(model, batch_size=1, seed=self.seed + 1 + i)
-            with torch.no_grad():
-                y = model(x)
-            checks.append(([x.numpy()], [y.numpy()]))
-        return ModelCase(arch, algorithm, model, checks)
+        return ModelCase(arch, algorithm, model, check_cases(model, self.seed))
 
     def artifact(self, arch: str, algorithm: str, runtime: str) -> Artifact:
         """The artifact `runtime` loads; ExportError (unsupported op) or NoExporter otherwise."""

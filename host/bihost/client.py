@@ -9,12 +9,13 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from biagent.numerics import Case
 from biproto import agent_pb2 as pb
 from biproto import agent_pb2_grpc as pb_grpc
 
@@ -99,6 +100,13 @@ class BenchmarkOutcome:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _case_message(case: Case) -> pb.NumericsCase:
+    signs = [pb.SignReference(shape=list(r.shape), bits=r.bits, fragile=r.fragile.tolist(), margins=r.margins.tolist())
+             for r in case.signs]
+    return pb.NumericsCase(inputs=[_tensor(a) for a in case.inputs], expected=[_tensor(a) for a in case.expected],
+                           signs=signs)
 
 
 def _tensor(a: np.ndarray) -> pb.Tensor:
@@ -248,7 +256,7 @@ class AgentClient:
         model_id: str,
         runtime: str,
         settings: BenchmarkSettings,
-        checks: list[tuple[list[np.ndarray], list[np.ndarray]]] = (),
+        checks: Sequence[Case | tuple[list[np.ndarray], list[np.ndarray]]] = (),
         timing_inputs: list[np.ndarray] = (),
         on_progress: Callable[[str, int, int, str], None] | None = None,
         deadline_s: float | None = None,
@@ -257,8 +265,7 @@ class AgentClient:
             model_id=model_id, runtime=runtime, threads=settings.threads, warmup_runs=settings.warmup_runs,
             min_runs=settings.min_runs, min_duration_s=settings.min_duration_s, max_duration_s=settings.max_duration_s,
             atol=settings.atol, rtol=settings.rtol,
-            checks=[pb.NumericsCase(inputs=[_tensor(a) for a in ins], expected=[_tensor(a) for a in outs])
-                    for ins, outs in checks],
+            checks=[_case_message(c if isinstance(c, Case) else Case(*c)) for c in checks],
             inputs=[_tensor(a) for a in timing_inputs], lease_id=self.lease_id,
         )
         # The deadline covers queueing, loading, checks, warmup and the timed phase; the agent

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import RUNTIME_FORMATS, NoExporter
+from biagent import numerics
+from biagent.numerics import Case, CheckResult
+
+from .artifacts import RUNTIME_FORMATS, NoExporter, check_cases
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Cell:
     max_rel_error: float | None = None  # the largest over the check inputs
     rel_errors: list[float] = field(default_factory=list)  # one per check input
     unchecked: str = ""  # why the numerics were not compared here (the runtime is missing or unusable)
+    numerics: str = ""  # the check's failures, or how a mismatch was explained (a rounding flip)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,23 +60,20 @@ def export_for(runtime: str, model, example) -> tuple[bytes, dict[str, int]]:
     return data, {}
 
 
-def _check(runtime: str, fmt: str, data: bytes, model, cases) -> tuple[bool, list[float]]:
-    """Run the artifact in the locally installed runtime on the check inputs."""
+def _check(runtime: str, fmt: str, data: bytes, cases: list[Case]) -> CheckResult:
+    """Run the artifact in the locally installed runtime and judge it (biagent.numerics):
+    the same rule as the agent's check before a latency counts."""
     from biagent.runtimes import get_runtime
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"model.{fmt}"
         path.write_bytes(data)
-        loaded = get_runtime(runtime)().load(path, threads=1)
-        errors = []
-        for ins, refs in cases:
-            loaded.set_inputs(ins)
-            loaded.invoke()
-            (out,) = loaded.get_outputs()[:1]
-            errors.append(float(np.abs(out.reshape(refs[0].shape) - refs[0]).max() / max(np.abs(refs[0]).max(), 1e-12)))
-        loaded.close()
-    ok = sum(e <= 1e-3 for e in errors) * 2 > len(errors)  # a rounding flip may hit one input
-    return ok, errors
+        rt = get_runtime(runtime)()
+        loaded = rt.load(path, threads=1)
+        try:
+            return numerics.check(loaded, cases, probing=lambda: rt.load_probing(path, threads=1))
+        finally:
+            loaded.close()
 
 
 def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check: bool = True, seed: int = 0) -> Cell:
@@ -98,17 +99,14 @@ def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check:
     if not info.installed:
         result.unchecked = f"{runtime} is not usable here: {info.detail}"
         return result
-    cases = []
-    for i in range(3):
-        x = bimodels.example_input(model, 1, seed=seed + 1 + i)
-        with torch.no_grad():
-            cases.append(([x.numpy()], [model(x).numpy()]))
-    ok, errors = _check(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
+    cases = check_cases(model, seed)
+    outcome = _check(runtime, RUNTIME_FORMATS[runtime], data, cases)
+    errors = [v.error / max(float(np.abs(c.expected[0]).max()), 1e-12) for v, c in zip(outcome.verdicts, cases)]
     result.checked, result.max_rel_error, result.rel_errors = True, max(errors), errors
-    if not ok:
-        shown = ", ".join(f"{e:.1e}" for e in errors)
-        return Cell("unsupported", f"exported, but its output disagrees with torch (relative errors {shown})",
-                    extra, True, max(errors), errors)
+    result.numerics = outcome.reason
+    if not outcome.ok:
+        return Cell("unsupported", f"exported, but its output disagrees with torch: {outcome.reason}",
+                    extra, True, max(errors), errors, numerics=outcome.reason)
     return result
 
 

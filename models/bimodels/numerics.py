@@ -1,28 +1,26 @@
-"""Compare a runtime's output with the torch reference, and explain sign flips.
+"""Torch's side of the numerics rule (biagent.numerics): the float64 reference a runtime is
+judged against, with its sign decisions, and the ONNX comparison the exporters' tests use.
 
-A binarized network amplifies rounding: a pre-sign value within a few ulps of zero can land
-on either side in two correct implementations (different summation order in a float conv,
-batch norm folded into a conv), and the flipped bit changes every later layer a little.
-Measured here on resnet18 with random weights: about 1 model in 10 shows such a flip
-between torch and onnxruntime. So a comparison reports, besides the output error, every
-sign decision that differs and how far its torch pre-activation was from zero: flips at
-rounding distance are a property of binarization; flips with a real margin are a bug.
+The reference is the deployed model (`to_deploy`: what every exporter sees) run in float64,
+so that torch's own float32 rounding never decides a sign: a runtime is compared with the
+exact values, and a decision counts as fragile only where the exact value is near zero.
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import Tensor, nn
+
+from biagent.numerics import ATOL, ROUNDING_MARGIN, RTOL, Case, SignReference
 
 from .binarize import to_deploy
 from .layers import DeployedBinaryLayer
 
-#: A flip whose torch pre-activation is closer to zero than this (relative to the layer's
-#: largest pre-activation, about 80 float32 ulps) is rounding, not a bug.
-ROUNDING_MARGIN = 1e-5
+__all__ = ["ROUNDING_MARGIN", "NumericsReport", "reference_cases", "compare_onnx"]
 
 
 @dataclass(frozen=True)
@@ -33,21 +31,19 @@ class NumericsReport:
     sign_decisions: int  # binary activations compared
     sign_flips: int  # all layers, including flips caused by an earlier one
     first_flip_layer: int  # index (execution order) of the first binary layer that flipped; -1 if none
-    first_flip_margin: float  # largest |pre-activation| among that layer's flips, relative to
-    # the layer's largest |pre-activation| (0 if none)
+    first_flip_margin: float  # largest |value| among that layer's flips relative to the layer's
+    # largest |value| (0 if none)
+    passed: bool  # the numerics rule (biagent.numerics.judge) on every sample
+    reason: str = ""
 
     @property
     def relative_error(self) -> float:
         return self.max_abs_error / max(self.output_range, 1e-12)
 
-    def exact(self, atol: float = 1e-4, rtol: float = 1e-5) -> bool:
-        """Matches to atol + rtol * output range, or differs only through flips at rounding
-        distance from zero (float32 outputs in the hundreds carry errors above 1e-4 by
-        rounding alone)."""
-        if self.max_abs_error <= atol + rtol * self.output_range:
-            return True
-        # Flips in later layers are consequences of the first; only the first must be rounding.
-        return self.first_flip_layer >= 0 and self.first_flip_margin <= ROUNDING_MARGIN
+    def exact(self) -> bool:
+        """The numerics rule: matches to ATOL + RTOL * range, or differs only through a
+        first flip at rounding distance from zero (later flips follow from it)."""
+        return self.passed
 
     def as_dict(self) -> dict:
         return asdict(self) | {"relative_error": self.relative_error}
@@ -78,49 +74,54 @@ def _torch_pre_signs(deployed: nn.Module, x: Tensor) -> tuple[Tensor, list[Tenso
     return out, captured
 
 
-def _with_sign_inputs_as_outputs(model_bytes: bytes) -> tuple[bytes, list[str]]:
-    """The same graph, also returning the tensor each sign (x >= 0) is taken of."""
-    proto = onnx.load_from_string(model_bytes)
-    names = [n.input[0] for n in proto.graph.node if n.op_type == "GreaterOrEqual"]
-    existing = {o.name for o in proto.graph.output}
-    for name in names:
-        if name not in existing:
-            proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    return proto.SerializeToString(), names
+def reference_cases(model: nn.Module, inputs: list[Tensor], deployed: nn.Module | None = None) -> list[Case]:
+    """One check case per input tensor (batch included): float64 outputs, as float32, and the
+    sign decisions of every binary layer. deployed: the float64 `to_deploy(model)` to use
+    instead (a test's copy with hooks on it)."""
+    deployed = to_deploy(model).double() if deployed is None else deployed
+    cases = []
+    for x in inputs:
+        x64 = x.double() if x.is_floating_point() else x
+        out, pre = _torch_pre_signs(deployed, x64)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        cases.append(Case([x.numpy()], [o.detach().numpy().astype(np.float32) for o in outs],
+                          [SignReference.of(p.numpy()) for p in pre]))
+    return cases
 
 
-def compare_onnx(model: nn.Module, model_bytes: bytes, x: Tensor) -> NumericsReport:
-    """Run the ONNX artifact in onnxruntime on `x` and compare with `model`'s eval output."""
-    import onnxruntime as ort
+def compare_onnx(model: nn.Module, model_bytes: bytes, x: Tensor, atol: float = ATOL, rtol: float = RTOL) -> NumericsReport:
+    """Run the ONNX artifact in onnxruntime on `x` and judge it against the float64 reference,
+    with the runtime's sign inputs (biagent.numerics) always read, for the report."""
+    from biagent.numerics import first_flip, judge
+    from biagent.runtimes.onnxrt import OnnxRuntime
 
-    deployed = to_deploy(model)
-    ref, torch_pre = _torch_pre_signs(deployed, x)
-    with torch.no_grad():
-        ref = model.eval()(x)  # the trained model itself is the reference
-    augmented, names = _with_sign_inputs_as_outputs(model_bytes)
-    session = ort.InferenceSession(augmented, providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    out, ort_pre = outputs[0], outputs[1:]
-    flips, decisions, first, margin = 0, 0, -1, 0.0
-    if len(ort_pre) == len(torch_pre):  # same number of signs, in the same topological order
-        for index, (t_pre, o_pre) in enumerate(zip(torch_pre, ort_pre)):
-            t = t_pre.numpy()
-            if t.shape != o_pre.shape:
-                continue
-            differ = (t >= 0) != (o_pre >= 0)
-            decisions += t.size
-            flips += int(differ.sum())
-            if differ.any() and first < 0:
-                scale = max(float(np.abs(t).max()), 1e-30)
-                first, margin = index, float(np.abs(t[differ]).max()) / scale
-    ref_np = ref.numpy()
+    (case,) = reference_cases(model, [x])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model_bytes)
+        probing = OnnxRuntime().load_probing(path, threads=1)
+        probing.set_inputs(case.inputs)
+        probing.invoke()
+        outs, signs = probing.get_outputs(), probing.sign_inputs()
+        probing.close()
+    verdict = judge(0, outs, case, atol, rtol, (outs, signs))
+    flip = first_flip(signs, case.signs)
+    flips = decisions = 0
+    if not isinstance(flip, str):
+        for v, ref in zip(signs, case.signs):
+            decisions += v.size
+            flips += int(((np.asarray(v).reshape(-1) >= 0) != ref.decisions()).sum())
+    flip = flip if not isinstance(flip, str) else None
+    ref_np, out = case.expected[0], outs[0]
     agree = float((ref_np.reshape(len(ref_np), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)).mean())
     return NumericsReport(
-        max_abs_error=float(np.abs(out - ref_np).max()),
+        max_abs_error=verdict.error,
         output_range=float(np.abs(ref_np).max()),
         argmax_agreement=agree,
         sign_decisions=decisions,
         sign_flips=flips,
-        first_flip_layer=first,
-        first_flip_margin=margin,
+        first_flip_layer=flip.layer if flip else -1,
+        first_flip_margin=flip.margin if flip else 0.0,
+        passed=verdict.ok,
+        reason=verdict.reason,
     )

@@ -165,12 +165,26 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class NumericsCase(_message.Message):
-    __slots__ = ("inputs", "expected")
+    __slots__ = ("inputs", "expected", "signs")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    SIGNS_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     expected: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., expected: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    signs: _containers.RepeatedCompositeFieldContainer[SignReference]
+    def __init__(self, inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., expected: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., signs: _Optional[_Iterable[_Union[SignReference, _Mapping]]] = ...) -> None: ...
+
+class SignReference(_message.Message):
+    __slots__ = ("shape", "bits", "fragile", "margins")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    FRAGILE_FIELD_NUMBER: _ClassVar[int]
+    MARGINS_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    bits: bytes
+    fragile: _containers.RepeatedScalarFieldContainer[int]
+    margins: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., bits: _Optional[bytes] = ..., fragile: _Optional[_Iterable[int]] = ..., margins: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class BenchmarkRequest(_message.Message):
     __slots__ = ("model_id", "runtime", "threads", "warmup_runs", "min_runs", "min_duration_s", "max_duration_s", "checks", "atol", "rtol", "inputs", "lease_id")

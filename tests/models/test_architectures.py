@@ -69,7 +69,7 @@ def test_onnx_round_trip(arch, algo):
     assert proto.opset_import[0].version >= 13
     assert all(op.domain in ("", "ai.onnx") for op in proto.opset_import)  # standard ops only
     report = compare_onnx(model, data, x)
-    assert report.exact(atol=1e-4), report
+    assert report.exact(), report  # the numerics rule, atol 1e-4 + rtol 1e-5 * range
     assert report.argmax_agreement == 1.0 or report.first_flip_layer >= 0, report
     if algo is not None:  # every sign in the graph was compared with torch's
         assert report.sign_decisions > 0

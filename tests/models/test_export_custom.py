@@ -23,7 +23,7 @@ from bimodels.export.custom import pack_sign_rows
 from bimodels.layers import DeployedBinaryLayer
 from bimodels.ste import sign
 from biagent.runtimes.custom_engine import load_artifact
-from tests.helpers import perturb_binarizers, randomize_norms
+from tests.helpers import assert_numerics, perturb_binarizers, randomize_norms
 
 ALGORITHMS = list_algorithms()
 
@@ -144,14 +144,15 @@ def _network(arch: str, algorithm: str | None) -> nn.Module:
 def _check_network(arch: str, algorithm: str | None, batch: int) -> None:
     model = _network(arch, algorithm)
     x = example_input(model, batch_size=batch)
-    out = run_custom(model, x)
+    out = run_custom(model, x)  # the unfused reference engine
     with torch.no_grad():
         ref = model(x).numpy()
     assert out.shape == ref.shape
     assert_close(out, ref)
+    assert_numerics("custom", export(model, "custom", x), "custom", model, [x])  # fused kernels, the agent's rule
 
 
-# No rounding sign flip showed up with these seeds (example_input seed 0, weights from
+# No rounding sign flip showed up with these seeds in the unfused comparison above (example_input seed 0, weights from
 # torch.manual_seed(0)); were one to appear, change the seed here, never the tolerance.
 @pytest.mark.parametrize("algorithm", [None] + ALGORITHMS, ids=lambda a: a or "fp")
 @pytest.mark.parametrize("arch", ["resnet18", "resnet20", "vgg_small", "pointnet_vanilla", "dfsmn"])

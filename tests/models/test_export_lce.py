@@ -8,6 +8,7 @@ import torch
 import bimodels
 from biagent.runtimes import get_runtime
 from bimodels.export.lce import export_lce_with_report, pack_lce_bits, tflite_schema
+from tests.helpers import assert_numerics
 
 info = get_runtime("larq").describe()
 pytestmark = pytest.mark.skipif(not info.installed, reason=f"larq runtime: {info.detail}")
@@ -48,16 +49,16 @@ def test_bit_packing_matches_the_fact_sheet():
 @pytest.mark.parametrize("algo", bimodels.list_algorithms())
 def test_lce_matches_torch(arch, algo, tmp_path):
     model = build(arch, algo)
-    xs = [bimodels.example_input(model, 1, seed=s) for s in (1, 2, 3)]
+    # Seed 2 made LCE flip one sign on xnor-resnet18 (the last binary layer, a decision at 6e-8
+    # of its range: torch in float64 with that decision flipped matches LCE to 4e-7). LCE
+    # cannot show its sign inputs, so the rule cannot excuse it: change the seed, never the
+    # tolerance.
+    xs = [bimodels.example_input(model, 1, seed=s) for s in (1, 3, 4)]
     data, report = export_lce_with_report(model, xs[0])
     ops = op_names(data)
     assert ops.count("LceBconv2d") == len(bimodels.binary_layers(model)) == ops.count("LceQuantize")
-    outs = run_lce(data, tmp_path, [x.numpy() for x in xs])
-    with torch.no_grad():
-        refs = [model(x).numpy() for x in xs]
-    close = [np.abs(o - r).max() <= 1e-3 * np.abs(r).max() for o, r in zip(outs, refs)]
-    assert sum(close) >= 2, [float(np.abs(o - r).max()) for o, r in zip(outs, refs)]  # rounding may flip one input
-    assert all(o.argmax() == r.argmax() for o, r in zip(outs, refs))
+    # LCE cannot show its sign inputs: every input must match (biagent.numerics)
+    assert_numerics("larq", data, "lce", model, xs)
     extra = {e for layer in report.layers for e in layer.extra_ops}
     assert "ADD (zero-padding correction)" in extra  # resnets pad with zeros
     assert ("MUL (XNOR++ spatial Gamma)" in extra) == (algo == "xnorpp")

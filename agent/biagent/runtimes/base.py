@@ -34,6 +34,10 @@ class InvokeError(RuntimeError_):
     """The runtime failed while running a loaded model (bad input shape, kernel error)."""
 
 
+class NoSignProbe(RuntimeError_):
+    """The runtime cannot show the values its binary signs are taken of (biagent.numerics)."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -74,6 +78,12 @@ class LoadedModel(ABC):
     def close(self) -> None:
         """Release native resources."""
 
+    def sign_inputs(self) -> list[np.ndarray]:
+        """In a probing instance (`Runtime.load_probing`): the values each binary sign was
+        taken of in the last invoke, one array per binary layer in execution order (a value
+        that several signs read, unshifted, once). Used only to judge a numerics mismatch."""
+        raise NoSignProbe(f"{type(self).__name__} is not a probing instance")
+
 
 class Runtime(ABC):
     name: ClassVar[str]
@@ -88,6 +98,11 @@ class Runtime(ABC):
     @abstractmethod
     def load(self, path: Path, threads: int) -> LoadedModel:
         """Load an artifact; raise ModelLoadError with a clear reason if it cannot."""
+
+    def load_probing(self, path: Path, threads: int) -> LoadedModel:
+        """A second instance of the model that can also show its sign inputs (`sign_inputs`),
+        computing the same outputs; never timed. NoSignProbe where the runtime cannot."""
+        raise NoSignProbe(f"{self.name} cannot show the values its signs are taken of")
 
 
 #: name -> "module:Class", imported on first use.

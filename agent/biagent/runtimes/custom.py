@@ -50,6 +50,42 @@ class CustomModel(LoadedModel):
         self._inputs = self._outputs = None
 
 
+class ProbingCustomModel(CustomModel):
+    """The graph unfused, one kernel per node (the fusions compute the same floats, and the
+    check compares this instance's output with the timed one's), recording x + input_shift
+    at every binary layer: the values its sign is taken of. Layers that read one value
+    unshifted take one set of decisions, recorded once."""
+
+    def __init__(self, graph: Graph, threads: int):
+        super().__init__(graph, threads)
+        self._signs: list[np.ndarray] = []
+        recorded: set[str] = set()
+        for node in graph.nodes:
+            if node.op == "binary_conv":
+                first = node.fn.shift is not None or node.inputs[0] not in recorded
+                recorded.add(node.inputs[0])
+                node.fn = self._recording(node.fn, first)
+
+    def _recording(self, conv: custom_ops.BinaryConv, record: bool):
+        def run(x: np.ndarray) -> np.ndarray:
+            if record:
+                shift = conv.shift
+                if shift is None:
+                    self._signs.append(x.copy())
+                else:
+                    view = (shift.size,) if conv.kind == "linear" else (1, shift.size) + (1,) * (x.ndim - 2)
+                    self._signs.append(x + shift.reshape(view))
+            return conv(x)
+        return run
+
+    def invoke(self) -> None:
+        self._signs = []
+        super().invoke()
+
+    def sign_inputs(self) -> list[np.ndarray]:
+        return list(self._signs)
+
+
 class CustomRuntime(Runtime):
     name = "custom"
     formats = ("custom",)
@@ -69,6 +105,14 @@ class CustomRuntime(Runtime):
             raise ModelLoadError(f"cannot read custom artifact {path}: {exc}") from exc
         custom_ops.set_threads(threads)
         return CustomModel(load_artifact(data), threads)
+
+    def load_probing(self, path: Path, threads: int) -> LoadedModel:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read custom artifact {path}: {exc}") from exc
+        custom_ops.set_threads(threads)
+        return ProbingCustomModel(load_artifact(data, fuse=False), threads)
 
 
 def _kernel_detail() -> str:
