@@ -27,11 +27,11 @@ def perturb_binarizers(model: nn.Module, seed: int = 1) -> nn.Module:
 
 def assert_numerics(runtime: str, artifact: bytes, fmt: str, model: nn.Module, xs: list) -> None:
     """The numerics rule (biagent.numerics), as the agent applies it, on each input of `xs`:
-    the runtime matches torch's float64 reference, or differs through a rounding flip its
-    sign inputs show."""
+    the runtime matches torch's float64 reference, or differs through a rounding flip that
+    its sign inputs show or that torch reproduces."""
     from biagent import numerics
     from biagent.runtimes import get_runtime
-    from bimodels.numerics import reference_cases
+    from bimodels.numerics import alternatives_on_demand, reference_cases
 
     import tempfile
     from pathlib import Path
@@ -42,7 +42,9 @@ def assert_numerics(runtime: str, artifact: bytes, fmt: str, model: nn.Module, x
         rt = get_runtime(runtime)()
         loaded = rt.load(path, threads=1)
         try:
-            result = numerics.check(loaded, reference_cases(model, xs), probing=lambda: rt.load_probing(path, threads=1))
+            cases = reference_cases(model, xs)
+            result = numerics.check(loaded, cases, probing=lambda: rt.load_probing(path, threads=1),
+                                    alternatives=alternatives_on_demand(model, cases))
         finally:
             loaded.close()
     assert result.ok, result.reason

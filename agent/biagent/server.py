@@ -285,6 +285,13 @@ class AgentServicer(pb_grpc.AgentServicer):
                 except ValueError as exc:
                     raise wire.WireError(f"numerics case {i}, sign reference {k}: {exc}") from None
                 arrays.update(ref.as_arrays(f"case{i}_sign{k}"))
+            for k, alt in enumerate(case.alternatives):
+                if not 0 <= alt.layer < len(case.signs) or len(alt.expected) != len(case.expected):
+                    raise wire.WireError(f"numerics case {i}, alternative {k}: layer {alt.layer} of {len(case.signs)}, "
+                                         f"{len(alt.expected)} outputs for {len(case.expected)}")
+                arrays[f"case{i}_alt{k}_meta"] = np.array([alt.layer, alt.position, alt.margin], dtype=np.float64)
+                for j, t in enumerate(alt.expected):
+                    arrays[f"case{i}_alt{k}_out{j}"] = wire.to_array(t)
         for j, t in enumerate(request.inputs):
             arrays[f"timing{j}"] = wire.to_array(t)
         return arrays

@@ -93,7 +93,13 @@ def load_cases(path: str | None) -> tuple[list[numerics.Case], list[np.ndarray]]
         signs = []
         while f"case{i}_sign{len(signs)}_bits" in arrays:
             signs.append(numerics.SignReference.from_arrays(arrays, f"case{i}_sign{len(signs)}"))
-        cases.append(numerics.Case(ins, outs, signs))
+        alternatives = []
+        while f"case{i}_alt{len(alternatives)}_meta" in arrays:
+            k = len(alternatives)
+            layer, position, margin = arrays[f"case{i}_alt{k}_meta"].tolist()
+            alt_outs = [arrays[f"case{i}_alt{k}_out{j}"] for j in range(_count(arrays, f"case{i}_alt{k}_out"))]
+            alternatives.append(numerics.Alternative(int(layer), int(position), float(margin), alt_outs))
+        cases.append(numerics.Case(ins, outs, signs, alternatives))
         i += 1
     timing = [arrays[f"timing{j}"] for j in range(_count(arrays, "timing"))]
     return cases, timing

@@ -20,13 +20,14 @@ FP32 = "fp32"  # the algorithm label of the full-precision baseline
 CHECK_CASES = 3
 
 
-def check_cases(model, seed: int) -> list[Case]:
-    """The numerics check inputs every runtime is judged on (biagent.numerics)."""
+def check_cases(model, seed: int, alternatives: bool = False) -> list[Case]:
+    """The numerics check inputs every runtime is judged on (biagent.numerics); alternatives:
+    with their single-flip alternatives made now (for a board, which cannot make them)."""
     import bimodels
     from bimodels.numerics import reference_cases
 
     return reference_cases(model, [bimodels.example_input(model, batch_size=1, seed=seed + 1 + i)
-                                   for i in range(CHECK_CASES)])
+                                   for i in range(CHECK_CASES)], alternatives=alternatives)
 
 
 def pad_value_for(runtime: str, algorithm: str) -> float:
@@ -77,7 +78,7 @@ class ArtifactCache:
         if algorithm != FP32:
             model = bimodels.binarize(model, algorithm, pad_value=pad_value)
         model.eval()
-        return ModelCase(arch, algorithm, model, check_cases(model, self.seed))
+        return ModelCase(arch, algorithm, model, check_cases(model, self.seed, alternatives=True))
 
     def artifact(self, arch: str, algorithm: str, runtime: str) -> Artifact:
         """The artifact `runtime` loads; ExportError (unsupported op) or NoExporter otherwise."""

@@ -105,8 +105,10 @@ def sha256(data: bytes) -> str:
 def _case_message(case: Case) -> pb.NumericsCase:
     signs = [pb.SignReference(shape=list(r.shape), bits=r.bits, fragile=r.fragile.tolist(), margins=r.margins.tolist())
              for r in case.signs]
+    alternatives = [pb.Alternative(layer=a.layer, position=a.position, margin=a.margin,
+                                   expected=[_tensor(o) for o in a.expected]) for a in case.alternatives or []]
     return pb.NumericsCase(inputs=[_tensor(a) for a in case.inputs], expected=[_tensor(a) for a in case.expected],
-                           signs=signs)
+                           signs=signs, alternatives=alternatives)
 
 
 def _tensor(a: np.ndarray) -> pb.Tensor:

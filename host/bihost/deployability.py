@@ -60,7 +60,7 @@ def export_for(runtime: str, model, example) -> tuple[bytes, dict[str, int]]:
     return data, {}
 
 
-def _check(runtime: str, fmt: str, data: bytes, cases: list[Case]) -> CheckResult:
+def _check(runtime: str, fmt: str, data: bytes, cases: list[Case], alternatives=None) -> CheckResult:
     """Run the artifact in the locally installed runtime and judge it (biagent.numerics):
     the same rule as the agent's check before a latency counts."""
     from biagent.runtimes import get_runtime
@@ -71,7 +71,8 @@ def _check(runtime: str, fmt: str, data: bytes, cases: list[Case]) -> CheckResul
         rt = get_runtime(runtime)()
         loaded = rt.load(path, threads=1)
         try:
-            return numerics.check(loaded, cases, probing=lambda: rt.load_probing(path, threads=1))
+            return numerics.check(loaded, cases, probing=lambda: rt.load_probing(path, threads=1),
+                                  alternatives=alternatives)
         finally:
             loaded.close()
 
@@ -99,8 +100,10 @@ def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check:
     if not info.installed:
         result.unchecked = f"{runtime} is not usable here: {info.detail}"
         return result
+    from bimodels.numerics import alternatives_on_demand
+
     cases = check_cases(model, seed)
-    outcome = _check(runtime, RUNTIME_FORMATS[runtime], data, cases)
+    outcome = _check(runtime, RUNTIME_FORMATS[runtime], data, cases, alternatives_on_demand(model, cases))
     errors = [v.error / max(float(np.abs(c.expected[0]).max()), 1e-12) for v, c in zip(outcome.verdicts, cases)]
     result.checked, result.max_rel_error, result.rel_errors = True, max(errors), errors
     result.numerics = outcome.reason

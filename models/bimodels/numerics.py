@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from biagent.numerics import ATOL, ROUNDING_MARGIN, RTOL, Case, SignReference
+from biagent.numerics import ALTERNATIVES, ATOL, ROUNDING_MARGIN, RTOL, Alternative, Case, SignReference
 
 from .binarize import to_deploy
 from .layers import DeployedBinaryLayer
 
-__all__ = ["ROUNDING_MARGIN", "NumericsReport", "reference_cases", "compare_onnx"]
+__all__ = ["ROUNDING_MARGIN", "NumericsReport", "reference_cases", "flip_alternatives", "alternatives_on_demand",
+           "compare_onnx"]
 
 
 @dataclass(frozen=True)
@@ -74,19 +75,87 @@ def _torch_pre_signs(deployed: nn.Module, x: Tensor) -> tuple[Tensor, list[Tenso
     return out, captured
 
 
-def reference_cases(model: nn.Module, inputs: list[Tensor], deployed: nn.Module | None = None) -> list[Case]:
+def _outputs(out) -> list[np.ndarray]:
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().numpy().astype(np.float32) for o in outs]
+
+
+def _x64(x: Tensor) -> Tensor:
+    return x.double() if x.is_floating_point() else x
+
+
+def reference_cases(model: nn.Module, inputs: list[Tensor], deployed: nn.Module | None = None,
+                    alternatives: bool = False) -> list[Case]:
     """One check case per input tensor (batch included): float64 outputs, as float32, and the
     sign decisions of every binary layer. deployed: the float64 `to_deploy(model)` to use
-    instead (a test's copy with hooks on it)."""
+    instead (a test's copy with hooks on it). alternatives: also compute each case's
+    `flip_alternatives` now (for a board, which has no torch to make them on demand)."""
     deployed = to_deploy(model).double() if deployed is None else deployed
     cases = []
     for x in inputs:
-        x64 = x.double() if x.is_floating_point() else x
-        out, pre = _torch_pre_signs(deployed, x64)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        cases.append(Case([x.numpy()], [o.detach().numpy().astype(np.float32) for o in outs],
-                          [SignReference.of(p.numpy()) for p in pre]))
+        out, pre = _torch_pre_signs(deployed, _x64(x))
+        case = Case([x.numpy()], _outputs(out), [SignReference.of(p.numpy()) for p in pre])
+        if alternatives:
+            case.alternatives = flip_alternatives(deployed, x, case)
+        cases.append(case)
     return cases
+
+
+def flip_alternatives(deployed: nn.Module, x: Tensor, case: Case, limit: int = ALTERNATIVES) -> list[Alternative]:
+    """Torch's float64 output with each of the `limit` decisions nearest zero flipped in turn
+    (only fragile ones: within ROUNDING_MARGIN), for runtimes that cannot show their signs.
+    deployed: the float64 `to_deploy` model the case was made with."""
+    nearest = sorted((float(m), layer, int(p)) for layer, ref in enumerate(case.signs)
+                     for p, m in zip(ref.fragile, ref.margins))[:limit]
+    return [Alternative(layer, position, margin, _outputs(_with_flip(deployed, _x64(x), layer, position)))
+            for margin, layer, position in nearest]
+
+
+def alternatives_on_demand(model: nn.Module, cases: list[Case]):
+    """For `biagent.numerics.check(alternatives=...)` on the host: case index -> its
+    `flip_alternatives`, made only when a mismatch needs them (the deployed model once)."""
+    deployed: list[nn.Module] = []
+
+    def make(index: int) -> list[Alternative]:
+        if not deployed:
+            deployed.append(to_deploy(model).double())
+        case = cases[index]
+        return flip_alternatives(deployed[0], torch.from_numpy(case.inputs[0]), case)
+    return make
+
+
+def _with_flip(deployed: nn.Module, x: Tensor, layer: int, position: int):
+    """The model's output with the sign decision `position` of binary layer `layer` (in the
+    order of `_torch_pre_signs`) taken the other way; every float path sees the true value."""
+    state = {"layer": 0}
+    replaced: list[tuple[Tensor, Tensor]] = []  # an unshifted value every reader must see flipped
+
+    def hook(module: DeployedBinaryLayer, args: tuple[Tensor, ...]):
+        a = args[0]
+        if module.input_shift is None:
+            for original, new in replaced:
+                if original is a:
+                    return (new,)
+        index, state["layer"] = state["layer"], state["layer"] + 1
+        new = a
+        if index == layer:
+            pre = a if module.input_shift is None else a + module.input_shift
+            value = pre.reshape(-1)[position]
+            new = a.clone()
+            # pre -> -pre; an exact zero (+1 by the sign's rule) moves just below zero
+            step = 2 * value if value != 0 else torch.nextafter(value, value.new_tensor(1.0))
+            new.view(-1)[position] -= step
+        if module.input_shift is None:
+            replaced.append((a, new))
+        return (new,)
+
+    handles = [m.register_forward_pre_hook(hook) for m in deployed.modules() if isinstance(m, DeployedBinaryLayer)]
+    try:
+        with torch.no_grad():
+            return deployed(x)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def compare_onnx(model: nn.Module, model_bytes: bytes, x: Tensor, atol: float = ATOL, rtol: float = RTOL) -> NumericsReport:

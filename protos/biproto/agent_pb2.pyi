@@ -165,14 +165,28 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class NumericsCase(_message.Message):
-    __slots__ = ("inputs", "expected", "signs")
+    __slots__ = ("inputs", "expected", "signs", "alternatives")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_FIELD_NUMBER: _ClassVar[int]
     SIGNS_FIELD_NUMBER: _ClassVar[int]
+    ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     expected: _containers.RepeatedCompositeFieldContainer[Tensor]
     signs: _containers.RepeatedCompositeFieldContainer[SignReference]
-    def __init__(self, inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., expected: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., signs: _Optional[_Iterable[_Union[SignReference, _Mapping]]] = ...) -> None: ...
+    alternatives: _containers.RepeatedCompositeFieldContainer[Alternative]
+    def __init__(self, inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., expected: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., signs: _Optional[_Iterable[_Union[SignReference, _Mapping]]] = ..., alternatives: _Optional[_Iterable[_Union[Alternative, _Mapping]]] = ...) -> None: ...
+
+class Alternative(_message.Message):
+    __slots__ = ("layer", "position", "margin", "expected")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    position: int
+    margin: float
+    expected: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, layer: _Optional[int] = ..., position: _Optional[int] = ..., margin: _Optional[float] = ..., expected: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
 
 class SignReference(_message.Message):
     __slots__ = ("shape", "bits", "fragile", "margins")

@@ -101,7 +101,7 @@ def test_nan_and_infinity_matched_in_place_pass(agent, model_id):
 
 
 def test_a_nan_fails_the_check_whatever_the_other_cases_say(agent, model_id):
-    """Two good cases do not outvote one NaN: rounding flips excuse a minority, never a NaN."""
+    """Two good cases do not outvote a bad one: every case must pass (docs/numerics.md)."""
     bad = 2 * X
     bad[0, 0] = np.nan
     with AgentClient(agent.address, "numerics-board", timeout_s=30) as client:
@@ -136,6 +136,24 @@ def test_out_of_bounds_requests_are_invalid_argument(agent, model_id, fields, wo
     checks = [pb.NumericsCase(inputs=[_tensor(X)], expected=[_tensor(2 * X)])]
     err = raw_benchmark(agent, model_id=model_id, checks=checks, **fields)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.details(), err.details()
+
+
+SIGN = {"shape": [1, 8], "bits": bytes([0b00001111]), "fragile": [3], "margins": [1e-7]}
+
+
+@pytest.mark.parametrize("case, words", [
+    ({"signs": [pb.SignReference(**{**SIGN, "bits": b"\x00\x00"})]}, "sign reference 0: sign reference of shape (1, 8) needs 1 bytes"),
+    ({"signs": [pb.SignReference(**{**SIGN, "fragile": [8]})]}, "fragile positions out of range"),
+    ({"signs": [pb.SignReference(**{**SIGN, "margins": []})]}, "without margins"),
+    ({"signs": [pb.SignReference(**SIGN)], "alternatives": [pb.Alternative(layer=1, expected=[_tensor(2 * X)])]},
+     "alternative 0: layer 1 of 1"),
+    ({"alternatives": [pb.Alternative(layer=0, expected=[_tensor(2 * X)])]}, "alternative 0: layer 0 of 0"),
+])
+def test_a_malformed_sign_reference_or_alternative_is_invalid_argument(agent, model_id, case, words):
+    checks = [pb.NumericsCase(inputs=[_tensor(X)], expected=[_tensor(2 * X)], **case)]
+    err = raw_benchmark(agent, model_id=model_id, checks=checks)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.details(), err.details()
+    assert check(agent, model_id, X, 2 * X).status == "ok"  # and the agent keeps serving
 
 
 def test_threads_up_to_the_board_cores_are_accepted(agent, model_id):
