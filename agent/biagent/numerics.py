@@ -115,9 +115,6 @@ class Case:
     signs: list[SignReference] = field(default_factory=list)
     alternatives: list[Alternative] | None = None  # None: not computed (yet)
 
-    def fragile_count(self) -> int:
-        return sum(r.fragile.size for r in self.signs)
-
 
 @dataclass(frozen=True)
 class Flip:

@@ -78,7 +78,24 @@ class ArtifactCache:
         if algorithm != FP32:
             model = bimodels.binarize(model, algorithm, pad_value=pad_value)
         model.eval()
-        return ModelCase(arch, algorithm, model, check_cases(model, self.seed, alternatives=True))
+        return ModelCase(arch, algorithm, model, check_cases(model, self.seed))
+
+    def add_alternatives(self, case: ModelCase) -> bool:
+        """Give the case's checks their single-flip alternatives (biagent.numerics), for a
+        board whose runtime could not show its sign inputs; True if any check got some.
+        Made on demand: 24 float64 forward passes cost a minute on reactnet."""
+        import torch
+
+        from bimodels.binarize import to_deploy
+        from bimodels.numerics import flip_alternatives
+
+        with self._lock:
+            missing = [c for c in case.checks if c.alternatives is None]
+            if missing:
+                deployed = to_deploy(case.model).double()
+                for c in missing:
+                    c.alternatives = flip_alternatives(deployed, torch.from_numpy(c.inputs[0]), c)
+            return bool(missing) and any(c.alternatives for c in missing)
 
     def artifact(self, arch: str, algorithm: str, runtime: str) -> Artifact:
         """The artifact `runtime` loads; ExportError (unsupported op) or NoExporter otherwise."""

@@ -229,6 +229,12 @@ class BoardRun:
 
         out = client.benchmark(pushed.model_id, runtime, self.plan.settings, checks=case.checks,
                                on_progress=on_progress)
+        if out.status == "numerics_error" and self.cache.add_alternatives(case):
+            # The runtime could not show its sign inputs: once more, with torch's single-flip
+            # alternatives, which explain a rounding flip (docs/numerics.md, rule 3).
+            self.progress(self.target.name, f"{arch}/{algo}/{runtime}: mismatch; checking torch's rounding-flip alternatives")
+            out = client.benchmark(pushed.model_id, runtime, self.plan.settings, checks=case.checks,
+                                   on_progress=on_progress)
         errors = sorted(out.max_abs_errors)
         env = {"governor": out.governor, "temperature_c": out.temperature_c, "affinity": out.affinity,
                "load_s": out.load_s}

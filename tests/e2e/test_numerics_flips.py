@@ -45,7 +45,7 @@ def staged_case(net, x, fragile: bool):
         return (v,)
 
     first.register_forward_pre_hook(force)
-    (case,) = reference_cases(net, [x], deployed=deployed, alternatives=True)  # as bihost profile sends them
+    (case,) = reference_cases(net, [x], deployed=deployed, alternatives=True)  # as profile sends them on a retry
     return case
 
 
@@ -102,3 +102,23 @@ def test_a_flipped_weight_channel_fails_with_margin(agent, runtime):
     assert out.status == "numerics_error" and "not rounding" in out.reason, out.reason
     margin = float(re.search(r"one at ([0-9.e+-]+) of the layer's range", out.reason).group(1))
     assert margin > 1e-3, out.reason  # far beyond the 1e-5 rounding margin
+
+
+@pytest.mark.skipif(not LARQ, reason="larq runtime not installed")
+def test_profile_explains_a_real_lce_rounding_flip(tmp_path):
+    """reactnet/xnor, seed 1: LCE takes one sign of the third check input the other way (a
+    decision at ~3e-9 of its layer's range). The board files numerics_error; profile makes
+    torch's alternatives, runs again, and the row is ok with the flip named."""
+    import json
+
+    from tests.e2e.test_profile import bihost
+
+    out = bihost("profile", "--chip", "local", "--arch", "reactnet", "--algo", "xnor", "--runtime", "larq",
+                 "--seed", "1", "--runs", "1", "--min-duration", "0", "--warmup", "0", "--json",
+                 "--results", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rows = {(r["algorithm"], r["runtime"]): r for r in json.loads(out.stdout)}
+    row = rows[("xnor", "larq")]
+    assert row["status"] == "ok", row["reason"]
+    assert re.search(r"case 2: max abs error 0\.\d+ > .*explained by a rounding flip: torch \(float64\) with decision "
+                     r"\d+ of binary layer \d+ \(\d\.\de-(09|1\d) of its range\)", row["reason"]), row["reason"]
