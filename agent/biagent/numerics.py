@@ -8,7 +8,8 @@ later layer: with random weights one such flip moves the output by several perce
 range, as much as a wrong weight channel. So the output alone cannot tell rounding from an
 export bug; the values the signs are taken of can.
 
-The rule, per check input (every input must pass; there is no majority vote):
+The rule, per check input (every input must pass; there is no majority vote), numbered as
+in docs/numerics.md:
 
 1. The output matches the reference (torch, in float64) to ``atol + rtol * max|reference|``.
 2. Or the runtime can show the values its signs are taken of (`LoadedModel.sign_inputs`,
@@ -16,10 +17,10 @@ The rule, per check input (every input must pass; there is no majority vote):
    and the first binary layer where a sign decision differs from the reference differs only
    at decisions the reference places within ``ROUNDING_MARGIN`` of the layer's largest
    |value|. Later layers are not judged: their flips follow from the first.
-2b. Or, for a runtime that cannot show them, torch in float64 with one of the decisions
+3. Or, for a runtime that cannot show them, torch in float64 with one of the decisions
    nearest zero (within ``ROUNDING_MARGIN``) flipped reproduces the output to the same
-   tolerance (`Alternative`: computed by the host, sent with the case or made on demand).
-3. Anything else fails, with a reason naming the input, the error, and the first
+   tolerance (`Alternative`: made by the host, sent with the case or made on demand).
+4. Anything else fails, with a reason naming the input, the error, and the first
    differing layer and margin when the runtime could show them. A wrong shape or a NaN
    where the reference has a number fails outright.
 
