@@ -29,22 +29,8 @@ def assert_numerics(runtime: str, artifact: bytes, fmt: str, model: nn.Module, x
     """The numerics rule (biagent.numerics), as the agent applies it, on each input of `xs`:
     the runtime matches torch's float64 reference, or differs through a rounding flip that
     its sign inputs show or that torch reproduces."""
-    from biagent import numerics
-    from biagent.runtimes import get_runtime
-    from bimodels.numerics import alternatives_on_demand, reference_cases
+    from bihost.deployability import check_artifact
+    from bimodels.numerics import reference_cases
 
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"model.{fmt}"
-        path.write_bytes(artifact)
-        rt = get_runtime(runtime)()
-        loaded = rt.load(path, threads=1)
-        try:
-            cases = reference_cases(model, xs)
-            result = numerics.check(loaded, cases, probing=lambda: rt.load_probing(path, threads=1),
-                                    alternatives=alternatives_on_demand(model, cases))
-        finally:
-            loaded.close()
+    result = check_artifact(runtime, fmt, artifact, model, reference_cases(model, xs))
     assert result.ok, result.reason

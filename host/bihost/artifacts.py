@@ -20,14 +20,13 @@ FP32 = "fp32"  # the algorithm label of the full-precision baseline
 CHECK_CASES = 3
 
 
-def check_cases(model, seed: int, alternatives: bool = False) -> list[Case]:
-    """The numerics check inputs every runtime is judged on (biagent.numerics); alternatives:
-    with their single-flip alternatives made now (for a board, which cannot make them)."""
+def check_cases(model, seed: int) -> list[Case]:
+    """The numerics check inputs every runtime is judged on (biagent.numerics)."""
     import bimodels
     from bimodels.numerics import reference_cases
 
     return reference_cases(model, [bimodels.example_input(model, batch_size=1, seed=seed + 1 + i)
-                                   for i in range(CHECK_CASES)], alternatives=alternatives)
+                                   for i in range(CHECK_CASES)])
 
 
 def pad_value_for(runtime: str, algorithm: str) -> float:
@@ -84,18 +83,14 @@ class ArtifactCache:
         """Give the case's checks their single-flip alternatives (biagent.numerics), for a
         board whose runtime could not show its sign inputs; True if any check got some.
         Made on demand: 24 float64 forward passes cost a minute on reactnet."""
-        import torch
-
-        from bimodels.binarize import to_deploy
-        from bimodels.numerics import flip_alternatives
+        from bimodels.numerics import alternatives_on_demand
 
         with self._lock:
-            missing = [c for c in case.checks if c.alternatives is None]
-            if missing:
-                deployed = to_deploy(case.model).double()
-                for c in missing:
-                    c.alternatives = flip_alternatives(deployed, torch.from_numpy(c.inputs[0]), c)
-            return bool(missing) and any(c.alternatives for c in missing)
+            missing = [i for i, c in enumerate(case.checks) if c.alternatives is None]
+            make = alternatives_on_demand(case.model, case.checks)
+            for i in missing:
+                case.checks[i].alternatives = make(i)
+            return any(case.checks[i].alternatives for i in missing)
 
     def artifact(self, arch: str, algorithm: str, runtime: str) -> Artifact:
         """The artifact `runtime` loads; ExportError (unsupported op) or NoExporter otherwise."""

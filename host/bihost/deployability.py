@@ -60,10 +60,12 @@ def export_for(runtime: str, model, example) -> tuple[bytes, dict[str, int]]:
     return data, {}
 
 
-def _check(runtime: str, fmt: str, data: bytes, cases: list[Case], alternatives=None) -> CheckResult:
+def check_artifact(runtime: str, fmt: str, data: bytes, model, cases: list[Case]) -> CheckResult:
     """Run the artifact in the locally installed runtime and judge it (biagent.numerics):
-    the same rule as the agent's check before a latency counts."""
+    the same rule as the agent's check before a latency counts, with torch's single-flip
+    alternatives made on demand for a runtime that cannot show its sign inputs."""
     from biagent.runtimes import get_runtime
+    from bimodels.numerics import alternatives_on_demand
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"model.{fmt}"
@@ -72,7 +74,7 @@ def _check(runtime: str, fmt: str, data: bytes, cases: list[Case], alternatives=
         loaded = rt.load(path, threads=1)
         try:
             return numerics.check(loaded, cases, probing=lambda: rt.load_probing(path, threads=1),
-                                  alternatives=alternatives)
+                                  alternatives=alternatives_on_demand(model, cases))
         finally:
             loaded.close()
 
@@ -100,10 +102,8 @@ def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check:
     if not info.installed:
         result.unchecked = f"{runtime} is not usable here: {info.detail}"
         return result
-    from bimodels.numerics import alternatives_on_demand
-
     cases = check_cases(model, seed)
-    outcome = _check(runtime, RUNTIME_FORMATS[runtime], data, cases, alternatives_on_demand(model, cases))
+    outcome = check_artifact(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
     errors = [v.error / max(float(np.abs(c.expected[0]).max()), 1e-12) for v, c in zip(outcome.verdicts, cases)]
     result.checked, result.max_rel_error, result.rel_errors = True, max(errors), errors
     result.numerics = outcome.reason

@@ -99,20 +99,19 @@ class CustomRuntime(Runtime):
         )
 
     def load(self, path: Path, threads: int) -> LoadedModel:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(f"cannot read custom artifact {path}: {exc}") from exc
-        custom_ops.set_threads(threads)
-        return CustomModel(load_artifact(data), threads)
+        return CustomModel(self._graph(path, threads, fuse=True), threads)
 
     def load_probing(self, path: Path, threads: int) -> LoadedModel:
+        return ProbingCustomModel(self._graph(path, threads, fuse=False), threads)
+
+    @staticmethod
+    def _graph(path: Path, threads: int, fuse: bool) -> Graph:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read custom artifact {path}: {exc}") from exc
         custom_ops.set_threads(threads)
-        return ProbingCustomModel(load_artifact(data, fuse=False), threads)
+        return load_artifact(data, fuse=fuse)
 
 
 def _kernel_detail() -> str:
