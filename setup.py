@@ -4,6 +4,7 @@ The extension is optional: if no compiler is available the agent still installs 
 custom runtime falls back to its numpy kernels, saying so in `describe()`. OpenMP is used
 when the compiler supports it.
 """
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 

@@ -8,6 +8,7 @@ runtime classes; the FP32 baselines are the same architecture without binarizati
 by ONNX Runtime and by torch. Every (contender, thread count) is its own process, timed
 in interleaved rounds (bench/timing.py), so all ratios come from one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,23 @@ def measure(counts: list[int], algo: str, rounds: int) -> list[dict]:
         with workdir() as tmp:
             d = Path(tmp)
             specs = {
-                "custom": agent_spec("custom", "custom", bimodels.export(binary, "custom", x), x.numpy(), d, "custom"),
+                "custom": agent_spec(
+                    "custom", "custom", bimodels.export(binary, "custom", x), x.numpy(), d, "custom"
+                ),
                 "larq": agent_spec("larq", "lce", bimodels.export(binary, "lce", x), x.numpy(), d, "larq"),
-                "onnxruntime_fp32": agent_spec("onnxruntime", "onnx", bimodels.export(fp, "onnx", x), x.numpy(), d, "ort"),
+                "onnxruntime_fp32": agent_spec(
+                    "onnxruntime", "onnx", bimodels.export(fp, "onnx", x), x.numpy(), d, "ort"
+                ),
                 "torch_fp32": torch_spec(arch, x.numpy(), d, "torch"),
             }
             medians = run_contenders(specs, counts, d, rounds, per_round=3)
         for t in counts:
-            row = {"network": f"{arch} @ {size}", "algo": algo, "threads": t, "kernel": kernels.info().get("bconv")}
+            row = {
+                "network": f"{arch} @ {size}",
+                "algo": algo,
+                "threads": t,
+                "kernel": kernels.info().get("bconv"),
+            }
             add_ratios(row, medians, list(CONTENDERS), t, counts)
             rows.append(row)
     return rows
@@ -69,8 +79,10 @@ def main() -> None:
         ratios = "  ".join(f"x{r.get(f'custom_vs_{o}', nan):.2f} vs {o}" for o in CONTENDERS[1:])
         times = "  ".join(f"{o} {r[f'{o}_ms'] or nan:.2f} ms" for o in CONTENDERS)
         scaling = r.get(f"custom_scaling_vs_{counts[0]}t")
-        print(f"{r['threads']}t {r['algo']} {r['network']:>16}  {times}  |  {ratios}"
-              + (f"  | custom x{scaling:.2f} vs {counts[0]}t" if scaling else ""))
+        print(
+            f"{r['threads']}t {r['algo']} {r['network']:>16}  {times}  |  {ratios}"
+            + (f"  | custom x{scaling:.2f} vs {counts[0]}t" if scaling else "")
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ requests may name a model that exists on the agent, so some of them start real w
 processes and fail at load time, as a hostile host would make them do. Prints the
 outcome counts per property; any crash, UNKNOWN status or unclear rejection fails the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import AgentProcess  # noqa: E402
-from tests.fuzz import (custom_artifact_mutations, double_model_onnx, inventory_files,  # noqa: E402
-                        nan_and_inf_checks, raw_bytes_to_every_rpc, silent_and_slow_clients, structured_requests)
+from tests.fuzz import (  # noqa: E402
+    custom_artifact_mutations,
+    double_model_onnx,
+    inventory_files,
+    nan_and_inf_checks,
+    raw_bytes_to_every_rpc,
+    silent_and_slow_clients,
+    structured_requests,
+)
 
 
 def main() -> None:
@@ -43,32 +51,53 @@ def main() -> None:
         agent = AgentProcess(Path(tmp) / "store", name="fuzzed", extra=("--upload-idle-timeout", "1"))
         try:
             torch.manual_seed(0)
-            model = bimodels.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.Flatten(),
-                                                    nn.Linear(8 * 25, 4)), "bnn", fp_layers=["0", "3"]).eval()
+            model = bimodels.binarize(
+                nn.Sequential(
+                    nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.Flatten(), nn.Linear(8 * 25, 4)
+                ),
+                "bnn",
+                fp_layers=["0", "3"],
+            ).eval()
             seed = bimodels.export(model, "custom", torch.randn(1, 3, 5, 5))
             torch.manual_seed(0)  # a binary ResNet: its graph loads fused (conv epilogues, packed bits, stem)
-            resnet = bimodels.export(bimodels.binarize(bimodels.create_model("resnet20"), "bnn").eval(), "custom",
-                                     torch.randn(1, 3, 32, 32))
+            resnet = bimodels.export(
+                bimodels.binarize(bimodels.create_model("resnet20"), "bnn").eval(),
+                "custom",
+                torch.randn(1, 3, 32, 32),
+            )
             with AgentClient(agent.address, "fuzzed") as client:
                 model_id = client.push(seed, "custom").model_id
                 double_id = client.push(double_model_onnx(), "onnx").model_id
-            for name, run in (("raw bytes to every RPC", lambda: raw_bytes_to_every_rpc(agent.address, args.cases)),
-                              ("hostile well-formed requests",
-                               lambda: structured_requests(agent.address, args.cases, [model_id])),
-                              ("mutated custom artifacts", lambda: custom_artifact_mutations(seed, args.cases)),
-                              ("mutated fused resnet artifacts", lambda: custom_artifact_mutations(resnet, args.cases)),
-                              ("inventory files", lambda: inventory_files(Path(tmp), args.cases)),
-                              ("NaN and Inf in numerics checks",
-                               lambda: nan_and_inf_checks(agent.address, args.cases // 5, double_id)),
-                              ("silent and slow clients (batches)",
-                               lambda: silent_and_slow_clients(agent.address, args.cases // 50, idle_s=1.0))):
+            for name, run in (
+                ("raw bytes to every RPC", lambda: raw_bytes_to_every_rpc(agent.address, args.cases)),
+                (
+                    "hostile well-formed requests",
+                    lambda: structured_requests(agent.address, args.cases, [model_id]),
+                ),
+                ("mutated custom artifacts", lambda: custom_artifact_mutations(seed, args.cases)),
+                ("mutated fused resnet artifacts", lambda: custom_artifact_mutations(resnet, args.cases)),
+                ("inventory files", lambda: inventory_files(Path(tmp), args.cases)),
+                (
+                    "NaN and Inf in numerics checks",
+                    lambda: nan_and_inf_checks(agent.address, args.cases // 5, double_id),
+                ),
+                (
+                    "silent and slow clients (batches)",
+                    lambda: silent_and_slow_clients(agent.address, args.cases // 50, idle_s=1.0),
+                ),
+            ):
                 start = time.monotonic()
                 outcomes = run()
-                report[name] = {"cases": sum(outcomes.values()), "seconds": round(time.monotonic() - start, 1),
-                                "outcomes": outcomes}
+                report[name] = {
+                    "cases": sum(outcomes.values()),
+                    "seconds": round(time.monotonic() - start, 1),
+                    "outcomes": outcomes,
+                }
                 if not args.json:
-                    print(f"{name}: {report[name]['cases']} cases in {report[name]['seconds']} s: {outcomes}",
-                          flush=True)
+                    print(
+                        f"{name}: {report[name]['cases']} cases in {report[name]['seconds']} s: {outcomes}",
+                        flush=True,
+                    )
             assert agent.proc.poll() is None, "the agent died"
             with AgentClient(agent.address, "fuzzed") as client:
                 assert client.health(), "the agent stopped serving"

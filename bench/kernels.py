@@ -14,6 +14,7 @@ micro-kernel alone on L1-resident tiles, run on as many threads at once), custom
 from the first thread count to each further one, and the ceiling's own scaling: what this
 machine gives a pure popcount loop on more cores (a shared or throttled host gives < 2x).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,16 +55,25 @@ def measure(counts: list[int], rounds: int) -> list[dict]:
         x = torch.randn(1, channels, size, size)
         macs = channels * channels * 9 * size * size
         with workdir() as tmp:
-            specs = {rt: agent_spec(rt, fmt, bimodels.export(model, fmt, x), x.numpy(), Path(tmp), rt)
-                     for rt, fmt in RUNTIMES.items()}
+            specs = {
+                rt: agent_spec(rt, fmt, bimodels.export(model, fmt, x), x.numpy(), Path(tmp), rt)
+                for rt, fmt in RUNTIMES.items()
+            }
             medians = run_contenders(specs, counts, Path(tmp), rounds)
         for t in counts:
-            row = {"shape": f"{channels}->{channels} @ {size}x{size}", "macs": macs, "threads": t,
-                   "kernel": kernels.info().get("bconv"), "ceiling_gmacs": ceilings[t] / 1e9,
-                   "ceiling_scaling": ceilings[t] / ceilings[counts[0]]}
+            row = {
+                "shape": f"{channels}->{channels} @ {size}x{size}",
+                "macs": macs,
+                "threads": t,
+                "kernel": kernels.info().get("bconv"),
+                "ceiling_gmacs": ceilings[t] / 1e9,
+                "ceiling_scaling": ceilings[t] / ceilings[counts[0]],
+            }
             add_ratios(row, medians, list(RUNTIMES), t, counts)
             for rt in RUNTIMES:
-                row[f"{rt}_gops"] = None if row[f"{rt}_ms"] is None else 2 * macs / (row[f"{rt}_ms"] / 1e3) / 1e9
+                row[f"{rt}_gops"] = (
+                    None if row[f"{rt}_ms"] is None else 2 * macs / (row[f"{rt}_ms"] / 1e3) / 1e9
+                )
             if row["custom_ms"]:
                 row["ceiling_fraction"] = macs / (row["custom_ms"] / 1e3) / ceilings[t]
             rows.append(row)
@@ -84,15 +94,19 @@ def main() -> None:
     nan = float("nan")
     for t in counts:
         r = next(r for r in rows if r["threads"] == t)
-        print(f"popcount ceiling ({r['kernel']} micro-kernel, L1 tiles, {t} thread(s) at once): "
-              f"{r['ceiling_gmacs']:.0f} G binary MAC/s (x{r['ceiling_scaling']:.2f} vs {counts[0]}t)")
+        print(
+            f"popcount ceiling ({r['kernel']} micro-kernel, L1 tiles, {t} thread(s) at once): "
+            f"{r['ceiling_gmacs']:.0f} G binary MAC/s (x{r['ceiling_scaling']:.2f} vs {counts[0]}t)"
+        )
     for r in rows:
         scaling = r.get(f"custom_scaling_vs_{counts[0]}t")
-        print(f"{r['threads']}t {r['shape']:>18}  custom {r['custom_ms']:.3f} ms ({r['custom_gops']:.0f} GOPS, "
-              f"{100 * r.get('ceiling_fraction', nan):.0f}% of ceiling)  larq {r['larq_ms'] or nan:.3f} ms  "
-              f"onnxruntime {r['onnxruntime_ms'] or nan:.3f} ms  x{r.get('custom_vs_larq', nan):.2f} vs larq  "
-              f"x{r.get('custom_vs_onnxruntime', nan):.2f} vs ORT"
-              + (f"  x{scaling:.2f} vs {counts[0]}t" if scaling else ""))
+        print(
+            f"{r['threads']}t {r['shape']:>18}  custom {r['custom_ms']:.3f} ms ({r['custom_gops']:.0f} GOPS, "
+            f"{100 * r.get('ceiling_fraction', nan):.0f}% of ceiling)  larq {r['larq_ms'] or nan:.3f} ms  "
+            f"onnxruntime {r['onnxruntime_ms'] or nan:.3f} ms  x{r.get('custom_vs_larq', nan):.2f} vs larq  "
+            f"x{r.get('custom_vs_onnxruntime', nan):.2f} vs ORT"
+            + (f"  x{scaling:.2f} vs {counts[0]}t" if scaling else "")
+        )
 
 
 if __name__ == "__main__":

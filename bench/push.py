@@ -6,6 +6,7 @@ Starts a real agent on 127.0.0.1 (port 0), pushes random bytes (a fresh model ea
 so nothing is deduplicated), then re-pushes a stored model (one StatModel round trip).
 Goal: >= 200 MB/s for the upload; the re-push is reported next to a bare health check.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -12,6 +12,7 @@ all of them instead of whichever happened to run during it.
 
     python bench/timing.py --serve SPEC.json    (the contender side; speaks JSON lines)
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,13 @@ class Contender:
         path.write_text(json.dumps(dict(spec, threads=threads)))
         env = thread_env(threads, spec.get("runtime"))
         env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(path)], env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(path)],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         self.available = self._reply()["ready"]
 
     def _reply(self) -> dict:
@@ -64,13 +70,14 @@ def interleaved_medians(contenders: list[Contender], rounds: int, per_round: int
     live = [c for c in contenders if c.available]
     samples: dict[str, list[float]] = {c.name: [] for c in live}
     for r in range(rounds):
-        for c in live[r % len(live):] + live[: r % len(live)]:
+        for c in live[r % len(live) :] + live[: r % len(live)]:
             samples[c.name] += c.run(per_round)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def run_contenders(specs: dict[str, dict], counts: list[int], workdir: Path, rounds: int,
-                   per_round: int = 5) -> dict[str, float]:
+def run_contenders(
+    specs: dict[str, dict], counts: list[int], workdir: Path, rounds: int, per_round: int = 5
+) -> dict[str, float]:
     """Every spec at every thread count, each in its own process; medians keyed "name@threads"."""
     contenders = [Contender(f"{name}@{t}", spec, t, workdir) for t in counts for name, spec in specs.items()]
     try:
@@ -80,7 +87,9 @@ def run_contenders(specs: dict[str, dict], counts: list[int], workdir: Path, rou
             c.close()
 
 
-def add_ratios(row: dict, medians: dict[str, float], names: list[str], threads: int, counts: list[int]) -> None:
+def add_ratios(
+    row: dict, medians: dict[str, float], names: list[str], threads: int, counts: list[int]
+) -> None:
     """Fill `row` for one thread count: each contender's `{name}_ms`, custom's speedup over the
     others (`custom_vs_{name}`), and custom's scaling from the first thread count."""
     for name in names:

@@ -9,6 +9,7 @@ per algorithm, its epochs x its step time x steps per epoch. Evaluation, batch-n
 re-estimation and checkpoints are not counted (a few percent at the default scale). The
 estimate is only as good as the machine is quiet: run it alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     rows = []
-    for name in (args.task.split(",") if args.task else list_tasks()):
+    for name in args.task.split(",") if args.task else list_tasks():
         task = get_task(name)
         config = task.config(args.scale)
         data = task.load(args.scale, None, seed=0)
@@ -69,30 +70,57 @@ def main() -> None:
             torch.manual_seed(0)
             fp = task.create_model(arch, data.num_classes)
             fp_step = step_seconds(task, fp, data.train, config.batch_size, args.batches, device)
-            row = {"task": name, "arch": arch, "train_samples": len(data.train), "steps_per_epoch": steps,
-                   "fp_epochs": config.fp_epochs, "bin_epochs": config.bin_epochs, "fp_step_s": fp_step,
-                   "fp_s": fp_step * steps * config.fp_epochs, "algorithms": {}}
+            row = {
+                "task": name,
+                "arch": arch,
+                "train_samples": len(data.train),
+                "steps_per_epoch": steps,
+                "fp_epochs": config.fp_epochs,
+                "bin_epochs": config.bin_epochs,
+                "fp_step_s": fp_step,
+                "fp_s": fp_step * steps * config.fp_epochs,
+                "algorithms": {},
+            }
             example = data.train.batch(torch.arange(1))[0]
             for algo in bimodels.list_algorithms():
                 model = binarize(fp.cpu(), algo, example_input=example)
                 set_epoch(model, 0, max(1, config.bin_epochs))
                 s = step_seconds(task, model, data.train, config.batch_size, args.batches, device)
-                row["algorithms"][algo] = {"step_s": s, "total_s": s * steps * config.bin_epochs,
-                                           "step_vs_fp": s / fp_step}
+                row["algorithms"][algo] = {
+                    "step_s": s,
+                    "total_s": s * steps * config.bin_epochs,
+                    "step_vs_fp": s / fp_step,
+                }
             row["total_s"] = row["fp_s"] + sum(a["total_s"] for a in row["algorithms"].values())
             rows.append(row)
-            print(f"{name}/{arch}: FP step {fp_step * 1e3:.0f} ms, binarized steps "
-                  + ", ".join(f"{a} {v['step_vs_fp']:.2f}x" for a, v in row["algorithms"].items())
-                  + f"; about {row['total_s'] / 60:.0f} min at the {args.scale} scale", file=sys.stderr, flush=True)
+            print(
+                f"{name}/{arch}: FP step {fp_step * 1e3:.0f} ms, binarized steps "
+                + ", ".join(f"{a} {v['step_vs_fp']:.2f}x" for a, v in row["algorithms"].items())
+                + f"; about {row['total_s'] / 60:.0f} min at the {args.scale} scale",
+                file=sys.stderr,
+                flush=True,
+            )
     total = sum(r["total_s"] for r in rows)
     if args.json:
-        print(json.dumps({"scale": args.scale, "device": str(device), "threads": torch.get_num_threads(),
-                          "rows": rows, "total_s": total}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "scale": args.scale,
+                    "device": str(device),
+                    "threads": torch.get_num_threads(),
+                    "rows": rows,
+                    "total_s": total,
+                },
+                indent=2,
+            )
+        )
     else:
         for r in rows:
             print(f"{r['task']:<28} {r['arch']:<18} {r['total_s'] / 60:7.1f} min")
-        print(f"{'all':<47} {total / 60:7.1f} min ({total / 3600:.2f} h) on {device}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"{'all':<47} {total / 60:7.1f} min ({total / 3600:.2f} h) on {device}, "
+            f"{torch.get_num_threads()} threads"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Stubs are committed so a board installs the agent without a compiler; a test fails when
 they no longer match the .proto files.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,15 @@ def generate(out_dir: Path) -> None:
     from grpc_tools import protoc
 
     include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{HERE}", f"-I{include}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-            f"--grpc_python_out={out_dir}", *PROTOS]
+    args = [
+        "protoc",
+        f"-I{HERE}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *PROTOS,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
 

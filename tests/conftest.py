@@ -1,4 +1,5 @@
 """Shared fixtures: deterministic seeds and trained-looking models."""
+
 from __future__ import annotations
 
 import os
@@ -24,13 +25,31 @@ def _seed() -> None:
 class AgentProcess:
     """A real `biagent serve` process on 127.0.0.1, on a port the agent picked itself."""
 
-    def __init__(self, store: Path, name: str = "test-board", extra: tuple[str, ...] = (),
-                 prefix: tuple[str, ...] = ()):
+    def __init__(
+        self, store: Path, name: str = "test-board", extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()
+    ):
         self.store, self.name = store, name
         self.proc = subprocess.Popen(  # prefix: e.g. `ip netns exec NS` to run it in another network
-            [*prefix, sys.executable, "-m", "biagent.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--store", str(store), "--name", name, *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "biagent.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--store",
+                str(store),
+                "--name",
+                name,
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         self.output: list[str] = []
         self.address = ""
@@ -70,7 +89,9 @@ def start_agent(tmp_path):
     """Factory: start_agent(name=...) -> AgentProcess; every agent is stopped afterwards."""
     agents: list[AgentProcess] = []
 
-    def start(name: str = "test-board", store: Path | None = None, extra: tuple[str, ...] = ()) -> AgentProcess:
+    def start(
+        name: str = "test-board", store: Path | None = None, extra: tuple[str, ...] = ()
+    ) -> AgentProcess:
         agent = AgentProcess(store or tmp_path / f"store-{name}-{len(agents)}", name, extra)
         agents.append(agent)
         return agent
@@ -99,7 +120,9 @@ class SshServer:
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         for name in ("host_key", "client_key", "stranger_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True
+            )
         (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
         self.config = root / "sshd_config"
         self.config.write_text(
@@ -107,10 +130,15 @@ class SshServer:
             f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
             "StrictModes no\nUsePAM no\nAllowTcpForwarding yes\nLogLevel ERROR\n"
-            + ("Subsystem sftp internal-sftp\n" if sftp else ""))  # without: like dropbear and embedded images
+            + ("Subsystem sftp internal-sftp\n" if sftp else "")
+        )  # without: like dropbear and embedded images
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([self.SSHD, "-D", "-e", "-f", str(self.config)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [self.SSHD, "-D", "-e", "-f", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -120,16 +148,24 @@ class SshServer:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     out = self.proc.stdout.read() if self.proc.poll() is not None else ""
                     self.stop()
-                    raise RuntimeError(f"sshd did not start: {out}")
+                    raise RuntimeError(f"sshd did not start: {out}") from None
                 time.sleep(0.1)
         self.key = root / "client_key"
-        self.known_hosts_line = f"[127.0.0.1]:{self.port} {(root / 'host_key.pub').read_text().split()[0]} " \
-                                f"{(root / 'host_key.pub').read_text().split()[1]}\n"
+        self.known_hosts_line = (
+            f"[127.0.0.1]:{self.port} {(root / 'host_key.pub').read_text().split()[0]} "
+            f"{(root / 'host_key.pub').read_text().split()[1]}\n"
+        )
         self.user = os.environ.get("USER") or __import__("getpass").getuser()
 
     def ssh_settings(self, known_hosts: Path, **extra) -> dict:
-        return {"host": "127.0.0.1", "port": self.port, "user": self.user, "key_file": str(self.key),
-                "known_hosts_file": str(known_hosts), **extra}
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": self.user,
+            "key_file": str(self.key),
+            "known_hosts_file": str(known_hosts),
+            **extra,
+        }
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -181,14 +217,16 @@ class NetnsLink:
             raise
 
     def _create(self) -> None:
-        for cmd in (["ip", "netns", "add", self.name],
-                    ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
-                    ["ip", "link", "set", self.ns_if, "netns", self.name],
-                    ["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if],
-                    ["ip", "link", "set", self.host_if, "up"],
-                    [*self.prefix, "ip", "addr", "add", f"{self.board_ip}/30", "dev", self.ns_if],
-                    [*self.prefix, "ip", "link", "set", self.ns_if, "up"],
-                    [*self.prefix, "ip", "link", "set", "lo", "up"]):
+        for cmd in (
+            ["ip", "netns", "add", self.name],
+            ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
+            ["ip", "link", "set", self.ns_if, "netns", self.name],
+            ["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if],
+            ["ip", "link", "set", self.host_if, "up"],
+            [*self.prefix, "ip", "addr", "add", f"{self.board_ip}/30", "dev", self.ns_if],
+            [*self.prefix, "ip", "link", "set", self.ns_if, "up"],
+            [*self.prefix, "ip", "link", "set", "lo", "up"],
+        ):
             subprocess.run(cmd, check=True, capture_output=True, timeout=20)
 
     def link(self, up: bool) -> None:

@@ -4,6 +4,7 @@ Each property takes the number of examples to run, so the same code is a quick t
 and a long campaign there. The contract being checked is the same everywhere: malformed
 input gets a clear, typed rejection, and nothing crashes or is left behind.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,17 +20,35 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 SERVICE = "/bibench.farm.v1.Agent/"
-UNARY = ["GetBoardInfo", "StatModel", "ListModels", "DeleteModel", "AcquireLease", "RenewLease", "ReleaseLease"]
+UNARY = [
+    "GetBoardInfo",
+    "StatModel",
+    "ListModels",
+    "DeleteModel",
+    "AcquireLease",
+    "RenewLease",
+    "ReleaseLease",
+]
 # What an agent may answer to garbage: a refusal with a reason. UNKNOWN (an unhandled
 # exception in a handler) or a dead agent is a failure; INTERNAL only for bytes gRPC itself
 # cannot parse as the request message.
-REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS,
-            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED}
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 def _settings(n: int):
-    return settings(max_examples=n, deadline=None, database=None, derandomize=n <= 1000,
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=n <= 1000,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 def check_refusal(exc: grpc.RpcError) -> str:
@@ -50,7 +69,10 @@ def raw_bytes_to_every_rpc(address: str, n: int) -> dict[str, int]:
     calls["RunBenchmark"] = channel.unary_stream(SERVICE + "RunBenchmark")
 
     @_settings(n)
-    @given(method=st.sampled_from(sorted(calls)), payloads=st.lists(st.binary(max_size=512), min_size=1, max_size=4))
+    @given(
+        method=st.sampled_from(sorted(calls)),
+        payloads=st.lists(st.binary(max_size=512), min_size=1, max_size=4),
+    )
     def prop(method, payloads):
         call = calls[method]
         try:
@@ -73,9 +95,15 @@ def raw_bytes_to_every_rpc(address: str, n: int) -> dict[str, int]:
 
 
 def tensors():
-    dtypes = st.sampled_from(["float32", "int64", "float64", "uint8", "bool", "float16", "object", "", "<f4", "S3"])
-    return st.builds(lambda shape, dtype, data: {"shape": shape, "dtype": dtype, "data": data},
-                     st.lists(st.integers(-3, 2**40), max_size=5), dtypes, st.binary(max_size=64))
+    dtypes = st.sampled_from(
+        ["float32", "int64", "float64", "uint8", "bool", "float16", "object", "", "<f4", "S3"]
+    )
+    return st.builds(
+        lambda shape, dtype, data: {"shape": shape, "dtype": dtype, "data": data},
+        st.lists(st.integers(-3, 2**40), max_size=5),
+        dtypes,
+        st.binary(max_size=64),
+    )
 
 
 def structured_requests(address: str, n: int, model_ids: list[str]) -> dict[str, int]:
@@ -86,25 +114,59 @@ def structured_requests(address: str, n: int, model_ids: list[str]) -> dict[str,
     outcomes: dict[str, int] = {}
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.AgentStub(channel)
-    ids = st.one_of(st.sampled_from(model_ids or ["0" * 64]), st.text(max_size=80), st.just("../" * 10 + "etc/passwd"))
+    ids = st.one_of(
+        st.sampled_from(model_ids or ["0" * 64]), st.text(max_size=80), st.just("../" * 10 + "etc/passwd")
+    )
     text = st.text(max_size=300)
 
     def tensor(t):
-        return pb.Tensor(shape=[max(min(d, 2**62), -2**62) for d in t["shape"]], dtype=t["dtype"], data=t["data"])
+        return pb.Tensor(
+            shape=[max(min(d, 2**62), -(2**62)) for d in t["shape"]], dtype=t["dtype"], data=t["data"]
+        )
 
-    push = st.builds(lambda sha, size, fmt, name, meta, chunks: ("push", pb.ModelHeader(
-        sha256=sha, size_bytes=size, format=fmt, name=name, metadata=meta), chunks),
-        ids, st.integers(-5, 2**40), text, text, st.dictionaries(text, text, max_size=4),
-        st.lists(st.binary(max_size=256), max_size=3))
-    bench = st.builds(lambda mid, rt, threads, runs, warm, cases, inputs: ("bench", pb.BenchmarkRequest(
-        model_id=mid, runtime=rt, threads=threads, min_runs=runs, warmup_runs=warm, min_duration_s=0.0,
-        max_duration_s=1.0, checks=[pb.NumericsCase(inputs=[tensor(a)], expected=[tensor(b)]) for a, b in cases],
-        inputs=[tensor(t) for t in inputs]), None),
-        ids, st.one_of(st.sampled_from(["custom", "onnxruntime", "larq", "dabnn"]), text),
-        st.integers(-10, 2**31 - 1), st.integers(-10, 5), st.integers(-10, 2),
-        st.lists(st.tuples(tensors(), tensors()), max_size=2), st.lists(tensors(), max_size=2))
-    lease = st.builds(lambda holder, ttl, lid: ("lease", pb.LeaseRequest(holder=holder, ttl_s=ttl, lease_id=lid), None),
-                      text, st.floats(allow_nan=True, allow_infinity=True), text)
+    push = st.builds(
+        lambda sha, size, fmt, name, meta, chunks: (
+            "push",
+            pb.ModelHeader(sha256=sha, size_bytes=size, format=fmt, name=name, metadata=meta),
+            chunks,
+        ),
+        ids,
+        st.integers(-5, 2**40),
+        text,
+        text,
+        st.dictionaries(text, text, max_size=4),
+        st.lists(st.binary(max_size=256), max_size=3),
+    )
+    bench = st.builds(
+        lambda mid, rt, threads, runs, warm, cases, inputs: (
+            "bench",
+            pb.BenchmarkRequest(
+                model_id=mid,
+                runtime=rt,
+                threads=threads,
+                min_runs=runs,
+                warmup_runs=warm,
+                min_duration_s=0.0,
+                max_duration_s=1.0,
+                checks=[pb.NumericsCase(inputs=[tensor(a)], expected=[tensor(b)]) for a, b in cases],
+                inputs=[tensor(t) for t in inputs],
+            ),
+            None,
+        ),
+        ids,
+        st.one_of(st.sampled_from(["custom", "onnxruntime", "larq", "dabnn"]), text),
+        st.integers(-10, 2**31 - 1),
+        st.integers(-10, 5),
+        st.integers(-10, 2),
+        st.lists(st.tuples(tensors(), tensors()), max_size=2),
+        st.lists(tensors(), max_size=2),
+    )
+    lease = st.builds(
+        lambda holder, ttl, lid: ("lease", pb.LeaseRequest(holder=holder, ttl_s=ttl, lease_id=lid), None),
+        text,
+        st.floats(allow_nan=True, allow_infinity=True),
+        text,
+    )
     stat = st.builds(lambda mid: ("stat", pb.StatModelRequest(model_id=mid), None), ids)
 
     @_settings(n)
@@ -153,10 +215,17 @@ def custom_artifact_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
             zf.writestr("tensors.npz", npz)
         return buf.getvalue()
 
-    json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40),
-                                         st.floats(allow_nan=False), st.text(max_size=12)),
-                               lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
-                                                                                          max_size=4), max_leaves=10)
+    json_values = st.recursive(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(2**40), 2**40),
+            st.floats(allow_nan=False),
+            st.text(max_size=12),
+        ),
+        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+        max_leaves=10,
+    )
 
     def edit_graph(path_choice, value):
         graph = json.loads(json.dumps(doc))
@@ -167,9 +236,12 @@ def custom_artifact_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
         node["attrs"][key] = value
         return repack(graph)
 
-    byte_edits = st.builds(lambda pos, val, cut: _mutate(seed_artifact, pos, val, cut),
-                           st.lists(st.integers(0, len(seed_artifact) - 1), min_size=1, max_size=8),
-                           st.integers(0, 255), st.one_of(st.none(), st.integers(0, len(seed_artifact))))
+    byte_edits = st.builds(
+        lambda pos, val, cut: _mutate(seed_artifact, pos, val, cut),
+        st.lists(st.integers(0, len(seed_artifact) - 1), min_size=1, max_size=8),
+        st.integers(0, 255),
+        st.one_of(st.none(), st.integers(0, len(seed_artifact))),
+    )
     graph_edits = st.builds(edit_graph, st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), json_values)
 
     @_settings(n)
@@ -207,15 +279,42 @@ def inventory_files(tmp: Path, n: int) -> dict[str, int]:
     from bihost.inventory import Inventory, InventoryError
 
     path = tmp / "inventory.yaml"
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=30))
-    values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
-        st.one_of(st.text(max_size=12), st.integers()), kids, max_size=4), max_leaves=12)
-    keys = st.sampled_from(["soc", "arch", "os", "cpu", "runtimes", "address", "transport", "ssh", "tls", "token_file",
-                            "description", "expected", "bogus"])
-    boards = st.dictionaries(st.one_of(st.text(max_size=20), st.integers()), st.dictionaries(keys, values, max_size=6),
-                             max_size=3)
-    near_valid = st.builds(lambda b, v: yaml.safe_dump({"version": v, "boards": b}, allow_unicode=True),
-                           boards, st.one_of(st.just(1), scalars))
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=30)
+    )
+    values = st.recursive(
+        scalars,
+        lambda kids: (
+            st.lists(kids, max_size=4)
+            | st.dictionaries(st.one_of(st.text(max_size=12), st.integers()), kids, max_size=4)
+        ),
+        max_leaves=12,
+    )
+    keys = st.sampled_from(
+        [
+            "soc",
+            "arch",
+            "os",
+            "cpu",
+            "runtimes",
+            "address",
+            "transport",
+            "ssh",
+            "tls",
+            "token_file",
+            "description",
+            "expected",
+            "bogus",
+        ]
+    )
+    boards = st.dictionaries(
+        st.one_of(st.text(max_size=20), st.integers()), st.dictionaries(keys, values, max_size=6), max_size=3
+    )
+    near_valid = st.builds(
+        lambda b, v: yaml.safe_dump({"version": v, "boards": b}, allow_unicode=True),
+        boards,
+        st.one_of(st.just(1), scalars),
+    )
     raw = st.text(max_size=400)
     outcomes: dict[str, int] = {}
 
@@ -240,9 +339,13 @@ def double_model_onnx() -> bytes:
     from onnx import TensorProto, helper
 
     node = helper.make_node("Mul", ["x", "two"], ["y"])
-    graph = helper.make_graph([node], "double", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+    graph = helper.make_graph(
+        [node],
+        "double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -280,7 +383,9 @@ def nan_and_inf_checks(address: str, n: int, model_id: str) -> dict[str, int]:
     specials = st.sampled_from([np.nan, np.inf, -np.inf, 3e38, -0.0])
     values = st.one_of(st.floats(-4, 4, width=32), specials)
     vectors = st.lists(values, min_size=8, max_size=8)
-    tolerances = st.one_of(st.just(0.0), st.floats(1e-7, 10.0), st.sampled_from([np.nan, np.inf, -np.inf, -1e-3]))
+    tolerances = st.one_of(
+        st.just(0.0), st.floats(1e-7, 10.0), st.sampled_from([np.nan, np.inf, -np.inf, -1e-3])
+    )
     outcomes: dict[str, int] = {}
     channel = grpc.insecure_channel(address)
     stub = pb_grpc.AgentStub(channel)
@@ -289,8 +394,13 @@ def nan_and_inf_checks(address: str, n: int, model_id: str) -> dict[str, int]:
         return pb.Tensor(shape=list(a.shape), dtype="float32", data=a.astype("<f4").tobytes())
 
     @_settings(n)
-    @given(x=vectors, edits=st.lists(st.tuples(st.integers(0, 7), values), max_size=3),
-           noise=st.floats(0, 1e-3), atol=tolerances, rtol=tolerances)
+    @given(
+        x=vectors,
+        edits=st.lists(st.tuples(st.integers(0, 7), values), max_size=3),
+        noise=st.floats(0, 1e-3),
+        atol=tolerances,
+        rtol=tolerances,
+    )
     def prop(x, edits, noise, atol, rtol):
         x = np.asarray(x, np.float32).reshape(1, 8)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -299,8 +409,14 @@ def nan_and_inf_checks(address: str, n: int, model_id: str) -> dict[str, int]:
         for i, v in edits:
             expected[0, i] = v
         want = expected_verdict(output, expected, atol, rtol)
-        request = pb.BenchmarkRequest(model_id=model_id, runtime="onnxruntime", min_runs=1, atol=atol, rtol=rtol,
-                                      checks=[pb.NumericsCase(inputs=[tensor(x)], expected=[tensor(expected)])])
+        request = pb.BenchmarkRequest(
+            model_id=model_id,
+            runtime="onnxruntime",
+            min_runs=1,
+            atol=atol,
+            rtol=rtol,
+            checks=[pb.NumericsCase(inputs=[tensor(x)], expected=[tensor(expected)])],
+        )
         try:
             events = list(stub.RunBenchmark(request, timeout=60))
             got = events[-1].summary.status
@@ -329,8 +445,10 @@ def silent_and_slow_clients(address: str, n: int, idle_s: float) -> dict[str, in
     from biproto import agent_pb2_grpc as pb_grpc
 
     outcomes: dict[str, int] = {}
-    behaviours = st.tuples(st.integers(1, 6),  # chunks sent before the pause
-                           st.sampled_from(["short pause", "long pause", "hang up", "stop early"]))
+    behaviours = st.tuples(
+        st.integers(1, 6),  # chunks sent before the pause
+        st.sampled_from(["short pause", "long pause", "hang up", "stop early"]),
+    )
 
     def upload(channel, data: bytes, sent: int, how: str) -> str:
         data = os.urandom(16) + data  # a model never stored before: no early "already present"
@@ -338,9 +456,12 @@ def silent_and_slow_clients(address: str, n: int, idle_s: float) -> dict[str, in
         hung_up = threading.Event()
 
         def chunks():
-            yield pb.PushModelChunk(header=pb.ModelHeader(sha256=hashlib.sha256(data).hexdigest(),
-                                                          size_bytes=len(data), format="onnx"))
-            pieces = [data[i:i + 100] for i in range(0, len(data), 100)]
+            yield pb.PushModelChunk(
+                header=pb.ModelHeader(
+                    sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), format="onnx"
+                )
+            )
+            pieces = [data[i : i + 100] for i in range(0, len(data), 100)]
             for i, piece in enumerate(pieces):
                 if i == sent:
                     if how == "stop early":
@@ -364,22 +485,34 @@ def silent_and_slow_clients(address: str, n: int, idle_s: float) -> dict[str, in
         except grpc.RpcError as exc:
             return exc.code().name
 
-    allowed = {"short pause": {"stored"}, "long pause": {"ABORTED"}, "stop early": {"DATA_LOSS"},
-               "hang up": {"CANCELLED"}}
+    allowed = {
+        "short pause": {"stored"},
+        "long pause": {"ABORTED"},
+        "stop early": {"DATA_LOSS"},
+        "hang up": {"CANCELLED"},
+    }
 
     @_settings(n)
-    @given(batch=st.lists(st.tuples(behaviours, st.binary(min_size=700, max_size=700)), min_size=1, max_size=6))
+    @given(
+        batch=st.lists(st.tuples(behaviours, st.binary(min_size=700, max_size=700)), min_size=1, max_size=6)
+    )
     def prop(batch):
-        channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in batch]
+        channels = [
+            grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in batch
+        ]
         results: list[tuple[str, str]] = []
-        threads = [threading.Thread(target=lambda c=c, d=d, s=s, h=h: results.append((h, upload(c, d, s, h))))
-                   for c, ((s, h), d) in zip(channels, batch)]
+        threads = [
+            threading.Thread(target=lambda c=c, d=d, s=s, h=h: results.append((h, upload(c, d, s, h))))
+            for c, ((s, h), d) in zip(channels, batch)
+        ]
         for t in threads:
             t.start()
         with grpc.insecure_channel(address) as probe:
             health = health_pb2_grpc.HealthStub(probe)
             while any(t.is_alive() for t in threads):
-                reply = health.Check(health_pb2.HealthCheckRequest(service="bibench.farm.v1.Agent"), timeout=1)
+                reply = health.Check(
+                    health_pb2.HealthCheckRequest(service="bibench.farm.v1.Agent"), timeout=1
+                )
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
                 time.sleep(0.1)
         for t in threads:

@@ -1,4 +1,5 @@
 """Helpers shared by tests (importable as tests.helpers)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """`biagent serve`: run the agent on a board (argparse only: the agent stays light)."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,27 +22,51 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--store", type=Path, required=True, help="directory of the model store")
     serve.add_argument("--name", default=None, help="board name reported to the host (default: hostname)")
     serve.add_argument("--max-model-mb", type=float, default=2048, help="largest accepted upload, MiB")
-    serve.add_argument("--max-queue-wait", type=float, default=600, help="seconds a benchmark may wait for the board")
-    serve.add_argument("--max-store-mb", type=float, default=8192,
-                       help="bytes kept in the store; least recently used models are evicted (0: no limit)")
-    serve.add_argument("--max-streams", type=int, default=16,
-                       help="concurrent calls (the health check not counted); more get RESOURCE_EXHAUSTED")
-    serve.add_argument("--max-streams-per-client", type=int, default=None,
-                       help="concurrent calls of one client (an IP address; on loopback, a connection); "
-                            "default half of --max-streams")
-    serve.add_argument("--upload-idle-timeout", type=float, default=30.0,
-                       help="abort an upload whose client sends nothing this many seconds (its temp file removed)")
+    serve.add_argument(
+        "--max-queue-wait", type=float, default=600, help="seconds a benchmark may wait for the board"
+    )
+    serve.add_argument(
+        "--max-store-mb",
+        type=float,
+        default=8192,
+        help="bytes kept in the store; least recently used models are evicted (0: no limit)",
+    )
+    serve.add_argument(
+        "--max-streams",
+        type=int,
+        default=16,
+        help="concurrent calls (the health check not counted); more get RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        default=None,
+        help="concurrent calls of one client (an IP address; on loopback, a connection); "
+        "default half of --max-streams",
+    )
+    serve.add_argument(
+        "--upload-idle-timeout",
+        type=float,
+        default=30.0,
+        help="abort an upload whose client sends nothing this many seconds (its temp file removed)",
+    )
     serve.add_argument("--tls-cert", help="serve TLS with this certificate (PEM; `bihost certs issue`)")
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
     serve.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
     serve.add_argument("--token-file", help="require this bearer token (else $BIAGENT_TOKEN if set)")
-    serve.add_argument("--insecure", action="store_true",
-                       help="allow plaintext on a non-loopback address (a network you trust)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on a non-loopback address (a network you trust)",
+    )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     from .security import SecurityConfigError, ServerTls, load_token
     from .server import AgentServer
 
@@ -49,11 +74,21 @@ def main(argv: list[str] | None = None) -> int:
         if bool(args.tls_cert) != bool(args.tls_key) or (args.client_ca and not args.tls_cert):
             raise SecurityConfigError("--tls-cert and --tls-key go together, and --client-ca needs them")
         tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
-        server = AgentServer(args.store, args.host, args.port, args.name, int(args.max_model_mb * (1 << 20)),
-                             args.max_queue_wait, tls=tls, token=load_token(args.token_file), insecure=args.insecure,
-                             max_streams=args.max_streams, max_streams_per_client=args.max_streams_per_client,
-                             upload_idle_s=args.upload_idle_timeout,
-                             max_store_bytes=int(args.max_store_mb * (1 << 20)) or None).start()
+        server = AgentServer(
+            args.store,
+            args.host,
+            args.port,
+            args.name,
+            int(args.max_model_mb * (1 << 20)),
+            args.max_queue_wait,
+            tls=tls,
+            token=load_token(args.token_file),
+            insecure=args.insecure,
+            max_streams=args.max_streams,
+            max_streams_per_client=args.max_streams_per_client,
+            upload_idle_s=args.upload_idle_timeout,
+            max_store_bytes=int(args.max_store_mb * (1 << 20)) or None,
+        ).start()
     except (OSError, SecurityConfigError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 The host compares this identity with the inventory entry and refuses to file results
 under a chip the agent is not running on.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,24 @@ from pathlib import Path
 
 # ARM "CPU part" ids (implementer 0x41) of the cores found in the paper's chips and boards.
 ARM_PARTS = {
-    0xD03: "Cortex-A53", 0xD04: "Cortex-A35", 0xD05: "Cortex-A55", 0xD07: "Cortex-A57",
-    0xD08: "Cortex-A72", 0xD09: "Cortex-A73", 0xD0A: "Cortex-A75", 0xD0B: "Cortex-A76",
-    0xD0C: "Neoverse-N1", 0xD0D: "Cortex-A77", 0xD40: "Neoverse-V1", 0xD41: "Cortex-A78",
-    0xD44: "Cortex-X1", 0xD46: "Cortex-A510", 0xD47: "Cortex-A710", 0xD48: "Cortex-X2",
-    0xD4D: "Cortex-A715", 0xD4E: "Cortex-X3",
+    0xD03: "Cortex-A53",
+    0xD04: "Cortex-A35",
+    0xD05: "Cortex-A55",
+    0xD07: "Cortex-A57",
+    0xD08: "Cortex-A72",
+    0xD09: "Cortex-A73",
+    0xD0A: "Cortex-A75",
+    0xD0B: "Cortex-A76",
+    0xD0C: "Neoverse-N1",
+    0xD0D: "Cortex-A77",
+    0xD40: "Neoverse-V1",
+    0xD41: "Cortex-A78",
+    0xD44: "Cortex-X1",
+    0xD46: "Cortex-A510",
+    0xD47: "Cortex-A710",
+    0xD48: "Cortex-X2",
+    0xD4D: "Cortex-A715",
+    0xD4E: "Cortex-X3",
 }
 
 
@@ -161,4 +175,6 @@ def measure() -> BoardIdentity:
     if sys.platform == "darwin" and not model:
         model = platform.processor()
     cpu = CpuIdentity(model, platform.machine(), cores, features, _max_freqs(cores), core_types)
-    return BoardIdentity(socket.gethostname(), cpu, _os_description(), _memory_bytes(), governor(), temperature_c())
+    return BoardIdentity(
+        socket.gethostname(), cpu, _os_description(), _memory_bytes(), governor(), temperature_c()
+    )

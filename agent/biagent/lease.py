@@ -1,5 +1,6 @@
 """One holder at a time per board, for a limited time: campaigns never interleave, and a
 host that crashes (or loses the network) releases the board when its lease runs out."""
+
 from __future__ import annotations
 
 import secrets

@@ -9,10 +9,12 @@ outside the count (the server's thread pool keeps spare threads for it).
 A client is the peer's IP address; on loopback (SSH tunnels, local tools, the embedded
 board) every peer has the same address, so there each connection counts as a client.
 """
+
 from __future__ import annotations
 
 import threading
 from collections import Counter
+
 import grpc
 
 from .security import HEALTH_PREFIX, is_loopback, rewrap
@@ -43,11 +45,15 @@ class CallLimiter:
         """None when admitted (call `leave` later), else the reason for refusing."""
         with self._lock:
             if self._per_client[client] >= self.max_per_client:
-                return (f"this client already has {self.max_per_client} calls in flight on the board "
-                        "(--max-streams-per-client); finish or cancel one first")
+                return (
+                    f"this client already has {self.max_per_client} calls in flight on the board "
+                    "(--max-streams-per-client); finish or cancel one first"
+                )
             if self._total >= self.max_total:
-                return (f"the board is serving its limit of {self.max_total} concurrent calls (--max-streams); "
-                        "retry shortly")
+                return (
+                    f"the board is serving its limit of {self.max_total} concurrent calls (--max-streams); "
+                    "retry shortly"
+                )
             self._total += 1
             self._per_client[client] += 1
             return None

@@ -1,4 +1,5 @@
 """Timing statistics, as in TFLite's benchmark tool and TVM's time evaluator."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -61,8 +62,11 @@ def max_abs_error(outputs: list[np.ndarray], expected: list[np.ndarray]) -> tupl
         if not np.array_equal(nan_o, nan_e):
             where = "the output" if (nan_o & ~nan_e).any() else "the reference"
             count = int((nan_o != nan_e).sum())
-            return float("inf"), scale, (f"output {i}: NaN in {where} at {count} of {e.size} places "
-                                         "where the other has a number")
+            return (
+                float("inf"),
+                scale,
+                (f"output {i}: NaN in {where} at {count} of {e.size} places where the other has a number"),
+            )
         same = (o64 == e64) | nan_o  # equal values, equal infinities, NaN matched by NaN
         with np.errstate(invalid="ignore", over="ignore"):
             diff = np.where(same, 0.0, np.abs(o64 - e64))

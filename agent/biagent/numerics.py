@@ -28,6 +28,7 @@ The reference decisions travel as `SignReference`s: one bit per decision, plus t
 positions (and margins) of the fragile ones, so the agent needs no torch and a 224x224
 ResNet costs a few hundred kB per input.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class SignReference:
     margins: np.ndarray  # their |value| / max |value| of the layer (float64)
 
     @classmethod
-    def of(cls, values: np.ndarray) -> "SignReference":
+    def of(cls, values: np.ndarray) -> SignReference:
         """From the exact (float64) values a layer's sign is taken of."""
         v = np.asarray(values, dtype=np.float64)
         scale = max(float(np.abs(v).max()) if v.size else 0.0, 1e-30)
@@ -70,24 +71,34 @@ class SignReference:
 
     def as_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """For an npz file (the agent's job file); `from_arrays` reads it back."""
-        return {f"{prefix}_shape": np.asarray(self.shape, dtype=np.int64),
-                f"{prefix}_bits": np.frombuffer(self.bits, dtype=np.uint8),
-                f"{prefix}_fragile": self.fragile, f"{prefix}_margins": self.margins}
+        return {
+            f"{prefix}_shape": np.asarray(self.shape, dtype=np.int64),
+            f"{prefix}_bits": np.frombuffer(self.bits, dtype=np.uint8),
+            f"{prefix}_fragile": self.fragile,
+            f"{prefix}_margins": self.margins,
+        }
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "SignReference":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> SignReference:
         shape = tuple(int(d) for d in arrays[f"{prefix}_shape"])
-        ref = cls(shape, arrays[f"{prefix}_bits"].astype(np.uint8).tobytes(),
-                  arrays[f"{prefix}_fragile"].astype(np.int64), arrays[f"{prefix}_margins"].astype(np.float64))
+        ref = cls(
+            shape,
+            arrays[f"{prefix}_bits"].astype(np.uint8).tobytes(),
+            arrays[f"{prefix}_fragile"].astype(np.int64),
+            arrays[f"{prefix}_margins"].astype(np.float64),
+        )
         ref.validate()
         return ref
 
     def validate(self) -> None:
         n = int(np.prod(self.shape))
         if any(d < 0 for d in self.shape) or len(self.bits) != (n + 7) // 8:
-            raise ValueError(f"sign reference of shape {self.shape} needs {(n + 7) // 8} bytes, has {len(self.bits)}")
-        if self.fragile.shape != self.margins.shape or (self.fragile.size and
-                                                        (self.fragile.min() < 0 or self.fragile.max() >= n)):
+            raise ValueError(
+                f"sign reference of shape {self.shape} needs {(n + 7) // 8} bytes, has {len(self.bits)}"
+            )
+        if self.fragile.shape != self.margins.shape or (
+            self.fragile.size and (self.fragile.min() < 0 or self.fragile.max() >= n)
+        ):
             raise ValueError("sign reference: fragile positions out of range or without margins")
 
 
@@ -166,8 +177,14 @@ class Verdict:
     flip: Flip | None = None
 
 
-def judge(index: int, outputs: list[np.ndarray], case: Case, atol: float = ATOL, rtol: float = RTOL,
-          probe: tuple[list[np.ndarray], list[np.ndarray]] | None | str = None) -> Verdict:
+def judge(
+    index: int,
+    outputs: list[np.ndarray],
+    case: Case,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    probe: tuple[list[np.ndarray], list[np.ndarray]] | None | str = None,
+) -> Verdict:
     """Apply the rule to one check input.
 
     outputs: the timed model's outputs. probe: the probing instance's (outputs, sign
@@ -180,29 +197,49 @@ def judge(index: int, outputs: list[np.ndarray], case: Case, atol: float = ATOL,
         return Verdict(True, err)
     head = f"case {index}: max abs error {err:.3g} > {atol:g} + {rtol:g} * {scale:.3g}"
     if not case.signs:
-        return Verdict(False, err, f"{head}; no reference sign decisions were sent, so a rounding flip cannot be told from an error")
+        return Verdict(
+            False,
+            err,
+            f"{head}; no reference sign decisions were sent, so a rounding flip cannot be told from an error",
+        )
     if probe is None or isinstance(probe, str):
         why = probe or "the runtime cannot show the values its signs are taken of"
         for alt in case.alternatives or []:
             alt_err, alt_scale, trouble = max_abs_error(outputs, alt.expected)
             if not trouble and alt_err <= atol + rtol * alt_scale:
                 flip = Flip(alt.layer, 1, int(np.prod(case.signs[alt.layer].shape)), alt.margin, True)
-                return Verdict(True, err, f"{head}, explained by a rounding flip: torch (float64) with decision "
-                                          f"{alt.position} of binary layer {alt.layer} ({alt.margin:.1e} of its range) "
-                                          f"flipped reproduces the output to {alt_err:.2g} ({why})", flip)
-        tried = (f"; none of the {len(case.alternatives)} single flips nearest zero reproduces it"
-                 if case.alternatives else "")
-        return Verdict(False, err, f"{head}; {why}{tried}, so a rounding flip cannot be told from an export error")
+                return Verdict(
+                    True,
+                    err,
+                    f"{head}, explained by a rounding flip: torch (float64) with decision "
+                    f"{alt.position} of binary layer {alt.layer} ({alt.margin:.1e} of its range) "
+                    f"flipped reproduces the output to {alt_err:.2g} ({why})",
+                    flip,
+                )
+        tried = (
+            f"; none of the {len(case.alternatives)} single flips nearest zero reproduces it"
+            if case.alternatives
+            else ""
+        )
+        return Verdict(
+            False, err, f"{head}; {why}{tried}, so a rounding flip cannot be told from an export error"
+        )
     probe_out, sign_values = probe
     same, _, trouble = max_abs_error(probe_out, outputs)
     if trouble or same > tol:
-        return Verdict(False, err, f"{head}; the probing instance's output differs from the timed one's "
-                                   f"({trouble or f'max abs difference {same:.3g}'}), so its sign inputs explain nothing")
+        return Verdict(
+            False,
+            err,
+            f"{head}; the probing instance's output differs from the timed one's "
+            f"({trouble or f'max abs difference {same:.3g}'}), so its sign inputs explain nothing",
+        )
     flip = first_flip(sign_values, case.signs)
     if isinstance(flip, str):
         return Verdict(False, err, f"{head}; {flip}")
     if flip is None:
-        return Verdict(False, err, f"{head}, with every sign decision as in the reference: the float ops disagree")
+        return Verdict(
+            False, err, f"{head}, with every sign decision as in the reference: the float ops disagree"
+        )
     if flip.rounding:
         return Verdict(True, err, f"{head}, explained by a rounding flip at {flip.describe()}", flip)
     return Verdict(False, err, f"{head}; {flip.describe()}", flip)
@@ -225,8 +262,15 @@ class CheckResult:
         return "; ".join(failed + explained)
 
 
-def check(model, cases: list[Case], atol: float = ATOL, rtol: float = RTOL, probing=None,
-          progress=None, alternatives=None) -> CheckResult:
+def check(
+    model,
+    cases: list[Case],
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    probing=None,
+    progress=None,
+    alternatives=None,
+) -> CheckResult:
     """Run every case on `model` (a LoadedModel) and judge it.
 
     probing: a callable returning a probing LoadedModel (one whose `sign_inputs()` works), or
@@ -251,7 +295,9 @@ def check(model, cases: list[Case], atol: float = ATOL, rtol: float = RTOL, prob
                 if probe_model is None and not probe_why:
                     try:
                         probe_model = probing() if probing else None
-                        probe_why = "" if probe_model else "the runtime cannot show the values its signs are taken of"
+                        probe_why = (
+                            "" if probe_model else "the runtime cannot show the values its signs are taken of"
+                        )
                     except NoSignProbe as exc:
                         probe_why = str(exc)
                     except (ModelLoadError, RuntimeNotInstalled) as exc:

@@ -9,6 +9,7 @@ but the standard health check, which reveals nothing and serves load balancers.
 Plaintext is for loopback: the agent refuses to listen in plaintext on any other address
 unless told `--insecure` (an SSH tunnel ends on loopback, so it needs no exception).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -86,15 +87,20 @@ class TokenInterceptor(grpc.ServerInterceptor):
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(sent.encode(), self._expected):
             return handler
-        message = ("this agent requires a bearer token: set the board's token in the inventory"
-                   if not sent else "the bearer token was not accepted")
+        message = (
+            "this agent requires a bearer token: set the board's token in the inventory"
+            if not sent
+            else "the bearer token was not accepted"
+        )
         return _refusal(handler, message)
 
 
 def rewrap(handler: grpc.RpcMethodHandler, unary, stream) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` running `unary` or `stream` (a generator function)
     in place of its behaviour; each takes (request_or_iterator, context, behaviour)."""
-    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    kw = dict(
+        request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
     if handler.request_streaming and handler.response_streaming:
         inner, make, wrap = handler.stream_stream, grpc.stream_stream_rpc_method_handler, stream
     elif handler.request_streaming:

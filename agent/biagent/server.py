@@ -1,4 +1,5 @@
 """The agent's gRPC server: model store, board identity and benchmarks in worker processes."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -22,12 +23,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from biproto import agent_pb2 as pb
 from biproto import agent_pb2_grpc as pb_grpc
 
-from . import hwinfo, wire
-from .runtimes import describe_all, get_runtime, UnknownRuntime
+from . import hwinfo, numerics, wire
 from .lease import LeaseError, LeaseManager
 from .limits import CallLimiter, LimitInterceptor
-from . import numerics
 from .measure import check_tolerance
+from .runtimes import UnknownRuntime, describe_all, get_runtime
 from .security import SecurityConfigError, ServerTls, TokenInterceptor, is_loopback
 from .store import ModelStore, StoreError, StoreLock, UploadCorrupt
 from .worker import thread_env
@@ -99,7 +99,9 @@ class IdleReader:
 def check_benchmark_request(request, cores: int) -> None:
     """Raise ValueError naming the first field out of its documented bounds."""
     if not 0 <= request.threads <= cores:
-        raise ValueError(f"threads must be 0 (one) to {cores} (this board's logical cores), got {request.threads}")
+        raise ValueError(
+            f"threads must be 0 (one) to {cores} (this board's logical cores), got {request.threads}"
+        )
     if not 0 <= request.warmup_runs <= MAX_WARMUP_RUNS:
         raise ValueError(f"warmup_runs must be 0 to {MAX_WARMUP_RUNS}, got {request.warmup_runs}")
     if not 0 <= request.min_runs <= MAX_MIN_RUNS:
@@ -127,9 +129,13 @@ class BenchmarkSlot:
                 return
             waited = time.monotonic() - start
             if waited > max_wait_s:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"board busy: another benchmark has run for more than {max_wait_s:.0f} s; retry later")
-            yield pb.BenchmarkEvent(progress=pb.Progress(phase="queued", message=f"waiting {waited:.0f} s for the board"))
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"board busy: another benchmark has run for more than {max_wait_s:.0f} s; retry later",
+                )
+            yield pb.BenchmarkEvent(
+                progress=pb.Progress(phase="queued", message=f"waiting {waited:.0f} s for the board")
+            )
         self._owner = threading.get_ident()
 
     def held_by_me(self) -> bool:
@@ -141,8 +147,14 @@ class BenchmarkSlot:
 
 
 class AgentServicer(pb_grpc.AgentServicer):
-    def __init__(self, store: ModelStore, name: str, max_queue_wait_s: float = 600.0, work_dir: Path | None = None,
-                 upload_idle_s: float = 30.0):
+    def __init__(
+        self,
+        store: ModelStore,
+        name: str,
+        max_queue_wait_s: float = 600.0,
+        work_dir: Path | None = None,
+        upload_idle_s: float = 30.0,
+    ):
         self.store, self.name = store, name
         self.max_queue_wait_s = max_queue_wait_s
         self.upload_idle_s = upload_idle_s
@@ -165,7 +177,9 @@ class AgentServicer(pb_grpc.AgentServicer):
         try:
             first = reader.next(self.upload_idle_s)
             if first is None or first.WhichOneof("kind") != "header":
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first chunk of a push must be the model header")
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "the first chunk of a push must be the model header"
+                )
             header = wire.header_to_model(first.header)
             try:
                 existing = self.store.stat(header.model_id)
@@ -188,8 +202,10 @@ class AgentServicer(pb_grpc.AgentServicer):
             context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         except UploadIdle as exc:
             log.warning("upload aborted: %s", exc)
-            context.abort(grpc.StatusCode.ABORTED, f"upload aborted, nothing stored: {exc} "
-                                                   "(the agent's --upload-idle-timeout)")
+            context.abort(
+                grpc.StatusCode.ABORTED,
+                f"upload aborted, nothing stored: {exc} (the agent's --upload-idle-timeout)",
+            )
         finally:
             reader.close()
             if upload is not None:
@@ -241,17 +257,23 @@ class AgentServicer(pb_grpc.AgentServicer):
     def _check_lease(self, lease_id: str, context) -> None:
         held = self.leases.blocks(lease_id)
         if held is not None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"board leased to {held.holder} for {held.expires_in_s:.0f} more s"
-                          + (" (this lease id is not the holder's)" if lease_id else "; acquire the lease first"))
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"board leased to {held.holder} for {held.expires_in_s:.0f} more s"
+                + (" (this lease id is not the holder's)" if lease_id else "; acquire the lease first"),
+            )
 
     def _lease_call(self, fn, context) -> pb.LeaseReply:
         try:
             state = fn()
         except LeaseError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return pb.LeaseReply(granted=state.granted, lease_id=state.lease_id, holder=state.holder,
-                             expires_in_s=state.expires_in_s)
+        return pb.LeaseReply(
+            granted=state.granted,
+            lease_id=state.lease_id,
+            holder=state.holder,
+            expires_in_s=state.expires_in_s,
+        )
 
     def AcquireLease(self, request, context):
         reply = self._lease_call(lambda: self.leases.acquire(request.holder, request.ttl_s), context)
@@ -278,8 +300,12 @@ class AgentServicer(pb_grpc.AgentServicer):
             for j, t in enumerate(case.expected):
                 arrays[f"case{i}_out{j}"] = wire.to_array(t)
             for k, sign in enumerate(case.signs):
-                ref = numerics.SignReference(tuple(sign.shape), bytes(sign.bits), np.asarray(sign.fragile, dtype=np.int64),
-                                             np.asarray(sign.margins, dtype=np.float64))
+                ref = numerics.SignReference(
+                    tuple(sign.shape),
+                    bytes(sign.bits),
+                    np.asarray(sign.fragile, dtype=np.int64),
+                    np.asarray(sign.margins, dtype=np.float64),
+                )
                 try:
                     ref.validate()
                 except ValueError as exc:
@@ -287,9 +313,13 @@ class AgentServicer(pb_grpc.AgentServicer):
                 arrays.update(ref.as_arrays(f"case{i}_sign{k}"))
             for k, alt in enumerate(case.alternatives):
                 if not 0 <= alt.layer < len(case.signs) or len(alt.expected) != len(case.expected):
-                    raise wire.WireError(f"numerics case {i}, alternative {k}: layer {alt.layer} of {len(case.signs)}, "
-                                         f"{len(alt.expected)} outputs for {len(case.expected)}")
-                arrays[f"case{i}_alt{k}_meta"] = np.array([alt.layer, alt.position, alt.margin], dtype=np.float64)
+                    raise wire.WireError(
+                        f"numerics case {i}, alternative {k}: layer {alt.layer} of {len(case.signs)}, "
+                        f"{len(alt.expected)} outputs for {len(case.expected)}"
+                    )
+                arrays[f"case{i}_alt{k}_meta"] = np.array(
+                    [alt.layer, alt.position, alt.margin], dtype=np.float64
+                )
                 for j, t in enumerate(alt.expected):
                     arrays[f"case{i}_alt{k}_out{j}"] = wire.to_array(t)
         for j, t in enumerate(request.inputs):
@@ -303,17 +333,27 @@ class AgentServicer(pb_grpc.AgentServicer):
             np.savez(npz, **arrays)
             threads = max(1, request.threads)
             job = {
-                "runtime": request.runtime, "format": model.format,
+                "runtime": request.runtime,
+                "format": model.format,
                 "model_path": str(self.store.path(model.model_id)),
-                "threads": threads, "warmup_runs": request.warmup_runs, "min_runs": request.min_runs or 10,
-                "min_duration_s": request.min_duration_s, "max_duration_s": request.max_duration_s or MAX_TIMED_S,
-                "atol": request.atol or 1e-4, "rtol": request.rtol or 1e-5, "arrays": str(npz),
+                "threads": threads,
+                "warmup_runs": request.warmup_runs,
+                "min_runs": request.min_runs or 10,
+                "min_duration_s": request.min_duration_s,
+                "max_duration_s": request.max_duration_s or MAX_TIMED_S,
+                "atol": request.atol or 1e-4,
+                "rtol": request.rtol or 1e-5,
+                "arrays": str(npz),
                 "agent_pid": os.getpid(),
             }
             (job_dir / "job.json").write_text(json.dumps(job))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "biagent.worker", str(job_dir / "job.json")],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=thread_env(threads, request.runtime), text=True, bufsize=1,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=thread_env(threads, request.runtime),
+                text=True,
+                bufsize=1,
             )
             yield from self._relay(proc, context)
         finally:
@@ -324,7 +364,9 @@ class AgentServicer(pb_grpc.AgentServicer):
         reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
         reader.start()
         lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: ([lines.put(l) for l in proc.stdout], lines.put(None)), daemon=True).start()
+        threading.Thread(
+            target=lambda: ([lines.put(l) for l in proc.stdout], lines.put(None)), daemon=True
+        ).start()
         finished = False
         last_sent = time.monotonic()
         try:
@@ -346,8 +388,10 @@ class AgentServicer(pb_grpc.AgentServicer):
                     continue  # a runtime printing to stdout is not an event
                 if msg.get("event") == "error":
                     finished = True
-                    context.abort(getattr(grpc.StatusCode, msg.get("code", "INTERNAL"), grpc.StatusCode.INTERNAL),
-                                  msg.get("message", "benchmark failed"))
+                    context.abort(
+                        getattr(grpc.StatusCode, msg.get("code", "INTERNAL"), grpc.StatusCode.INTERNAL),
+                        msg.get("message", "benchmark failed"),
+                    )
                 event = wire.event_from_worker(msg)
                 if event is not None:
                     finished = finished or msg.get("event") == "summary"
@@ -359,9 +403,11 @@ class AgentServicer(pb_grpc.AgentServicer):
                 tail = "".join(stderr_lines[-5:]).strip()
                 how = f"signal {-code}" if code < 0 else f"exit code {code}"
                 log.error("benchmark worker died (%s): %s", how, tail)
-                context.abort(grpc.StatusCode.INTERNAL,
-                              f"the runtime crashed the benchmark worker ({how}); the agent is still serving"
-                              + (f": {tail.splitlines()[-1][:300]}" if tail else ""))
+                context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    f"the runtime crashed the benchmark worker ({how}); the agent is still serving"
+                    + (f": {tail.splitlines()[-1][:300]}" if tail else ""),
+                )
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -371,15 +417,28 @@ class AgentServicer(pb_grpc.AgentServicer):
 class AgentServer:
     """A started agent: `port` is the bound port (useful with port 0)."""
 
-    def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int = 50051, name: str | None = None,
-                 max_model_bytes: int = 2 << 30, max_queue_wait_s: float = 600.0, workers: int = 8,
-                 tls: ServerTls | None = None, token: str | None = None, insecure: bool = False,
-                 max_streams: int = 16, max_store_bytes: int | None = None, max_streams_per_client: int | None = None,
-                 upload_idle_s: float = 30.0):
+    def __init__(
+        self,
+        store_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        name: str | None = None,
+        max_model_bytes: int = 2 << 30,
+        max_queue_wait_s: float = 600.0,
+        workers: int = 8,
+        tls: ServerTls | None = None,
+        token: str | None = None,
+        insecure: bool = False,
+        max_streams: int = 16,
+        max_store_bytes: int | None = None,
+        max_streams_per_client: int | None = None,
+        upload_idle_s: float = 30.0,
+    ):
         if tls is None and not insecure and not is_loopback(host):
             raise SecurityConfigError(
                 f"refusing to serve plaintext on {host}: give --tls-cert and --tls-key (see `bihost certs`), "
-                "bind 127.0.0.1 and reach the board over SSH, or pass --insecure on a network you trust")
+                "bind 127.0.0.1 and reach the board over SSH, or pass --insecure on a network you trust"
+            )
         if not upload_idle_s > 0:
             raise ValueError(f"the upload idle timeout must be positive, got {upload_idle_s}")
         # One agent per store: a second would clear the first one's uploads and jobs.
@@ -388,19 +447,24 @@ class AgentServer:
             self.store = ModelStore(Path(store_dir), max_model_bytes, max_store_bytes)
             self.name = name or hwinfo.measure().hostname
             self.security = ("mtls" if tls and tls.client_ca_file else "tls" if tls else "plaintext") + (
-                "+token" if token else "")
+                "+token" if token else ""
+            )
             # The limiter bounds the agent's own calls (in all and per client); the health service is
             # outside it, and the pool keeps SPARE_THREADS beyond the limit so health always answers.
             self.limiter = CallLimiter(max_streams, max_streams_per_client or max(1, max_streams // 2))
             interceptors = ([TokenInterceptor(token)] if token else []) + [LimitInterceptor(self.limiter)]
             self.server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=max(workers, max_streams + SPARE_THREADS)),
-                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                         ("grpc.so_reuseport", 0)],  # a second agent on this port must fail, not share it
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.so_reuseport", 0),
+                ],  # a second agent on this port must fail, not share it
                 interceptors=interceptors,
             )
-            self.servicer = AgentServicer(self.store, self.name, max_queue_wait_s, upload_idle_s=upload_idle_s)
+            self.servicer = AgentServicer(
+                self.store, self.name, max_queue_wait_s, upload_idle_s=upload_idle_s
+            )
             pb_grpc.add_AgentServicer_to_server(self.servicer, self.server)
             self.health = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -413,14 +477,16 @@ class AgentServer:
             except RuntimeError:
                 self.port = 0
             if self.port == 0:
-                raise OSError(f"could not bind {address}: the port is in use (another agent, or another program; "
-                              f"`ss -ltnp 'sport = :{port}'` shows which) or the address is not this machine's")
+                raise OSError(
+                    f"could not bind {address}: the port is in use (another agent, or another program; "
+                    f"`ss -ltnp 'sport = :{port}'` shows which) or the address is not this machine's"
+                )
             self.host = host
         except BaseException:
             self.lock.release()
             raise
 
-    def start(self) -> "AgentServer":
+    def start(self) -> AgentServer:
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

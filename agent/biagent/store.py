@@ -8,6 +8,7 @@ and metadata are length- and charset-limited (printable text, no control charact
 The store holds at most `max_store_bytes`: installing a model evicts the least recently
 used ones (a model's file mtime is its last use) that no running benchmark holds.
 """
+
 from __future__ import annotations
 
 import errno
@@ -20,10 +21,10 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger("biagent.store")
 _ID = re.compile(r"^[0-9a-f]{64}$")
@@ -51,8 +52,10 @@ class StoreLock:
             holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
             self.release()
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreLocked(f"another agent (pid {holder}) serves the store {root}; stop it first, "
-                                  "or give this one its own --store") from None
+                raise StoreLocked(
+                    f"another agent (pid {holder}) serves the store {root}; stop it first, "
+                    "or give this one its own --store"
+                ) from None
             raise
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
@@ -112,7 +115,7 @@ def check_id(model_id: str) -> str:
 class Upload:
     """One upload in progress; use `write` for each chunk, then `commit` (or `abort`)."""
 
-    def __init__(self, store: "ModelStore", header: StoredModel):
+    def __init__(self, store: ModelStore, header: StoredModel):
         self.store, self.header = store, header
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
         self._file = os.fdopen(fd, "wb")
@@ -138,7 +141,9 @@ class Upload:
                 )
             digest = self._hash.hexdigest()
             if digest != self.header.model_id:
-                raise UploadCorrupt(f"sha256 mismatch: declared {self.header.model_id}, received bytes hash to {digest}")
+                raise UploadCorrupt(
+                    f"sha256 mismatch: declared {self.header.model_id}, received bytes hash to {digest}"
+                )
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
@@ -203,8 +208,10 @@ class ModelStore:
         if not _FORMAT.match(header.format):
             raise UploadRejected(f"format must be a short lower-case name, got {header.format[:40]!r}")
         if self.max_store_bytes is not None and header.size_bytes > self.max_store_bytes:
-            raise UploadTooLarge(f"model of {header.size_bytes} bytes exceeds this agent's store of "
-                                 f"{self.max_store_bytes} bytes")
+            raise UploadTooLarge(
+                f"model of {header.size_bytes} bytes exceeds this agent's store of "
+                f"{self.max_store_bytes} bytes"
+            )
         if len(header.name) > MAX_NAME:
             raise UploadRejected(f"name longer than {MAX_NAME} characters")
         if not header.name.isprintable():
@@ -212,7 +219,9 @@ class ModelStore:
         if len(header.metadata) > MAX_METADATA_ITEMS or any(
             len(k) + len(v) > MAX_METADATA_CHARS for k, v in header.metadata.items()
         ):
-            raise UploadRejected(f"metadata limited to {MAX_METADATA_ITEMS} items of {MAX_METADATA_CHARS} characters")
+            raise UploadRejected(
+                f"metadata limited to {MAX_METADATA_ITEMS} items of {MAX_METADATA_CHARS} characters"
+            )
         for key, value in header.metadata.items():
             if not _METADATA_KEY.match(key):
                 raise UploadRejected(f"metadata key {key[:64]!r} must be 1-64 of A-Z a-z 0-9 _ . : -")
@@ -245,26 +254,35 @@ class ModelStore:
         excess = sum(m.size_bytes for m in others) + incoming - self.max_store_bytes
         if excess <= 0:
             return
+
         def last_use(m: StoredModel) -> float:
             try:
                 return self.path(m.model_id).stat().st_mtime
             except OSError:
                 return 0.0
+
         for m in sorted((m for m in others if m.model_id not in self._pins), key=last_use):
             if excess <= 0:
                 break
             self._meta_path(m.model_id).unlink(missing_ok=True)
             self.path(m.model_id).unlink(missing_ok=True)
-            log.info("evicted model %s (%d bytes, least recently used) to stay under %d bytes",
-                     m.model_id[:12], m.size_bytes, self.max_store_bytes)
+            log.info(
+                "evicted model %s (%d bytes, least recently used) to stay under %d bytes",
+                m.model_id[:12],
+                m.size_bytes,
+                self.max_store_bytes,
+            )
             excess -= m.size_bytes
         if excess > 0:
-            raise UploadTooLarge(f"the store is full ({self.max_store_bytes} bytes) and the models left are in use "
-                                 "by running benchmarks; retry when they finish")
+            raise UploadTooLarge(
+                f"the store is full ({self.max_store_bytes} bytes) and the models left are in use "
+                "by running benchmarks; retry when they finish"
+            )
 
     def _install(self, tmp: Path, header: StoredModel) -> StoredModel:
-        model = StoredModel(header.model_id, header.size_bytes, header.format, header.name,
-                            dict(header.metadata), time.time())
+        model = StoredModel(
+            header.model_id, header.size_bytes, header.format, header.name, dict(header.metadata), time.time()
+        )
         with self._lock:
             self._make_room(model.size_bytes, keep=model.model_id)
             os.replace(tmp, self.path(model.model_id))

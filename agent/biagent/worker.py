@@ -8,6 +8,7 @@ pools; peak RSS is this process's own. Events go to stdout as JSON lines:
   {"event": "summary", ...}            last line on success
   {"event": "error", "code", "message"} last line on a failure the worker understood
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,13 @@ from .runtimes import InvokeError, ModelLoadError, RuntimeNotInstalled, UnknownR
 
 SECRET_ENV = ("BIAGENT_TOKEN",)
 PROGRESS_EVERY_S = 0.5  # at most two progress events a second per phase
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 # Newest first: (OpenBLAS kernel set, the x86 flags it needs).
@@ -57,7 +64,9 @@ OWN_THREADS = {"custom"}
 
 def thread_env(threads: int, runtime: str | None = None) -> dict[str, str]:
     """Environment for a worker that must use exactly `threads` threads (and OpenBLAS's right kernels)."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}  # a runtime never sees the agent's token
+    env = {
+        k: v for k, v in os.environ.items() if k not in SECRET_ENV
+    }  # a runtime never sees the agent's token
     env.update({k: str(threads) for k in THREAD_ENV})
     if runtime in OWN_THREADS:
         env.update({k: "1" for k in THREAD_ENV if k != "OMP_NUM_THREADS"})
@@ -97,7 +106,9 @@ def load_cases(path: str | None) -> tuple[list[numerics.Case], list[np.ndarray]]
         while f"case{i}_alt{len(alternatives)}_meta" in arrays:
             k = len(alternatives)
             layer, position, margin = arrays[f"case{i}_alt{k}_meta"].tolist()
-            alt_outs = [arrays[f"case{i}_alt{k}_out{j}"] for j in range(_count(arrays, f"case{i}_alt{k}_out"))]
+            alt_outs = [
+                arrays[f"case{i}_alt{k}_out{j}"] for j in range(_count(arrays, f"case{i}_alt{k}_out"))
+            ]
             alternatives.append(numerics.Alternative(int(layer), int(position), float(margin), alt_outs))
         cases.append(numerics.Case(ins, outs, signs, alternatives))
         i += 1
@@ -121,11 +132,15 @@ def run(job: dict) -> None:
         raise Failure("INVALID_ARGUMENT", str(exc)) from None
     info = runtime_cls.describe()
     if not info.installed:
-        raise Failure("FAILED_PRECONDITION", f"runtime {info.name} is not installed on this board: {info.detail}")
+        raise Failure(
+            "FAILED_PRECONDITION", f"runtime {info.name} is not installed on this board: {info.detail}"
+        )
     fmt = job.get("format", "")
     if fmt and fmt not in runtime_cls.formats:
-        raise Failure("INVALID_ARGUMENT",
-                      f"runtime {info.name} loads {', '.join(runtime_cls.formats)} artifacts, not {fmt!r}")
+        raise Failure(
+            "INVALID_ARGUMENT",
+            f"runtime {info.name} loads {', '.join(runtime_cls.formats)} artifacts, not {fmt!r}",
+        )
     t0 = time.perf_counter()
     try:
         model = runtime_cls().load(Path(job["model_path"]), threads)
@@ -144,14 +159,23 @@ def run(job: dict) -> None:
     runtime = runtime_cls()
     try:
         result = numerics.check(
-            model, cases, atol, rtol, probing=lambda: runtime.load_probing(Path(job["model_path"]), threads),
-            progress=lambda i, n: emit("progress", phase="checking", done=i, total=n, message="comparing with the reference"))
+            model,
+            cases,
+            atol,
+            rtol,
+            probing=lambda: runtime.load_probing(Path(job["model_path"]), threads),
+            progress=lambda i, n: emit(
+                "progress", phase="checking", done=i, total=n, message="comparing with the reference"
+            ),
+        )
     except InvokeError as exc:
         raise Failure("INVALID_ARGUMENT", f"{info.name} failed on the check input: {exc}") from None
     numerics_ok, errors = result.ok, result.errors
     reasons = [result.reason] if result.reason else []
 
-    inputs = timing_inputs or (cases[0].inputs if cases else [np.zeros(s.shape, s.dtype) for s in model.inputs])
+    inputs = timing_inputs or (
+        cases[0].inputs if cases else [np.zeros(s.shape, s.dtype) for s in model.inputs]
+    )
     try:
         model.set_inputs(inputs)
         model.invoke()  # once, untimed: an input the model cannot take is the request's fault, not a crash

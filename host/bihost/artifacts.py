@@ -4,6 +4,7 @@ A model is built from a seed (random weights, trained-looking batch norms) or a 
 each runtime gets the artifact format it loads; numerics cases (inputs and torch eval
 outputs) go with every benchmark.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,8 +26,9 @@ def check_cases(model, seed: int) -> list[Case]:
     import bimodels
     from bimodels.numerics import reference_cases
 
-    return reference_cases(model, [bimodels.example_input(model, batch_size=1, seed=seed + 1 + i)
-                                   for i in range(CHECK_CASES)])
+    return reference_cases(
+        model, [bimodels.example_input(model, batch_size=1, seed=seed + 1 + i) for i in range(CHECK_CASES)]
+    )
 
 
 def pad_value_for(runtime: str, algorithm: str) -> float:

@@ -6,13 +6,14 @@ the results store, committed before the next starts; a run already stored under 
 (task, arch, algorithm, scale, seed, recipe hash, data version) is not trained again, and an
 interrupted one resumes from its last checkpointed epoch.
 """
+
 from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .errors import UserError
 from .records import TrainingRun
@@ -46,8 +47,9 @@ def task_archs(plan: BenchPlan, task) -> list[str]:
     return [a for a in plan.archs if a in task.archs]
 
 
-def checkpoint_folder(checkpoints: Path, task: str, arch: str, scale: str, config_hash: str, data_version: str,
-                      seed: int) -> Path:
+def checkpoint_folder(
+    checkpoints: Path, task: str, arch: str, scale: str, config_hash: str, data_version: str, seed: int
+) -> Path:
     """Where the checkpoints of one (task, arch) recipe live: one file per algorithm, fp32.pt first."""
     return checkpoints / task / arch / f"{scale}-{config_hash}-{data_version}-seed{seed}"
 
@@ -75,23 +77,39 @@ def recipes(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, notice: No
     for task in tasks:
         data, config = loaded[task.name], task.config(plan.scale)
         if not task_archs(plan, task):
-            notice(f"{task.name}: none of --arch {','.join(plan.archs or [])} fits it (it takes "
-                   f"{', '.join(task.archs)}); skipped")
+            notice(
+                f"{task.name}: none of --arch {','.join(plan.archs or [])} fits it (it takes "
+                f"{', '.join(task.archs)}); skipped"
+            )
         for arch in task_archs(plan, task):
-            key = dict(task=task.name, arch=arch, scale=plan.scale, seed=plan.seed, config_hash=config.digest(),
-                       data_version=data.version)
-            folder = checkpoint_folder(checkpoints, task.name, arch, plan.scale, config.digest(), data.version,
-                                       plan.seed)
-            recipe = Recipe(task, arch, key, folder, {r.algorithm: r for r in store.training_runs(**key)},
-                            tuple(plan.algorithms))
+            key = dict(
+                task=task.name,
+                arch=arch,
+                scale=plan.scale,
+                seed=plan.seed,
+                config_hash=config.digest(),
+                data_version=data.version,
+            )
+            folder = checkpoint_folder(
+                checkpoints, task.name, arch, plan.scale, config.digest(), data.version, plan.seed
+            )
+            recipe = Recipe(
+                task,
+                arch,
+                key,
+                folder,
+                {r.algorithm: r for r in store.training_runs(**key)},
+                tuple(plan.algorithms),
+            )
             if recipe.done:
                 notice(f"{task.name}/{arch}: all {len(plan.algorithms) + 1} runs already stored")
             out.append(recipe)
     return out
 
 
-def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = print,
-                 step: StepFn | None = None, pool=None) -> list[TrainingRun]:
+def run_training(
+    plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = print, step: StepFn | None = None, pool=None
+) -> list[TrainingRun]:
     """Every (task, arch, FP + algorithm) run of the plan, trained or found in the store.
 
     With a `pool` (an executor of `bihost.executors`) and a CPU device, the runs are jobs on
@@ -128,33 +146,75 @@ def run_training(plan: BenchPlan, store, checkpoints: Path, notice: NoticeFn = p
         def bar(label):
             return (lambda e, n, b, nb, loss: step(label, e, n, b, nb, loss)) if step else None
 
-        fp_model, fp_result = run_full_precision(task, arch, data.train, data.test, config, plan.seed, device,
-                                                 folder / "fp32.pt", progress=bar(f"{task.name}/{arch}/fp32"),
-                                                 num_classes=data.num_classes)
+        fp_model, fp_result = run_full_precision(
+            task,
+            arch,
+            data.train,
+            data.test,
+            config,
+            plan.seed,
+            device,
+            folder / "fp32.pt",
+            progress=bar(f"{task.name}/{arch}/fp32"),
+            num_classes=data.num_classes,
+        )
         if FP not in stored:
             stored[FP] = _file(store, key, FP, fp_result, task, data, config, device_label)
-            notice(f"{task.name}/{arch}/fp32: {data.metric_name(task)} {fp_result.metric:.4f} "
-                   f"({fp_result.train_seconds:.0f} s)")
+            notice(
+                f"{task.name}/{arch}/fp32: {data.metric_name(task)} {fp_result.metric:.4f} "
+                f"({fp_result.train_seconds:.0f} s)"
+            )
         runs.append(stored[FP])
         for algo in plan.algorithms:
             if algo not in stored:
-                result = run_binary(task, fp_model, algo, data.train, data.test, config, plan.seed, device,
-                                    folder / f"{algo}.pt", progress=bar(f"{task.name}/{arch}/{algo}"))
+                result = run_binary(
+                    task,
+                    fp_model,
+                    algo,
+                    data.train,
+                    data.test,
+                    config,
+                    plan.seed,
+                    device,
+                    folder / f"{algo}.pt",
+                    progress=bar(f"{task.name}/{arch}/{algo}"),
+                )
                 stored[algo] = _file(store, key, algo, result, task, data, config, device_label)
-                notice(f"{task.name}/{arch}/{algo}: {data.metric_name(task)} {result.metric:.4f} "
-                       f"({result.train_seconds:.0f} s)")
+                notice(
+                    f"{task.name}/{arch}/{algo}: {data.metric_name(task)} {result.metric:.4f} "
+                    f"({result.train_seconds:.0f} s)"
+                )
             runs.append(stored[algo])
     return runs
 
 
-def _file(store, key: dict, algorithm: str, result, task, data, config, device_label: str,
-          threads: int | None = None) -> TrainingRun:
+def _file(
+    store,
+    key: dict,
+    algorithm: str,
+    result,
+    task,
+    data,
+    config,
+    device_label: str,
+    threads: int | None = None,
+) -> TrainingRun:
     import torch
 
-    run = TrainingRun(**key, algorithm=algorithm, data_source=data.source, metric_name=data.metric_name(task),
-                      metric=result.metric, epochs=result.epochs, train_seconds=result.train_seconds,
-                      device=device_label, threads=threads or torch.get_num_threads(), config=config.as_dict(),
-                      host=socket.gethostname(), created_at=time.time())
+    run = TrainingRun(
+        **key,
+        algorithm=algorithm,
+        data_source=data.source,
+        metric_name=data.metric_name(task),
+        metric=result.metric,
+        epochs=result.epochs,
+        train_seconds=result.train_seconds,
+        device=device_label,
+        threads=threads or torch.get_num_threads(),
+        config=config.as_dict(),
+        host=socket.gethostname(),
+        created_at=time.time(),
+    )
     store.add_training_run(run)
     return run
 
@@ -207,24 +267,46 @@ def run_train_job(job: TrainJob) -> TrainOutcome:
         if data.version != job.data_version:
             raise RuntimeError(f"the worker read data version {data.version}, the driver {job.data_version}")
         if job.algorithm == FP:
-            _, result = run_full_precision(task, job.arch, data.train, data.test, config, job.seed, cpu,
-                                           folder / "fp32.pt", num_classes=data.num_classes)
+            _, result = run_full_precision(
+                task,
+                job.arch,
+                data.train,
+                data.test,
+                config,
+                job.seed,
+                cpu,
+                folder / "fp32.pt",
+                num_classes=data.num_classes,
+            )
         else:
-            fp_model = restore_full_precision(task, job.arch, data.train, config, cpu, folder / "fp32.pt",
-                                              num_classes=data.num_classes)
-            result = run_binary(task, fp_model, job.algorithm, data.train, data.test, config, job.seed, cpu,
-                                folder / f"{job.algorithm}.pt")
+            fp_model = restore_full_precision(
+                task, job.arch, data.train, config, cpu, folder / "fp32.pt", num_classes=data.num_classes
+            )
+            result = run_binary(
+                task,
+                fp_model,
+                job.algorithm,
+                data.train,
+                data.test,
+                config,
+                job.seed,
+                cpu,
+                folder / f"{job.algorithm}.pt",
+            )
         return TrainOutcome(True, result.metric, result.epochs, result.train_seconds, job.threads)
     except Exception as exc:
-        return TrainOutcome(False, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"[:2000])
+        return TrainOutcome(
+            False, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"[:2000]
+        )
 
 
 class TrainingFailed(UserError):
     """Some runs failed; the others are stored, and a re-run retries only the failed ones."""
 
 
-def _train_on_pool(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, pool, notice: NoticeFn
-                   ) -> list[TrainingRun]:
+def _train_on_pool(
+    plan: BenchPlan, store, checkpoints: Path, tasks, loaded, pool, notice: NoticeFn
+) -> list[TrainingRun]:
     from .executors import JobCrashed
 
     todo = recipes(plan, store, checkpoints, tasks, loaded, notice)
@@ -232,9 +314,21 @@ def _train_on_pool(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, poo
     failures: list[str] = []
 
     def jobs(algorithms_of):
-        return [TrainJob(r.task.name, r.arch, algo, plan.scale, plan.seed,
-                         str(plan.data_root) if plan.data_root else None, r.key["data_version"], str(r.folder), threads)
-                for r in todo for algo in algorithms_of(r.stored)]
+        return [
+            TrainJob(
+                r.task.name,
+                r.arch,
+                algo,
+                plan.scale,
+                plan.seed,
+                str(plan.data_root) if plan.data_root else None,
+                r.key["data_version"],
+                str(r.folder),
+                threads,
+            )
+            for r in todo
+            for algo in algorithms_of(r.stored)
+        ]
 
     def finish(batch):
         by_job = {(r.task.name, r.arch): r for r in todo}
@@ -247,8 +341,17 @@ def _train_on_pool(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, poo
                 notice(f"{label}: FAILED: {failures[-1].split(': ', 1)[1]}")
                 continue
             data = loaded[job.task]
-            stored[job.algorithm] = _file(store, key, job.algorithm, outcome, task, data, task.config(plan.scale),
-                                          "cpu", threads=outcome.threads)
+            stored[job.algorithm] = _file(
+                store,
+                key,
+                job.algorithm,
+                outcome,
+                task,
+                data,
+                task.config(plan.scale),
+                "cpu",
+                threads=outcome.threads,
+            )
             notice(f"{label}: {data.metric_name(task)} {outcome.metric:.4f} ({outcome.train_seconds:.0f} s)")
 
     fp_jobs = jobs(lambda stored: [] if FP in stored else [FP])
@@ -257,8 +360,10 @@ def _train_on_pool(plan: BenchPlan, store, checkpoints: Path, tasks, loaded, poo
     finish(fp_jobs)
     finish(jobs(lambda stored: [a for a in plan.algorithms if a not in stored] if FP in stored else []))
     if failures:
-        raise TrainingFailed(f"{len(failures)} training run(s) failed (the others are stored; a re-run retries "
-                             "these):\n  " + "\n  ".join(failures))
+        raise TrainingFailed(
+            f"{len(failures)} training run(s) failed (the others are stored; a re-run retries "
+            "these):\n  " + "\n  ".join(failures)
+        )
     return [r.stored[a] for r in todo for a in (FP, *plan.algorithms)]
 
 
@@ -272,21 +377,38 @@ def hardware_rows(plan: BenchPlan, archs: list[str], store, notice: NoticeFn = p
     from .profile import Plan, new_campaign_id, run_campaign
     from .targets import resolve_targets
 
-    notice(f"no hardware measurement of {', '.join(archs)} in the results store: profiling them on the local board")
+    notice(
+        f"no hardware measurement of {', '.join(archs)} in the results store: profiling them on the local board"
+    )
     quick = plan.scale == "quick"
-    settings = BenchmarkSettings(warmup_runs=1 if quick else 2, min_runs=3 if quick else 10,
-                                 min_duration_s=0.05 if quick else 1.0)
+    settings = BenchmarkSettings(
+        warmup_runs=1 if quick else 2, min_runs=3 if quick else 10, min_duration_s=0.05 if quick else 1.0
+    )
     profile_plan = Plan(archs, plan.algorithms, plan.hardware_runtimes, settings, campaign=new_campaign_id())
     with resolve_targets("local", False, None) as targets:
         run_campaign(targets, profile_plan, store, ArtifactCache(plan.seed))
     return store.rows()
 
 
-def score(plan: BenchPlan, runs: list[TrainingRun], measurements, archs: list[str], corruption_runs=(),
-          notes: dict[str, list[str]] | None = None, grid_runs=()) -> list[TrackResult]:
-    ctx = BenchContext(algorithms=plan.algorithms, archs=archs, tasks=plan.tasks, runs=runs,
-                       measurements=measurements, corruption_runs=list(corruption_runs),
-                       grid_runs=list(grid_runs), notes=notes or {})
+def score(
+    plan: BenchPlan,
+    runs: list[TrainingRun],
+    measurements,
+    archs: list[str],
+    corruption_runs=(),
+    notes: dict[str, list[str]] | None = None,
+    grid_runs=(),
+) -> list[TrackResult]:
+    ctx = BenchContext(
+        algorithms=plan.algorithms,
+        archs=archs,
+        tasks=plan.tasks,
+        runs=runs,
+        measurements=measurements,
+        corruption_runs=list(corruption_runs),
+        grid_runs=list(grid_runs),
+        notes=notes or {},
+    )
     return [get_track(t).score(ctx) for t in plan.tracks]
 
 
@@ -294,4 +416,3 @@ def main_table(results: list[TrackResult], algorithms: list[str]) -> tuple[list[
     """Algorithms x tracks of overall metrics, like the paper's main table."""
     header = ["algorithm", *(r.title for r in results)]
     return header, [[algo, *(r.overall.get(algo) for r in results)] for algo in algorithms]
-

@@ -16,6 +16,7 @@ On the board, under the agent directory (default ~/.bibench-agent):
   supervisor.sh  restarts the agent        run.enabled remove it (or `--stop`) to stop
   installed      the version installed     *.pid       supervisor and agent pids
 """
+
 from __future__ import annotations
 
 import shlex
@@ -23,9 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import __version__
 from .client import AgentClient, AgentIdentity
@@ -68,18 +69,29 @@ def repo_root() -> Path:
     """The source checkout this host runs from (bootstrap ships it); a UserError elsewhere."""
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").exists() or not (root / "agent" / "biagent").is_dir():
-        raise UserError("board bootstrap ships the agent from a source checkout of bibench-farm "
-                        "(git clone, then pip install -e '.[host]')")
+        raise UserError(
+            "board bootstrap ships the agent from a source checkout of bibench-farm "
+            "(git clone, then pip install -e '.[host]')"
+        )
     return root
 
 
 def version_id(root: Path) -> str:
     """The package version plus the commit (and `.dirty` for local changes): what "same version" means."""
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
@@ -88,8 +100,22 @@ def version_id(root: Path) -> str:
 def build_package(root: Path, out: Path, wheel: bool) -> Path:
     """A wheel of the repo (built here, for a board like this host) or an sdist (built there)."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(root)]
-           if wheel else [sys.executable, "setup.py", "-q", "sdist", "-d", str(out)])
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(root),
+        ]
+        if wheel
+        else [sys.executable, "setup.py", "-q", "sdist", "-d", str(out)]
+    )
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
     found = sorted(out.glob("*.whl" if wheel else "*.tar.gz"))
     if proc.returncode or not found:
@@ -97,12 +123,23 @@ def build_package(root: Path, out: Path, wheel: bool) -> Path:
     return found[-1]
 
 
-def bootstrap(board, endpoint: SshEndpoint, *, agent_dir: str = DEFAULT_DIR, port: int | None = None,
-              accept_new_host_key: bool = False, pip_args: tuple[str, ...] = (),
-              progress: Callable[[str], None] = lambda msg: None, health_timeout_s: float = 60.0) -> BootstrapReport:
+def bootstrap(
+    board,
+    endpoint: SshEndpoint,
+    *,
+    agent_dir: str = DEFAULT_DIR,
+    port: int | None = None,
+    accept_new_host_key: bool = False,
+    pip_args: tuple[str, ...] = (),
+    progress: Callable[[str], None] = lambda msg: None,
+    health_timeout_s: float = 60.0,
+) -> BootstrapReport:
     name = board.name
-    port = port or (parse_address(board.address, board=name)[1] if board.address and board.address != "embedded"
-                    else DEFAULT_PORT)
+    port = port or (
+        parse_address(board.address, board=name)[1]
+        if board.address and board.address != "embedded"
+        else DEFAULT_PORT
+    )
     root = repo_root()
     version = version_id(root)
     client = connect(endpoint, accept_new_host_key)
@@ -111,28 +148,56 @@ def bootstrap(board, endpoint: SshEndpoint, *, agent_dir: str = DEFAULT_DIR, por
         base = expand_remote(agent_dir, home)
         q = shlex.quote
         progress(f"connected to {endpoint.label}; agent directory {base}")
-        probe = run(client, ["python3", "-c", "import platform, sys; print(platform.machine()); "
-                                               "print('%d.%d' % sys.version_info[:2])"], board=name).stdout.split()
+        probe = run(
+            client,
+            [
+                "python3",
+                "-c",
+                "import platform, sys; print(platform.machine()); print('%d.%d' % sys.version_info[:2])",
+            ],
+            board=name,
+        ).stdout.split()
         if len(probe) != 2:
-            raise BoardError(name, f"cannot read the board's machine and Python version (got {probe!r}): "
-                                   "is python3 installed?")
+            raise BoardError(
+                name,
+                f"cannot read the board's machine and Python version (got {probe!r}): is python3 installed?",
+            )
         machine, python = probe
-        installed = run_shell(client, f"cat {q(base + '/installed')} 2>/dev/null", check=False, board=name).stdout
-        alive = run_shell(client, f"kill -0 \"$(cat {q(base + '/supervisor.pid')} 2>/dev/null)\" 2>/dev/null",
-                          check=False, board=name).code == 0
+        installed = run_shell(
+            client, f"cat {q(base + '/installed')} 2>/dev/null", check=False, board=name
+        ).stdout
+        alive = (
+            run_shell(
+                client,
+                f'kill -0 "$(cat {q(base + "/supervisor.pid")} 2>/dev/null)" 2>/dev/null',
+                check=False,
+                board=name,
+            ).code
+            == 0
+        )
         changed = not (installed.strip() == version and alive)
         if changed:
-            _install(client, name, root, base, version, machine, python, port, pip_args, progress, board.runtimes)
+            _install(
+                client, name, root, base, version, machine, python, port, pip_args, progress, board.runtimes
+            )
         else:
             progress(f"agent {version} already installed and running: nothing to do")
         progress("waiting for the agent's health check through an SSH port forward")
-        with Tunnel(client, "127.0.0.1", port) as tunnel, AgentClient(tunnel.address, name, timeout_s=15) as agent:
+        with (
+            Tunnel(client, "127.0.0.1", port) as tunnel,
+            AgentClient(tunnel.address, name, timeout_s=15) as agent,
+        ):
             deadline = time.monotonic() + health_timeout_s
             while not agent.health(timeout_s=3):
                 if time.monotonic() > deadline:
-                    log = run_shell(client, f"tail -n 20 {q(base + '/agent.log')}", check=False, board=name).stdout
-                    raise BoardError(name, f"the agent did not answer within {health_timeout_s:.0f} s; "
-                                           f"{base}/agent.log ends with:\n{log.strip()[-1500:]}")
+                    log = run_shell(
+                        client, f"tail -n 20 {q(base + '/agent.log')}", check=False, board=name
+                    ).stdout
+                    raise BoardError(
+                        name,
+                        f"the agent did not answer within {health_timeout_s:.0f} s; "
+                        f"{base}/agent.log ends with:\n{log.strip()[-1500:]}",
+                    )
                 time.sleep(0.5)
             identity = agent.identity()
         return BootstrapReport(name, version, changed, base, port, identity)
@@ -140,15 +205,30 @@ def bootstrap(board, endpoint: SshEndpoint, *, agent_dir: str = DEFAULT_DIR, por
         client.close()
 
 
-def _install(client, name: str, root: Path, base: str, version: str, machine: str, python: str, port: int,
-             pip_args: tuple[str, ...], progress: Callable[[str], None], runtimes: list[str]) -> None:
+def _install(
+    client,
+    name: str,
+    root: Path,
+    base: str,
+    version: str,
+    machine: str,
+    python: str,
+    port: int,
+    pip_args: tuple[str, ...],
+    progress: Callable[[str], None],
+    runtimes: list[str],
+) -> None:
     import platform
 
     q = shlex.quote
-    run_shell(client, f"rm -f {q(base + '/run.enabled')}; "
-                      f"kill \"$(cat {q(base + '/agent.pid')} 2>/dev/null)\" 2>/dev/null; "
-                      f"kill \"$(cat {q(base + '/supervisor.pid')} 2>/dev/null)\" 2>/dev/null; true", board=name)
-    same = machine == platform.machine() and python == "%d.%d" % sys.version_info[:2]
+    run_shell(
+        client,
+        f"rm -f {q(base + '/run.enabled')}; "
+        f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; '
+        f'kill "$(cat {q(base + "/supervisor.pid")} 2>/dev/null)" 2>/dev/null; true',
+        board=name,
+    )
+    same = machine == platform.machine() and python == "{}.{}".format(*sys.version_info[:2])
     with tempfile.TemporaryDirectory(prefix="bibench-dist-") as tmp:
         progress(f"building the agent {'wheel' if same else 'sdist'} ({version})")
         package = build_package(root, Path(tmp), wheel=same)
@@ -156,8 +236,13 @@ def _install(client, name: str, root: Path, base: str, version: str, machine: st
         remote = f"{base}/dist/{package.name}"
         progress(f"copying {package.name} ({package.stat().st_size / 1e6:.1f} MB)")
         how = put_file(client, package.read_bytes(), remote, board=name)
-        put_file(client, SUPERVISOR.format(port=int(port), name=q(name)).encode(), f"{base}/supervisor.sh",
-                 board=name, mode=0o755)
+        put_file(
+            client,
+            SUPERVISOR.format(port=int(port), name=q(name)).encode(),
+            f"{base}/supervisor.sh",
+            board=name,
+            mode=0o755,
+        )
         progress(f"copied by {'SFTP' if how == 'sftp' else 'an exec channel (the board offers no SFTP)'}")
     if run(client, ["test", "-x", f"{base}/venv/bin/python"], check=False, board=name).code != 0:
         progress("creating the agent's virtualenv")
@@ -169,22 +254,33 @@ def _install(client, name: str, root: Path, base: str, version: str, machine: st
     if extras:
         progress(f"with the runtimes the inventory lists: {', '.join(extras)}")
     run(client, [*pip, target, *pip_args], board=name, timeout_s=1800)  # the dependencies
-    run(client, [*pip, "--force-reinstall", "--no-deps", remote, *pip_args], board=name, timeout_s=1800)  # this build
+    run(
+        client, [*pip, "--force-reinstall", "--no-deps", remote, *pip_args], board=name, timeout_s=1800
+    )  # this build
     # Only the launch goes to the background, with every descriptor off the SSH channel: else the
     # channel (and this call) would wait for the supervisor to exit.
-    run_shell(client, f"printf %s {q(version)} > {q(base + '/installed')} && touch {q(base + '/run.enabled')} && "
-                      f"cd {q(base)} && {{ setsid nohup sh supervisor.sh > /dev/null 2>&1 < /dev/null & }}",
-              board=name)
+    run_shell(
+        client,
+        f"printf %s {q(version)} > {q(base + '/installed')} && touch {q(base + '/run.enabled')} && "
+        f"cd {q(base)} && {{ setsid nohup sh supervisor.sh > /dev/null 2>&1 < /dev/null & }}",
+        board=name,
+    )
     progress(f"agent started under its supervisor (log: {base}/agent.log)")
 
 
-def stop(board, endpoint: SshEndpoint, agent_dir: str = DEFAULT_DIR, accept_new_host_key: bool = False) -> None:
+def stop(
+    board, endpoint: SshEndpoint, agent_dir: str = DEFAULT_DIR, accept_new_host_key: bool = False
+) -> None:
     """Stop the supervisor and the agent (the install stays; bootstrap starts it again)."""
     client = connect(endpoint, accept_new_host_key)
     try:
         base = expand_remote(agent_dir, remote_home(client, board.name))
         q = shlex.quote
-        run_shell(client, f"rm -f {q(base + '/run.enabled')}; "
-                          f"kill \"$(cat {q(base + '/agent.pid')} 2>/dev/null)\" 2>/dev/null; true", board=board.name)
+        run_shell(
+            client,
+            f"rm -f {q(base + '/run.enabled')}; "
+            f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; true',
+            board=board.name,
+        )
     finally:
         client.close()

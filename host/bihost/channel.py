@@ -6,6 +6,7 @@ receives models or a token in the clear by accident. The token travels as
 `authorization: Bearer ...` on every call, added by a client interceptor so that it works
 the same over TLS and over a tunnel; it is never printed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ class ChannelSecurity:
 
     def __repr__(self) -> str:  # never show the token
         token = "set" if self.token else "none"
-        return (f"ChannelSecurity(ca_file={self.ca_file!r}, cert_file={self.cert_file!r}, "
-                f"server_name={self.server_name!r}, token={token}, insecure={self.insecure})")
+        return (
+            f"ChannelSecurity(ca_file={self.ca_file!r}, cert_file={self.cert_file!r}, "
+            f"server_name={self.server_name!r}, token={token}, insecure={self.insecure})"
+        )
 
 
 def _read(board: str, path: str, what: str) -> bytes:
@@ -64,24 +67,37 @@ def open_channel(address: str, board: str, security: ChannelSecurity | None, opt
         channel = grpc.secure_channel(address, creds, options=options)
     else:
         if not is_loopback(host_of(address)) and not sec.insecure:
-            raise BoardError(board, f"refusing plaintext gRPC to {address}: give the board `tls` in the inventory "
-                                    "(see `bihost certs`), use `transport: ssh`, or pass --insecure on a network "
-                                    "you trust")
+            raise BoardError(
+                board,
+                f"refusing plaintext gRPC to {address}: give the board `tls` in the inventory "
+                "(see `bihost certs`), use `transport: ssh`, or pass --insecure on a network "
+                "you trust",
+            )
         channel = grpc.insecure_channel(address, options=options)
     if sec.token:
         channel = grpc.intercept_channel(channel, _BearerToken(sec.token))
     return channel
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     def __init__(self, token: str):
         self._header = ("authorization", f"Bearer {token}")
 
     def _details(self, details):
         metadata = list(details.metadata or []) + [self._header]
-        return _Details(details.method, details.timeout, metadata, details.credentials,
-                        getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+        return _Details(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._details(details), request)

@@ -1,4 +1,5 @@
 """`bihost`: the command line. Each verb lives in `bihost.commands.<verb>` as a thin wrapper."""
+
 from __future__ import annotations
 
 import sys
@@ -25,14 +26,40 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from .commands import (bench, board, board_bootstrap, board_check, board_health, certs, complexity, export,
-                           matrix, metrics, models, profile, report, results)
+    from .commands import (
+        bench,
+        board,
+        board_bootstrap,
+        board_check,
+        board_health,
+        certs,
+        complexity,
+        export,
+        matrix,
+        metrics,
+        models,
+        profile,
+        report,
+        results,
+    )
 
     board.command.add_command(board_check.command)
     board.command.add_command(board_bootstrap.command)
     board.command.add_command(board_health.health)
     board.command.add_command(board_health.maintenance)
-    for module in (bench, report, models, complexity, export, matrix, board, profile, results, metrics, certs):
+    for module in (
+        bench,
+        report,
+        models,
+        complexity,
+        export,
+        matrix,
+        board,
+        profile,
+        results,
+        metrics,
+        certs,
+    ):
         cli.add_command(module.command)
 
 

@@ -3,13 +3,14 @@
 Protobuf stays in this module: callers get dataclasses and `BoardError`s that name the
 board and say what to do, never a `_pb2` object or a raw grpc.RpcError.
 """
+
 from __future__ import annotations
 
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -24,8 +25,13 @@ from .errors import BoardError
 
 CHUNK_BYTES = 1 << 20
 # Failures a retry may cure: a crashed worker (INTERNAL), a busy board, a dropped stream.
-TRANSIENT_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
-                   grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+TRANSIENT_CODES = {
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
 MAX_MESSAGE_BYTES = 64 << 20
 SERVICE_NAME = "bibench.farm.v1.Agent"
 
@@ -48,8 +54,12 @@ class AgentIdentity:
 
     def reported(self) -> dict:
         """The keys the inventory's identity check reads."""
-        return {"machine": self.machine, "cpu_model": self.cpu_model, "core_types": list(self.core_types),
-                "cores": self.cores}
+        return {
+            "machine": self.machine,
+            "cpu_model": self.cpu_model,
+            "core_types": list(self.core_types),
+            "cores": self.cores,
+        }
 
 
 @dataclass(frozen=True)
@@ -103,30 +113,54 @@ def sha256(data: bytes) -> str:
 
 
 def _case_message(case: Case) -> pb.NumericsCase:
-    signs = [pb.SignReference(shape=list(r.shape), bits=r.bits, fragile=r.fragile.tolist(), margins=r.margins.tolist())
-             for r in case.signs]
-    alternatives = [pb.Alternative(layer=a.layer, position=a.position, margin=a.margin,
-                                   expected=[_tensor(o) for o in a.expected]) for a in case.alternatives or []]
-    return pb.NumericsCase(inputs=[_tensor(a) for a in case.inputs], expected=[_tensor(a) for a in case.expected],
-                           signs=signs, alternatives=alternatives)
+    signs = [
+        pb.SignReference(
+            shape=list(r.shape), bits=r.bits, fragile=r.fragile.tolist(), margins=r.margins.tolist()
+        )
+        for r in case.signs
+    ]
+    alternatives = [
+        pb.Alternative(
+            layer=a.layer, position=a.position, margin=a.margin, expected=[_tensor(o) for o in a.expected]
+        )
+        for a in case.alternatives or []
+    ]
+    return pb.NumericsCase(
+        inputs=[_tensor(a) for a in case.inputs],
+        expected=[_tensor(a) for a in case.expected],
+        signs=signs,
+        alternatives=alternatives,
+    )
 
 
 def _tensor(a: np.ndarray) -> pb.Tensor:
     a = np.ascontiguousarray(a)
-    return pb.Tensor(shape=list(a.shape), dtype=a.dtype.name, data=a.astype(a.dtype.newbyteorder("<")).tobytes())
+    return pb.Tensor(
+        shape=list(a.shape), dtype=a.dtype.name, data=a.astype(a.dtype.newbyteorder("<")).tobytes()
+    )
 
 
 class AgentClient:
     """One agent at `address`; every call has a deadline so a silent board cannot hang us."""
 
-    def __init__(self, address: str, board: str = "", timeout_s: float = 30.0, security: ChannelSecurity | None = None,
-                 stall_s: float = 30.0):
+    def __init__(
+        self,
+        address: str,
+        board: str = "",
+        timeout_s: float = 30.0,
+        security: ChannelSecurity | None = None,
+        stall_s: float = 30.0,
+    ):
         self.address, self.board, self.timeout_s, self.stall_s = address, board or address, timeout_s, stall_s
         self.lease_id = ""  # sent with benchmarks once a lease is held (see lease())
         self.channel = open_channel(
-            address, self.board, security,
-            [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+            address,
+            self.board,
+            security,
+            [
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
         )
         self.stub = pb_grpc.AgentStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
@@ -134,7 +168,7 @@ class AgentClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "AgentClient":
+    def __enter__(self) -> AgentClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -147,22 +181,32 @@ class AgentClient:
         if code == grpc.StatusCode.UNAVAILABLE:
             hint = "is `biagent serve` running?"
             if "handshake" in (details or "").lower() or "ssl" in (details or "").lower():
-                hint = ("the TLS handshake failed: check the board's `tls` CA, client certificate and "
-                        "server_name in the inventory against the agent's --tls-cert/--client-ca")
-            return BoardError(self.board, f"agent at {self.address} is unreachable ({action}): {hint}", transient=True)
+                hint = (
+                    "the TLS handshake failed: check the board's `tls` CA, client certificate and "
+                    "server_name in the inventory against the agent's --tls-cert/--client-ca"
+                )
+            return BoardError(
+                self.board, f"agent at {self.address} is unreachable ({action}): {hint}", transient=True
+            )
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return BoardError(self.board, f"agent at {self.address} refused the call ({action}): {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return BoardError(self.board, f"agent at {self.address} did not answer {action} within the deadline",
-                              transient=True)
+            return BoardError(
+                self.board,
+                f"agent at {self.address} did not answer {action} within the deadline",
+                transient=True,
+            )
         name = code.name if code is not None else "ERROR"
-        return BoardError(self.board, f"{action} failed ({name}): {details}", transient=code in TRANSIENT_CODES)
+        return BoardError(
+            self.board, f"{action} failed ({name}): {details}", transient=code in TRANSIENT_CODES
+        )
 
     # -- calls ------------------------------------------------------------------------
     def health(self, timeout_s: float | None = None) -> bool:
         try:
-            reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
-                                           timeout=timeout_s or self.timeout_s)
+            reply = self.health_stub.Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout_s or self.timeout_s
+            )
         except grpc.RpcError:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -171,7 +215,9 @@ class AgentClient:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
-            raise BoardError(self.board, f"agent at {self.address} did not come up within {timeout_s:.0f} s") from None
+            raise BoardError(
+                self.board, f"agent at {self.address} did not come up within {timeout_s:.0f} s"
+            ) from None
 
     def identity(self) -> AgentIdentity:
         try:
@@ -179,12 +225,27 @@ class AgentClient:
         except grpc.RpcError as exc:
             raise self._error(exc, "board info") from None
         return AgentIdentity(
-            name=info.agent_name, version=info.agent_version, hostname=info.hostname, cpu_model=info.cpu.model,
-            machine=info.cpu.machine, cores=info.cpu.logical_cores, features=tuple(info.cpu.features),
-            core_types=tuple(info.cpu.core_types), os=info.os, memory_bytes=info.memory_bytes,
-            governor=info.governor, temperature_c=info.temperature_c if info.temperature_known else None,
-            runtimes={r.name: {"installed": r.installed, "version": r.version, "detail": r.detail,
-                               "formats": list(r.formats)} for r in info.runtimes},
+            name=info.agent_name,
+            version=info.agent_version,
+            hostname=info.hostname,
+            cpu_model=info.cpu.model,
+            machine=info.cpu.machine,
+            cores=info.cpu.logical_cores,
+            features=tuple(info.cpu.features),
+            core_types=tuple(info.cpu.core_types),
+            os=info.os,
+            memory_bytes=info.memory_bytes,
+            governor=info.governor,
+            temperature_c=info.temperature_c if info.temperature_known else None,
+            runtimes={
+                r.name: {
+                    "installed": r.installed,
+                    "version": r.version,
+                    "detail": r.detail,
+                    "formats": list(r.formats),
+                }
+                for r in info.runtimes
+            },
         )
 
     def has_model(self, model_id: str) -> bool:
@@ -196,18 +257,23 @@ class AgentClient:
                 return False
             raise self._error(exc, "model lookup") from None
 
-    def push(self, data: bytes, format: str, name: str = "", metadata: dict[str, str] | None = None) -> PushResult:
+    def push(
+        self, data: bytes, format: str, name: str = "", metadata: dict[str, str] | None = None
+    ) -> PushResult:
         """Idempotent: a model the board already stores costs one round trip, not an upload."""
         digest = sha256(data)
         if self.has_model(digest):
             return PushResult(digest, len(data), True)
 
         def chunks() -> Iterator[pb.PushModelChunk]:
-            yield pb.PushModelChunk(header=pb.ModelHeader(sha256=digest, size_bytes=len(data), format=format,
-                                                          name=name, metadata=metadata or {}))
+            yield pb.PushModelChunk(
+                header=pb.ModelHeader(
+                    sha256=digest, size_bytes=len(data), format=format, name=name, metadata=metadata or {}
+                )
+            )
             view = memoryview(data)
             for start in range(0, len(data), CHUNK_BYTES):
-                yield pb.PushModelChunk(data=bytes(view[start:start + CHUNK_BYTES]))
+                yield pb.PushModelChunk(data=bytes(view[start : start + CHUNK_BYTES]))
 
         timeout = self.timeout_s + len(data) / (5 << 20)  # generous: 5 MB/s floor
         try:
@@ -221,12 +287,22 @@ class AgentClient:
             reply = self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)
         except grpc.RpcError as exc:
             raise self._error(exc, "model list") from None
-        return [{"model_id": m.model_id, "size_bytes": m.size_bytes, "format": m.format, "name": m.name,
-                 "stored_at": m.stored_at} for m in reply.models]
+        return [
+            {
+                "model_id": m.model_id,
+                "size_bytes": m.size_bytes,
+                "format": m.format,
+                "name": m.name,
+                "stored_at": m.stored_at,
+            }
+            for m in reply.models
+        ]
 
     def delete_model(self, model_id: str) -> bool:
         try:
-            return self.stub.DeleteModel(pb.DeleteModelRequest(model_id=model_id), timeout=self.timeout_s).deleted
+            return self.stub.DeleteModel(
+                pb.DeleteModelRequest(model_id=model_id), timeout=self.timeout_s
+            ).deleted
         except grpc.RpcError as exc:
             raise self._error(exc, "model delete") from None
 
@@ -239,7 +315,9 @@ class AgentClient:
         return reply
 
     def renew_lease(self, ttl_s: float) -> LeaseInfo:
-        return self._lease("renew", self.stub.RenewLease, pb.LeaseRequest(lease_id=self.lease_id, ttl_s=ttl_s))
+        return self._lease(
+            "renew", self.stub.RenewLease, pb.LeaseRequest(lease_id=self.lease_id, ttl_s=ttl_s)
+        )
 
     def release_lease(self) -> LeaseInfo:
         reply = self._lease("release", self.stub.ReleaseLease, pb.LeaseRequest(lease_id=self.lease_id))
@@ -264,11 +342,18 @@ class AgentClient:
         deadline_s: float | None = None,
     ) -> BenchmarkOutcome:
         request = pb.BenchmarkRequest(
-            model_id=model_id, runtime=runtime, threads=settings.threads, warmup_runs=settings.warmup_runs,
-            min_runs=settings.min_runs, min_duration_s=settings.min_duration_s, max_duration_s=settings.max_duration_s,
-            atol=settings.atol, rtol=settings.rtol,
+            model_id=model_id,
+            runtime=runtime,
+            threads=settings.threads,
+            warmup_runs=settings.warmup_runs,
+            min_runs=settings.min_runs,
+            min_duration_s=settings.min_duration_s,
+            max_duration_s=settings.max_duration_s,
+            atol=settings.atol,
+            rtol=settings.rtol,
             checks=[_case_message(c if isinstance(c, Case) else Case(*c)) for c in checks],
-            inputs=[_tensor(a) for a in timing_inputs], lease_id=self.lease_id,
+            inputs=[_tensor(a) for a in timing_inputs],
+            lease_id=self.lease_id,
         )
         # The deadline covers queueing, loading, checks, warmup and the timed phase; the agent
         # also sends an event at least every couple of seconds, so a board that goes silent
@@ -299,21 +384,43 @@ class AgentClient:
                     s = event.summary
                     lat = s.latency
                     return BenchmarkOutcome(
-                        status=s.status, reason=s.reason,
-                        latency_s={"min": lat.min_s, "median": lat.median_s, "mean": lat.mean_s, "p90": lat.p90_s,
-                                   "p99": lat.p99_s, "std": lat.std_s, "max": lat.max_s},
-                        samples_s=samples, runs=s.runs, warmup_runs=s.warmup_runs, threads=s.threads,
-                        model_bytes=s.model_bytes, peak_rss_bytes=s.peak_rss_bytes,
-                        max_abs_errors=list(s.max_abs_errors), runtime=s.runtime, runtime_version=s.runtime_version,
-                        load_s=s.load_s, governor=s.governor,
-                        temperature_c=s.temperature_c if s.temperature_known else None, affinity=s.affinity,
+                        status=s.status,
+                        reason=s.reason,
+                        latency_s={
+                            "min": lat.min_s,
+                            "median": lat.median_s,
+                            "mean": lat.mean_s,
+                            "p90": lat.p90_s,
+                            "p99": lat.p99_s,
+                            "std": lat.std_s,
+                            "max": lat.max_s,
+                        },
+                        samples_s=samples,
+                        runs=s.runs,
+                        warmup_runs=s.warmup_runs,
+                        threads=s.threads,
+                        model_bytes=s.model_bytes,
+                        peak_rss_bytes=s.peak_rss_bytes,
+                        max_abs_errors=list(s.max_abs_errors),
+                        runtime=s.runtime,
+                        runtime_version=s.runtime_version,
+                        load_s=s.load_s,
+                        governor=s.governor,
+                        temperature_c=s.temperature_c if s.temperature_known else None,
+                        affinity=s.affinity,
                     )
         except grpc.RpcError as exc:
             if stalled.is_set():
-                raise BoardError(self.board, f"agent at {self.address} stopped answering: nothing for "
-                                             f"{self.stall_s:.0f} s during the benchmark ({runtime}); hung, "
-                                             "stopped or cut off", transient=True) from None
+                raise BoardError(
+                    self.board,
+                    f"agent at {self.address} stopped answering: nothing for "
+                    f"{self.stall_s:.0f} s during the benchmark ({runtime}); hung, "
+                    "stopped or cut off",
+                    transient=True,
+                ) from None
             raise self._error(exc, f"benchmark ({runtime})") from None
         finally:
             done.set()
-        raise BoardError(self.board, f"benchmark stream from {self.address} ended without a summary", transient=True)
+        raise BoardError(
+            self.board, f"benchmark stream from {self.address} ended without a summary", transient=True
+        )

@@ -7,6 +7,7 @@ Each (algorithm, runtime) cell is what an export attempt returns:
   output disagreed with torch where the runtime is installed here.
 `bihost profile` files its `unsupported` rows from the same export attempts.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -73,13 +74,19 @@ def check_artifact(runtime: str, fmt: str, data: bytes, model, cases: list[Case]
         rt = get_runtime(runtime)()
         loaded = rt.load(path, threads=1)
         try:
-            return numerics.check(loaded, cases, probing=lambda: rt.load_probing(path, threads=1),
-                                  alternatives=alternatives_on_demand(model, cases))
+            return numerics.check(
+                loaded,
+                cases,
+                probing=lambda: rt.load_probing(path, threads=1),
+                alternatives=alternatives_on_demand(model, cases),
+            )
         finally:
             loaded.close()
 
 
-def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check: bool = True, seed: int = 0) -> Cell:
+def cell(
+    arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check: bool = True, seed: int = 0
+) -> Cell:
     import torch
 
     import bimodels
@@ -94,7 +101,11 @@ def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check:
     except (bimodels.ExportError, NoExporter) as exc:
         return Cell("unsupported", str(exc))
     status = "composite" if extra else "native"
-    reason = "" if not extra else "extra float ops per layer: " + ", ".join(f"{op} x{n}" for op, n in extra.items())
+    reason = (
+        ""
+        if not extra
+        else "extra float ops per layer: " + ", ".join(f"{op} x{n}" for op, n in extra.items())
+    )
     result = Cell(status, reason, extra)
     if not check:
         return result
@@ -104,15 +115,25 @@ def cell(arch: str, algorithm: str, runtime: str, pad_value: float = 0.0, check:
         return result
     cases = check_cases(model, seed)
     outcome = check_artifact(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
-    errors = [v.error / max(float(np.abs(c.expected[0]).max()), 1e-12) for v, c in zip(outcome.verdicts, cases)]
+    errors = [
+        v.error / max(float(np.abs(c.expected[0]).max()), 1e-12) for v, c in zip(outcome.verdicts, cases)
+    ]
     result.checked, result.max_rel_error, result.rel_errors = True, max(errors), errors
     result.numerics = outcome.reason
     if not outcome.ok:
-        return Cell("unsupported", f"exported, but its output disagrees with torch: {outcome.reason}",
-                    extra, True, max(errors), errors, numerics=outcome.reason)
+        return Cell(
+            "unsupported",
+            f"exported, but its output disagrees with torch: {outcome.reason}",
+            extra,
+            True,
+            max(errors),
+            errors,
+            numerics=outcome.reason,
+        )
     return result
 
 
-def matrix(arch: str, algorithms: list[str], runtimes: list[str], pad_value: float = 0.0,
-           check: bool = True) -> dict[str, dict[str, Cell]]:
+def matrix(
+    arch: str, algorithms: list[str], runtimes: list[str], pad_value: float = 0.0, check: bool = True
+) -> dict[str, dict[str, Cell]]:
     return {a: {r: cell(arch, a, r, pad_value, check) for r in runtimes} for a in algorithms}

@@ -4,6 +4,7 @@
 - BoardError: a board misbehaved; one line naming the board, exit 1.
 - anything else is internal: a traceback, because it is our bug.
 """
+
 from __future__ import annotations
 
 

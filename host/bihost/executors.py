@@ -5,14 +5,16 @@ row the moment its job is done and an interrupted grid resumes. A job that takes
 down (a segfault, the OOM killer) comes back as a `JobCrashed` outcome instead of stopping
 the rest. Each job sets its own torch thread count, so timings stay comparable.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import socket
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .errors import UserError
 
@@ -75,12 +77,16 @@ class LocalPool:
 def _reachable(address: str, timeout: float = 5.0) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ExecutorError(f"--ray-address {address!r}: expected HOST:PORT of a Ray head (e.g. 10.0.0.5:6379)")
+        raise ExecutorError(
+            f"--ray-address {address!r}: expected HOST:PORT of a Ray head (e.g. 10.0.0.5:6379)"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise ExecutorError(f"the Ray head at {address} does not answer ({exc}); start it with `ray start --head "
-                            f"--port {port}` or check the address; no job was submitted") from None
+        raise ExecutorError(
+            f"the Ray head at {address} does not answer ({exc}); start it with `ray start --head "
+            f"--port {port}` or check the address; no job was submitted"
+        ) from None
 
 
 class RayCluster:
@@ -116,8 +122,9 @@ class RayCluster:
             if self.address:
                 ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
             else:
-                ray.init(num_cpus=self.workers, logging_level="ERROR", log_to_driver=False,
-                         include_dashboard=False)
+                ray.init(
+                    num_cpus=self.workers, logging_level="ERROR", log_to_driver=False, include_dashboard=False
+                )
         try:
             remote = ray.remote(max_retries=0)(fn)  # our own retry policy files the failure first
             pending = {}

@@ -7,6 +7,7 @@ and returns a `GridOutcome` that says which hardware it ran on, so times from di
 machines are never compared. The job catches its own Python errors (the outcome carries
 them), so one diverging run never takes a worker down.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,10 @@ from pathlib import Path
 
 # {SGD 0.1, SGD 0.01, Adam 1e-3, Adam 1e-4} x {cosine, step decay}
 SETTINGS: tuple[tuple[str, float, str], ...] = tuple(
-    (opt, lr, schedule) for opt, lr in (("sgd", 0.1), ("sgd", 0.01), ("adam", 1e-3), ("adam", 1e-4))
-    for schedule in ("cosine", "step"))
+    (opt, lr, schedule)
+    for opt, lr in (("sgd", 0.1), ("sgd", 0.01), ("adam", 1e-3), ("adam", 1e-4))
+    for schedule in ("cosine", "step")
+)
 
 
 def setting_name(optimizer: str, lr: float, schedule: str) -> str:
@@ -74,8 +77,11 @@ class GridJob:
 
     def recipe_hash(self) -> str:
         """Everything that shapes the number but the algorithm and setting (those are key columns)."""
-        recipe = {k: v for k, v in asdict(self).items()
-                  if k not in ("algorithm", "data_root", "optimizer", "lr", "schedule")}
+        recipe = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("algorithm", "data_root", "optimizer", "lr", "schedule")
+        }
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -92,11 +98,30 @@ class GridOutcome:
     error: str = ""
 
 
-def grid_jobs(scale: str, algorithms: list[str], seed: int, data_root: Path | None, threads: int) -> list[GridJob]:
+def grid_jobs(
+    scale: str, algorithms: list[str], seed: int, data_root: Path | None, threads: int
+) -> list[GridJob]:
     size = GRID_SCALES[scale]
-    return [GridJob(GRID_TASK, size.arch, algo, opt, lr, schedule, size.epochs, size.batch_size, size.n_train,
-                    size.n_test, scale, seed, str(data_root) if data_root else None, threads)
-            for algo in ["fp32", *algorithms] for opt, lr, schedule in SETTINGS]
+    return [
+        GridJob(
+            GRID_TASK,
+            size.arch,
+            algo,
+            opt,
+            lr,
+            schedule,
+            size.epochs,
+            size.batch_size,
+            size.n_train,
+            size.n_test,
+            scale,
+            seed,
+            str(data_root) if data_root else None,
+            threads,
+        )
+        for algo in ["fp32", *algorithms]
+        for opt, lr, schedule in SETTINGS
+    ]
 
 
 def worker_hardware(threads: int) -> dict:
@@ -109,15 +134,23 @@ def worker_hardware(threads: int) -> dict:
         pass
     # nice: Ray runs its workers at niceness 15 unless told otherwise; on a busy machine such a
     # worker gets a fraction of a core, so its times are not comparable with a nice-0 worker's.
-    return {"host": socket.gethostname(), "cpu_model": cpu, "cores": os.cpu_count() or 0, "threads": threads,
-            "machine": platform.machine(), "nice": os.nice(0)}
+    return {
+        "host": socket.gethostname(),
+        "cpu_model": cpu,
+        "cores": os.cpu_count() or 0,
+        "threads": threads,
+        "machine": platform.machine(),
+        "nice": os.nice(0),
+    }
 
 
 def hardware_signature(worker: dict) -> str:
     """Rows are comparable when this agrees: the CPU, its core count, the threads used and the
     worker's scheduling priority."""
-    return (f"{worker.get('cpu_model', '?')} x{worker.get('cores', '?')} cores, {worker.get('threads', '?')} threads, "
-            f"nice {worker.get('nice', '?')}")
+    return (
+        f"{worker.get('cpu_model', '?')} x{worker.get('cores', '?')} cores, {worker.get('threads', '?')} threads, "
+        f"nice {worker.get('nice', '?')}"
+    )
 
 
 _DATA: dict = {}  # per worker process: the dataset, read once for all the jobs it runs
@@ -135,12 +168,24 @@ def grid_data(job: GridJob):
     if key not in _DATA:
         data = get_task(job.task).load(job.scale, Path(job.data_root) if job.data_root else None, job.seed)
         rng = np.random.default_rng(job.seed + 10)
-        tr = np.sort(rng.permutation(len(data.train))[:job.n_train]) if job.n_train else np.arange(len(data.train))
-        te = np.sort(rng.permutation(len(data.test))[:job.n_test]) if job.n_test else np.arange(len(data.test))
+        tr = (
+            np.sort(rng.permutation(len(data.train))[: job.n_train])
+            if job.n_train
+            else np.arange(len(data.train))
+        )
+        te = (
+            np.sort(rng.permutation(len(data.test))[: job.n_test])
+            if job.n_test
+            else np.arange(len(data.test))
+        )
         train_split = Split("train", data.train.x[tr], data.train.y[tr], data.train.prepare)
         test_split = Split("test", data.test.x[te], data.test.y[te], data.test.prepare)
-        _DATA[key] = (data, train_split, test_split,
-                      data_version(train_split.x, train_split.y, test_split.x, test_split.y))
+        _DATA[key] = (
+            data,
+            train_split,
+            test_split,
+            data_version(train_split.x, train_split.y, test_split.x, test_split.y),
+        )
     return _DATA[key]
 
 
@@ -155,8 +200,11 @@ def run_grid_job(job: GridJob) -> GridOutcome:
     try:
         return _run(job, worker)
     except Exception as exc:  # the job's failure is data for the grid, not a dead worker
-        return GridOutcome(ok=False, worker=worker,
-                           error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[:2000])
+        return GridOutcome(
+            ok=False,
+            worker=worker,
+            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[:2000],
+        )
 
 
 def _run(job: GridJob, worker: dict) -> GridOutcome:
@@ -175,10 +223,29 @@ def _run(job: GridJob, worker: dict) -> GridOutcome:
     model = task.create_model(job.arch, data.num_classes)
     if job.algorithm != "fp32":  # from scratch: binarized at random initialisation, no FP weights
         model = binarize(model, job.algorithm, example_input=train_split.batch(torch.arange(1))[0])
-    seconds, loss, _ = train(model, task, train_split, optimizer=job.optimizer, lr=job.lr, epochs=job.epochs,
-                             batch_size=job.batch_size, weight_decay=5e-4 if job.algorithm == "fp32" else 0.0,
-                             seed=job.seed, device=device, checkpoint=None, schedule=job.schedule)
+    seconds, loss, _ = train(
+        model,
+        task,
+        train_split,
+        optimizer=job.optimizer,
+        lr=job.lr,
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        weight_decay=5e-4 if job.algorithm == "fp32" else 0.0,
+        seed=job.seed,
+        device=device,
+        checkpoint=None,
+        schedule=job.schedule,
+    )
     recalibrate_batch_norm(model, train_split, 256, device)
     metric = task.evaluate(model, test_split, 256, device)
-    return GridOutcome(ok=True, metric=metric, train_seconds=seconds, seconds_per_epoch=seconds / job.epochs,
-                       final_loss=loss, data_version=version, data_source=data.source, worker=worker)
+    return GridOutcome(
+        ok=True,
+        metric=metric,
+        train_seconds=seconds,
+        seconds_per_epoch=seconds / job.epochs,
+        final_loss=loss,
+        data_version=version,
+        data_source=data.source,
+        worker=worker,
+    )

@@ -5,6 +5,7 @@ whether it came from YAML or from `bihost board add`: one `InventoryError` namin
 and the key. The agent's measured identity is matched against an entry here, so a result is
 never filed under a chip the agent is not running on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,10 @@ import os
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -29,9 +31,25 @@ TRANSPORTS = ("grpc", "ssh")
 EMBEDDED = "embedded"  # address of the board served by an agent the host starts itself
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 CLUSTER_RE = re.compile(r"^(\d+)x\s+(.+?)(?:\s*@\s*(\d+(?:\.\d+)?))?$")  # "4x Cortex-A73 @ 2.36"
-MACHINES = {"arm64": ("aarch64", "arm64"), "armv7": ("armv7l", "armv7", "armv8l"), "x86_64": ("x86_64", "amd64")}
-BOARD_KEYS = ("soc", "arch", "os", "cpu", "runtimes", "address", "transport", "ssh", "tls", "token_file",
-              "description", "expected")
+MACHINES = {
+    "arm64": ("aarch64", "arm64"),
+    "armv7": ("armv7l", "armv7", "armv8l"),
+    "x86_64": ("x86_64", "amd64"),
+}
+BOARD_KEYS = (
+    "soc",
+    "arch",
+    "os",
+    "cpu",
+    "runtimes",
+    "address",
+    "transport",
+    "ssh",
+    "tls",
+    "token_file",
+    "description",
+    "expected",
+)
 SSH_KEYS = ("host", "port", "user", "key_file", "known_hosts_file", "agent_dir")
 TLS_KEYS = ("ca", "cert", "key", "server_name")
 EXPECTED_KEYS = ("machine", "cpu_model", "core_types", "cores")
@@ -40,8 +58,9 @@ EXPECTED_KEYS = ("machine", "cpu_model", "core_types", "cores")
 class InventoryError(UserError):
     """A bad inventory file or entry; the message names the file, the board and the key."""
 
-    def __init__(self, message: str, *, board: str | None = None, key: str | None = None,
-                 source: str | None = None):
+    def __init__(
+        self, message: str, *, board: str | None = None, key: str | None = None, source: str | None = None
+    ):
         self.detail, self.board, self.key, self.source = message, board, key, source
         prefix = (f"{source}: " if source else "") + (f"board {board!r}: " if board is not None else "")
         super().__init__(prefix + message)
@@ -104,8 +123,12 @@ class Board:
         name = self.name
         if not isinstance(name, str) or not NAME_RE.match(name):
             hint = "" if isinstance(name, str) else " (quote it in YAML)"
-            raise InventoryError(f"invalid board name{hint}: use lowercase letters, digits, '_', '.', '-' "
-                                 "(at most 63, starting with a letter or digit)", board=str(name), key="name")
+            raise InventoryError(
+                f"invalid board name{hint}: use lowercase letters, digits, '_', '.', '-' "
+                "(at most 63, starting with a letter or digit)",
+                board=str(name),
+                key="name",
+            )
         for key in ("soc", "os", "description"):
             _need(name, key, getattr(self, key), str, "a string")
         _choice(name, "arch", self.arch, ARCHES)
@@ -113,7 +136,9 @@ class Board:
         object.__setattr__(self, "cpu_clusters", _str_list(name, "cpu.clusters", self.cpu_clusters))
         for i, cluster in enumerate(self.cpu_clusters):
             if not CLUSTER_RE.match(cluster.strip()):
-                raise InventoryError(f"cpu.clusters[{i}] {cluster!r} is not 'Nx CORE @ GHz'", board=name, key="cpu")
+                raise InventoryError(
+                    f"cpu.clusters[{i}] {cluster!r} is not 'Nx CORE @ GHz'", board=name, key="cpu"
+                )
         object.__setattr__(self, "runtimes", _str_list(name, "runtimes", self.runtimes))
         for rt in self.runtimes:
             _choice(name, "runtimes", rt, RUNTIMES, what="runtime")
@@ -125,18 +150,28 @@ class Board:
             _need(name, "ssh", self.ssh, SshSettings, "a mapping")
             for key, value in asdict(self.ssh).items():
                 if value is not None:
-                    _need(name, f"ssh.{key}", value, int if key == "port" else str,
-                          "an integer" if key == "port" else "a string")
+                    _need(
+                        name,
+                        f"ssh.{key}",
+                        value,
+                        int if key == "port" else str,
+                        "an integer" if key == "port" else "a string",
+                    )
             if not 1 <= self.ssh.port <= 65535:
-                raise InventoryError(f"ssh.port {self.ssh.port} out of range (1-65535)", board=name, key="ssh.port")
+                raise InventoryError(
+                    f"ssh.port {self.ssh.port} out of range (1-65535)", board=name, key="ssh.port"
+                )
         if self.tls is not None:
             _need(name, "tls", self.tls, TlsSettings, "a mapping")
             for key, value in asdict(self.tls).items():
                 if value is not None or key == "ca":
                     _need(name, f"tls.{key}", value, str, "a string")
             if (self.tls.cert is None) != (self.tls.key is None):
-                raise InventoryError("tls.cert and tls.key go together (the client certificate for mutual TLS)",
-                                     board=name, key="tls")
+                raise InventoryError(
+                    "tls.cert and tls.key go together (the client certificate for mutual TLS)",
+                    board=name,
+                    key="tls",
+                )
         if self.token_file is not None:
             _need(name, "token_file", self.token_file, str, "a path")
         expected = dict(_mapping(name, "expected", self.expected, EXPECTED_KEYS))
@@ -157,18 +192,34 @@ class Board:
         cpu = _mapping(str(name), "cpu", _get(data, "cpu", {}), ("clusters",))
         ssh = data.get("ssh")
         if ssh is not None:
-            ssh = SshSettings(**{k: v for k, v in _mapping(str(name), "ssh", ssh, SSH_KEYS).items() if v is not None})
+            ssh = SshSettings(
+                **{k: v for k, v in _mapping(str(name), "ssh", ssh, SSH_KEYS).items() if v is not None}
+            )
         tls = data.get("tls")
         if tls is not None:
             tls = _mapping(str(name), "tls", tls, TLS_KEYS)
             if "ca" not in tls:
-                raise InventoryError("tls needs 'ca' (the CA that signed the agent's certificate)", board=str(name),
-                                     key="tls.ca")
+                raise InventoryError(
+                    "tls needs 'ca' (the CA that signed the agent's certificate)",
+                    board=str(name),
+                    key="tls.ca",
+                )
             tls = TlsSettings(**tls)
-        return cls(name=name, soc=_get(data, "soc", ""), arch=_get(data, "arch", "native"), os=_get(data, "os", ""),
-                   cpu_clusters=_get(cpu, "clusters", []), runtimes=_get(data, "runtimes", []),
-                   address=data.get("address"), transport=_get(data, "transport", "grpc"), ssh=ssh,
-                   tls=tls, token_file=data.get("token_file"), description=_get(data, "description", ""), expected=_get(data, "expected", {}))
+        return cls(
+            name=name,
+            soc=_get(data, "soc", ""),
+            arch=_get(data, "arch", "native"),
+            os=_get(data, "os", ""),
+            cpu_clusters=_get(cpu, "clusters", []),
+            runtimes=_get(data, "runtimes", []),
+            address=data.get("address"),
+            transport=_get(data, "transport", "grpc"),
+            ssh=ssh,
+            tls=tls,
+            token_file=data.get("token_file"),
+            description=_get(data, "description", ""),
+            expected=_get(data, "expected", {}),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML mapping (without the name); optional fields only when set, `address` always."""
@@ -200,8 +251,11 @@ def parse_address(address: str, *, board: str | None = None) -> tuple[str, int]:
         except ValueError:
             m = None
     if not m:
-        raise InventoryError(f"address {address!r} is not HOST:PORT (or [IPv6]:PORT, or '{EMBEDDED}')",
-                             board=board, key="address")
+        raise InventoryError(
+            f"address {address!r} is not HOST:PORT (or [IPv6]:PORT, or '{EMBEDDED}')",
+            board=board,
+            key="address",
+        )
     if not 1 <= int(m.group(2)) <= 65535:
         raise InventoryError(f"port {int(m.group(2))} out of range (1-65535)", board=board, key="address")
     return m.group(1), int(m.group(2))
@@ -215,12 +269,15 @@ def _get(data: dict, key: str, default: Any) -> Any:
 def _mapping(board: str, key: str, data: Any, keys: tuple[str, ...]) -> dict:
     """`data` checked to be a mapping of known `keys`; `key` is its dotted name ("" for the entry)."""
     if not isinstance(data, dict):
-        raise InventoryError(f"{key or 'entry'} must be a mapping, not {data!r}", board=board, key=key or None)
+        raise InventoryError(
+            f"{key or 'entry'} must be a mapping, not {data!r}", board=board, key=key or None
+        )
     prefix = f"{key}." if key else ""
     for k in data:
         if k not in keys:
-            raise InventoryError(f"unknown key '{prefix}{k}' (known keys: {', '.join(keys)})",
-                                 board=board, key=f"{prefix}{k}")
+            raise InventoryError(
+                f"unknown key '{prefix}{k}' (known keys: {', '.join(keys)})", board=board, key=f"{prefix}{k}"
+            )
     return data
 
 
@@ -231,8 +288,9 @@ def _need(board: str, key: str, value: Any, typ: type, what: str) -> None:
 
 def _choice(board: str, key: str, value: Any, allowed: tuple[str, ...], what: str = "") -> None:
     if value not in allowed:
-        raise InventoryError(f"{key}: unknown {what or key} {value!r} (known: {', '.join(allowed)})",
-                             board=board, key=key)
+        raise InventoryError(
+            f"{key}: unknown {what or key} {value!r} (known: {', '.join(allowed)})", board=board, key=key
+        )
 
 
 def _str_list(board: str, key: str, value: Any) -> list[str]:
@@ -264,17 +322,22 @@ class Inventory:
         except yaml.YAMLError as exc:  # one line: where, and what the parser expected
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise InventoryError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}",
-                                 source=source) from None
+            raise InventoryError(
+                f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}", source=source
+            ) from None
         if not isinstance(data, dict):
             raise InventoryError("must be a mapping with 'version: 1' and 'boards'", source=source)
         for key in data:
             if key not in ("version", "boards"):
-                raise InventoryError(f"unknown top-level key {key!r} (known keys: version, boards)", source=source)
+                raise InventoryError(
+                    f"unknown top-level key {key!r} (known keys: version, boards)", source=source
+                )
         version = data.get("version")
         if version != VERSION or isinstance(version, bool):
             problem = "missing 'version'" if version is None else f"version {version!r} is not supported"
-            raise InventoryError(f"{problem}: this host reads inventory format 'version: {VERSION}'", source=source)
+            raise InventoryError(
+                f"{problem}: this host reads inventory format 'version: {VERSION}'", source=source
+            )
         boards = data.get("boards") or {}
         if not isinstance(boards, dict):
             raise InventoryError("'boards' must be a mapping of board name to entry", source=source)
@@ -288,14 +351,23 @@ class Inventory:
 
     def dumps(self) -> str:
         """The file text: header, version, then one block per board separated by blank lines."""
-        blocks = [yaml.dump({b.name: b.to_dict()}, Dumper=_Dumper, sort_keys=False, default_flow_style=None,
-                            width=1000, allow_unicode=True) for b in self.by_name.values()]
+        blocks = [
+            yaml.dump(
+                {b.name: b.to_dict()},
+                Dumper=_Dumper,
+                sort_keys=False,
+                default_flow_style=None,
+                width=1000,
+                allow_unicode=True,
+            )
+            for b in self.by_name.values()
+        ]
         body = "".join("\n" + _indent(block) for block in blocks).lstrip("\n") if blocks else "  {}\n"
         return f"{self.header}version: {VERSION}\nboards:\n{body}"
 
     @classmethod
     @contextlib.contextmanager
-    def editing(cls, path: str | Path) -> Iterator["Inventory"]:
+    def editing(cls, path: str | Path) -> Iterator[Inventory]:
         """Load, let the caller change, and save, holding an exclusive lock for the whole edit:
         two `bihost board add` at once each see the other's change (no lost update). The lock is
         a sibling file, since `save` replaces the inventory's own inode."""
@@ -372,7 +444,9 @@ def default_inventory_path() -> Path:
     for candidate in (Path("inventory.yaml"), Path(__file__).resolve().parents[2] / "inventory.yaml"):
         if candidate.is_file():
             return candidate
-    raise UserError("no inventory found: pass --inventory FILE, set BIHOST_INVENTORY, or create ./inventory.yaml")
+    raise UserError(
+        "no inventory found: pass --inventory FILE, set BIHOST_INVENTORY, or create ./inventory.yaml"
+    )
 
 
 def expected_identity(board: Board) -> dict[str, Any]:
@@ -385,7 +459,9 @@ def expected_identity(board: Board) -> dict[str, Any]:
         counts: Counter[str] = Counter()
         for cluster in board.cpu_clusters:
             n, core, _ = CLUSTER_RE.match(cluster.strip()).groups()  # type: ignore[union-attr]
-            inner = re.search(r"\(([^)]+)\)", core)  # "Kryo 485 Gold (Cortex-A76)": the agent sees the ARM core
+            inner = re.search(
+                r"\(([^)]+)\)", core
+            )  # "Kryo 485 Gold (Cortex-A76)": the agent sees the ARM core
             counts[(inner.group(1) if inner else core).strip()] += int(n)
         out["core_types"] = dict(counts)
     for key, value in board.expected.items():
@@ -398,8 +474,10 @@ def identity_mismatch(board: Board, reported: dict[str, Any]) -> str | None:
     want, problems = expected_identity(board), []
     machine = str(reported.get("machine") or "")
     if "machine" in want and machine and machine.lower() not in [m.lower() for m in want["machine"]]:
-        problems.append(f"inventory says arch {board.arch} ({' or '.join(want['machine'])}), "
-                        f"agent reports machine {machine}")
+        problems.append(
+            f"inventory says arch {board.arch} ({' or '.join(want['machine'])}), "
+            f"agent reports machine {machine}"
+        )
     core_types = list(reported.get("core_types") or [])
     if "core_types" in want and core_types:
         have = Counter(core_types)
@@ -407,7 +485,9 @@ def identity_mismatch(board: Board, reported: dict[str, Any]) -> str | None:
             problems.append(f"inventory says {_counts(want['core_types'])}, agent reports {_counts(have)}")
     model = str(reported.get("cpu_model") or "")
     if "cpu_model" in want and want["cpu_model"].lower() not in model.lower():
-        problems.append(f"inventory expects a CPU model containing {want['cpu_model']!r}, agent reports {model!r}")
+        problems.append(
+            f"inventory expects a CPU model containing {want['cpu_model']!r}, agent reports {model!r}"
+        )
     if "cores" in want and reported.get("cores") is not None and reported["cores"] != want["cores"]:
         problems.append(f"inventory expects {want['cores']} cores, agent reports {reported['cores']}")
     return "; ".join(problems) or None

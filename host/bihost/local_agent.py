@@ -3,6 +3,7 @@
 `bihost profile --chip local` needs no setup: the host starts `biagent serve --port 0`
 as a child process, reads the port it prints, and stops it when the host exits.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -33,7 +34,7 @@ class LocalAgent:
         self.log: list[str] = []
         self._private: tempfile.TemporaryDirectory | None = None
 
-    def start(self) -> "LocalAgent":
+    def start(self) -> LocalAgent:
         try:
             return self._start()
         except BoardError:
@@ -45,12 +46,27 @@ class LocalAgent:
         self.store_dir, self.log = Path(self._private.name), []
         return self._start()
 
-    def _start(self) -> "LocalAgent":
+    def _start(self) -> LocalAgent:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "biagent.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--store", str(self.store_dir), "--name", self.name],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            [
+                sys.executable,
+                "-m",
+                "biagent.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--store",
+                str(self.store_dir),
+                "--name",
+                self.name,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         atexit.register(self.stop)
         found = threading.Event()
@@ -85,7 +101,7 @@ class LocalAgent:
             self._private.cleanup()
             self._private = None
 
-    def __enter__(self) -> "LocalAgent":
+    def __enter__(self) -> LocalAgent:
         return self.start()
 
     def __exit__(self, *exc) -> None:

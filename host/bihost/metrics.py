@@ -4,11 +4,12 @@ A custom collector (prometheus_client's pattern): metric families are built fres
 store at every scrape, so the exporter holds no state and always shows what is on disk.
 The registry is a parameter, so tests read values from a fresh one without HTTP.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -23,15 +24,23 @@ log = logging.getLogger(__name__)
 UpProbe = Callable[[], dict[str, bool]]  # board name -> agent answers its health check
 # pad: what the binarized convs pad with (daBNN's artifacts pad with -1, the others with 0)
 RUN_LABELS = ("board", "chip", "arch", "algorithm", "runtime", "pad", "threads")
-MODEL_LABELS = ("board", "chip", "arch", "algorithm", "runtime", "pad")  # properties of the artifact, not of threads
+MODEL_LABELS = (
+    "board",
+    "chip",
+    "arch",
+    "algorithm",
+    "runtime",
+    "pad",
+)  # properties of the artifact, not of threads
 QUANTILES = (("0.5", "median"), ("0.9", "p90"), ("0.99", "p99"))
 
 
 class LatencySummary(SummaryMetricFamily):
     """A summary with precomputed quantiles: SummaryMetricFamily itself only carries _sum and _count."""
 
-    def add_run(self, labels: list[str], quantiles: Iterable[tuple[str, float]], count: int,
-                total: float | None) -> None:
+    def add_run(
+        self, labels: list[str], quantiles: Iterable[tuple[str, float]], count: int, total: float | None
+    ) -> None:
         named = dict(zip(self._labelnames, labels))
         for q, value in quantiles:
             self.samples.append(Sample(self.name, {**named, "quantile": q}, value))
@@ -63,21 +72,32 @@ class ResultsCollector:
             return None
 
     def _families(self, rows: list[Measurement], up: dict[str, bool] | None) -> Iterator[Metric]:
-        latency = LatencySummary("bibench_inference_latency_seconds",
-                                 "Inference latency of one invoke on the board (precomputed quantiles).",
-                                 labels=RUN_LABELS)
-        size = GaugeMetricFamily("bibench_model_size_bytes", "Size of the deployed model artifact.",
-                                 labels=MODEL_LABELS)
-        speedup = GaugeMetricFamily("bibench_speedup_ratio",
-                                    "Measured fp32 latency over this model's latency, same board and runtime.",
-                                    labels=RUN_LABELS)
-        storage = GaugeMetricFamily("bibench_storage_ratio", "fp32 model bytes over this model's bytes.",
-                                    labels=MODEL_LABELS)
-        error = GaugeMetricFamily("bibench_numerics_max_abs_error",
-                                  "Largest absolute difference between the runtime's output and torch's.",
-                                  labels=RUN_LABELS)
-        status = GaugeMetricFamily("bibench_measurement_status", "1 for the latest measurement, by status.",
-                                   labels=(*RUN_LABELS, "status"))
+        latency = LatencySummary(
+            "bibench_inference_latency_seconds",
+            "Inference latency of one invoke on the board (precomputed quantiles).",
+            labels=RUN_LABELS,
+        )
+        size = GaugeMetricFamily(
+            "bibench_model_size_bytes", "Size of the deployed model artifact.", labels=MODEL_LABELS
+        )
+        speedup = GaugeMetricFamily(
+            "bibench_speedup_ratio",
+            "Measured fp32 latency over this model's latency, same board and runtime.",
+            labels=RUN_LABELS,
+        )
+        storage = GaugeMetricFamily(
+            "bibench_storage_ratio", "fp32 model bytes over this model's bytes.", labels=MODEL_LABELS
+        )
+        error = GaugeMetricFamily(
+            "bibench_numerics_max_abs_error",
+            "Largest absolute difference between the runtime's output and torch's.",
+            labels=RUN_LABELS,
+        )
+        status = GaugeMetricFamily(
+            "bibench_measurement_status",
+            "1 for the latest measurement, by status.",
+            labels=(*RUN_LABELS, "status"),
+        )
         seen_models: set[tuple[str, ...]] = set()
         for m in sorted(rows, key=lambda r: r.created_at, reverse=True):  # newest first: it owns model labels
             run = [m.board, m.chip, m.arch, m.algorithm, m.runtime, f"{m.pad_value:g}", str(m.threads)]
@@ -100,15 +120,17 @@ class ResultsCollector:
                 storage.add_metric(list(model), m.storage_ratio)
         yield from (latency, size, speedup, storage, error, status)
         if up is not None:
-            agent_up = GaugeMetricFamily("bibench_agent_up", "1 if the board's agent answers its health check.",
-                                         labels=("board",))
+            agent_up = GaugeMetricFamily(
+                "bibench_agent_up", "1 if the board's agent answers its health check.", labels=("board",)
+            )
             for board, is_up in sorted(up.items()):
                 agent_up.add_metric([board], 1.0 if is_up else 0.0)
             yield agent_up
 
 
-def serve_metrics(store: ResultsStore, port: int, host: str = "127.0.0.1",
-                  up_probe: UpProbe | None = None) -> tuple[WSGIServer, threading.Thread]:
+def serve_metrics(
+    store: ResultsStore, port: int, host: str = "127.0.0.1", up_probe: UpProbe | None = None
+) -> tuple[WSGIServer, threading.Thread]:
     """Serve /metrics from a daemon thread; stop with `server.shutdown(); server.server_close()`.
 
     Uses a fresh registry holding only this collector (no process/GC metrics of the host).

@@ -1,8 +1,10 @@
 """Printing for the CLI: JSON for scripts, rich tables for people."""
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table

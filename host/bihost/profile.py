@@ -4,6 +4,7 @@ Boards run concurrently, one measurement at a time per board (the agent serialis
 Each finished measurement is stored before the next starts, so a crash loses at most the
 one in flight and `--resume` continues where the campaign stopped.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -12,9 +13,10 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 from .artifacts import FP32, ArtifactCache, NoExporter, pad_value_for
 from .channel import ChannelSecurity
@@ -85,14 +87,28 @@ class BoardRun:
         self.identity: AgentIdentity | None = None
         self.forced = False
 
-    def row(self, arch: str, algorithm: str, runtime: str, status: str, reason: str = "", **kw) -> Measurement:
+    def row(
+        self, arch: str, algorithm: str, runtime: str, status: str, reason: str = "", **kw
+    ) -> Measurement:
         ident = self.identity
         return Measurement(
-            campaign=self.plan.campaign, board=self.target.name, chip=self.target.chip, arch=arch,
-            algorithm=algorithm, runtime=runtime, status=status, reason=reason, threads=self.plan.settings.threads,
-            pad_value=pad_value_for(runtime, algorithm), agent_version=ident.version if ident else "",
-            agent={"cpu_model": ident.cpu_model, "machine": ident.machine, "cores": ident.cores} if ident else {},
-            forced=self.forced, created_at=time.time(), **kw,
+            campaign=self.plan.campaign,
+            board=self.target.name,
+            chip=self.target.chip,
+            arch=arch,
+            algorithm=algorithm,
+            runtime=runtime,
+            status=status,
+            reason=reason,
+            threads=self.plan.settings.threads,
+            pad_value=pad_value_for(runtime, algorithm),
+            agent_version=ident.version if ident else "",
+            agent={"cpu_model": ident.cpu_model, "machine": ident.machine, "cores": ident.cores}
+            if ident
+            else {},
+            forced=self.forced,
+            created_at=time.time(),
+            **kw,
         )
 
     def file(self, m: Measurement) -> None:
@@ -102,22 +118,33 @@ class BoardRun:
 
     def run(self) -> list[Measurement]:
         done = self.store.done_keys(self.plan.campaign)
-        todo = [c for c in self.plan.combos()
-                if (self.target.name, c[0], c[1], c[2], self.plan.campaign, self.plan.settings.threads) not in done]
+        todo = [
+            c
+            for c in self.plan.combos()
+            if (self.target.name, c[0], c[1], c[2], self.plan.campaign, self.plan.settings.threads)
+            not in done
+        ]
         if not todo:
             return []
         name = self.target.name
         state = self.store.board_state(name)
         if state.state == "maintenance":
-            self.progress(name, f"in maintenance ({state.reason or 'no reason given'}): not scheduled; "
-                                f"`bihost board maintenance {name} --off` returns it", notice=True)
+            self.progress(
+                name,
+                f"in maintenance ({state.reason or 'no reason given'}): not scheduled; "
+                f"`bihost board maintenance {name} --off` returns it",
+                notice=True,
+            )
             return []
-        client = AgentClient(self.target.address, name, security=self.target.security, stall_s=self.plan.stall_s)
+        client = AgentClient(
+            self.target.address, name, security=self.target.security, stall_s=self.plan.stall_s
+        )
         try:
             if state.state == "bad":  # marked down earlier: only a passing health check brings it back
                 if not client.health(timeout_s=5):
-                    self.progress(name, f"still down ({state.reason}): health check failed, not scheduled",
-                                  notice=True)
+                    self.progress(
+                        name, f"still down ({state.reason}): health check failed, not scheduled", notice=True
+                    )
                     return []
                 self.store.set_board_state(name, "good", "health check passed")
             try:
@@ -138,22 +165,33 @@ class BoardRun:
             client.close()
         return self.rows
 
-    def _measure_all(self, client: AgentClient, lease: "_LeaseKeeper", todo: list[tuple[str, str, str]]) -> None:
+    def _measure_all(
+        self, client: AgentClient, lease: _LeaseKeeper, todo: list[tuple[str, str, str]]
+    ) -> None:
         name = self.target.name
         for i, (arch, algo, rt) in enumerate(todo):
             down = self._measure_with_retries(client, lease, arch, algo, rt)
             if down or (self.rows[-1].status == "error" and not client.health(timeout_s=5)):
                 reason = f"stopped answering during {arch}/{algo}/{rt}"
                 self.store.set_board_state(name, "bad", reason)
-                self.progress(name, f"marked bad: {reason}; its other measurements are left for --resume",
-                              notice=True)
-                for a, g, r in todo[i + 1:]:  # report the rest, do not hang on a dead board
-                    self.file(self.row(a, g, r, "error", f"not measured: {name} {reason} (marked bad; "
-                                                         "`--resume` retries once it answers)"))
+                self.progress(
+                    name, f"marked bad: {reason}; its other measurements are left for --resume", notice=True
+                )
+                for a, g, r in todo[i + 1 :]:  # report the rest, do not hang on a dead board
+                    self.file(
+                        self.row(
+                            a,
+                            g,
+                            r,
+                            "error",
+                            f"not measured: {name} {reason} (marked bad; `--resume` retries once it answers)",
+                        )
+                    )
                 return
 
-    def _measure_with_retries(self, client: AgentClient, lease: "_LeaseKeeper", arch: str, algo: str,
-                              rt: str) -> bool:
+    def _measure_with_retries(
+        self, client: AgentClient, lease: _LeaseKeeper, arch: str, algo: str, rt: str
+    ) -> bool:
         """Measure and file one row, retrying transient failures; True when the board is down
         (it did not answer its health check within `board_wait_s` after a failure)."""
         name = self.target.name
@@ -166,13 +204,25 @@ class BoardRun:
                 if attempt == self.plan.retries or not exc.transient:
                     self.file(self.row(arch, algo, rt, "error", str(exc)))
                     return False
-                delay = self.plan.retry_backoff_s * 2 ** attempt
-                self.progress(name, f"{arch}/{algo}/{rt}: failed ({exc}); retry {attempt + 1} of "
-                                    f"{self.plan.retries} after {delay:.1f} s", notice=True)
+                delay = self.plan.retry_backoff_s * 2**attempt
+                self.progress(
+                    name,
+                    f"{arch}/{algo}/{rt}: failed ({exc}); retry {attempt + 1} of "
+                    f"{self.plan.retries} after {delay:.1f} s",
+                    notice=True,
+                )
                 time.sleep(delay)
                 if not self._wait_healthy(client, f"{arch}/{algo}/{rt}"):
-                    self.file(self.row(arch, algo, rt, "error", f"{exc}; then no answer to health checks for "
-                                                                f"{self.plan.board_wait_s:.0f} s (--board-wait)"))
+                    self.file(
+                        self.row(
+                            arch,
+                            algo,
+                            rt,
+                            "error",
+                            f"{exc}; then no answer to health checks for "
+                            f"{self.plan.board_wait_s:.0f} s (--board-wait)",
+                        )
+                    )
                     return True
                 lease.regain()  # an agent that restarted has forgotten our lease
         return False
@@ -183,8 +233,12 @@ class BoardRun:
             return True
         start = time.monotonic()
         end = start + self.plan.board_wait_s
-        self.progress(self.target.name, f"{label}: waiting up to {self.plan.board_wait_s:.0f} s for "
-                                        "the board to answer again (--board-wait)", notice=True)
+        self.progress(
+            self.target.name,
+            f"{label}: waiting up to {self.plan.board_wait_s:.0f} s for "
+            "the board to answer again (--board-wait)",
+            notice=True,
+        )
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             if client.health(timeout_s=2):
@@ -198,13 +252,21 @@ class BoardRun:
         mismatch = self.target.check_identity(self.identity.reported())
         if mismatch:
             if not self.plan.force:
-                raise BoardError(self.target.name, f"identity mismatch, results refused: {mismatch} "
-                                 "(fix inventory.yaml, or pass --force to file them anyway)")
+                raise BoardError(
+                    self.target.name,
+                    f"identity mismatch, results refused: {mismatch} "
+                    "(fix inventory.yaml, or pass --force to file them anyway)",
+                )
             self.forced = True
 
     def _fp32_baseline(self, arch: str) -> Measurement | None:
         for m in [*self.rows, *self.store.rows(self.plan.campaign, self.target.name)]:
-            if m.arch == arch and m.algorithm == FP32 and m.status == "ok" and m.threads == self.plan.settings.threads:
+            if (
+                m.arch == arch
+                and m.algorithm == FP32
+                and m.status == "ok"
+                and m.threads == self.plan.settings.threads
+            ):
                 return m
         return None
 
@@ -214,7 +276,9 @@ class BoardRun:
         status = (self.identity.runtimes if self.identity else {}).get(runtime)
         if status is None or not status["installed"]:
             detail = status["detail"] if status else "the agent does not know this runtime"
-            return self.row(arch, algo, runtime, "unsupported", f"runtime {runtime} not available on this board: {detail}")
+            return self.row(
+                arch, algo, runtime, "unsupported", f"runtime {runtime} not available on this board: {detail}"
+            )
         try:
             self.progress(self.target.name, f"{arch}/{algo}/{runtime}: exporting")
             artifact = self.cache.artifact(arch, algo, runtime)
@@ -222,27 +286,47 @@ class BoardRun:
             return self.row(arch, algo, runtime, "unsupported", str(exc))
         case = self.cache.case(arch, algo, pad_value_for(runtime, algo))
         self.progress(self.target.name, f"{arch}/{algo}/{runtime}: pushing {len(artifact.data) / 1e6:.1f} MB")
-        pushed = client.push(artifact.data, artifact.format, f"{arch}-{algo}", {"arch": arch, "algorithm": algo})
+        pushed = client.push(
+            artifact.data, artifact.format, f"{arch}-{algo}", {"arch": arch, "algorithm": algo}
+        )
 
         def on_progress(phase: str, done: int, total: int, message: str) -> None:
             self.progress(self.target.name, f"{arch}/{algo}/{runtime}: {phase} {message}".rstrip())
 
-        out = client.benchmark(pushed.model_id, runtime, self.plan.settings, checks=case.checks,
-                               on_progress=on_progress)
+        out = client.benchmark(
+            pushed.model_id, runtime, self.plan.settings, checks=case.checks, on_progress=on_progress
+        )
         if out.status == "numerics_error" and self.cache.add_alternatives(case):
             # The runtime could not show its sign inputs: once more, with torch's single-flip
             # alternatives, which explain a rounding flip (docs/numerics.md, rule 3).
-            self.progress(self.target.name, f"{arch}/{algo}/{runtime}: mismatch; checking torch's rounding-flip alternatives")
-            out = client.benchmark(pushed.model_id, runtime, self.plan.settings, checks=case.checks,
-                                   on_progress=on_progress)
+            self.progress(
+                self.target.name,
+                f"{arch}/{algo}/{runtime}: mismatch; checking torch's rounding-flip alternatives",
+            )
+            out = client.benchmark(
+                pushed.model_id, runtime, self.plan.settings, checks=case.checks, on_progress=on_progress
+            )
         errors = sorted(out.max_abs_errors)
-        env = {"governor": out.governor, "temperature_c": out.temperature_c, "affinity": out.affinity,
-               "load_s": out.load_s}
+        env = {
+            "governor": out.governor,
+            "temperature_c": out.temperature_c,
+            "affinity": out.affinity,
+            "load_s": out.load_s,
+        }
         row = self.row(
-            arch, algo, runtime, out.status, out.reason,
-            latency_ms={k: v * 1e3 for k, v in out.latency_s.items()}, runs=out.runs, warmup=out.warmup_runs,
-            model_sha256=pushed.model_id, model_bytes=out.model_bytes, peak_rss_bytes=out.peak_rss_bytes,
-            max_abs_err=errors[-1] if errors else None, runtime_version=out.runtime_version,  # the largest
+            arch,
+            algo,
+            runtime,
+            out.status,
+            out.reason,
+            latency_ms={k: v * 1e3 for k, v in out.latency_s.items()},
+            runs=out.runs,
+            warmup=out.warmup_runs,
+            model_sha256=pushed.model_id,
+            model_bytes=out.model_bytes,
+            peak_rss_bytes=out.peak_rss_bytes,
+            max_abs_err=errors[-1] if errors else None,
+            runtime_version=out.runtime_version,  # the largest
             samples_ms=[s * 1e3 for s in out.samples_s],
         )
         row.agent.update(env)  # where the OS shows them: governor, temperature, affinity
@@ -261,7 +345,9 @@ class _LeaseKeeper:
 
     def __init__(self, client: AgentClient, plan: Plan, progress: ProgressFn, board: str):
         self.client, self.plan, self.progress, self.board = client, plan, progress, board
-        self.holder = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} campaign {plan.campaign}"[:200]
+        self.holder = (
+            f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} campaign {plan.campaign}"[:200]
+        )
         self._stop = threading.Event()
         self._lost: str | None = None
         self._thread: threading.Thread | None = None
@@ -274,11 +360,17 @@ class _LeaseKeeper:
             if got.granted:
                 break
             if time.monotonic() >= end:
-                raise BoardError(self.board, f"leased to {got.holder} for {got.expires_in_s:.0f} more s; gave up "
-                                             f"after waiting {self.plan.lease_wait_s:.0f} s (--lease-wait)")
-            self.progress(self.board, f"waiting for the board: leased to {got.holder} "
-                                      f"({got.expires_in_s:.0f} s left unless renewed)",
-                          notice=got.holder not in self._announced)  # once per holder, not every poll
+                raise BoardError(
+                    self.board,
+                    f"leased to {got.holder} for {got.expires_in_s:.0f} more s; gave up "
+                    f"after waiting {self.plan.lease_wait_s:.0f} s (--lease-wait)",
+                )
+            self.progress(
+                self.board,
+                f"waiting for the board: leased to {got.holder} "
+                f"({got.expires_in_s:.0f} s left unless renewed)",
+                notice=got.holder not in self._announced,
+            )  # once per holder, not every poll
             self._announced.add(got.holder)
             time.sleep(min(2.0, max(0.2, got.expires_in_s)))
         self._lost = None
@@ -299,7 +391,9 @@ class _LeaseKeeper:
         while not self._stop.wait(self.plan.lease_ttl_s / 3):
             try:
                 if not self.client.renew_lease(self.plan.lease_ttl_s).granted:
-                    self._lost = "the board's lease lapsed (the agent restarted, or we were too slow to renew)"
+                    self._lost = (
+                        "the board's lease lapsed (the agent restarted, or we were too slow to renew)"
+                    )
             except BoardError as exc:  # unreachable for now: the measurement will notice and retry
                 self._lost = str(exc)
 
@@ -317,8 +411,13 @@ class _LeaseKeeper:
             pass  # the agent is gone; the lease lapses by itself
 
 
-def run_campaign(targets: Iterable[Target], plan: Plan, store: Store, cache: ArtifactCache | None = None,
-                 progress: ProgressFn = lambda board, msg, notice=False: None) -> list[Measurement]:
+def run_campaign(
+    targets: Iterable[Target],
+    plan: Plan,
+    store: Store,
+    cache: ArtifactCache | None = None,
+    progress: ProgressFn = lambda board, msg, notice=False: None,
+) -> list[Measurement]:
     targets = list(targets)
     cache = cache or ArtifactCache()
     if not plan.campaign:

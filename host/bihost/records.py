@@ -1,4 +1,5 @@
 """One measurement as the host files it: the row of the results store and of `profile --json`."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -99,7 +100,15 @@ class TrainingRun:
     created_at: float = 0.0
 
     def key(self) -> tuple:
-        return (self.task, self.arch, self.algorithm, self.scale, self.seed, self.config_hash, self.data_version)
+        return (
+            self.task,
+            self.arch,
+            self.algorithm,
+            self.scale,
+            self.seed,
+            self.config_hash,
+            self.data_version,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +128,9 @@ class CorruptionRun:
     seed: int
     config_hash: str
     data_version: str
-    corruption_source: str  # "imagecorruptions-imaug 1.1.5 (28x28 zero-padded to 32x32)", "CIFAR-10-C (/data/...)"
+    corruption_source: (
+        str  # "imagecorruptions-imaug 1.1.5 (28x28 zero-padded to 32x32)", "CIFAR-10-C (/data/...)"
+    )
     corruption_version: str
     corruption: str  # "clean" for severity 0
     severity: int
@@ -130,8 +141,18 @@ class CorruptionRun:
     created_at: float = 0.0
 
     def key(self) -> tuple:
-        return (self.task, self.arch, self.algorithm, self.scale, self.seed, self.config_hash, self.data_version,
-                self.corruption_version, self.corruption, self.severity)
+        return (
+            self.task,
+            self.arch,
+            self.algorithm,
+            self.scale,
+            self.seed,
+            self.config_hash,
+            self.data_version,
+            self.corruption_version,
+            self.corruption,
+            self.severity,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,8 +198,16 @@ class GridRun:
             raise ValueError(f"status must be one of {GRID_STATUSES}, got {self.status!r}")
 
     def key(self) -> tuple:
-        return (self.task, self.arch, self.algorithm, self.setting, self.scale, self.seed, self.recipe_hash,
-                self.data_version)
+        return (
+            self.task,
+            self.arch,
+            self.algorithm,
+            self.setting,
+            self.scale,
+            self.seed,
+            self.recipe_hash,
+            self.data_version,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

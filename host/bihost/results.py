@@ -4,14 +4,16 @@ Durability is the point (docs/design.md, "Contracts"): `add` commits (WAL,
 synchronous=FULL) before it returns, so a crash loses at most the measurement in flight,
 and a UNIQUE key per campaign lets `--resume` skip what is already stored.
 """
+
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .records import BOARD_STATES, BoardState, CorruptionRun, GridRun, Measurement, TrainingRun
@@ -27,19 +29,33 @@ DONE_STATUSES = ("ok", "unsupported")  # what --resume skips; failures are retri
 
 # (column, SQL type) in table order; `extra` keeps latency/agent keys beyond the named columns.
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("campaign", "TEXT NOT NULL"), ("board", "TEXT NOT NULL"), ("chip", "TEXT NOT NULL"),
-    ("arch", "TEXT NOT NULL"), ("algorithm", "TEXT NOT NULL"), ("runtime", "TEXT NOT NULL"),
-    ("threads", "INTEGER NOT NULL"), ("pad_value", "REAL NOT NULL DEFAULT 0"), ("status", "TEXT NOT NULL"),
+    ("campaign", "TEXT NOT NULL"),
+    ("board", "TEXT NOT NULL"),
+    ("chip", "TEXT NOT NULL"),
+    ("arch", "TEXT NOT NULL"),
+    ("algorithm", "TEXT NOT NULL"),
+    ("runtime", "TEXT NOT NULL"),
+    ("threads", "INTEGER NOT NULL"),
+    ("pad_value", "REAL NOT NULL DEFAULT 0"),
+    ("status", "TEXT NOT NULL"),
     ("reason", "TEXT NOT NULL"),
     *((f"latency_{k}_ms", "REAL") for k in LATENCY_KEYS),
-    ("runs", "INTEGER NOT NULL"), ("warmup", "INTEGER NOT NULL"), ("model_sha256", "TEXT NOT NULL"),
-    ("model_bytes", "INTEGER NOT NULL"), ("fp32_model_bytes", "INTEGER NOT NULL"),
-    ("speedup_vs_fp32", "REAL"), ("storage_ratio", "REAL"), ("max_abs_err", "REAL"),
-    ("peak_rss_bytes", "INTEGER NOT NULL"), ("runtime_version", "TEXT NOT NULL"),
+    ("runs", "INTEGER NOT NULL"),
+    ("warmup", "INTEGER NOT NULL"),
+    ("model_sha256", "TEXT NOT NULL"),
+    ("model_bytes", "INTEGER NOT NULL"),
+    ("fp32_model_bytes", "INTEGER NOT NULL"),
+    ("speedup_vs_fp32", "REAL"),
+    ("storage_ratio", "REAL"),
+    ("max_abs_err", "REAL"),
+    ("peak_rss_bytes", "INTEGER NOT NULL"),
+    ("runtime_version", "TEXT NOT NULL"),
     ("agent_version", "TEXT NOT NULL"),
     *((f"agent_{k}", "INTEGER" if k == "cores" else "TEXT") for k in AGENT_KEYS),
-    ("forced", "INTEGER NOT NULL"), ("created_at", "REAL NOT NULL"),
-    ("samples_ms", "TEXT NOT NULL"), ("extra", "TEXT NOT NULL"),
+    ("forced", "INTEGER NOT NULL"),
+    ("created_at", "REAL NOT NULL"),
+    ("samples_ms", "TEXT NOT NULL"),
+    ("extra", "TEXT NOT NULL"),
 )
 KEY_COLUMNS = ("campaign", "board", "arch", "algorithm", "runtime", "threads")
 _NAMES = [c for c, _ in COLUMNS]
@@ -111,7 +127,8 @@ class ResultsStore:
             if version is not None and version > SCHEMA_VERSION:
                 raise ResultsSchemaError(
                     f"{self.path} has results schema version {version}, this bihost reads up to "
-                    f"{SCHEMA_VERSION}: upgrade bihost")
+                    f"{SCHEMA_VERSION}: upgrade bihost"
+                )
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(stmt)
             # Columns added since version 1 (a store written before them gets their defaults).
@@ -154,11 +171,14 @@ class ResultsStore:
                 db.execute("ROLLBACK")
                 raise DuplicateMeasurement(
                     f"campaign {m.campaign} already has an ok result for board {m.board}, {m.arch}/"
-                    f"{m.algorithm} on {m.runtime} with {m.threads} threads: use --resume or a new campaign")
+                    f"{m.algorithm} on {m.runtime} with {m.threads} threads: use --resume or a new campaign"
+                )
             if old is not None:
                 db.execute(f"DELETE FROM measurements WHERE {where}", key)
-            db.execute(f"INSERT INTO measurements ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})",
-                       [values[c] for c in _NAMES])
+            db.execute(
+                f"INSERT INTO measurements ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})",
+                [values[c] for c in _NAMES],
+            )
             db.execute("COMMIT")
 
     # -- training runs (the accuracy tracks) ----------------------------------------------
@@ -172,10 +192,14 @@ class ResultsStore:
 
     def training_runs(self, **where: Any) -> list[TrainingRun]:
         """Stored training runs, oldest first, filtered by equality on any of their fields."""
-        return [TrainingRun(**{**d, "config": json.loads(d["config"])})
-                for d in self._select_records("training_runs", TrainingRun, "training-run", where)]
+        return [
+            TrainingRun(**{**d, "config": json.loads(d["config"])})
+            for d in self._select_records("training_runs", TrainingRun, "training-run", where)
+        ]
 
-    def _select_records(self, table: str, record: type, kind: str, where: dict[str, Any]) -> list[dict[str, Any]]:
+    def _select_records(
+        self, table: str, record: type, kind: str, where: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """Rows of a record table as dicts of the dataclass's fields, oldest first, filtered by equality."""
         fields = list(record.__dataclass_fields__)
         unknown = set(where) - set(fields)
@@ -184,8 +208,11 @@ class ResultsStore:
         clause = " AND ".join(f"{k} = ?" for k in where)
         with self._connect() as db:
             db.row_factory = sqlite3.Row
-            found = db.execute(f"SELECT {', '.join(fields)} FROM {table} {'WHERE ' + clause if clause else ''} "
-                               "ORDER BY created_at, id", list(where.values())).fetchall()
+            found = db.execute(
+                f"SELECT {', '.join(fields)} FROM {table} {'WHERE ' + clause if clause else ''} "
+                "ORDER BY created_at, id",
+                list(where.values()),
+            ).fetchall()
         return [dict(r) for r in found]
 
     def _insert_or_replace(self, table: str, rows: list[dict[str, Any]]) -> None:
@@ -195,20 +222,26 @@ class ResultsStore:
         names = list(rows[0])
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                           [[d[n] for n in names] for d in rows])
+            db.executemany(
+                f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [[d[n] for n in names] for d in rows],
+            )
             db.execute("COMMIT")
 
     # -- corruption runs (the robustness track) --------------------------------------------
     def add_corruption_runs(self, runs: list[CorruptionRun]) -> None:
         """Store one model's corrupted-set metrics in one transaction, committed on return."""
-        self._insert_or_replace("corruption_runs",
-                                [{**run.as_dict(), "created_at": run.created_at or time.time()} for run in runs])
+        self._insert_or_replace(
+            "corruption_runs",
+            [{**run.as_dict(), "created_at": run.created_at or time.time()} for run in runs],
+        )
 
     def corruption_runs(self, **where: Any) -> list[CorruptionRun]:
         """Stored corruption runs, oldest first, filtered by equality on any of their fields."""
-        return [CorruptionRun(**d) for d in self._select_records("corruption_runs", CorruptionRun, "corruption-run",
-                                                                 where)]
+        return [
+            CorruptionRun(**d)
+            for d in self._select_records("corruption_runs", CorruptionRun, "corruption-run", where)
+        ]
 
     # -- training-consumption grid -----------------------------------------------------------
     def add_grid_run(self, run: GridRun) -> None:
@@ -221,29 +254,43 @@ class ResultsStore:
 
     def grid_runs(self, **where: Any) -> list[GridRun]:
         """Stored grid runs, oldest first, filtered by equality on any of their fields."""
-        return [GridRun(**{**d, "worker": json.loads(d["worker"]),
-                           "metric": float("nan") if d["metric"] is None else d["metric"]})
-                for d in self._select_records("grid_runs", GridRun, "grid-run", where)]
+        return [
+            GridRun(
+                **{
+                    **d,
+                    "worker": json.loads(d["worker"]),
+                    "metric": float("nan") if d["metric"] is None else d["metric"],
+                }
+            )
+            for d in self._select_records("grid_runs", GridRun, "grid-run", where)
+        ]
 
     # -- board health -------------------------------------------------------------------
     def board_state(self, board: str) -> BoardState:
         """The board's health state; a board never marked is `good`."""
         with self._connect() as db:
-            row = db.execute("SELECT state, reason, since FROM board_health WHERE board = ?", (board,)).fetchone()
+            row = db.execute(
+                "SELECT state, reason, since FROM board_health WHERE board = ?", (board,)
+            ).fetchone()
         return BoardState(*row) if row else BoardState()
 
     def board_states(self) -> dict[str, BoardState]:
         with self._connect() as db:
-            rows = db.execute("SELECT board, state, reason, since FROM board_health ORDER BY board").fetchall()
+            rows = db.execute(
+                "SELECT board, state, reason, since FROM board_health ORDER BY board"
+            ).fetchall()
         return {r[0]: BoardState(*r[1:]) for r in rows}
 
     def set_board_state(self, board: str, state: str, reason: str = "") -> None:
         if state not in BOARD_STATES:
             raise UserError(f"unknown board state {state!r}; states: {', '.join(BOARD_STATES)}")
         with self._connect() as db:
-            db.execute("INSERT INTO board_health (board, state, reason, since) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT(board) DO UPDATE SET state = excluded.state, reason = excluded.reason, "
-                       "since = excluded.since", (board, state, reason[:500], time.time()))
+            db.execute(
+                "INSERT INTO board_health (board, state, reason, since) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(board) DO UPDATE SET state = excluded.state, reason = excluded.reason, "
+                "since = excluded.since",
+                (board, state, reason[:500], time.time()),
+            )
 
     def done_keys(self, campaign: str) -> set[tuple[str, str, str, str, str, int]]:
         """Keys (as `Measurement.key()`) that `--resume` skips: rows that succeeded or cannot run at all."""
@@ -251,14 +298,18 @@ class ResultsStore:
         with self._connect() as db:
             found = db.execute(
                 f"SELECT board, arch, algorithm, runtime, campaign, threads FROM measurements "
-                f"WHERE campaign = ? AND status IN ({marks})", (campaign, *DONE_STATUSES)).fetchall()
+                f"WHERE campaign = ? AND status IN ({marks})",
+                (campaign, *DONE_STATUSES),
+            ).fetchall()
         return {tuple(r) for r in found}  # type: ignore[misc]
 
     def rows(self, campaign: str | None = None, board: str | None = None) -> list[Measurement]:
         """Stored measurements, oldest first, optionally of one campaign and/or one board."""
         return [_unflatten(r) for r in self._select(campaign, board)]
 
-    def frame(self, campaign: str | None = None, board: str | None = None, samples: bool = False) -> pd.DataFrame:
+    def frame(
+        self, campaign: str | None = None, board: str | None = None, samples: bool = False
+    ) -> pd.DataFrame:
         """A flat DataFrame (one column per stored column); raw samples only when asked (they are large)."""
         import pandas as pd
 
@@ -282,8 +333,10 @@ class ResultsStore:
     def campaigns(self) -> list[str]:
         """Campaign ids, the most recently written first."""
         with self._connect() as db:
-            found = db.execute("SELECT campaign FROM measurements GROUP BY campaign "
-                               "ORDER BY MAX(created_at) DESC, MAX(id) DESC").fetchall()
+            found = db.execute(
+                "SELECT campaign FROM measurements GROUP BY campaign "
+                "ORDER BY MAX(created_at) DESC, MAX(id) DESC"
+            ).fetchall()
         return [r[0] for r in found]
 
     def latest_campaign(self) -> str | None:
@@ -299,8 +352,9 @@ class ResultsStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._connect() as db:
             db.row_factory = sqlite3.Row
-            found = db.execute(f"SELECT {', '.join(_NAMES)} FROM measurements {where} ORDER BY created_at, id",
-                               params).fetchall()
+            found = db.execute(
+                f"SELECT {', '.join(_NAMES)} FROM measurements {where} ORDER BY created_at, id", params
+            ).fetchall()
         return [dict(r) for r in found]
 
 

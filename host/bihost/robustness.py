@@ -8,12 +8,13 @@ every corrupted set. The loop runs set by set, every model per set, and commits 
 rows before the next, so an interrupted run resumes where it stopped and a finished one is
 not measured again.
 """
+
 from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -43,14 +44,22 @@ def check_corruption_data(plan) -> None:
         Cifar10C(folder)
 
 
-def run_robustness(plan, runs: list[TrainingRun], store, checkpoints: Path, notice: NoticeFn = print
-                   ) -> tuple[list[CorruptionRun], list[str]]:
+def run_robustness(
+    plan, runs: list[TrainingRun], store, checkpoints: Path, notice: NoticeFn = print
+) -> tuple[list[CorruptionRun], list[str]]:
     """Every trained model of `runs` whose task takes corruptions, scored on every corrupted set
     (or found in the store); returns the rows and notes for the track."""
     import torch
 
-    from bimodels.data.corruptions import (CORRUPTIONS, SEVERITIES, Cifar10C, CorruptionCache,
-                                           CorruptionUnavailable, find_cifar10c, implementation)
+    from bimodels.data.corruptions import (
+        CORRUPTIONS,
+        SEVERITIES,
+        Cifar10C,
+        CorruptionCache,
+        CorruptionUnavailable,
+        find_cifar10c,
+        implementation,
+    )
     from bimodels.tasks import get_task
     from bimodels.tasks.base import Split
     from bimodels.training import CheckpointMissing, resolve_device, restore_binary, restore_full_precision
@@ -67,16 +76,21 @@ def run_robustness(plan, runs: list[TrainingRun], store, checkpoints: Path, noti
         data = task.load(plan.scale, plan.data_root, plan.seed)
         test = data.test
         if test.x.dtype != torch.uint8 or test.x.ndim != 4:
-            notes.append(f"{task_name}: its test images are decoded from files a batch at a time ({data.source}); "
-                         "not corrupted")
+            notes.append(
+                f"{task_name}: its test images are decoded from files a batch at a time ({data.source}); "
+                "not corrupted"
+            )
             continue
         pick = robustness_subset(len(test), plan.scale, plan.seed)
         images, labels = test.x[pick].numpy(), test.y[pick]
         folder_10c = find_cifar10c(plan.data_root) if data.source.startswith("cifar-10") else None
         try:
             if folder_10c is not None:
-                sets = Cifar10C(folder_10c).select(np.asarray(test.meta["source_index"])[pick], labels.numpy(),
-                                                   int(test.meta["source_count"]))
+                sets = Cifar10C(folder_10c).select(
+                    np.asarray(test.meta["source_index"])[pick],
+                    labels.numpy(),
+                    int(test.meta["source_count"]),
+                )
                 source = f"CIFAR-10-C ({folder_10c})"
             else:
                 sets = CorruptionCache(store.directory / "corruptions" / task_name, images, plan.seed, notice)
@@ -94,9 +108,16 @@ def run_robustness(plan, runs: list[TrainingRun], store, checkpoints: Path, noti
         task_runs = [r for r in runs if r.task == task_name]
         by_key = {}
         for run in task_runs:
-            found = store.corruption_runs(task=run.task, arch=run.arch, algorithm=run.algorithm, scale=run.scale,
-                                          seed=run.seed, config_hash=run.config_hash, data_version=run.data_version,
-                                          corruption_version=sets.version)
+            found = store.corruption_runs(
+                task=run.task,
+                arch=run.arch,
+                algorithm=run.algorithm,
+                scale=run.scale,
+                seed=run.seed,
+                config_hash=run.config_hash,
+                data_version=run.data_version,
+                corruption_version=sets.version,
+            )
             by_key[(run.arch, run.algorithm)] = run
             rows += found
             missing = set(wanted) - {(f.corruption, f.severity) for f in found}
@@ -108,15 +129,33 @@ def run_robustness(plan, runs: list[TrainingRun], store, checkpoints: Path, noti
         fp_models = {}
         for arch, algorithm in sorted(pending, key=lambda k: k[1] != FP):
             run = by_key[(arch, algorithm)]
-            folder = checkpoint_folder(checkpoints, task_name, arch, run.scale, run.config_hash, run.data_version,
-                                       run.seed)
+            folder = checkpoint_folder(
+                checkpoints, task_name, arch, run.scale, run.config_hash, run.data_version, run.seed
+            )
             try:
                 if arch not in fp_models:
-                    fp_models[arch] = restore_full_precision(task, arch, data.train, config, device,
-                                                             folder / "fp32.pt", num_classes=data.num_classes)
-                models[(arch, algorithm)] = (fp_models[arch] if algorithm == FP else
-                                             restore_binary(task, fp_models[arch], algorithm, data.train, config,
-                                                            device, folder / f"{algorithm}.pt"))
+                    fp_models[arch] = restore_full_precision(
+                        task,
+                        arch,
+                        data.train,
+                        config,
+                        device,
+                        folder / "fp32.pt",
+                        num_classes=data.num_classes,
+                    )
+                models[(arch, algorithm)] = (
+                    fp_models[arch]
+                    if algorithm == FP
+                    else restore_binary(
+                        task,
+                        fp_models[arch],
+                        algorithm,
+                        data.train,
+                        config,
+                        device,
+                        folder / f"{algorithm}.pt",
+                    )
+                )
             except CheckpointMissing as exc:
                 notes.append(f"{task_name}/{arch}/{algorithm}: not measured: {exc}")
         device_label = str(device)
@@ -130,14 +169,30 @@ def run_robustness(plan, runs: list[TrainingRun], store, checkpoints: Path, noti
             for arch, algorithm in todo:
                 run = by_key[(arch, algorithm)]
                 metric = task.evaluate(models[(arch, algorithm)], split, config.eval_batch_size, device)
-                batch.append(CorruptionRun(task=task_name, arch=arch, algorithm=algorithm, scale=run.scale,
-                                           seed=run.seed, config_hash=run.config_hash,
-                                           data_version=run.data_version, corruption_source=source,
-                                           corruption_version=sets.version, corruption=corruption,
-                                           severity=severity, n_images=len(pick), metric=metric,
-                                           device=device_label, host=socket.gethostname(), created_at=time.time()))
+                batch.append(
+                    CorruptionRun(
+                        task=task_name,
+                        arch=arch,
+                        algorithm=algorithm,
+                        scale=run.scale,
+                        seed=run.seed,
+                        config_hash=run.config_hash,
+                        data_version=run.data_version,
+                        corruption_source=source,
+                        corruption_version=sets.version,
+                        corruption=corruption,
+                        severity=severity,
+                        n_images=len(pick),
+                        metric=metric,
+                        device=device_label,
+                        host=socket.gethostname(),
+                        created_at=time.time(),
+                    )
+                )
             store.add_corruption_runs(batch)
             rows += batch
-        notice(f"{task_name}: {len(models)} models scored on {len(wanted) - 1} corrupted sets of {len(pick)} "
-               f"images ({time.perf_counter() - started:.0f} s)")
+        notice(
+            f"{task_name}: {len(models)} models scored on {len(wanted) - 1} corrupted sets of {len(pick)} "
+            f"images ({time.perf_counter() - started:.0f} s)"
+        )
     return sorted(rows, key=lambda r: (r.task, r.arch, r.algorithm, r.corruption, r.severity)), notes

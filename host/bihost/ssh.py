@@ -7,6 +7,7 @@ refused, with the command that removes the stale line. ~/.ssh/config is honoured
 HostName, Port, User, IdentityFile and UserKnownHostsFile where the inventory is silent.
 Only keys and an ssh-agent authenticate: no password is ever asked for, stored or logged.
 """
+
 from __future__ import annotations
 
 import base64
@@ -71,10 +72,16 @@ def endpoint_for(board, inventory_dir: Path | None = None, ssh_config: Path | No
 
     port = settings.port if settings and settings.port != 22 else int(found.get("port", 22))
     user = (settings.user if settings and settings.user else None) or found.get("user")
-    keys = (rel(settings.key_file),) if settings and settings.key_file else tuple(
-        str(Path(k).expanduser()) for k in found.get("identityfile", []))
-    known = (Path(rel(settings.known_hosts_file)) if settings and settings.known_hosts_file
-             else Path((found.get("userknownhostsfile") or "~/.ssh/known_hosts").split()[0]).expanduser())
+    keys = (
+        (rel(settings.key_file),)
+        if settings and settings.key_file
+        else tuple(str(Path(k).expanduser()) for k in found.get("identityfile", []))
+    )
+    known = (
+        Path(rel(settings.known_hosts_file))
+        if settings and settings.known_hosts_file
+        else Path((found.get("userknownhostsfile") or "~/.ssh/known_hosts").split()[0]).expanduser()
+    )
     return SshEndpoint(board.name, found.get("hostname", host), port, user, keys, known)
 
 
@@ -93,42 +100,64 @@ class _Verify(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client, hostname, key) -> None:
         ep = self.endpoint
         if not self.accept_new:
-            raise BoardError(ep.board, f"SSH host key of {ep.known_hosts_name} ({key.get_name()} {fingerprint(key)}) "
-                                       f"is not in {ep.known_hosts}: check the fingerprint on the board "
-                                       "(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then rerun with "
-                                       "--accept-new-host-key to record it")
+            raise BoardError(
+                ep.board,
+                f"SSH host key of {ep.known_hosts_name} ({key.get_name()} {fingerprint(key)}) "
+                f"is not in {ep.known_hosts}: check the fingerprint on the board "
+                "(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then rerun with "
+                "--accept-new-host-key to record it",
+            )
         ep.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         with open(ep.known_hosts, "a", encoding="utf-8") as f:
             f.write(f"{ep.known_hosts_name} {key.get_name()} {key.get_base64()}\n")
 
 
-def connect(endpoint: SshEndpoint, accept_new_host_key: bool = False, timeout_s: float = 15.0) -> paramiko.SSHClient:
+def connect(
+    endpoint: SshEndpoint, accept_new_host_key: bool = False, timeout_s: float = 15.0
+) -> paramiko.SSHClient:
     """A logged-in SSHClient, or a BoardError saying what to fix (never a password prompt)."""
     client = paramiko.SSHClient()
     if endpoint.known_hosts.exists():
         client.load_host_keys(str(endpoint.known_hosts))
     client.set_missing_host_key_policy(_Verify(endpoint, accept_new_host_key))
     try:
-        client.connect(endpoint.host, endpoint.port, username=endpoint.user, key_filename=list(endpoint.key_files) or None,
-                       timeout=timeout_s, banner_timeout=timeout_s, auth_timeout=timeout_s,
-                       allow_agent=True, look_for_keys=not endpoint.key_files, password=None)
+        client.connect(
+            endpoint.host,
+            endpoint.port,
+            username=endpoint.user,
+            key_filename=list(endpoint.key_files) or None,
+            timeout=timeout_s,
+            banner_timeout=timeout_s,
+            auth_timeout=timeout_s,
+            allow_agent=True,
+            look_for_keys=not endpoint.key_files,
+            password=None,
+        )
     except BoardError:
         client.close()
         raise
     except paramiko.BadHostKeyException as exc:
         client.close()
-        raise BoardError(endpoint.board, f"SSH HOST KEY CHANGED for {endpoint.known_hosts_name}: known_hosts has "
-                                         f"{fingerprint(exc.expected_key)}, the board offers {fingerprint(exc.key)}. "
-                                         "If the board was reinstalled, remove the old line: ssh-keygen -R "
-                                         f"'{endpoint.known_hosts_name}' -f {endpoint.known_hosts}") from None
+        raise BoardError(
+            endpoint.board,
+            f"SSH HOST KEY CHANGED for {endpoint.known_hosts_name}: known_hosts has "
+            f"{fingerprint(exc.expected_key)}, the board offers {fingerprint(exc.key)}. "
+            "If the board was reinstalled, remove the old line: ssh-keygen -R "
+            f"'{endpoint.known_hosts_name}' -f {endpoint.known_hosts}",
+        ) from None
     except paramiko.AuthenticationException:
         client.close()
         keys = ", ".join(endpoint.key_files) or "ssh-agent and ~/.ssh/id_*"
-        raise BoardError(endpoint.board, f"SSH login to {endpoint.label} was refused for the keys tried ({keys}): "
-                                         "add the public key to the board's authorized_keys") from None
+        raise BoardError(
+            endpoint.board,
+            f"SSH login to {endpoint.label} was refused for the keys tried ({keys}): "
+            "add the public key to the board's authorized_keys",
+        ) from None
     except (OSError, paramiko.SSHException) as exc:
         client.close()
-        raise BoardError(endpoint.board, f"cannot reach {endpoint.label} over SSH: {exc}", transient=True) from None
+        raise BoardError(
+            endpoint.board, f"cannot reach {endpoint.label} over SSH: {exc}", transient=True
+        ) from None
     return client
 
 
@@ -139,22 +168,26 @@ class Result:
     stderr: str
 
 
-def run(client: paramiko.SSHClient, argv: list[str], timeout_s: float = 600.0, check: bool = True,
-        board: str = "") -> Result:
+def run(
+    client: paramiko.SSHClient, argv: list[str], timeout_s: float = 600.0, check: bool = True, board: str = ""
+) -> Result:
     """Run `argv` on the board; every word is shell-quoted, so no argument is ever interpreted."""
     command = " ".join(shlex.quote(a) for a in argv)
     return run_shell(client, command, timeout_s, check, board)
 
 
-def run_shell(client: paramiko.SSHClient, command: str, timeout_s: float = 600.0, check: bool = True,
-              board: str = "") -> Result:
+def run_shell(
+    client: paramiko.SSHClient, command: str, timeout_s: float = 600.0, check: bool = True, board: str = ""
+) -> Result:
     """Run a shell command line built only from quoted parts (see `run`) and constant text."""
     _, out, err = client.exec_command(command, timeout=timeout_s)
     stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
     code = out.channel.recv_exit_status()
     if check and code != 0:
         tail = (stderr.strip() or stdout.strip()).splitlines()[-3:]
-        raise BoardError(board, f"`{command[:200]}` failed on the board (exit {code}): {' | '.join(tail)[:500]}")
+        raise BoardError(
+            board, f"`{command[:200]}` failed on the board (exit {code}): {' | '.join(tail)[:500]}"
+        )
     return Result(code, stdout, stderr)
 
 
@@ -197,7 +230,7 @@ class Tunnel:
         self._server.close()
         self._thread.join(timeout=2)
 
-    def __enter__(self) -> "Tunnel":
+    def __enter__(self) -> Tunnel:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -231,7 +264,6 @@ def remote_home(client: paramiko.SSHClient, board: str) -> str:
 
 def expand_remote(path: str, home: str) -> str:
     return home + path[1:] if path == "~" or path.startswith("~/") else path
-
 
 
 # The board computes the hash of what arrived with the Python the agent needs anyway.
@@ -270,15 +302,21 @@ def put_file(client: paramiko.SSHClient, data: bytes, remote: str, board: str = 
         errors = channel.makefile_stderr("rb").read().decode("utf-8", "replace").strip()
         channel.close()
     except (OSError, paramiko.SSHException, EOFError) as exc:
-        raise BoardError(board, f"the board offers no SFTP, and copying {remote} over an exec channel "
-                                f"failed: {exc}") from None
+        raise BoardError(
+            board, f"the board offers no SFTP, and copying {remote} over an exec channel failed: {exc}"
+        ) from None
     if code != 0:
-        raise BoardError(board, f"the board offers no SFTP, and `cat > {part}` failed (exit {code}): {errors[:300]}")
+        raise BoardError(
+            board, f"the board offers no SFTP, and `cat > {part}` failed (exit {code}): {errors[:300]}"
+        )
     digest = run(client, ["python3", "-c", _SHA256, part], board=board).stdout.strip()
     if digest != hashlib.sha256(data).hexdigest():
         run(client, ["rm", "-f", part], check=False, board=board)
-        raise BoardError(board, f"{remote} arrived corrupted over the exec channel (sha256 {digest[:16]}...); "
-                                "nothing was installed")
+        raise BoardError(
+            board,
+            f"{remote} arrived corrupted over the exec channel (sha256 {digest[:16]}...); "
+            "nothing was installed",
+        )
     run(client, ["chmod", f"{mode:o}", part], board=board)
     run(client, ["mv", "-f", part, remote], board=board)
     return "exec"

@@ -1,9 +1,10 @@
 """From board names to reachable agents: the inventory, plus the embedded local agent."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .channel import ChannelSecurity
 from .client import AgentClient
@@ -14,6 +15,7 @@ from .profile import Target
 
 def security_for(board, inventory_dir: Path, insecure: bool = False) -> ChannelSecurity:
     """The channel settings of a board: its `tls` files and token (paths relative to the inventory)."""
+
     def path(p: str | None) -> str | None:
         return None if p is None else str((inventory_dir / Path(p).expanduser()).resolve())
 
@@ -22,18 +24,26 @@ def security_for(board, inventory_dir: Path, insecure: bool = False) -> ChannelS
         try:
             token = Path(path(board.token_file)).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise BoardError(board.name, f"cannot read token_file {board.token_file}: {exc.strerror or exc}") from None
+            raise BoardError(
+                board.name, f"cannot read token_file {board.token_file}: {exc.strerror or exc}"
+            ) from None
         if not token:
             raise BoardError(board.name, f"token_file {board.token_file} is empty")
     tls = board.tls
-    return ChannelSecurity(ca_file=path(tls.ca) if tls else None, cert_file=path(tls.cert) if tls else None,
-                           key_file=path(tls.key) if tls else None, server_name=tls.server_name if tls else None,
-                           token=token, insecure=insecure)
+    return ChannelSecurity(
+        ca_file=path(tls.ca) if tls else None,
+        cert_file=path(tls.cert) if tls else None,
+        key_file=path(tls.key) if tls else None,
+        server_name=tls.server_name if tls else None,
+        token=token,
+        insecure=insecure,
+    )
 
 
 @contextmanager
-def resolve_targets(chips: str | None, all_up: bool, inventory_path: Path | None,
-                    insecure: bool = False) -> Iterator[list[Target]]:
+def resolve_targets(
+    chips: str | None, all_up: bool, inventory_path: Path | None, insecure: bool = False
+) -> Iterator[list[Target]]:
     """Targets for `--chip a,b` or `--all-up`; starts (and stops) the embedded agent if needed."""
     from .inventory import Inventory, default_inventory_path, identity_mismatch
 
@@ -45,7 +55,9 @@ def resolve_targets(chips: str | None, all_up: bool, inventory_path: Path | None
         boards = [inv.get(name.strip()) for name in (chips or "").split(",") if name.strip()]
     for b in boards:
         if not b.address:
-            raise UserError(f"board {b.name} has no agent address yet: bihost board add {b.name} --address HOST:PORT")
+            raise UserError(
+                f"board {b.name} has no agent address yet: bihost board add {b.name} --address HOST:PORT"
+            )
     local: LocalAgent | None = None
     tunnels = ExitStack()
     try:
@@ -57,8 +69,15 @@ def resolve_targets(chips: str | None, all_up: bool, inventory_path: Path | None
                 address = local.address
             elif b.transport == "ssh":  # the agent answers on the board; we reach it through a forward
                 address = tunnels.enter_context(_ssh_forward(b, path.resolve().parent)).address
-            targets.append(Target(b.name, b.soc, address, lambda reported, b=b: identity_mismatch(b, reported),
-                                  security=security_for(b, path.resolve().parent, insecure)))
+            targets.append(
+                Target(
+                    b.name,
+                    b.soc,
+                    address,
+                    lambda reported, b=b: identity_mismatch(b, reported),
+                    security=security_for(b, path.resolve().parent, insecure),
+                )
+            )
         if all_up:
             targets = [t for t in targets if _up(t)]
             if not targets:

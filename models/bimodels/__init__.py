@@ -4,6 +4,7 @@ one-call binarization, theoretical complexity and exporters.
     >>> from bimodels import create_model, binarize, export
     >>> model = binarize(create_model("resnet20"), "bireal")
 """
+
 from .algorithms import get_algorithm, list_algorithms
 from .architectures import create_model, example_input, get_arch_info, list_architectures
 from .binarize import binarize, binary_layers, set_epoch, to_deploy

@@ -4,18 +4,27 @@ Every Conv1d / Conv2d / Linear is replaced at the same attribute path by its bin
 counterpart, except the layers the architecture keeps full precision (stem, classifier,
 1x1 downsample convs...) or those the caller names. Latent weights and biases are kept.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .algorithms.base import get_algorithm
 from .architectures.registry import example_input as arch_example_input
-from .layers import BinarizationError, BinaryConv1d, BinaryConv2d, BinaryLayerMixin, BinaryLinear, DeployedBinaryLayer, is_binary
+from .layers import (
+    BinarizationError,
+    BinaryConv1d,
+    BinaryConv2d,
+    BinaryLayerMixin,
+    BinaryLinear,
+    DeployedBinaryLayer,
+    is_binary,
+)
 
 _FP_TYPES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: BinaryConv1d,
@@ -106,12 +115,27 @@ def _binary_copy(m: nn.Module, algorithm: str, pad_value: float) -> BinaryLayerM
     factory = _FP_TYPES[type(m)]
     with torch.device(m.weight.device):
         if isinstance(m, nn.Linear):
-            new = factory(m.in_features, m.out_features, bias=m.bias is not None, algorithm=algorithm, dtype=m.weight.dtype)
+            new = factory(
+                m.in_features,
+                m.out_features,
+                bias=m.bias is not None,
+                algorithm=algorithm,
+                dtype=m.weight.dtype,
+            )
         else:
             new = factory(
-                m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
-                algorithm=algorithm, pad_value=pad_value, dtype=m.weight.dtype,
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                stride=m.stride,
+                padding=m.padding,
+                dilation=m.dilation,
+                groups=m.groups,
+                bias=m.bias is not None,
+                padding_mode=m.padding_mode,
+                algorithm=algorithm,
+                pad_value=pad_value,
+                dtype=m.weight.dtype,
             )
     new.weight = m.weight
     new.bias = m.bias

@@ -13,6 +13,7 @@ Conventions (Bi-Real / ReActNet / BiBench):
     r_s = FLOPs  / (BOPs / 64 + FLOPs_fp)
     overall = sqrt((r_c^2 + r_s^2) / 2)
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .architectures.registry import example_input as arch_example_input
-from .layers import DeployedBinaryLayer, is_binary
+from .layers import DeployedBinaryLayer
 
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -111,12 +112,30 @@ def _weight_layer(name: str, m: nn.Module, x: Tensor, y: Tensor, binary: bool) -
     if binary:
         extra_f, extra_p = _extra_flops(m, x, y), _extra_params(m)
         return LayerComplexity(
-            name, m.kind, True, tuple(y.shape[1:]), macs, macs, extra_f, extra_f,
-            weight.numel() + bias, weight.numel(), bias + extra_p,
+            name,
+            m.kind,
+            True,
+            tuple(y.shape[1:]),
+            macs,
+            macs,
+            extra_f,
+            extra_f,
+            weight.numel() + bias,
+            weight.numel(),
+            bias + extra_p,
         )
     return LayerComplexity(
-        name, type(m).__name__, False, tuple(y.shape[1:]), macs, 0, macs, 0,
-        weight.numel() + bias, 0, weight.numel() + bias,
+        name,
+        type(m).__name__,
+        False,
+        tuple(y.shape[1:]),
+        macs,
+        0,
+        macs,
+        0,
+        weight.numel() + bias,
+        0,
+        weight.numel() + bias,
     )
 
 
@@ -140,12 +159,16 @@ def complexity(model: nn.Module, example: Tensor | None = None) -> ComplexityRep
                 layers.append(_weight_layer(name, m, x, out, False))
             elif callable(getattr(m, "attention_flops", None)):  # matmuls outside any Linear
                 macs = m.attention_flops(x.shape[1])
-                layers.append(LayerComplexity(name, "attention", False, tuple(out.shape[1:]), macs, 0, macs, 0, 0, 0, 0))
+                layers.append(
+                    LayerComplexity(name, "attention", False, tuple(out.shape[1:]), macs, 0, macs, 0, 0, 0, 0)
+                )
 
         return hook
 
     for name, m in deployed.named_modules():
-        if isinstance(m, (DeployedBinaryLayer, *_WEIGHT_LAYERS)) or callable(getattr(m, "attention_flops", None)):
+        if isinstance(m, (DeployedBinaryLayer, *_WEIGHT_LAYERS)) or callable(
+            getattr(m, "attention_flops", None)
+        ):
             handles.append(m.register_forward_hook(make_hook(name)))
     try:
         with torch.no_grad():

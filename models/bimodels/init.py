@@ -5,6 +5,7 @@ pre-sign values are then often exact integers and many are exactly 0, where any 
 difference between two runtimes flips a sign. Real trained statistics do not look like
 that; these do (seeded, so every run and every board sees the same model).
 """
+
 from __future__ import annotations
 
 import torch

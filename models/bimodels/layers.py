@@ -5,12 +5,12 @@ A binary layer IS its full-precision class (isinstance still holds), with the sa
 `layer.algorithm`. `pad_value` is what a padded position means to the binary conv:
 0 (true zero padding, the reference), +1 (LCE's pad_values=1) or -1 (daBNN).
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -45,7 +45,11 @@ class BinaryLayerMixin:
         w = self.binarizer.binarize_weight(self.weight)
         y = self.binarizer.scale_output(self._op(s, w), x)
         if self.bias is not None:
-            y = y + (self.bias if self.kind == "linear" else self.bias.reshape(self.binarizer.geometry.channel_view(-1)))
+            y = y + (
+                self.bias
+                if self.kind == "linear"
+                else self.bias.reshape(self.binarizer.geometry.channel_view(-1))
+            )
         return y
 
     def deploy_form(self) -> DeployForm:
@@ -108,7 +112,9 @@ class BinaryConv2d(_BinaryConvNd, nn.Conv2d):
 class BinaryLinear(BinaryLayerMixin, nn.Linear):
     kind = "linear"
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, algorithm: str, **kwargs: Any):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, algorithm: str, **kwargs: Any
+    ):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, **kwargs)
         self._setup(algorithm, 0.0)
 
@@ -173,7 +179,15 @@ class DeployedBinaryLayer(nn.Module):
             if self.pad_value == 0.0:
                 y = conv(s, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
             else:
-                y = conv(F.pad(s, self.pads, value=self.pad_value), self.weight, None, self.stride, 0, self.dilation, self.groups)
+                y = conv(
+                    F.pad(s, self.pads, value=self.pad_value),
+                    self.weight,
+                    None,
+                    self.stride,
+                    0,
+                    self.dilation,
+                    self.groups,
+                )
         if self.input_scale == "mean_abs":
             dims = -1 if self.kind == "linear" else tuple(range(1, x.dim()))
             y = y * x.abs().mean(dim=dims, keepdim=True)

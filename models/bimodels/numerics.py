@@ -5,6 +5,7 @@ The reference is the deployed model (`to_deploy`: what every exporter sees) run 
 so that torch's own float32 rounding never decides a sign: a runtime is compared with the
 exact values, and a decision counts as fragile only where the exact value is near zero.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -20,8 +21,14 @@ from biagent.numerics import ALTERNATIVES, ATOL, ROUNDING_MARGIN, RTOL, Alternat
 from .binarize import to_deploy
 from .layers import DeployedBinaryLayer
 
-__all__ = ["ROUNDING_MARGIN", "NumericsReport", "reference_cases", "flip_alternatives", "alternatives_on_demand",
-           "compare_onnx"]
+__all__ = [
+    "ROUNDING_MARGIN",
+    "NumericsReport",
+    "reference_cases",
+    "flip_alternatives",
+    "alternatives_on_demand",
+    "compare_onnx",
+]
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,9 @@ def _torch_pre_signs(deployed: nn.Module, x: Tensor) -> tuple[Tensor, list[Tenso
             pre = args[0] + module.input_shift
         captured.append(pre.detach().clone())
 
-    handles = [m.register_forward_pre_hook(hook) for m in deployed.modules() if isinstance(m, DeployedBinaryLayer)]
+    handles = [
+        m.register_forward_pre_hook(hook) for m in deployed.modules() if isinstance(m, DeployedBinaryLayer)
+    ]
     try:
         with torch.no_grad():
             out = deployed(x)
@@ -84,8 +93,9 @@ def _x64(x: Tensor) -> Tensor:
     return x.double() if x.is_floating_point() else x
 
 
-def reference_cases(model: nn.Module, inputs: list[Tensor], deployed: nn.Module | None = None,
-                    alternatives: bool = False) -> list[Case]:
+def reference_cases(
+    model: nn.Module, inputs: list[Tensor], deployed: nn.Module | None = None, alternatives: bool = False
+) -> list[Case]:
     """One check case per input tensor (batch included): float64 outputs, as float32, and the
     sign decisions of every binary layer. deployed: the float64 `to_deploy(model)` to use
     instead (a test's copy with hooks on it). alternatives: also compute each case's
@@ -101,14 +111,21 @@ def reference_cases(model: nn.Module, inputs: list[Tensor], deployed: nn.Module 
     return cases
 
 
-def flip_alternatives(deployed: nn.Module, x: Tensor, case: Case, limit: int = ALTERNATIVES) -> list[Alternative]:
+def flip_alternatives(
+    deployed: nn.Module, x: Tensor, case: Case, limit: int = ALTERNATIVES
+) -> list[Alternative]:
     """Torch's float64 output with each of the `limit` decisions nearest zero flipped in turn
     (only fragile ones: within ROUNDING_MARGIN), for runtimes that cannot show their signs.
     deployed: the float64 `to_deploy` model the case was made with."""
-    nearest = sorted((float(m), layer, int(p)) for layer, ref in enumerate(case.signs)
-                     for p, m in zip(ref.fragile, ref.margins))[:limit]
-    return [Alternative(layer, position, margin, _outputs(_with_flip(deployed, _x64(x), layer, position)))
-            for margin, layer, position in nearest]
+    nearest = sorted(
+        (float(m), layer, int(p))
+        for layer, ref in enumerate(case.signs)
+        for p, m in zip(ref.fragile, ref.margins)
+    )[:limit]
+    return [
+        Alternative(layer, position, margin, _outputs(_with_flip(deployed, _x64(x), layer, position)))
+        for margin, layer, position in nearest
+    ]
 
 
 def alternatives_on_demand(model: nn.Module, cases: list[Case]):
@@ -121,6 +138,7 @@ def alternatives_on_demand(model: nn.Module, cases: list[Case]):
             deployed.append(to_deploy(model).double())
         case = cases[index]
         return flip_alternatives(deployed[0], torch.from_numpy(case.inputs[0]), case)
+
     return make
 
 
@@ -149,7 +167,9 @@ def _with_flip(deployed: nn.Module, x: Tensor, layer: int, position: int):
             replaced.append((a, new))
         return (new,)
 
-    handles = [m.register_forward_pre_hook(hook) for m in deployed.modules() if isinstance(m, DeployedBinaryLayer)]
+    handles = [
+        m.register_forward_pre_hook(hook) for m in deployed.modules() if isinstance(m, DeployedBinaryLayer)
+    ]
     try:
         with torch.no_grad():
             return deployed(x)
@@ -158,7 +178,9 @@ def _with_flip(deployed: nn.Module, x: Tensor, layer: int, position: int):
             h.remove()
 
 
-def compare_onnx(model: nn.Module, model_bytes: bytes, x: Tensor, atol: float = ATOL, rtol: float = RTOL) -> NumericsReport:
+def compare_onnx(
+    model: nn.Module, model_bytes: bytes, x: Tensor, atol: float = ATOL, rtol: float = RTOL
+) -> NumericsReport:
     """Run the ONNX artifact in onnxruntime on `x` and judge it against the float64 reference,
     with the runtime's sign inputs (biagent.numerics) always read, for the report."""
     from biagent.numerics import first_flip, judge

@@ -3,9 +3,11 @@
 Lookups of unknown names fail with the list of known names, so a typo on the command line
 tells the user what they could have typed.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

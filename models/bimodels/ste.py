@@ -4,10 +4,11 @@ Sign convention for the whole project: sign(t) = +1 for t >= 0, -1 otherwise (to
 maps 0 to 0, which no binary runtime can represent). Each estimator is a forward `sign`
 with its own backward, written as the closed form from docs/algorithms.md.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -7,14 +7,15 @@ last finished epoch. The learning rate follows a cosine to 0 over the run, stepp
 batch; shuffling is seeded per (seed, epoch), so a resumed run sees the same batches as an
 uninterrupted one. Only a "train" split is accepted: no training step sees the test split.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -66,9 +67,22 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
     raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
 
 
-def train(model: nn.Module, task: Task, train_split: Split, *, optimizer: str, lr: float, epochs: int,
-          batch_size: int, weight_decay: float, seed: int, device: torch.device, checkpoint: Path | None,
-          progress: ProgressFn | None = None, schedule: str = "cosine") -> tuple[float, float, int]:
+def train(
+    model: nn.Module,
+    task: Task,
+    train_split: Split,
+    *,
+    optimizer: str,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    weight_decay: float,
+    seed: int,
+    device: torch.device,
+    checkpoint: Path | None,
+    progress: ProgressFn | None = None,
+    schedule: str = "cosine",
+) -> tuple[float, float, int]:
     """Train `model` in place on the train split; returns (train seconds, last epoch's mean loss,
     epochs already done at the start). Resumes from `checkpoint` when it holds a partial run;
     None: no checkpoints (short grid jobs, resumed as whole jobs)."""
@@ -94,7 +108,7 @@ def train(model: nn.Module, task: Task, train_split: Split, *, optimizer: str, l
         started = time.perf_counter()
         batches = math.ceil(len(split) / batch_size)
         for b in range(batches):
-            x, y = split.batch(order[b * batch_size:(b + 1) * batch_size])
+            x, y = split.batch(order[b * batch_size : (b + 1) * batch_size])
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = task.loss(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -111,9 +125,17 @@ def train(model: nn.Module, task: Task, train_split: Split, *, optimizer: str, l
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training diverged in epoch {epoch + 1}: loss {loss_value}")
         if checkpoint is not None:
-            _save(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
-                               "loss": loss_value})
+            _save(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "seconds": seconds,
+                    "loss": loss_value,
+                },
+            )
     return seconds, loss_value, resumed
 
 
@@ -121,8 +143,13 @@ PRECISE_BN_SAMPLES = 8192
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(model: nn.Module, split: Split, batch_size: int, device: torch.device,
-                           max_samples: int = PRECISE_BN_SAMPLES) -> None:
+def recalibrate_batch_norm(
+    model: nn.Module,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    max_samples: int = PRECISE_BN_SAMPLES,
+) -> None:
     """Re-estimate every batch norm's running statistics as a plain average over (up to
     `max_samples` of) the training split, with the final weights ("precise BN").
 
@@ -155,31 +182,70 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_full_precision(task: Task, arch: str, data_train: Split, data_test: Split, config: TrainConfig, seed: int,
-                       device: torch.device, checkpoint: Path, progress: ProgressFn | None = None,
-                       num_classes: int | None = None) -> tuple[nn.Module, RunResult]:
+def run_full_precision(
+    task: Task,
+    arch: str,
+    data_train: Split,
+    data_test: Split,
+    config: TrainConfig,
+    seed: int,
+    device: torch.device,
+    checkpoint: Path,
+    progress: ProgressFn | None = None,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, RunResult]:
     """Train the FP model (or resume it); returns it, trained, with its test metric."""
     torch.manual_seed(seed)
     model = task.create_model(arch, num_classes)
-    seconds, loss, resumed = train(model, task, data_train, optimizer=config.fp_optimizer, lr=config.fp_lr,
-                                   epochs=config.fp_epochs, batch_size=config.batch_size,
-                                   weight_decay=config.weight_decay, seed=seed, device=device,
-                                   checkpoint=checkpoint, progress=progress)
+    seconds, loss, resumed = train(
+        model,
+        task,
+        data_train,
+        optimizer=config.fp_optimizer,
+        lr=config.fp_lr,
+        epochs=config.fp_epochs,
+        batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
     recalibrate_batch_norm(model, data_train, config.eval_batch_size, device)
     metric = task.evaluate(model, data_test.require("test"), config.eval_batch_size, device)
     return model, RunResult(metric, config.fp_epochs, seconds, loss, resumed)
 
 
-def run_binary(task: Task, fp_model: nn.Module, algorithm: str, data_train: Split, data_test: Split,
-               config: TrainConfig, seed: int, device: torch.device, checkpoint: Path,
-               progress: ProgressFn | None = None) -> RunResult:
+def run_binary(
+    task: Task,
+    fp_model: nn.Module,
+    algorithm: str,
+    data_train: Split,
+    data_test: Split,
+    config: TrainConfig,
+    seed: int,
+    device: torch.device,
+    checkpoint: Path,
+    progress: ProgressFn | None = None,
+) -> RunResult:
     """Binarize a copy of the trained FP model (first and last layers stay FP) and fine-tune it."""
     torch.manual_seed(seed)
     example = data_train.batch(torch.arange(1))[0]
     model = binarize(fp_model.cpu(), algorithm, example_input=example)
-    seconds, loss, resumed = train(model, task, data_train, optimizer=config.bin_optimizer, lr=config.bin_lr,
-                                   epochs=config.bin_epochs, batch_size=config.batch_size, weight_decay=0.0,
-                                   seed=seed, device=device, checkpoint=checkpoint, progress=progress)
+    seconds, loss, resumed = train(
+        model,
+        task,
+        data_train,
+        optimizer=config.bin_optimizer,
+        lr=config.bin_lr,
+        epochs=config.bin_epochs,
+        batch_size=config.batch_size,
+        weight_decay=0.0,
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
     recalibrate_batch_norm(model, data_train, config.eval_batch_size, device)
     metric = task.evaluate(model, data_test.require("test"), config.eval_batch_size, device)
     return RunResult(metric, config.bin_epochs, seconds, loss, resumed)
@@ -191,17 +257,28 @@ class CheckpointMissing(FileNotFoundError):
 
 def _load_finished(model: nn.Module, checkpoint: Path, epochs: int, device: torch.device) -> None:
     if not checkpoint.exists():
-        raise CheckpointMissing(f"{checkpoint} is missing: its model cannot be rebuilt (retrain it by deleting the "
-                                "stored row, or keep checkpoints with the results)")
+        raise CheckpointMissing(
+            f"{checkpoint} is missing: its model cannot be rebuilt (retrain it by deleting the "
+            "stored row, or keep checkpoints with the results)"
+        )
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if state.get("epoch") != epochs:
-        raise CheckpointMissing(f"{checkpoint} holds {state.get('epoch')} of {epochs} epochs: the run is unfinished")
+        raise CheckpointMissing(
+            f"{checkpoint} holds {state.get('epoch')} of {epochs} epochs: the run is unfinished"
+        )
     model.load_state_dict(state["model"])
     model.to(device)
 
 
-def restore_full_precision(task: Task, arch: str, data_train: Split, config: TrainConfig, device: torch.device,
-                           checkpoint: Path, num_classes: int | None = None) -> nn.Module:
+def restore_full_precision(
+    task: Task,
+    arch: str,
+    data_train: Split,
+    config: TrainConfig,
+    device: torch.device,
+    checkpoint: Path,
+    num_classes: int | None = None,
+) -> nn.Module:
     """The FP model a finished run scored, rebuilt from its checkpoint without training.
 
     Precise BN is a pure function of the weights and the training split, so recalibrating
@@ -213,8 +290,15 @@ def restore_full_precision(task: Task, arch: str, data_train: Split, config: Tra
     return model
 
 
-def restore_binary(task: Task, fp_model: nn.Module, algorithm: str, data_train: Split, config: TrainConfig,
-                   device: torch.device, checkpoint: Path) -> nn.Module:
+def restore_binary(
+    task: Task,
+    fp_model: nn.Module,
+    algorithm: str,
+    data_train: Split,
+    config: TrainConfig,
+    device: torch.device,
+    checkpoint: Path,
+) -> nn.Module:
     """The binarized model a finished run scored, rebuilt from its checkpoint without training."""
     example = data_train.batch(torch.arange(1))[0]
     model = binarize(fp_model.cpu(), algorithm, example_input=example)

@@ -4,6 +4,7 @@ Every popcount path this CPU can run (AVX-512 VPOPCNTDQ, AVX2 nibble lookup, POP
 portable C) must give exactly the numpy reference path's floats: the dots are integers
 and the epilogue runs the same float32 operations in the same order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,11 @@ from biagent.worker import openblas_coretype, thread_env
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="C kernels not built on this machine")
 
-ISAS = [isa for isa in ("avx512", "avx2", "popcnt", "portable") if kernels.available() and kernels._xnor.bconv_isa(isa)]
+ISAS = [
+    isa
+    for isa in ("avx512", "avx2", "popcnt", "portable")
+    if kernels.available() and kernels._xnor.bconv_isa(isa)
+]
 
 # (C_in, C_out, kernel, stride, dilation, pad, pad_value, H, W): odd channel counts (not a
 # multiple of 64, and more than one word), 1x1 to 7x7, stride 2, dilation 2, pads 0/1/3,
@@ -36,8 +41,17 @@ def _conv(cin, cout, k, s, d, p, pv, extras, seed=0, nd=2):
     rng = np.random.default_rng(seed)
     kernel = (k,) * nd
     bits = ops.pack_rows(rng.random((cout, cin * k**nd)) < 0.5)
-    attrs = dict(kind=f"conv{nd}d", k=cin * k**nd, weight_shape=[cout, cin, *kernel], weight_bits="w", groups=1,
-                 stride=[s] * nd, dilation=[d] * nd, pads=[[p, p]] * nd, pad_value=pv)
+    attrs = dict(
+        kind=f"conv{nd}d",
+        k=cin * k**nd,
+        weight_shape=[cout, cin, *kernel],
+        weight_bits="w",
+        groups=1,
+        stride=[s] * nd,
+        dilation=[d] * nd,
+        pads=[[p, p]] * nd,
+        pad_value=pv,
+    )
     tensors = {"w": bits}
     if extras:
         for key, n in (("input_shift", cin), ("weight_scale", cout), ("channel_scale", cout), ("bias", cout)):
@@ -98,7 +112,9 @@ def _linear(cin, cout, extras, seed=0):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("cin, cout, lead", [(70, 13, (1,)), (130, 64, (5,)), (3, 1000, (2, 3)), (512, 512, (300,))])
+@pytest.mark.parametrize(
+    "cin, cout, lead", [(70, 13, (1,)), (130, 64, (5,)), (3, 1000, (2, 3)), (512, 512, (300,))]
+)
 @pytest.mark.parametrize("extras", [False, True], ids=["plain", "scales"])
 def test_binary_linear_runs_on_the_packed_conv_exactly(isa, cin, cout, lead, extras, monkeypatch):
     monkeypatch.setattr(ops, "LINEAR_PACKED_MIN_OUT", 1)  # narrow ones too, here
@@ -117,8 +133,10 @@ def test_binary_linear_runs_on_the_packed_conv_exactly(isa, cin, cout, lead, ext
 def test_xnor_and_narrow_linears_keep_the_gemm():
     lin = _linear(70, 130, extras=False)
     assert lin.packed_linear is not None
-    xnor = ops.BinaryConv(dict(kind="linear", k=70, weight_shape=[130, 70], weight_bits="w", input_scale="mean_abs"),
-                          {"w": lin.weights_rows[0]})
+    xnor = ops.BinaryConv(
+        dict(kind="linear", k=70, weight_shape=[130, 70], weight_bits="w", input_scale="mean_abs"),
+        {"w": lin.weights_rows[0]},
+    )
     assert xnor.packed_linear is None  # beta (per row) sits inside the epilogue's order
     assert _linear(70, 13, extras=False).packed_linear is None
 
@@ -193,7 +211,9 @@ def test_channel_fma_is_one_rounding():
     scale, shift = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
     y = np.empty_like(x)
     kernels._xnor.channel_fma(x, scale, shift, y)
-    exact = (x.astype(np.float64) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)).astype(np.float32)
+    exact = (x.astype(np.float64) * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)).astype(
+        np.float32
+    )
     assert np.array_equal(y, exact)  # float64 holds the product exactly; double rounding is ~1e-9 rare
     assert np.array_equal(ops.channel_affine(x, scale, shift), exact)
 
@@ -205,7 +225,9 @@ def test_clamp_keeps_nan_like_np_clip():
 
 @pytest.mark.parametrize("isa", ["auto", "avx512", "avx2", "portable"])
 @pytest.mark.parametrize("k, s, p, d", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (5, 3, 2, 1), (3, 2, 0, 1)])
-@pytest.mark.parametrize("h, w", [(13, 11), (9, 70), (64, 70)])  # 70 columns: vector blocks and a tail; 64 rows: 2 threads
+@pytest.mark.parametrize(
+    "h, w", [(13, 11), (9, 70), (64, 70)]
+)  # 70 columns: vector blocks and a tail; 64 rows: 2 threads
 def test_max_pool_matches_numpy(isa, k, s, p, d, h, w, monkeypatch):
     x = np.random.default_rng(9).standard_normal((2, 3, h, w)).astype(np.float32)
     x[0, 1, 4, 4] = np.nan
@@ -246,7 +268,9 @@ def test_custom_owns_its_threads_and_blas_gets_the_right_kernels():
 def test_im2col_matches_the_numpy_window_view(k, s, p, d):
     x = np.random.default_rng(10).standard_normal((5, 17, 13)).astype(np.float32)
     out = tuple(ops.out_size(n, (p, p), k, s, d) for n in x.shape[1:])
-    view = ops.windows(ops.pad_spatial(x, [[p, p], [p, p]], 0.0), (k, k), (s, s), (d, d), out)  # (C, OH, OW, k, k)
+    view = ops.windows(
+        ops.pad_spatial(x, [[p, p], [p, p]], 0.0), (k, k), (s, s), (d, d), out
+    )  # (C, OH, OW, k, k)
     expected = view.transpose(0, 3, 4, 1, 2).reshape(5 * k * k, out[0], out[1])
     for oy0, oy1 in ((0, out[0]), (1, min(3, out[0]))):
         cols = np.empty((5 * k * k, (oy1 - oy0) * out[1]), np.float32)
@@ -257,8 +281,20 @@ def test_im2col_matches_the_numpy_window_view(k, s, p, d):
 def test_fp_conv_c_path_matches_numpy(monkeypatch):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 6, 23, 19)).astype(np.float32)
-    conv = ops.Conv({"weight": "w", "bias": "b", "groups": 2, "stride": [2, 1], "dilation": [1, 1], "pads": [[3, 2], [1, 1]]},
-                    {"w": rng.standard_normal((8, 3, 5, 3)).astype(np.float32), "b": rng.standard_normal(8).astype(np.float32)})
+    conv = ops.Conv(
+        {
+            "weight": "w",
+            "bias": "b",
+            "groups": 2,
+            "stride": [2, 1],
+            "dilation": [1, 1],
+            "pads": [[3, 2], [1, 1]],
+        },
+        {
+            "w": rng.standard_normal((8, 3, 5, 3)).astype(np.float32),
+            "b": rng.standard_normal(8).astype(np.float32),
+        },
+    )
     monkeypatch.setattr(ops, "COLS_BYTES", 2000)  # many blocks
     monkeypatch.setattr(ops, "PARALLEL_MACS", 1)  # and the thread pool
     monkeypatch.setitem(ops.KERNEL, "threads", 2)
@@ -267,13 +303,24 @@ def test_fp_conv_c_path_matches_numpy(monkeypatch):
     np.testing.assert_allclose(got, conv(x), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
-@pytest.mark.parametrize("cin, cout, k, s, p, h, w", [(64, 128, 1, 2, 0, 56, 56), (37, 13, 3, 1, 1, 9, 11),
-                                                      (20, 70, 3, 2, 1, 17, 33)])
+@pytest.mark.skipif(
+    not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512"
+)
+@pytest.mark.parametrize(
+    "cin, cout, k, s, p, h, w",
+    [(64, 128, 1, 2, 0, 56, 56), (37, 13, 3, 1, 1, 9, 11), (20, 70, 3, 2, 1, 17, 33)],
+)
 def test_openmp_gemm_conv_matches_float64(cin, cout, k, s, p, h, w, monkeypatch):
     """Small FP convs at 2 threads go through im2col + fp_gemm; against a float64 reference."""
     rng = np.random.default_rng(17)
-    attrs = {"weight": "w", "bias": "b", "groups": 1, "stride": [s, s], "dilation": [1, 1], "pads": [[p, p], [p, p]]}
+    attrs = {
+        "weight": "w",
+        "bias": "b",
+        "groups": 1,
+        "stride": [s, s],
+        "dilation": [1, 1],
+        "pads": [[p, p], [p, p]],
+    }
     wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
     conv = ops.Conv(attrs, {"w": wt, "b": b})
@@ -286,10 +333,16 @@ def test_openmp_gemm_conv_matches_float64(cin, cout, k, s, p, h, w, monkeypatch)
     ref = np.zeros(got.shape, np.float64) + b.reshape(1, -1, 1, 1)
     for i in range(k):
         for j in range(k):
-            ref += np.einsum("nchw,oc->nohw", xp[:, :, i : i + s * oh : s, j : j + s * ow : s], wt[:, :, i, j].astype(np.float64))
+            ref += np.einsum(
+                "nchw,oc->nohw",
+                xp[:, :, i : i + s * oh : s, j : j + s * ow : s],
+                wt[:, :, i, j].astype(np.float64),
+            )
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
     with pytest.raises(ValueError):
-        kernels._xnor.fp_gemm(conv.gemm_w, np.zeros((3, 5), np.float32), None, np.zeros((cout, 5), np.float32))
+        kernels._xnor.fp_gemm(
+            conv.gemm_w, np.zeros((3, 5), np.float32), None, np.zeros((cout, 5), np.float32)
+        )
 
 
 def test_affine_then_hardtanh_is_fused_with_the_same_floats():
@@ -303,12 +356,28 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
     tensors = {"s": rng.standard_normal(4).astype(np.float32), "h": rng.standard_normal(4).astype(np.float32)}
 
     def graph(outputs):
-        doc = {"format": "bibench-custom", "version": 1,
-               "inputs": [{"name": "x", "shape": [1, 4, 5, 5], "dtype": "float32"}], "outputs": outputs,
-               "nodes": [{"op": "channel_affine", "name": "bn", "inputs": ["x"], "outputs": ["a"],
-                          "attrs": {"scale": "s", "shift": "h"}},
-                         {"op": "hardtanh", "name": "act", "inputs": ["a"], "outputs": ["y"],
-                          "attrs": {"min_val": -1.0, "max_val": 1.0}}]}
+        doc = {
+            "format": "bibench-custom",
+            "version": 1,
+            "inputs": [{"name": "x", "shape": [1, 4, 5, 5], "dtype": "float32"}],
+            "outputs": outputs,
+            "nodes": [
+                {
+                    "op": "channel_affine",
+                    "name": "bn",
+                    "inputs": ["x"],
+                    "outputs": ["a"],
+                    "attrs": {"scale": "s", "shift": "h"},
+                },
+                {
+                    "op": "hardtanh",
+                    "name": "act",
+                    "inputs": ["a"],
+                    "outputs": ["y"],
+                    "attrs": {"min_val": -1.0, "max_val": 1.0},
+                },
+            ],
+        }
         npz, buf = io.BytesIO(), io.BytesIO()
         np.savez(npz, **tensors)
         with zipfile.ZipFile(buf, "w") as zf:
@@ -327,15 +396,33 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
     assert np.array_equal(y, np.clip(a, -1, 1), equal_nan=True)
 
 
-@pytest.mark.skipif(not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512")
-@pytest.mark.parametrize("cin, cout, k, s, p, d, h, w", [(3, 64, 7, 2, 3, 1, 37, 41), (3, 13, 3, 1, 1, 1, 9, 50),
-                                                      (16, 9, 5, 3, 2, 2, 23, 19), (1, 8, 1, 1, 0, 1, 5, 5),
-                                                      (3, 64, 7, 2, 3, 1, 70, 66)])  # 11M MACs: on 2 threads
+@pytest.mark.skipif(
+    not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512"
+)
+@pytest.mark.parametrize(
+    "cin, cout, k, s, p, d, h, w",
+    [
+        (3, 64, 7, 2, 3, 1, 37, 41),
+        (3, 13, 3, 1, 1, 1, 9, 50),
+        (16, 9, 5, 3, 2, 2, 23, 19),
+        (1, 8, 1, 1, 0, 1, 5, 5),
+        (3, 64, 7, 2, 3, 1, 70, 66),
+    ],
+)  # 11M MACs: on 2 threads
 def test_direct_stem_conv_matches_the_sgemm_path(cin, cout, k, s, p, d, h, w, monkeypatch):
     rng = np.random.default_rng(13)
-    attrs = {"weight": "w", "bias": "b", "groups": 1, "stride": [s, s], "dilation": [d, d], "pads": [[p, p], [p, p]]}
-    tensors = {"w": rng.standard_normal((cout, cin, k, k)).astype(np.float32),
-               "b": rng.standard_normal(cout).astype(np.float32)}
+    attrs = {
+        "weight": "w",
+        "bias": "b",
+        "groups": 1,
+        "stride": [s, s],
+        "dilation": [d, d],
+        "pads": [[p, p], [p, p]],
+    }
+    tensors = {
+        "w": rng.standard_normal((cout, cin, k, k)).astype(np.float32),
+        "b": rng.standard_normal(cout).astype(np.float32),
+    }
     x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
     direct = ops.Conv(attrs, tensors)
     assert direct.direct is not None

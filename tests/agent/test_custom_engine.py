@@ -1,4 +1,5 @@
 """The custom runtime's numpy engine, without torch: kernels, validation, the Runtime API."""
+
 from __future__ import annotations
 
 import io
@@ -72,19 +73,49 @@ def _binary_graph(pad_value: int = 0, seed: int = 0):
         "fc.weight": rng.normal(0, 0.1, (3, 4 * 6 * 7)).astype(np.float32),
     }
     doc = {
-        "format": "bibench-custom", "version": 1,
+        "format": "bibench-custom",
+        "version": 1,
         "inputs": [{"name": "input", "shape": [2, 5, 6, 7], "dtype": "float32"}],
         "outputs": ["output"],
         "nodes": [
-            {"op": "binary_conv", "name": "bc", "inputs": ["input"], "outputs": ["bc"], "attrs": {
-                "kind": "conv2d", "weight_bits": "bc.weight_bits", "weight_shape": [4, 5, 3, 3], "k": 45,
-                "stride": [1, 1], "dilation": [1, 1], "pads": [[1, 1], [1, 1]], "groups": 1, "pad_value": pad_value,
-                "input_shift": "bc.input_shift", "input_scale": None, "weight_scale": "bc.weight_scale",
-                "channel_scale": None, "output_gain": None, "bias": "bc.bias"}},
+            {
+                "op": "binary_conv",
+                "name": "bc",
+                "inputs": ["input"],
+                "outputs": ["bc"],
+                "attrs": {
+                    "kind": "conv2d",
+                    "weight_bits": "bc.weight_bits",
+                    "weight_shape": [4, 5, 3, 3],
+                    "k": 45,
+                    "stride": [1, 1],
+                    "dilation": [1, 1],
+                    "pads": [[1, 1], [1, 1]],
+                    "groups": 1,
+                    "pad_value": pad_value,
+                    "input_shift": "bc.input_shift",
+                    "input_scale": None,
+                    "weight_scale": "bc.weight_scale",
+                    "channel_scale": None,
+                    "output_gain": None,
+                    "bias": "bc.bias",
+                },
+            },
             {"op": "relu", "name": "act", "inputs": ["bc"], "outputs": ["act"], "attrs": {}},
-            {"op": "flatten", "name": "flat", "inputs": ["act"], "outputs": ["flat"], "attrs": {"start": 1, "end": 3}},
-            {"op": "linear", "name": "fc", "inputs": ["flat"], "outputs": ["output"],
-             "attrs": {"weight": "fc.weight", "bias": None}},
+            {
+                "op": "flatten",
+                "name": "flat",
+                "inputs": ["act"],
+                "outputs": ["flat"],
+                "attrs": {"start": 1, "end": 3},
+            },
+            {
+                "op": "linear",
+                "name": "fc",
+                "inputs": ["flat"],
+                "outputs": ["output"],
+                "attrs": {"weight": "fc.weight", "bias": None},
+            },
         ],
     }
     return doc, t, signs
@@ -98,7 +129,9 @@ def _reference_binary_conv(x, signs, t, pad_value):
     dot = np.zeros((n, 4, h, w), np.int64)
     for i in range(3):
         for j in range(3):
-            dot += np.einsum("nchw,oc->nohw", s[:, :, i : i + h, j : j + w], signs[:, :, i, j].astype(np.int64))
+            dot += np.einsum(
+                "nchw,oc->nohw", s[:, :, i : i + h, j : j + w], signs[:, :, i, j].astype(np.int64)
+            )
     return dot
 
 
@@ -115,7 +148,9 @@ def test_binary_conv_matches_a_direct_reference(pad_value, tiny_chunks, monkeypa
     x[0, 0, 0, :] = -t["bc.input_shift"][0]  # x + shift == 0 exactly: sign is +1
     (out,) = graph.run([x])
     dot = _reference_binary_conv(x, signs, t, pad_value)
-    expected = dot.astype(np.float32) * t["bc.weight_scale"].reshape(1, -1, 1, 1) + t["bc.bias"].reshape(1, -1, 1, 1)
+    expected = dot.astype(np.float32) * t["bc.weight_scale"].reshape(1, -1, 1, 1) + t["bc.bias"].reshape(
+        1, -1, 1, 1
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-5)
 
 
@@ -131,34 +166,78 @@ def _set(d: dict, key: str, value) -> None:
 
 
 CORRUPTIONS = {
-    "random bytes": (lambda d, t: bytes(random.Random(0).randrange(256) for _ in range(4000)), "not a readable zip"),
+    "random bytes": (
+        lambda d, t: bytes(random.Random(0).randrange(256) for _ in range(4000)),
+        "not a readable zip",
+    ),
     "empty": (lambda d, t: b"", "not a readable zip"),
     "truncated zip": (lambda d, t: _artifact(d, t)[: len(_artifact(d, t)) // 2], "not a readable zip"),
     # A cut end of central directory can make zipfile read the stored inner tensors.npz instead.
     "tail cut": (lambda d, t: _artifact(d, t)[:-30], "not a readable zip|has no graph.json"),
     "no graph.json": (lambda d, t: _zip({"tensors.npz": b""}), "no graph.json"),
     "bad json": (lambda d, t: _zip({"graph.json": b"{nope", "tensors.npz": b""}), "not valid UTF-8 JSON"),
-    "bad npz": (lambda d, t: _zip({"graph.json": json.dumps(d).encode(), "tensors.npz": b"garbage"}), "tensors.npz is not a readable"),
+    "bad npz": (
+        lambda d, t: _zip({"graph.json": json.dumps(d).encode(), "tensors.npz": b"garbage"}),
+        "tensors.npz is not a readable",
+    ),
     "wrong format": (lambda d, t: _set(d, "format", "onnx"), "format must be 'bibench-custom'"),
     "wrong version": (lambda d, t: _set(d, "version", 2), "unsupported custom format version 2"),
     "unknown op": (lambda d, t: _set(d["nodes"][1], "op", "softmax"), "node act: unknown op 'softmax'"),
-    "missing tensor": (lambda d, t: t.pop("bc.weight_scale"), r"node bc \(binary_conv\): tensor 'bc.weight_scale' \(attr 'weight_scale'\) is missing"),
-    "wrong dtype": (lambda d, t: _set(t, "fc.weight", t["fc.weight"].astype(np.float64)), "tensor 'fc.weight' must be float32"),
-    "bits shape": (lambda d, t: _set(t, "bc.weight_bits", np.zeros((4, 2), np.uint64)), r"tensor 'bc.weight_bits' must have shape \(4, 1\), got \(4, 2\)"),
-    "tail bits": (lambda d, t: _set(t, "bc.weight_bits", t["bc.weight_bits"] | np.uint64(1 << 50)), "node bc .*nonzero padding bits"),
+    "missing tensor": (
+        lambda d, t: t.pop("bc.weight_scale"),
+        r"node bc \(binary_conv\): tensor 'bc.weight_scale' \(attr 'weight_scale'\) is missing",
+    ),
+    "wrong dtype": (
+        lambda d, t: _set(t, "fc.weight", t["fc.weight"].astype(np.float64)),
+        "tensor 'fc.weight' must be float32",
+    ),
+    "bits shape": (
+        lambda d, t: _set(t, "bc.weight_bits", np.zeros((4, 2), np.uint64)),
+        r"tensor 'bc.weight_bits' must have shape \(4, 1\), got \(4, 2\)",
+    ),
+    "tail bits": (
+        lambda d, t: _set(t, "bc.weight_bits", t["bc.weight_bits"] | np.uint64(1 << 50)),
+        "node bc .*nonzero padding bits",
+    ),
     "wrong k": (lambda d, t: _set(d["nodes"][0]["attrs"], "k", 44), "node bc .*k=44"),
     "channels": (lambda d, t: _set(d["inputs"][0], "shape", [2, 6, 6, 7]), "node bc .*input has 6 channels"),
-    "linear shape": (lambda d, t: _set(t, "fc.weight", np.zeros((3, 10), np.float32)), "node fc .*does not fit input shape"),
+    "linear shape": (
+        lambda d, t: _set(t, "fc.weight", np.zeros((3, 10), np.float32)),
+        "node fc .*does not fit input shape",
+    ),
     "missing attr": (lambda d, t: d["nodes"][0]["attrs"].pop("stride"), "node bc .*missing attr 'stride'"),
-    "bad pads": (lambda d, t: _set(d["nodes"][0]["attrs"], "pads", "same"), "node bc .*attr 'pads' has the wrong type"),
-    "pad value": (lambda d, t: _set(d["nodes"][0]["attrs"], "pad_value", 2), "node bc .*pad_value must be 0, 1 or -1"),
-    "dangling input": (lambda d, t: _set(d["nodes"][1], "inputs", ["nowhere"]), "node act: input 'nowhere' is not produced"),
+    "bad pads": (
+        lambda d, t: _set(d["nodes"][0]["attrs"], "pads", "same"),
+        "node bc .*attr 'pads' has the wrong type",
+    ),
+    "pad value": (
+        lambda d, t: _set(d["nodes"][0]["attrs"], "pad_value", 2),
+        "node bc .*pad_value must be 0, 1 or -1",
+    ),
+    "dangling input": (
+        lambda d, t: _set(d["nodes"][1], "inputs", ["nowhere"]),
+        "node act: input 'nowhere' is not produced",
+    ),
     "missing output": (lambda d, t: _set(d, "outputs", ["ghost"]), "graph output 'ghost' is not produced"),
-    "duplicate value": (lambda d, t: _set(d["nodes"][1], "outputs", ["bc"]), "node act: output 'bc' is produced twice"),
-    "input dtype": (lambda d, t: _set(d["inputs"][0], "dtype", "int64"), "input input: dtype must be 'float32'"),
-    "kernel too big": (lambda d, t: _set(d["inputs"][0], "shape", [2, 5, 1, 1]) or _set(d["nodes"][0]["attrs"], "pads", [[0, 0], [0, 0]]),
-                       "node bc .*too small for kernel"),
-    "not an object": (lambda d, t: _zip({"graph.json": b"[1, 2]", "tensors.npz": b""}), "graph.json must hold a JSON object"),
+    "duplicate value": (
+        lambda d, t: _set(d["nodes"][1], "outputs", ["bc"]),
+        "node act: output 'bc' is produced twice",
+    ),
+    "input dtype": (
+        lambda d, t: _set(d["inputs"][0], "dtype", "int64"),
+        "input input: dtype must be 'float32'",
+    ),
+    "kernel too big": (
+        lambda d, t: (
+            _set(d["inputs"][0], "shape", [2, 5, 1, 1])
+            or _set(d["nodes"][0]["attrs"], "pads", [[0, 0], [0, 0]])
+        ),
+        "node bc .*too small for kernel",
+    ),
+    "not an object": (
+        lambda d, t: _zip({"graph.json": b"[1, 2]", "tensors.npz": b""}),
+        "graph.json must hold a JSON object",
+    ),
 }
 
 

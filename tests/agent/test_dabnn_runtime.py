@@ -5,6 +5,7 @@ BIAGENT_DABNN_ROOT points at a daBNN build. The ctypes path (build, cache, load,
 NHWC, row-padded output copy, error reporting) is checked against a stand-in `bnn::Net`
 written below — a test double with daBNN's header names, not daBNN.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,10 @@ def test_empty_root_lists_what_is_missing(monkeypatch, tmp_path):
     info = dab.DabnnRuntime.describe()
     assert not info.installed
     assert "libdabnn.so or libdabnn.a" in info.detail
-    assert str(root / "dabnn" / "net.h") in info.detail and str(root / "common" / "dab_generated.h") in info.detail
+    assert (
+        str(root / "dabnn" / "net.h") in info.detail
+        and str(root / "common" / "dab_generated.h") in info.detail
+    )
     # with the headers present only the library is missing
     (root / "dabnn").mkdir()
     (root / "dabnn" / "net.h").write_text("")
@@ -70,8 +74,10 @@ def test_root_that_is_not_a_directory(monkeypatch, tmp_path):
 
 
 def test_importing_it_imports_neither_torch_nor_flatbuffers():
-    code = ("import sys, biagent.runtimes.dabnn as d; d.DabnnRuntime.describe(); "
-            "assert 'torch' not in sys.modules and 'flatbuffers' not in sys.modules; print('ok')")
+    code = (
+        "import sys, biagent.runtimes.dabnn as d; d.DabnnRuntime.describe(); "
+        "assert 'torch' not in sys.modules and 'flatbuffers' not in sys.modules; print('ok')"
+    )
     env = {k: v for k, v in os.environ.items() if k != dab.CONFIG_KEY}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
@@ -86,19 +92,35 @@ def test_inspect_rejects_garbage():
 
 def _dab_file(path: Path, output: str = "logits", layer: str = "FpConv2D") -> Path:
     exp = pytest.importorskip("bimodels.export.dabnn")
-    params = {"FpConv2D": {"input": "input", "weight": "w", "bias": "b", "pads": [0, 0, 0, 0], "strides": [1, 1],
-                           "dilations": [1, 1], "output": output},
-              "Softmax": {"input": "input", "output": output}}[layer]
-    inits = [exp.DabTensor("w", [3, 4, 4, 4], float32_data=np.zeros(192, np.float32)),
-             exp.DabTensor("b", [3], float32_data=np.zeros(3, np.float32))]
+    params = {
+        "FpConv2D": {
+            "input": "input",
+            "weight": "w",
+            "bias": "b",
+            "pads": [0, 0, 0, 0],
+            "strides": [1, 1],
+            "dilations": [1, 1],
+            "output": output,
+        },
+        "Softmax": {"input": "input", "output": output},
+    }[layer]
+    inits = [
+        exp.DabTensor("w", [3, 4, 4, 4], float32_data=np.zeros(192, np.float32)),
+        exp.DabTensor("b", [3], float32_data=np.zeros(3, np.float32)),
+    ]
     path.write_bytes(exp.write_dab([exp.DabLayer(layer, params)], inits, "input", [1, 4, 4, 4]))
     return path
 
 
 def test_inspect_reads_what_the_exporter_writes(tmp_path):
     meta = dab.inspect_dab(_dab_file(tmp_path / "m.dab").read_bytes())
-    assert meta == {"version": 2, "input": "input", "input_shape": [1, 4, 4, 4], "layer_types": ["FpConv2D"],
-                    "output": "logits"}
+    assert meta == {
+        "version": 2,
+        "input": "input",
+        "input_shape": [1, 4, 4, 4],
+        "layer_types": ["FpConv2D"],
+        "output": "logits",
+    }
 
 
 # -- a stand-in bnn::Net, to exercise the driver and the ctypes path here -------------------
@@ -168,8 +190,21 @@ def _fake_root(tmp_path: Path, pic: bool) -> Path:
     (build / "net.cpp").write_text(_FAKE_NET_CPP)
     # -fPIE: what a compiler that builds position-independent executables by default gives a
     # static library that CMake was not asked to make position-independent.
-    subprocess.run([CXX, "-std=c++17", "-fPIC" if pic else "-fPIE", "-c", "-I", str(root), str(build / "net.cpp"),
-                    "-o", str(build / "net.o")], check=True, timeout=120)
+    subprocess.run(
+        [
+            CXX,
+            "-std=c++17",
+            "-fPIC" if pic else "-fPIE",
+            "-c",
+            "-I",
+            str(root),
+            str(build / "net.cpp"),
+            "-o",
+            str(build / "net.o"),
+        ],
+        check=True,
+        timeout=120,
+    )
     subprocess.run(["ar", "rcs", str(build / "libdabnn.a"), str(build / "net.o")], check=True, timeout=60)
     return root
 
@@ -203,7 +238,9 @@ def test_driver_builds_once_and_runs_through_ctypes(monkeypatch, tmp_path, fake_
     model.invoke()
     (out,) = model.get_outputs()
     nhwc = x.transpose(0, 2, 3, 1).reshape(-1)
-    expect = np.array([[nhwc[r * 16 + k] * (k + 1) for k in range(3)] for r in range(2)], np.float32)  # [H*W, C]
+    expect = np.array(
+        [[nhwc[r * 16 + k] * (k + 1) for k in range(3)] for r in range(2)], np.float32
+    )  # [H*W, C]
     np.testing.assert_array_equal(out, expect.reshape(1, 2, 1, 3).transpose(0, 3, 1, 2))
     with pytest.raises(InvokeError, match="does not match"):
         model.set_inputs([np.zeros((1, 4, 4, 3), np.float32)])
@@ -228,11 +265,17 @@ def test_build_failure_is_reported(monkeypatch, tmp_path, fake_root):
     monkeypatch.setenv(dab.CONFIG_KEY, str(fake_root))
     monkeypatch.setenv(dab.CXXFLAGS_KEY, "-DTHIS_BREAKS -include /nonexistent/header.h")
     info = dab.DabnnRuntime.describe()
-    assert not info.installed and "building the daBNN driver failed" in info.detail and "build.log" in info.detail
+    assert (
+        not info.installed
+        and "building the daBNN driver failed" in info.detail
+        and "build.log" in info.detail
+    )
 
 
-@pytest.mark.skipif(not REAL_ROOT, reason="dabnn runtime: not installed: set BIAGENT_DABNN_ROOT to a daBNN build "
-                    "(lib + headers)")
+@pytest.mark.skipif(
+    not REAL_ROOT,
+    reason="dabnn runtime: not installed: set BIAGENT_DABNN_ROOT to a daBNN build (lib + headers)",
+)
 def test_real_dabnn_driver_compiles_and_runs(monkeypatch, tmp_path):
     monkeypatch.setenv(dab.CONFIG_KEY, REAL_ROOT)
     for key, value in REAL_FLAGS.items():
@@ -242,7 +285,9 @@ def test_real_dabnn_driver_compiles_and_runs(monkeypatch, tmp_path):
     torch = pytest.importorskip("torch")
     import bimodels
 
-    model = bimodels.binarize(bimodels.create_model("reactnet", num_classes=16), "bireal", pad_value=-1).eval()
+    model = bimodels.binarize(
+        bimodels.create_model("reactnet", num_classes=16), "bireal", pad_value=-1
+    ).eval()
     x = torch.randn(1, 3, 32, 32)
     path = tmp_path / "reactnet.dab"
     path.write_bytes(bimodels.export(model, "dabnn", x))
@@ -275,14 +320,15 @@ def test_glogs_generated_headers_win_over_its_windows_port(monkeypatch, tmp_path
     assert info.installed, info.detail
 
 
-def test_the_operators_include_flags_come_first_and_a_failure_shows_the_first_error(monkeypatch, tmp_path,
-                                                                                      fake_root):
+def test_the_operators_include_flags_come_first_and_a_failure_shows_the_first_error(
+    monkeypatch, tmp_path, fake_root
+):
     _with_glog(fake_root, '#error "a stale generated header"\n')
     monkeypatch.setenv(dab.CONFIG_KEY, str(fake_root))
     info = dab.DabnnRuntime.describe()
     assert not info.installed
     assert "failed at compiling and linking dabnn_driver.cpp" in info.detail
-    assert "#error \"a stale generated header\"" in info.detail and "full log:" in info.detail
+    assert '#error "a stale generated header"' in info.detail and "full log:" in info.detail
     mine = tmp_path / "my-glog" / "glog"
     mine.mkdir(parents=True)
     (mine / "logging.h").write_text("#pragma once\n")
@@ -292,8 +338,9 @@ def test_the_operators_include_flags_come_first_and_a_failure_shows_the_first_er
     assert info.installed, info.detail
 
 
-def test_a_static_library_without_pic_runs_in_a_driver_process_timed_there(monkeypatch, tmp_path,
-                                                                          fake_root_not_pic):
+def test_a_static_library_without_pic_runs_in_a_driver_process_timed_there(
+    monkeypatch, tmp_path, fake_root_not_pic
+):
     monkeypatch.setenv(dab.CONFIG_KEY, str(fake_root_not_pic))
     info = dab.DabnnRuntime.describe()
     assert info.installed, info.detail

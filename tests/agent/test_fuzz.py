@@ -1,15 +1,22 @@
 """Malformed input, fuzzed (a few hundred cases here; bench/fuzz.py runs 10,000+): every
 rejection is a clear error, the agent never crashes and keeps nothing half-written."""
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 import bimodels
-from bihost.client import AgentClient
 from biagent.runtimes.custom_engine import load_artifact
-from tests.fuzz import (custom_artifact_mutations, double_model_onnx, nan_and_inf_checks, raw_bytes_to_every_rpc,
-                        silent_and_slow_clients, structured_requests)
+from bihost.client import AgentClient
+from tests.fuzz import (
+    custom_artifact_mutations,
+    double_model_onnx,
+    nan_and_inf_checks,
+    raw_bytes_to_every_rpc,
+    silent_and_slow_clients,
+    structured_requests,
+)
 
 
 def _alive_and_clean(agent) -> None:
@@ -30,15 +37,26 @@ def test_hostile_values_in_well_formed_requests(start_agent):
     agent = start_agent()
     outcomes = structured_requests(agent.address, 300, model_ids=[])
     assert sum(outcomes.values()) == 300
-    assert any(k.startswith("bench:") for k in outcomes) and any(k.startswith("push:") for k in outcomes), outcomes
+    assert any(k.startswith("bench:") for k in outcomes) and any(k.startswith("push:") for k in outcomes), (
+        outcomes
+    )
     _alive_and_clean(agent)
 
 
 def test_mutated_custom_artifacts_only_raise_load_or_invoke_errors():
     torch.manual_seed(0)
-    model = bimodels.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardtanh(),
-                                            nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 25, 4)),
-                              "xnor", fp_layers=["0", "5"]).eval()
+    model = bimodels.binarize(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.Hardtanh(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Flatten(),
+            nn.Linear(8 * 25, 4),
+        ),
+        "xnor",
+        fp_layers=["0", "5"],
+    ).eval()
     seed = bimodels.export(model, "custom", torch.randn(1, 3, 5, 5))
     outcomes = custom_artifact_mutations(seed, 300)
     assert sum(outcomes.values()) == 300 and outcomes.get("rejected"), outcomes
@@ -63,21 +81,28 @@ def test_regressions_the_fuzzer_found(start_agent):
     import pytest
 
     from biagent.wire import WireError, to_array
-    from biproto import agent_pb2 as pb
     from bihost.client import BenchmarkSettings
     from bihost.errors import BoardError
+    from biproto import agent_pb2 as pb
 
     with pytest.raises(WireError, match="larger than the limit"):
         to_array(pb.Tensor(shape=[2**40, 2**40, 2**40], dtype="float32", data=b""))
     torch.manual_seed(0)
-    model = bimodels.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.Flatten(),
-                                            nn.Linear(8 * 25, 4)), "bnn", fp_layers=["0", "3"]).eval()
+    model = bimodels.binarize(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.Flatten(), nn.Linear(8 * 25, 4)),
+        "bnn",
+        fp_layers=["0", "3"],
+    ).eval()
     agent = start_agent()
     with AgentClient(agent.address, "fuzzed", timeout_s=30) as client:
         model_id = client.push(bimodels.export(model, "custom", torch.randn(1, 3, 5, 5)), "custom").model_id
         with pytest.raises(BoardError, match="INVALID_ARGUMENT.*rejected the timing input") as info:
-            client.benchmark(model_id, "custom", BenchmarkSettings(min_runs=1, min_duration_s=0),
-                             timing_inputs=[np.zeros((0,), np.float32)])
+            client.benchmark(
+                model_id,
+                "custom",
+                BenchmarkSettings(min_runs=1, min_duration_s=0),
+                timing_inputs=[np.zeros((0,), np.float32)],
+            )
         assert not info.value.transient
     _alive_and_clean(agent)
 
@@ -87,7 +112,9 @@ def test_nan_and_inf_in_checks_and_tolerances_get_the_independent_verdict(start_
     with AgentClient(agent.address, "fuzzed") as client:
         model_id = client.push(double_model_onnx(), "onnx").model_id
     outcomes = nan_and_inf_checks(agent.address, 40, model_id)
-    assert sum(outcomes.values()) == 40 and {"ok", "numerics_error", "INVALID_ARGUMENT"} <= set(outcomes), outcomes
+    assert sum(outcomes.values()) == 40 and {"ok", "numerics_error", "INVALID_ARGUMENT"} <= set(outcomes), (
+        outcomes
+    )
     _alive_and_clean(agent)
 
 

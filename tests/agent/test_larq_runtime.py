@@ -4,6 +4,7 @@ The model is a minimal hand-built TFLite flatbuffer (LceQuantize -> LceDequantiz
 computes sign(x) with sign(0) = +1), written with the TFLite schema module LCE's wheel
 ships. The full LCE exporter is a later issue; this checks the runtime and the agent path.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -82,8 +83,10 @@ def test_larq_runtime_refuses_what_is_not_tflite(tmp_path):
 
 
 def test_larq_does_not_import_tensorflow():
-    code = ("import sys; from biagent.runtimes import get_runtime; assert get_runtime('larq').describe().installed; "
-            "assert 'tensorflow' not in sys.modules and 'torch' not in sys.modules; print('ok')")
+    code = (
+        "import sys; from biagent.runtimes import get_runtime; assert get_runtime('larq').describe().installed; "
+        "assert 'tensorflow' not in sys.modules and 'torch' not in sys.modules; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
 
@@ -95,7 +98,11 @@ def test_larq_benchmark_through_the_agent(start_agent):
     x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
     with AgentClient(agent.address) as client:
         model_id = client.push(sign_model(), "tflite", "sign").model_id
-        out = client.benchmark(model_id, "larq", BenchmarkSettings(warmup_runs=1, min_runs=20, min_duration_s=0.05),
-                               checks=[([x], [np.where(x < 0, -1.0, 1.0).astype(np.float32)])])
+        out = client.benchmark(
+            model_id,
+            "larq",
+            BenchmarkSettings(warmup_runs=1, min_runs=20, min_duration_s=0.05),
+            checks=[([x], [np.where(x < 0, -1.0, 1.0).astype(np.float32)])],
+        )
     assert out.status == "ok" and out.max_abs_errors == [0.0]
     assert out.runtime == "larq" and out.runtime_version == "0.16.0" and out.runs >= 20

@@ -1,4 +1,5 @@
 """The board lease: one holder, limited time, and nobody crosses it."""
+
 from __future__ import annotations
 
 import threading
@@ -38,7 +39,9 @@ def test_one_holder_until_release_or_expiry():
     assert leases.release(b.lease_id).granted and leases.blocks("") is None
 
 
-@pytest.mark.parametrize("holder, ttl", [("", 10), ("x" * 201, 10), ("line\nbreak", 10), ("h", 0.5), ("h", 3601)])
+@pytest.mark.parametrize(
+    "holder, ttl", [("", 10), ("x" * 201, 10), ("line\nbreak", 10), ("h", 0.5), ("h", 3601)]
+)
 def test_bad_requests(holder, ttl):
     with pytest.raises(LeaseError):
         LeaseManager().acquire(holder, ttl)

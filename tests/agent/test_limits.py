@@ -1,5 +1,6 @@
 """Bounded everything, through real agent processes: silent clients, slot shares, one agent per
 port and per store, and nothing left from a killed agent."""
+
 from __future__ import annotations
 
 import signal
@@ -10,14 +11,13 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from biproto import agent_pb2 as pb
-from biproto import agent_pb2_grpc as pb_grpc
 from biagent.limits import CallLimiter, client_key
 from bihost.client import AgentClient, BenchmarkSettings
+from biproto import agent_pb2 as pb
+from biproto import agent_pb2_grpc as pb_grpc
 from tests.agent.test_numerics_check import X, double_model
 from tests.conftest import free_port
 
@@ -32,8 +32,10 @@ class SilentUploads:
 
     def __init__(self, channels: list[grpc.Channel], count: int):
         self.release = threading.Event()
-        self.calls = [pb_grpc.AgentStub(channels[i % len(channels)]).PushModel.future(self._chunks())
-                      for i in range(count)]
+        self.calls = [
+            pb_grpc.AgentStub(channels[i % len(channels)]).PushModel.future(self._chunks())
+            for i in range(count)
+        ]
 
     def _chunks(self):
         yield pb.PushModelChunk(header=pb.ModelHeader(sha256="ab" * 32, size_bytes=10, format="onnx"))
@@ -58,8 +60,11 @@ class SilentUploads:
 
 def health(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="bibench.farm.v1.Agent"), timeout=3).status
+        return (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service="bibench.farm.v1.Agent"), timeout=3)
+            .status
+        )
 
 
 def list_models(channel: grpc.Channel) -> str:
@@ -97,7 +102,9 @@ def test_silent_uploads_filling_every_slot_never_starve_health_and_are_aborted(s
 
 
 def test_one_client_cannot_take_every_slot(start_agent):
-    agent = start_agent(extra=("--max-streams", "16", "--max-streams-per-client", "4", "--upload-idle-timeout", "30"))
+    agent = start_agent(
+        extra=("--max-streams", "16", "--max-streams-per-client", "4", "--upload-idle-timeout", "30")
+    )
     hog = own_connection(agent.address)
     silent = SilentUploads([hog], 10)
     try:
@@ -105,7 +112,9 @@ def test_one_client_cannot_take_every_slot(start_agent):
         refused = [c for c in silent.calls if c.done()]
         assert len(refused) == 6, len(refused)
         for call in refused:
-            assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "already has 4 calls" in call.details()
+            assert (
+                call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "already has 4 calls" in call.details()
+            )
         with own_connection(agent.address) as other:  # another client is served at once
             assert list_models(other) == "OK"
         assert health(agent.address) == health_pb2.HealthCheckResponse.SERVING
@@ -117,10 +126,16 @@ def test_one_client_cannot_take_every_slot(start_agent):
 def test_a_second_agent_on_the_same_port_or_store_refuses_to_start(start_agent, tmp_path):
     port = free_port()
     first = start_agent("first", extra=("--port", str(port)))
-    for store, extra, words in ((tmp_path / "other-store", ("--port", str(port)), "port is in use"),
-                                (first.store, ("--port", "0"), "serves the store")):
-        second = subprocess.run([sys.executable, "-m", "biagent.cli", "serve", "--store", str(store), *extra],
-                                capture_output=True, text=True, timeout=60)
+    for store, extra, words in (
+        (tmp_path / "other-store", ("--port", str(port)), "port is in use"),
+        (first.store, ("--port", "0"), "serves the store"),
+    ):
+        second = subprocess.run(
+            [sys.executable, "-m", "biagent.cli", "serve", "--store", str(store), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 1 and words in second.stderr, second.stderr
     assert f"pid {first.proc.pid}" in second.stderr
     with AgentClient(first.address, "first") as client:  # the lease has one holder, on the one agent
@@ -140,8 +155,13 @@ def test_a_killed_agent_leaves_no_job_folder_and_no_orphan_worker(start_agent, t
     def run():
         with AgentClient(agent.address, "alpha", timeout_s=10) as c:
             try:
-                c.benchmark(model_id, "onnxruntime", settings, checks=[([X], [2 * X])],
-                            on_progress=lambda phase, *a: phase == "timing" and timing.set())
+                c.benchmark(
+                    model_id,
+                    "onnxruntime",
+                    settings,
+                    checks=[([X], [2 * X])],
+                    on_progress=lambda phase, *a: phase == "timing" and timing.set(),
+                )
             except Exception:
                 pass  # the agent is killed under it
 
@@ -166,8 +186,11 @@ def _workers(agent_pid: int) -> list[int]:
     out = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and f"PPid:\t{agent_pid}\n" in (proc / "status").read_text() \
-                    and b"biagent.worker" in (proc / "cmdline").read_bytes():
+            if (
+                proc.name.isdigit()
+                and f"PPid:\t{agent_pid}\n" in (proc / "status").read_text()
+                and b"biagent.worker" in (proc / "cmdline").read_bytes()
+            ):
                 out.append(int(proc.name))
         except OSError:
             continue
@@ -192,12 +215,15 @@ def test_call_limiter_counts_per_client_and_in_all():
     assert limiter.enter("c") is None and limiter.in_flight() == 3
 
 
-@pytest.mark.parametrize("peer, key", [
-    ("ipv4:10.0.0.7:5321", "10.0.0.7"),
-    ("ipv6:[fd00::7]:5321", "fd00::7"),
-    ("ipv4:127.0.0.1:5321", "127.0.0.1:5321"),  # loopback: one key per connection
-    ("ipv6:[::1]:40000", "[::1]:40000"),
-    ("unix:/tmp/sock", "unix:/tmp/sock"),
-])
+@pytest.mark.parametrize(
+    "peer, key",
+    [
+        ("ipv4:10.0.0.7:5321", "10.0.0.7"),
+        ("ipv6:[fd00::7]:5321", "fd00::7"),
+        ("ipv4:127.0.0.1:5321", "127.0.0.1:5321"),  # loopback: one key per connection
+        ("ipv6:[::1]:40000", "[::1]:40000"),
+        ("unix:/tmp/sock", "unix:/tmp/sock"),
+    ],
+)
 def test_client_key(peer, key):
     assert client_key(peer) == key

@@ -3,6 +3,7 @@
 The model is `y = 2 x` in ONNX (run by onnxruntime on the agent), so every expected output a
 test sends differs from the true one by exactly what the test chose.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,9 @@ import grpc
 import numpy as np
 import pytest
 
+from bihost.client import AgentClient, BenchmarkSettings, _tensor
 from biproto import agent_pb2 as pb
 from biproto import agent_pb2_grpc as pb_grpc
-from bihost.client import AgentClient, BenchmarkSettings, _tensor
 from tests.fuzz import double_model_onnx
 
 QUICK = BenchmarkSettings(warmup_runs=0, min_runs=1, min_duration_s=0.0, max_duration_s=5)
@@ -105,8 +106,9 @@ def test_a_nan_fails_the_check_whatever_the_other_cases_say(agent, model_id):
     bad = 2 * X
     bad[0, 0] = np.nan
     with AgentClient(agent.address, "numerics-board", timeout_s=30) as client:
-        out = client.benchmark(model_id, "onnxruntime", QUICK,
-                               checks=[([X], [2 * X]), ([X], [2 * X]), ([X], [bad])])
+        out = client.benchmark(
+            model_id, "onnxruntime", QUICK, checks=[([X], [2 * X]), ([X], [2 * X]), ([X], [bad])]
+        )
     assert out.status == "numerics_error" and "case 2" in out.reason, out.reason
 
 
@@ -118,20 +120,23 @@ def raw_benchmark(agent, **fields) -> grpc.RpcError:
     return info.value
 
 
-@pytest.mark.parametrize("fields, words", [
-    ({"atol": float("nan")}, "atol must be a finite number"),
-    ({"atol": float("inf")}, "atol must be a finite number"),
-    ({"rtol": float("nan")}, "rtol must be a finite number"),
-    ({"rtol": -1e-3}, "rtol must be a finite number >= 0"),
-    ({"threads": 100_000}, "logical cores"),
-    ({"threads": 2**31 - 1}, "logical cores"),
-    ({"threads": -1}, "logical cores"),
-    ({"max_duration_s": -1.0}, "max_duration_s must be 0 to"),
-    ({"min_duration_s": float("nan")}, "min_duration_s must be 0 to"),
-    ({"min_duration_s": 1e9}, "min_duration_s must be 0 to"),
-    ({"warmup_runs": 2**31 - 1}, "warmup_runs must be 0 to"),
-    ({"min_runs": 2**31 - 1}, "min_runs must be 0 (ten) to"),
-])
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"atol": float("nan")}, "atol must be a finite number"),
+        ({"atol": float("inf")}, "atol must be a finite number"),
+        ({"rtol": float("nan")}, "rtol must be a finite number"),
+        ({"rtol": -1e-3}, "rtol must be a finite number >= 0"),
+        ({"threads": 100_000}, "logical cores"),
+        ({"threads": 2**31 - 1}, "logical cores"),
+        ({"threads": -1}, "logical cores"),
+        ({"max_duration_s": -1.0}, "max_duration_s must be 0 to"),
+        ({"min_duration_s": float("nan")}, "min_duration_s must be 0 to"),
+        ({"min_duration_s": 1e9}, "min_duration_s must be 0 to"),
+        ({"warmup_runs": 2**31 - 1}, "warmup_runs must be 0 to"),
+        ({"min_runs": 2**31 - 1}, "min_runs must be 0 (ten) to"),
+    ],
+)
 def test_out_of_bounds_requests_are_invalid_argument(agent, model_id, fields, words):
     checks = [pb.NumericsCase(inputs=[_tensor(X)], expected=[_tensor(2 * X)])]
     err = raw_benchmark(agent, model_id=model_id, checks=checks, **fields)
@@ -141,14 +146,28 @@ def test_out_of_bounds_requests_are_invalid_argument(agent, model_id, fields, wo
 SIGN = {"shape": [1, 8], "bits": bytes([0b00001111]), "fragile": [3], "margins": [1e-7]}
 
 
-@pytest.mark.parametrize("case, words", [
-    ({"signs": [pb.SignReference(**{**SIGN, "bits": b"\x00\x00"})]}, "sign reference 0: sign reference of shape (1, 8) needs 1 bytes"),
-    ({"signs": [pb.SignReference(**{**SIGN, "fragile": [8]})]}, "fragile positions out of range"),
-    ({"signs": [pb.SignReference(**{**SIGN, "margins": []})]}, "without margins"),
-    ({"signs": [pb.SignReference(**SIGN)], "alternatives": [pb.Alternative(layer=1, expected=[_tensor(2 * X)])]},
-     "alternative 0: layer 1 of 1"),
-    ({"alternatives": [pb.Alternative(layer=0, expected=[_tensor(2 * X)])]}, "alternative 0: layer 0 of 0"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        (
+            {"signs": [pb.SignReference(**{**SIGN, "bits": b"\x00\x00"})]},
+            "sign reference 0: sign reference of shape (1, 8) needs 1 bytes",
+        ),
+        ({"signs": [pb.SignReference(**{**SIGN, "fragile": [8]})]}, "fragile positions out of range"),
+        ({"signs": [pb.SignReference(**{**SIGN, "margins": []})]}, "without margins"),
+        (
+            {
+                "signs": [pb.SignReference(**SIGN)],
+                "alternatives": [pb.Alternative(layer=1, expected=[_tensor(2 * X)])],
+            },
+            "alternative 0: layer 1 of 1",
+        ),
+        (
+            {"alternatives": [pb.Alternative(layer=0, expected=[_tensor(2 * X)])]},
+            "alternative 0: layer 0 of 0",
+        ),
+    ],
+)
 def test_a_malformed_sign_reference_or_alternative_is_invalid_argument(agent, model_id, case, words):
     checks = [pb.NumericsCase(inputs=[_tensor(X)], expected=[_tensor(2 * X)], **case)]
     err = raw_benchmark(agent, model_id=model_id, checks=checks)
@@ -184,10 +203,13 @@ def test_an_upper_case_id_is_refused_by_push_as_by_stat_and_delete(agent):
     with grpc.insecure_channel(agent.address) as channel:
         stub = pb_grpc.AgentStub(channel)
         header = pb.ModelHeader(sha256=upper, size_bytes=len(data), format="onnx")
-        for call in (lambda: stub.PushModel(iter([pb.PushModelChunk(header=header), pb.PushModelChunk(data=data)]),
-                                            timeout=10),
-                     lambda: stub.StatModel(pb.StatModelRequest(model_id=upper), timeout=10),
-                     lambda: stub.DeleteModel(pb.DeleteModelRequest(model_id=upper), timeout=10)):
+        for call in (
+            lambda: stub.PushModel(
+                iter([pb.PushModelChunk(header=header), pb.PushModelChunk(data=data)]), timeout=10
+            ),
+            lambda: stub.StatModel(pb.StatModelRequest(model_id=upper), timeout=10),
+            lambda: stub.DeleteModel(pb.DeleteModelRequest(model_id=upper), timeout=10),
+        ):
             with pytest.raises(grpc.RpcError) as info:
                 call()
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -216,11 +238,17 @@ def test_the_benchmark_worker_never_sees_the_agent_token(tmp_path):
                 if phase in ("timing", "checking") and not seen:
                     seen.extend(_worker_environments(agent.proc.pid))
 
-            client.benchmark(mid, "onnxruntime", BenchmarkSettings(warmup_runs=0, min_runs=1, min_duration_s=1.5,
-                                                                   max_duration_s=5), on_progress=look)
+            client.benchmark(
+                mid,
+                "onnxruntime",
+                BenchmarkSettings(warmup_runs=0, min_runs=1, min_duration_s=1.5, max_duration_s=5),
+                on_progress=look,
+            )
         assert seen, "no worker process was found while the benchmark ran"
         assert all(b"BIAGENT_TOKEN" not in env and token.encode() not in env for env in seen)
-        assert token.encode() in Path(f"/proc/{agent.proc.pid}/environ").read_bytes()  # the test is able to see it
+        assert (
+            token.encode() in Path(f"/proc/{agent.proc.pid}/environ").read_bytes()
+        )  # the test is able to see it
     finally:
         agent.stop()
 

@@ -1,4 +1,5 @@
 """The numerics rule itself (biagent.numerics), on hand-made values: no torch, no runtime."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,9 @@ OUT = [np.array([[1.0, 2.0, 3.0]], dtype=np.float32)]
 
 
 def case(signs=True) -> Case:
-    return Case([np.zeros((1, 4), np.float32)], [o.copy() for o in OUT], [SignReference.of(PRE)] if signs else [])
+    return Case(
+        [np.zeros((1, 4), np.float32)], [o.copy() for o in OUT], [SignReference.of(PRE)] if signs else []
+    )
 
 
 def flipped(*positions) -> np.ndarray:
@@ -29,11 +32,14 @@ def test_a_reference_lists_the_decisions_within_the_margin_of_zero():
     assert again.shape == ref.shape and again.bits == ref.bits and again.fragile.tolist() == [2, 5]
 
 
-@pytest.mark.parametrize("broken, message", [
-    ({"s_bits": np.zeros(5, np.uint8)}, "needs 1 bytes"),
-    ({"s_fragile": np.array([8])}, "out of range"),
-    ({"s_margins": np.zeros(3)}, "without margins"),
-])
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ({"s_bits": np.zeros(5, np.uint8)}, "needs 1 bytes"),
+        ({"s_fragile": np.array([8])}, "out of range"),
+        ({"s_margins": np.zeros(3)}, "without margins"),
+    ],
+)
 def test_a_malformed_reference_is_refused(broken, message):
     arrays = SignReference.of(PRE).as_arrays("s") | broken
     with pytest.raises(ValueError, match=message):

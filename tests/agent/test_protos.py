@@ -1,4 +1,5 @@
 """The committed gRPC stubs must match the .proto files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,4 +22,6 @@ def test_committed_stubs_are_fresh(tmp_path):
     for rel in fresh:
         committed = ROOT / rel
         assert committed.exists(), f"{rel} is not committed: run python protos/generate.py"
-        assert committed.read_text() == (tmp_path / rel).read_text(), f"{rel} is stale: run python protos/generate.py"
+        assert committed.read_text() == (tmp_path / rel).read_text(), (
+            f"{rel} is stale: run python protos/generate.py"
+        )

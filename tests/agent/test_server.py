@@ -1,4 +1,5 @@
 """The agent as a real process on 127.0.0.1: store, identity, benchmarks, bad input."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,10 +14,10 @@ import pytest
 import torch
 
 import bimodels
-from biproto import agent_pb2 as pb
-from biproto import agent_pb2_grpc as pb_grpc
 from bihost.client import AgentClient, BenchmarkSettings
 from bihost.errors import BoardError
+from biproto import agent_pb2 as pb
+from biproto import agent_pb2_grpc as pb_grpc
 from tests.conftest import free_port
 
 QUICK = BenchmarkSettings(warmup_runs=1, min_runs=5, min_duration_s=0.05, max_duration_s=5)
@@ -25,7 +26,9 @@ QUICK = BenchmarkSettings(warmup_runs=1, min_runs=5, min_duration_s=0.05, max_du
 @pytest.fixture(scope="module")
 def resnet20():
     torch.manual_seed(0)
-    model = bimodels.binarize(bimodels.trained_like_norms(bimodels.create_model("resnet20")), "reactnet").eval()
+    model = bimodels.binarize(
+        bimodels.trained_like_norms(bimodels.create_model("resnet20")), "reactnet"
+    ).eval()
     x = bimodels.example_input(model, 1, seed=1)
     with torch.no_grad():
         y = model(x).numpy()
@@ -37,8 +40,11 @@ def stub(address: str) -> pb_grpc.AgentStub:
 
 
 def stored_files(agent) -> list[str]:
-    return sorted(p.name for p in agent.store.rglob("*")
-                  if p.is_file() and "jobs" not in p.parts and p.name != "agent.lock")
+    return sorted(
+        p.name
+        for p in agent.store.rglob("*")
+        if p.is_file() and "jobs" not in p.parts and p.name != "agent.lock"
+    )
 
 
 def test_health_and_measured_identity(start_agent):
@@ -50,7 +56,9 @@ def test_health_and_measured_identity(start_agent):
     assert ident.machine == platform.machine() and ident.cores == os.cpu_count()
     assert ident.cpu_model and ident.memory_bytes > 0
     assert ident.runtimes["onnxruntime"]["installed"]
-    assert not ident.runtimes["dabnn"]["installed"] and "BIAGENT_DABNN_ROOT" in ident.runtimes["dabnn"]["detail"]
+    assert (
+        not ident.runtimes["dabnn"]["installed"] and "BIAGENT_DABNN_ROOT" in ident.runtimes["dabnn"]["detail"]
+    )
 
 
 def test_push_is_content_addressed_and_idempotent(start_agent, resnet20):
@@ -71,6 +79,7 @@ def _push_raw(address: str, header: pb.ModelHeader | None, chunks: list[bytes]):
             yield pb.PushModelChunk(header=header)
         for c in chunks:
             yield pb.PushModelChunk(data=c)
+
     return stub(address).PushModel(gen(), timeout=10)
 
 
@@ -78,12 +87,25 @@ DATA = os.urandom(3 << 20)
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
-@pytest.mark.parametrize("declared, chunks, code, words", [
-    (len(DATA), [DATA[:1 << 20], b"\0" * (1 << 20), DATA[2 << 20:]], grpc.StatusCode.INVALID_ARGUMENT, "sha256 mismatch"),
-    (len(DATA) - 5, [DATA[:1 << 20], DATA[1 << 20:2 << 20], DATA[2 << 20:]], grpc.StatusCode.INVALID_ARGUMENT, "longer than"),
-    (len(DATA), [DATA[:1 << 20]], grpc.StatusCode.DATA_LOSS, "ended after"),
-    (len(DATA), [DATA[:(1 << 20) + 1]], grpc.StatusCode.INVALID_ARGUMENT, "larger than 1 MiB"),
-])
+@pytest.mark.parametrize(
+    "declared, chunks, code, words",
+    [
+        (
+            len(DATA),
+            [DATA[: 1 << 20], b"\0" * (1 << 20), DATA[2 << 20 :]],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "sha256 mismatch",
+        ),
+        (
+            len(DATA) - 5,
+            [DATA[: 1 << 20], DATA[1 << 20 : 2 << 20], DATA[2 << 20 :]],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "longer than",
+        ),
+        (len(DATA), [DATA[: 1 << 20]], grpc.StatusCode.DATA_LOSS, "ended after"),
+        (len(DATA), [DATA[: (1 << 20) + 1]], grpc.StatusCode.INVALID_ARGUMENT, "larger than 1 MiB"),
+    ],
+)
 def test_bad_uploads_are_refused_and_leave_nothing(start_agent, declared, chunks, code, words):
     agent = start_agent()
     header = pb.ModelHeader(sha256=SHA, size_bytes=declared, format="onnx")
@@ -111,8 +133,13 @@ def test_benchmark_with_numerics_check(start_agent, resnet20):
     phases = []
     with AgentClient(agent.address) as client:
         model_id = client.push(data, "onnx").model_id
-        out = client.benchmark(model_id, "onnxruntime", QUICK, checks=[([x], [y])],
-                               on_progress=lambda phase, *a: phases.append(phase))
+        out = client.benchmark(
+            model_id,
+            "onnxruntime",
+            QUICK,
+            checks=[([x], [y])],
+            on_progress=lambda phase, *a: phases.append(phase),
+        )
     assert out.status == "ok", out.reason
     assert out.max_abs_errors[0] <= 1e-4 + 1e-5 * np.abs(y).max()
     assert out.runs >= 5 and len(out.samples_s) == out.runs
@@ -164,8 +191,12 @@ def test_one_benchmark_at_a_time(start_agent, resnet20):
     def run():
         with AgentClient(agent.address) as c:
             phases = []
-            start = time.monotonic()
-            c.benchmark(model_id, "onnxruntime", settings, on_progress=lambda p, *a: phases.append((p, time.monotonic())))
+            c.benchmark(
+                model_id,
+                "onnxruntime",
+                settings,
+                on_progress=lambda p, *a: phases.append((p, time.monotonic())),
+            )
             end = time.monotonic()
             timing_start = next(t for p, t in phases if p == "warmup" or p == "loading")
             windows.append((timing_start, end))

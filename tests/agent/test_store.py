@@ -1,12 +1,21 @@
 """The content-addressed model store: nothing half-written, nothing outside the store."""
+
 from __future__ import annotations
 
 import hashlib
 
 import pytest
 
-from biagent.store import (InvalidModelId, ModelNotFound, ModelStore, StoredModel, UploadCorrupt, UploadRejected,
-                           UploadTooLarge, UploadTruncated)
+from biagent.store import (
+    InvalidModelId,
+    ModelNotFound,
+    ModelStore,
+    StoredModel,
+    UploadCorrupt,
+    UploadRejected,
+    UploadTooLarge,
+    UploadTruncated,
+)
 
 DATA = b"model bytes " * 1000
 ID = hashlib.sha256(DATA).hexdigest()
@@ -24,7 +33,7 @@ def test_upload_in_chunks_then_stat_list_delete(tmp_path):
     store = ModelStore(tmp_path)
     up = store.begin(header(metadata={"arch": "resnet18"}))
     for i in range(0, len(DATA), 777):
-        up.write(DATA[i:i + 777])
+        up.write(DATA[i : i + 777])
     model = up.commit()
     assert store.path(ID).read_bytes() == DATA
     assert store.stat(ID).metadata == {"arch": "resnet18"} and model.stored_at > 0
@@ -34,10 +43,13 @@ def test_upload_in_chunks_then_stat_list_delete(tmp_path):
         store.stat(ID)
 
 
-@pytest.mark.parametrize("payload, error", [
-    (DATA[:-1] + b"X", UploadCorrupt),  # same size, other bytes: sha256 mismatch
-    (DATA[:100], UploadTruncated),  # stream ended early
-])
+@pytest.mark.parametrize(
+    "payload, error",
+    [
+        (DATA[:-1] + b"X", UploadCorrupt),  # same size, other bytes: sha256 mismatch
+        (DATA[:100], UploadTruncated),  # stream ended early
+    ],
+)
 def test_bad_uploads_leave_nothing(tmp_path, payload, error):
     store = ModelStore(tmp_path)
     up = store.begin(header())
@@ -56,14 +68,17 @@ def test_longer_than_declared_is_refused_while_streaming(tmp_path):
     assert files(store) == []
 
 
-@pytest.mark.parametrize("kw, error", [
-    ({"model_id": "../../etc/passwd"}, InvalidModelId),
-    ({"model_id": ID.upper()}, InvalidModelId),
-    ({"size_bytes": 0}, UploadRejected),
-    ({"size_bytes": 10 << 20}, UploadTooLarge),
-    ({"format": "ONNX; rm -rf"}, UploadRejected),
-    ({"name": "x" * 500}, UploadRejected),
-])
+@pytest.mark.parametrize(
+    "kw, error",
+    [
+        ({"model_id": "../../etc/passwd"}, InvalidModelId),
+        ({"model_id": ID.upper()}, InvalidModelId),
+        ({"size_bytes": 0}, UploadRejected),
+        ({"size_bytes": 10 << 20}, UploadTooLarge),
+        ({"format": "ONNX; rm -rf"}, UploadRejected),
+        ({"name": "x" * 500}, UploadRejected),
+    ],
+)
 def test_headers_are_validated(tmp_path, kw, error):
     store = ModelStore(tmp_path, max_model_bytes=1 << 20)
     with pytest.raises(error):
@@ -108,13 +123,16 @@ def test_store_budget_evicts_least_recently_used_but_never_a_held_model(tmp_path
     assert not list(store.tmp_dir.iterdir())
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"name": "two\nlines"}, "printable"),
-    ({"name": "bell\x07"}, "printable"),
-    ({"metadata": {"bad key": "v"}}, "metadata key"),
-    ({"metadata": {"k": "tab\tin value"}}, "printable"),
-    ({"metadata": {"../x": "v"}}, "metadata key"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"name": "two\nlines"}, "printable"),
+        ({"name": "bell\x07"}, "printable"),
+        ({"metadata": {"bad key": "v"}}, "metadata key"),
+        ({"metadata": {"k": "tab\tin value"}}, "printable"),
+        ({"metadata": {"../x": "v"}}, "metadata key"),
+    ],
+)
 def test_names_and_metadata_are_charset_limited(tmp_path, kw, match):
     with pytest.raises(UploadRejected, match=match):
         ModelStore(tmp_path).begin(header(**kw))

@@ -1,4 +1,5 @@
 """The worker's timing loop: which clock a latency sample comes from."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,16 @@ def test_a_runtime_that_times_itself_gives_the_samples(monkeypatch, tmp_path, ca
     (tmp_path / "m.bin").write_bytes(b"model")
     arrays = tmp_path / "cases.npz"
     np.savez(arrays, case0_in0=np.ones((1, 2), np.float32), case0_out0=np.ones((1, 2), np.float32))
-    worker.run({"runtime": "self-timed", "model_path": str(tmp_path / "m.bin"), "arrays": str(arrays),
-                "warmup_runs": 1, "min_runs": 5, "min_duration_s": 0.0})
+    worker.run(
+        {
+            "runtime": "self-timed",
+            "model_path": str(tmp_path / "m.bin"),
+            "arrays": str(arrays),
+            "warmup_runs": 1,
+            "min_runs": 5,
+            "min_duration_s": 0.0,
+        }
+    )
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     (samples,) = [e["latency_s"] for e in events if e["event"] == "samples"]
     assert samples == [0.25] * 5

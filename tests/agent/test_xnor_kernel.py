@@ -1,4 +1,5 @@
 """The compiled XNOR-popcount GEMM agrees with the numpy reference bit for bit."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,9 @@ from biagent.runtimes import custom_ops
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="C kernels not built on this machine")
 
 
-@pytest.mark.parametrize("rows, cout, k", [(1, 1, 1), (7, 3, 64), (33, 5, 65), (64, 64, 576), (130, 37, 1000),
-                                           (3, 130, 4608)])
+@pytest.mark.parametrize(
+    "rows, cout, k", [(1, 1, 1), (7, 3, 64), (33, 5, 65), (64, 64, 576), (130, 37, 1000), (3, 130, 4608)]
+)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_matches_reference(rows, cout, k, threads):
     rng = np.random.default_rng(rows * 1000 + cout)
@@ -44,14 +46,21 @@ def test_the_runtime_reports_its_kernels():
     assert "compiled XNOR-popcount kernels" in detail and kernels.info()["bconv"] in detail
 
 
-@pytest.mark.parametrize("c, cg, c0, k, s, d, size", [(3, 3, 0, 3, 1, 1, 9), (37, 37, 0, 3, 2, 1, 12),
-                                                   (130, 65, 65, 1, 1, 1, 7), (8, 4, 4, 7, 2, 2, 23),
-                                                   (64, 64, 0, 3, 1, 1, 58)])
+@pytest.mark.parametrize(
+    "c, cg, c0, k, s, d, size",
+    [
+        (3, 3, 0, 3, 1, 1, 9),
+        (37, 37, 0, 3, 2, 1, 12),
+        (130, 65, 65, 1, 1, 1, 7),
+        (8, 4, 4, 7, 2, 2, 23),
+        (64, 64, 0, 3, 1, 1, 58),
+    ],
+)
 def test_patch_packing_matches_numpy_im2col(c, cg, c0, k, s, d, size):
     rng = np.random.default_rng(c + k)
     neg = rng.random((c, size, size)) < 0.5
     out_hw = (size - d * (k - 1) - 1) // s + 1
-    view = custom_ops.windows(neg[None, c0:c0 + cg], (k, k), (s, s), (d, d), (out_hw, out_hw))
+    view = custom_ops.windows(neg[None, c0 : c0 + cg], (k, k), (s, s), (d, d), (out_hw, out_hw))
     patches = view[0].transpose(1, 2, 0, 3, 4).reshape(out_hw * out_hw, -1)  # (c, ky, kx) per position
     ref = custom_ops.pack_rows(patches)
     got = np.empty((out_hw * out_hw, custom_ops.n_words(cg * k * k)), np.uint64)
@@ -62,6 +71,10 @@ def test_patch_packing_matches_numpy_im2col(c, cg, c0, k, s, d, size):
 def test_patch_packing_refuses_bad_geometry():
     neg = np.zeros((4, 5, 5), np.uint8)
     with pytest.raises(ValueError, match="geometry"):
-        kernels._xnor.pack_patches2d(neg, np.zeros((9, 1), np.uint64), 0, 4, 3, 3, 1, 1, 1, 1, 0, 4, 3)  # rows off the map
+        kernels._xnor.pack_patches2d(
+            neg, np.zeros((9, 1), np.uint64), 0, 4, 3, 3, 1, 1, 1, 1, 0, 4, 3
+        )  # rows off the map
     with pytest.raises(ValueError):
-        kernels._xnor.pack_patches2d(neg, np.zeros((9, 1), np.uint64), 2, 4, 3, 3, 1, 1, 1, 1, 0, 3, 3)  # channels
+        kernels._xnor.pack_patches2d(
+            neg, np.zeros((9, 1), np.uint64), 2, 4, 3, 3, 1, 1, 1, 1, 0, 3, 3
+        )  # channels

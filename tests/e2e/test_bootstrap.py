@@ -1,4 +1,5 @@
 """`bihost board bootstrap` over a real sshd, then the board used through its SSH forward."""
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,24 @@ def _stop_board(name: str, inv, agent_dir) -> None:
 def test_bootstrap_then_check_and_profile_through_ssh(sshd, tmp_path):
     known, agent_dir, port = tmp_path / "known_hosts", tmp_path / "board-agent", free_port()
     inv = tmp_path / "inv.yaml"
-    inv.write_text(yaml.safe_dump({"version": 1, "boards": {"pi": {
-        "soc": "test board over ssh", "arch": "native", "os": "linux", "runtimes": ["custom", "onnxruntime"],
-        "address": f"127.0.0.1:{port}", "transport": "ssh",
-        "ssh": sshd.ssh_settings(known, agent_dir=str(agent_dir))}}}))
+    inv.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "boards": {
+                    "pi": {
+                        "soc": "test board over ssh",
+                        "arch": "native",
+                        "os": "linux",
+                        "runtimes": ["custom", "onnxruntime"],
+                        "address": f"127.0.0.1:{port}",
+                        "transport": "ssh",
+                        "ssh": sshd.ssh_settings(known, agent_dir=str(agent_dir)),
+                    }
+                },
+            }
+        )
+    )
     args = ["board", "bootstrap", "pi", "--inventory", str(inv), "--json"]
     try:
         refused = bihost(*args)
@@ -43,7 +58,9 @@ def test_bootstrap_then_check_and_profile_through_ssh(sshd, tmp_path):
         assert report["changed"] and report["agent"]["name"] == "pi" and report["runtimes"]["custom"]
         venv_python = str(agent_dir / "venv" / "bin" / "python")
         assert subprocess.run([venv_python, "-c", "import biagent, grpc, numpy"]).returncode == 0
-        assert subprocess.run([venv_python, "-c", "import torch"], capture_output=True).returncode != 0  # light
+        assert (
+            subprocess.run([venv_python, "-c", "import torch"], capture_output=True).returncode != 0
+        )  # light
         assert (agent_dir / "agent.log").exists()
 
         started = time.monotonic()
@@ -54,18 +71,37 @@ def test_bootstrap_then_check_and_profile_through_ssh(sshd, tmp_path):
         check = bihost("board", "check", "pi", "--inventory", str(inv), "--json")
         assert check.returncode == 0 and json.loads(check.stdout)["healthy"], check.stderr
         results = tmp_path / "results"
-        prof = bihost("profile", "--chip", "pi", "--algo", "bnn", "--runtime", "custom", *FAST,
-                      "--results", str(results), "--inventory", str(inv), "--json")
+        prof = bihost(
+            "profile",
+            "--chip",
+            "pi",
+            "--algo",
+            "bnn",
+            "--runtime",
+            "custom",
+            *FAST,
+            "--results",
+            str(results),
+            "--inventory",
+            str(inv),
+            "--json",
+        )
         assert prof.returncode == 0, prof.stderr
         rows = json.loads(prof.stdout)
-        assert {r["runtime"] for r in rows} == {"custom", "onnxruntime"} and all(r["status"] == "ok" for r in rows)
+        assert {r["runtime"] for r in rows} == {"custom", "onnxruntime"} and all(
+            r["status"] == "ok" for r in rows
+        )
 
         old_pid = int((agent_dir / "agent.pid").read_text())
         os.kill(old_pid, signal.SIGKILL)  # the agent crashes: its supervisor restarts it
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             pid = (agent_dir / "agent.pid").read_text().strip() if (agent_dir / "agent.pid").exists() else ""
-            if pid and int(pid) != old_pid and bihost("board", "check", "pi", "--inventory", str(inv)).returncode == 0:
+            if (
+                pid
+                and int(pid) != old_pid
+                and bihost("board", "check", "pi", "--inventory", str(inv)).returncode == 0
+            ):
                 break
             time.sleep(0.5)
         else:
@@ -78,15 +114,34 @@ def test_bootstrap_on_a_board_without_sftp_copies_over_an_exec_channel(sshd_with
     sshd = sshd_without_sftp
     known, agent_dir, port = tmp_path / "known_hosts", tmp_path / "board-agent", free_port()
     inv = tmp_path / "inv.yaml"
-    inv.write_text(yaml.safe_dump({"version": 1, "boards": {"dropbear-like": {
-        "soc": "a board whose sshd has no sftp", "arch": "native", "os": "linux", "runtimes": ["custom"],
-        "address": f"127.0.0.1:{port}", "transport": "ssh",
-        "ssh": sshd.ssh_settings(known, agent_dir=str(agent_dir))}}}))
+    inv.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "boards": {
+                    "dropbear-like": {
+                        "soc": "a board whose sshd has no sftp",
+                        "arch": "native",
+                        "os": "linux",
+                        "runtimes": ["custom"],
+                        "address": f"127.0.0.1:{port}",
+                        "transport": "ssh",
+                        "ssh": sshd.ssh_settings(known, agent_dir=str(agent_dir)),
+                    }
+                },
+            }
+        )
+    )
     try:
         out = bihost("board", "bootstrap", "dropbear-like", "--inventory", str(inv), "--accept-new-host-key")
         assert out.returncode == 0, out.stderr
-        assert "Traceback" not in out.stderr and "exec channel (the board offers no SFTP)" in out.stdout + out.stderr
-        assert os.access(agent_dir / "supervisor.sh", os.X_OK) and not list((agent_dir / "dist").glob("*.part"))
+        assert (
+            "Traceback" not in out.stderr
+            and "exec channel (the board offers no SFTP)" in out.stdout + out.stderr
+        )
+        assert os.access(agent_dir / "supervisor.sh", os.X_OK) and not list(
+            (agent_dir / "dist").glob("*.part")
+        )
         check = bihost("board", "check", "dropbear-like", "--inventory", str(inv), "--json")
         assert check.returncode == 0 and json.loads(check.stdout)["healthy"], check.stderr
     finally:

@@ -5,6 +5,7 @@ watchdog, board marked bad until a health check passes), a segfaulting runtime (
 in the worker), two campaigns on one board (a lease serialises them; a crashed holder's
 lease runs out).
 """
+
 from __future__ import annotations
 
 import signal
@@ -26,7 +27,9 @@ QUICK = BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=0.05)
 
 
 def _plan(runtimes=("onnxruntime", "custom"), algorithms=("bnn",), settings=QUICK, **kw) -> Plan:
-    defaults = dict(retries=3, retry_backoff_s=0.3, lease_ttl_s=5.0, lease_wait_s=60.0, stall_s=5.0, board_wait_s=5.0)
+    defaults = dict(
+        retries=3, retry_backoff_s=0.3, lease_ttl_s=5.0, lease_wait_s=60.0, stall_s=5.0, board_wait_s=5.0
+    )
     return Plan(["resnet20"], list(algorithms), list(runtimes), settings, **(defaults | kw))
 
 
@@ -58,11 +61,17 @@ def test_agent_sigkilled_mid_benchmark_and_restarted_is_retried(start_agent, tmp
     # A retry waits for the board's health check for twice the backoff, and a board silent that
     # long is filed as down: 5 s gives the restarted agent 10 s, enough on a loaded CI machine
     # (0.3 s gave it 1.3 s, and lost the race now and then).
-    plan = _plan(settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=1.5), retries=6,
-                 retry_backoff_s=5.0)
+    plan = _plan(
+        settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=1.5),
+        retries=6,
+        retry_backoff_s=5.0,
+    )
     done: list = []
-    runner = threading.Thread(target=lambda: done.append(run_campaign([Target("alpha", "x", agent.address)], plan,
-                                                                      results, progress=log)))
+    runner = threading.Thread(
+        target=lambda: done.append(
+            run_campaign([Target("alpha", "x", agent.address)], plan, results, progress=log)
+        )
+    )
     runner.start()
     assert timing.wait(300), log.lines
     agent.stop(sig=signal.SIGKILL)  # mid-benchmark
@@ -70,26 +79,56 @@ def test_agent_sigkilled_mid_benchmark_and_restarted_is_retried(start_agent, tmp
     runner.join(300)
     assert not runner.is_alive()
     rows = results.rows(plan.campaign)
-    assert sorted((r.algorithm, r.runtime) for r in rows) == [("bnn", "custom"), ("bnn", "onnxruntime"),
-                                                             ("fp32", "onnxruntime")]
+    assert sorted((r.algorithm, r.runtime) for r in rows) == [
+        ("bnn", "custom"),
+        ("bnn", "onnxruntime"),
+        ("fp32", "onnxruntime"),
+    ]
     assert all(r.status == "ok" for r in rows), [(r.runtime, r.reason) for r in rows]
     retries = [line for line in log.lines if "bnn/custom: failed" in line and "retry 1 of 6" in line]
     assert retries, log.lines  # the failure was reported, then retried
     assert results.board_state("alpha").state == "good"
 
 
-def test_agent_sigkilled_and_restarted_20s_later_finishes_in_the_same_run_with_default_flags(start_agent, tmp_path):
+def test_agent_sigkilled_and_restarted_20s_later_finishes_in_the_same_run_with_default_flags(
+    start_agent, tmp_path
+):
     """The supervised-restart case: `bihost profile` with its default patience (--board-wait)
     waits for the board instead of filing the rest as errors; no row is missing or doubled."""
     port, store_dir = free_port(), tmp_path / "store"
     agent = start_agent("alpha", store=store_dir, extra=("--port", str(port)))
     inv = write_inventory(tmp_path / "inv.yaml", {"alpha": {"address": agent.address}})
     results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "bihost.cli", "profile", "--chip", "alpha", "--algo", "bnn,xnor",
-                             "--runtime", "onnxruntime,custom", "--arch", "resnet20", "--runs", "3",
-                             "--min-duration", "1.0", "--warmup", "1", "--results", str(results),
-                             "--inventory", str(inv), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bihost.cli",
+            "profile",
+            "--chip",
+            "alpha",
+            "--algo",
+            "bnn,xnor",
+            "--runtime",
+            "onnxruntime,custom",
+            "--arch",
+            "resnet20",
+            "--runs",
+            "3",
+            "--min-duration",
+            "1.0",
+            "--warmup",
+            "1",
+            "--results",
+            str(results),
+            "--inventory",
+            str(inv),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while len(stored(results)) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -104,7 +143,9 @@ def test_agent_sigkilled_and_restarted_20s_later_finishes_in_the_same_run_with_d
             proc.kill()
     assert proc.returncode == 0, err
     rows = stored(results)
-    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), [(r["algorithm"], r["reason"]) for r in rows]
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), [
+        (r["algorithm"], r["reason"]) for r in rows
+    ]
     assert len({(r["algorithm"], r["runtime"]) for r in rows}) == 5
     assert "waiting up to 120 s for the board to answer again" in err, err
     assert "marked bad" not in err
@@ -114,10 +155,26 @@ def test_host_killed_mid_campaign_resumes_without_repeats(start_agent, tmp_path)
     agent = start_agent("alpha")
     inv = write_inventory(tmp_path / "inv.yaml", {"alpha": {"address": agent.address}})
     results = tmp_path / "results"
-    args = ["profile", "--chip", "alpha", "--algo", "bnn,xnor,dorefa", "--runtime", "onnxruntime,custom", *FAST,
-            "--results", str(results), "--inventory", str(inv), "--json", "--lease-ttl", "3"]
-    proc = subprocess.Popen([sys.executable, "-m", "bihost.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        "profile",
+        "--chip",
+        "alpha",
+        "--algo",
+        "bnn,xnor,dorefa",
+        "--runtime",
+        "onnxruntime,custom",
+        *FAST,
+        "--results",
+        str(results),
+        "--inventory",
+        str(inv),
+        "--json",
+        "--lease-ttl",
+        "3",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bihost.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while len(stored(results)) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -139,8 +196,12 @@ def test_stopped_agent_is_given_up_marked_bad_then_back_after_a_health_check(sta
     results = ResultsStore(tmp_path / "results")
     log = Log()
     timing = log.when("bnn/onnxruntime: timing")
-    plan = _plan(runtimes=("onnxruntime",), retries=1, stall_s=3.0,
-                 settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=2.0))
+    plan = _plan(
+        runtimes=("onnxruntime",),
+        retries=1,
+        stall_s=3.0,
+        settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=2.0),
+    )
     target = Target("alpha", "x", agent.address)
     runner = threading.Thread(target=run_campaign, args=([target], plan, results), kwargs={"progress": log})
     runner.start()
@@ -171,17 +232,27 @@ def test_a_link_taken_down_mid_benchmark_is_given_up_not_waited_for(netns_link, 
     from bihost.channel import ChannelSecurity
     from tests.conftest import AgentProcess
 
-    agent = AgentProcess(tmp_path / "store", "veth", extra=("--host", netns_link.board_ip, "--insecure"),
-                         prefix=netns_link.prefix)
+    agent = AgentProcess(
+        tmp_path / "store",
+        "veth",
+        extra=("--host", netns_link.board_ip, "--insecure"),
+        prefix=netns_link.prefix,
+    )
     try:
         assert agent.address.startswith(netns_link.board_ip)
         target = Target("veth", "x", agent.address, security=ChannelSecurity(insecure=True))
         results = ResultsStore(tmp_path / "results")
         log = Log()
         timing = log.when("bnn/onnxruntime: timing")
-        plan = _plan(runtimes=("onnxruntime",), retries=1, stall_s=3.0,
-                     settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=2.0))
-        runner = threading.Thread(target=run_campaign, args=([target], plan, results), kwargs={"progress": log})
+        plan = _plan(
+            runtimes=("onnxruntime",),
+            retries=1,
+            stall_s=3.0,
+            settings=BenchmarkSettings(warmup_runs=1, min_runs=3, min_duration_s=2.0),
+        )
+        runner = threading.Thread(
+            target=run_campaign, args=([target], plan, results), kwargs={"progress": log}
+        )
         runner.start()
         assert timing.wait(300), log.lines
         netns_link.link(up=False)  # no RST, no FIN: the connection just goes silent
@@ -207,8 +278,20 @@ def test_maintenance_keeps_a_board_out_until_returned(start_agent, tmp_path):
     assert bihost("board", "maintenance", "alpha", "--reason", "new heatsink", *res).returncode == 0
     health = bihost("board", "health", *res, "--json")
     assert '"maintenance"' in health.stdout and "new heatsink" in health.stdout
-    args = ["profile", "--chip", "alpha", "--algo", "bnn", "--runtime", "onnxruntime", *FAST, *res,
-            "--inventory", str(inv), "--json"]
+    args = [
+        "profile",
+        "--chip",
+        "alpha",
+        "--algo",
+        "bnn",
+        "--runtime",
+        "onnxruntime",
+        *FAST,
+        *res,
+        "--inventory",
+        str(inv),
+        "--json",
+    ]
     out = bihost(*args)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out
     assert "in maintenance (new heatsink)" in out.stderr
@@ -218,7 +301,7 @@ def test_maintenance_keeps_a_board_out_until_returned(start_agent, tmp_path):
     assert '"good"' in bihost("board", "health", *res, "--json").stdout
 
 
-CRASHY = '''
+CRASHY = """
 import ctypes
 from pathlib import Path
 from biagent.runtimes.base import LoadedModel, Runtime, RuntimeInfo
@@ -250,7 +333,7 @@ class CrashyRuntime(Runtime):
 
     def load(self, path: Path, threads: int):
         return Model()
-'''
+"""
 
 
 def test_a_segfaulting_runtime_is_isolated_in_its_worker(start_agent, tmp_path, monkeypatch):
@@ -275,8 +358,10 @@ def test_two_campaigns_on_one_board_take_turns(start_agent, tmp_path):
     target = Target("alpha", "x", agent.address)
     logs = [Log(), Log()]
     plans = [_plan(), _plan()]
-    runners = [threading.Thread(target=run_campaign, args=([target], p, results), kwargs={"progress": log})
-               for p, log in zip(plans, logs)]
+    runners = [
+        threading.Thread(target=run_campaign, args=([target], p, results), kwargs={"progress": log})
+        for p, log in zip(plans, logs)
+    ]
     for r in runners:
         r.start()
     for r in runners:
@@ -299,12 +384,16 @@ def test_a_crashed_holders_lease_runs_out(start_agent, tmp_path):
         other.lease_id = ""  # ...and forgets it: nobody will release or renew
     with AgentClient(agent.address, "alpha") as client:
         model = client.push(b"some model", "onnx").model_id
-        with pytest.raises(Exception, match=r"leased to crashed-host pid 1 for \d more s; acquire the lease first"):
+        with pytest.raises(
+            Exception, match=r"leased to crashed-host pid 1 for \d more s; acquire the lease first"
+        ):
             client.benchmark(model, "onnxruntime", QUICK)
     results = ResultsStore(tmp_path / "results")
     log = Log()
     started = time.monotonic()
-    rows = run_campaign([Target("alpha", "x", agent.address)], _plan(runtimes=("onnxruntime",)), results, progress=log)
+    rows = run_campaign(
+        [Target("alpha", "x", agent.address)], _plan(runtimes=("onnxruntime",)), results, progress=log
+    )
     assert rows and all(r.status == "ok" for r in rows)
     assert any("leased to crashed-host" in line for line in log.lines)
     assert time.monotonic() - started < 120

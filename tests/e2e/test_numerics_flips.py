@@ -7,6 +7,7 @@ is computed with one decision of the first binary layer forced the other way, ei
 decision nearest zero (moved to 1e-7 of the layer's range on the other side: a rounding
 flip) or the one farthest from it (a real margin). The runtimes compute the true model.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,9 @@ LARQ = get_runtime("larq").describe().installed
 
 def model(seed: int = 0):
     torch.manual_seed(seed)
-    return bimodels.binarize(bimodels.trained_like_norms(bimodels.create_model("resnet20"), seed), "bnn").eval()
+    return bimodels.binarize(
+        bimodels.trained_like_norms(bimodels.create_model("resnet20"), seed), "bnn"
+    ).eval()
 
 
 def staged_case(net, x, fragile: bool):
@@ -45,7 +48,9 @@ def staged_case(net, x, fragile: bool):
         return (v,)
 
     first.register_forward_pre_hook(force)
-    (case,) = reference_cases(net, [x], deployed=deployed, alternatives=True)  # as profile sends them on a retry
+    (case,) = reference_cases(
+        net, [x], deployed=deployed, alternatives=True
+    )  # as profile sends them on a retry
     return case
 
 
@@ -64,8 +69,11 @@ def run(agent, artifact: bytes, runtime: str, fmt: str, case):
         return client.benchmark(model_id, runtime, QUICK, checks=[case])
 
 
-RUNTIMES = ["custom", "onnxruntime",
-            pytest.param("larq", marks=pytest.mark.skipif(not LARQ, reason="larq runtime not installed"))]
+RUNTIMES = [
+    "custom",
+    "onnxruntime",
+    pytest.param("larq", marks=pytest.mark.skipif(not LARQ, reason="larq runtime not installed")),
+]
 FORMATS = {"custom": "custom", "onnxruntime": "onnx", "larq": "lce"}
 
 
@@ -113,12 +121,34 @@ def test_profile_explains_a_real_lce_rounding_flip(tmp_path):
 
     from tests.e2e.test_profile import bihost
 
-    out = bihost("profile", "--chip", "local", "--arch", "reactnet", "--algo", "xnor", "--runtime", "larq",
-                 "--seed", "1", "--runs", "1", "--min-duration", "0", "--warmup", "0", "--json",
-                 "--results", str(tmp_path))
+    out = bihost(
+        "profile",
+        "--chip",
+        "local",
+        "--arch",
+        "reactnet",
+        "--algo",
+        "xnor",
+        "--runtime",
+        "larq",
+        "--seed",
+        "1",
+        "--runs",
+        "1",
+        "--min-duration",
+        "0",
+        "--warmup",
+        "0",
+        "--json",
+        "--results",
+        str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     rows = {(r["algorithm"], r["runtime"]): r for r in json.loads(out.stdout)}
     row = rows[("xnor", "larq")]
     assert row["status"] == "ok", row["reason"]
-    assert re.search(r"case 2: max abs error 0\.\d+ > .*explained by a rounding flip: torch \(float64\) with decision "
-                     r"\d+ of binary layer \d+ \(\d\.\de-(09|1\d) of its range\)", row["reason"]), row["reason"]
+    assert re.search(
+        r"case 2: max abs error 0\.\d+ > .*explained by a rounding flip: torch \(float64\) with decision "
+        r"\d+ of binary layer \d+ \(\d\.\de-(09|1\d) of its range\)",
+        row["reason"],
+    ), row["reason"]

@@ -1,4 +1,5 @@
 """End to end: the host CLI drives real agents on 127.0.0.1 and files what they measure."""
+
 from __future__ import annotations
 
 import json
@@ -18,19 +19,43 @@ from tests.conftest import free_port
 
 LARQ = __import__("biagent.runtimes", fromlist=["get_runtime"]).get_runtime("larq").describe().installed
 FAST = ["--arch", "resnet20", "--runs", "3", "--min-duration", "0.05", "--warmup", "1"]
-REQUIRED = {"board", "chip", "arch", "algorithm", "runtime", "status", "reason", "latency_ms", "runs", "warmup",
-            "threads", "model_bytes", "fp32_model_bytes", "speedup_vs_fp32", "storage_ratio", "max_abs_err", "agent"}
+REQUIRED = {
+    "board",
+    "chip",
+    "arch",
+    "algorithm",
+    "runtime",
+    "status",
+    "reason",
+    "latency_ms",
+    "runs",
+    "warmup",
+    "threads",
+    "model_bytes",
+    "fp32_model_bytes",
+    "speedup_vs_fp32",
+    "storage_ratio",
+    "max_abs_err",
+    "agent",
+}
 
 
 def bihost(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_inventory(path: Path, boards: dict[str, dict]) -> Path:
     entries = {}
     for name, b in boards.items():
-        entries[name] = {"soc": b.get("soc", f"test SoC {name}"), "arch": b.get("arch", "native"), "os": "linux",
-                         "runtimes": ["custom", "onnxruntime", "larq"], "address": b["address"]}
+        entries[name] = {
+            "soc": b.get("soc", f"test SoC {name}"),
+            "arch": b.get("arch", "native"),
+            "os": "linux",
+            "runtimes": ["custom", "onnxruntime", "larq"],
+            "address": b["address"],
+        }
         if "cpu" in b:
             entries[name]["cpu"] = {"clusters": b["cpu"]}
     path.write_text(yaml.safe_dump({"version": 1, "boards": entries}))
@@ -51,11 +76,25 @@ def stored(results: Path) -> list[dict]:
 
 def test_two_boards_profile_results_and_metrics(start_agent, tmp_path):
     alpha, beta = start_agent("alpha"), start_agent("beta")
-    inv = write_inventory(tmp_path / "inv.yaml", {"alpha": {"address": alpha.address},
-                                                   "beta": {"address": beta.address}})
+    inv = write_inventory(
+        tmp_path / "inv.yaml", {"alpha": {"address": alpha.address}, "beta": {"address": beta.address}}
+    )
     results = tmp_path / "results"
-    out = bihost("profile", "--chip", "alpha,beta", "--algo", "bnn,reactnet", "--runtime", "onnxruntime,custom,larq",
-                 *FAST, "--json", "--results", str(results), "--inventory", str(inv))
+    out = bihost(
+        "profile",
+        "--chip",
+        "alpha,beta",
+        "--algo",
+        "bnn,reactnet",
+        "--runtime",
+        "onnxruntime,custom,larq",
+        *FAST,
+        "--json",
+        "--results",
+        str(results),
+        "--inventory",
+        str(inv),
+    )
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert len(rows) == 2 * (1 + 2 * 3)
@@ -72,7 +111,10 @@ def test_two_boards_profile_results_and_metrics(start_agent, tmp_path):
     for board in ("alpha", "beta"):
         assert by[(board, "fp32", "onnxruntime")]["speedup_vs_fp32"] == pytest.approx(1.0)
         packed = by[(board, "bnn", "custom")]
-        assert packed["storage_ratio"] > 5 and packed["fp32_model_bytes"] == by[(board, "fp32", "onnxruntime")]["model_bytes"]
+        assert (
+            packed["storage_ratio"] > 5
+            and packed["fp32_model_bytes"] == by[(board, "fp32", "onnxruntime")]["model_bytes"]
+        )
         assert packed["max_abs_err"] < 1e-3
 
     # Every row was filed, durably, in the store; `bihost results` reads them back.
@@ -84,8 +126,22 @@ def test_two_boards_profile_results_and_metrics(start_agent, tmp_path):
 
     # Prometheus text over HTTP, from the same store.
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bihost.cli", "metrics", "serve", "--port", str(port),
-                               "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bihost.cli",
+            "metrics",
+            "serve",
+            "--port",
+            str(port),
+            "--results",
+            str(results),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         body = ""
         for _ in range(100):
@@ -94,7 +150,7 @@ def test_two_boards_profile_results_and_metrics(start_agent, tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
-        assert 'bibench_inference_latency_seconds{' in body
+        assert "bibench_inference_latency_seconds{" in body
         assert 'board="alpha"' in body and 'board="beta"' in body and 'runtime="custom"' in body
     finally:
         server.terminate()
@@ -107,11 +163,26 @@ def test_agent_killed_mid_profile_then_resume(start_agent, tmp_path):
     alpha = start_agent("alpha", store=store, extra=("--port", str(port)))
     inv = write_inventory(tmp_path / "inv.yaml", {"alpha": {"address": alpha.address}})
     results = tmp_path / "results"
-    args = ["profile", "--chip", "alpha", "--algo", "bnn,xnor,dorefa,bireal", "--runtime", "onnxruntime,custom",
-            *FAST, "--results", str(results), "--inventory", str(inv), "--json",
-            "--board-wait", "3"]  # the board stays dead: file the rest for --resume, no 120 s wait
-    proc = subprocess.Popen([sys.executable, "-m", "bihost.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        "profile",
+        "--chip",
+        "alpha",
+        "--algo",
+        "bnn,xnor,dorefa,bireal",
+        "--runtime",
+        "onnxruntime,custom",
+        *FAST,
+        "--results",
+        str(results),
+        "--inventory",
+        str(inv),
+        "--json",
+        "--board-wait",
+        "3",
+    ]  # the board stays dead: file the rest for --resume, no 120 s wait
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bihost.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while len(stored(results)) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -129,7 +200,9 @@ def test_agent_killed_mid_profile_then_resume(start_agent, tmp_path):
     again = bihost(*args, "--resume")
     assert again.returncode == 0, again.stderr
     redone = json.loads(again.stdout)
-    assert {(r["algorithm"], r["runtime"]) for r in redone} == {(r["algorithm"], r["runtime"]) for r in failed}
+    assert {(r["algorithm"], r["runtime"]) for r in redone} == {
+        (r["algorithm"], r["runtime"]) for r in failed
+    }
     final = stored(results)
     assert len(final) == 9 and all(r["status"] == "ok" for r in final)
     assert len({(r["algorithm"], r["runtime"]) for r in final}) == 9  # no duplicates
@@ -141,11 +214,30 @@ def test_agent_killed_mid_profile_then_resume(start_agent, tmp_path):
 def test_identity_mismatch_is_refused_unless_forced(start_agent, tmp_path):
     agent = start_agent("phone")
     # A stand-in for hardware we cannot have: an entry claiming a Kirin 970, served by this x86 machine.
-    inv = write_inventory(tmp_path / "inv.yaml", {"fake-kirin970": {
-        "address": agent.address, "arch": "arm64", "soc": "HiSilicon Kirin 970",
-        "cpu": ["4x Cortex-A73 @ 2.36", "4x Cortex-A53 @ 1.80"]}})
-    base = ["profile", "--chip", "fake-kirin970", "--algo", "bnn", "--runtime", "onnxruntime", *FAST,
-            "--inventory", str(inv), "--json"]
+    inv = write_inventory(
+        tmp_path / "inv.yaml",
+        {
+            "fake-kirin970": {
+                "address": agent.address,
+                "arch": "arm64",
+                "soc": "HiSilicon Kirin 970",
+                "cpu": ["4x Cortex-A73 @ 2.36", "4x Cortex-A53 @ 1.80"],
+            }
+        },
+    )
+    base = [
+        "profile",
+        "--chip",
+        "fake-kirin970",
+        "--algo",
+        "bnn",
+        "--runtime",
+        "onnxruntime",
+        *FAST,
+        "--inventory",
+        str(inv),
+        "--json",
+    ]
     refused = bihost(*base, "--results", str(tmp_path / "r1"))
     assert refused.returncode == 1 and "identity mismatch" in refused.stderr
     assert all(r["status"] == "error" for r in stored(tmp_path / "r1"))
@@ -158,8 +250,21 @@ def test_identity_mismatch_is_refused_unless_forced(start_agent, tmp_path):
 def test_unreachable_board_fails_fast_and_clearly(tmp_path):
     inv = write_inventory(tmp_path / "inv.yaml", {"ghost": {"address": f"127.0.0.1:{free_port()}"}})
     start = time.monotonic()
-    out = bihost("profile", "--chip", "ghost", "--algo", "bnn", "--runtime", "onnxruntime", *FAST,
-                 "--inventory", str(inv), "--results", str(tmp_path / "r"), timeout=120)
+    out = bihost(
+        "profile",
+        "--chip",
+        "ghost",
+        "--algo",
+        "bnn",
+        "--runtime",
+        "onnxruntime",
+        *FAST,
+        "--inventory",
+        str(inv),
+        "--results",
+        str(tmp_path / "r"),
+        timeout=120,
+    )
     assert out.returncode == 1 and "unreachable" in out.stderr and "Traceback" not in out.stderr
     assert time.monotonic() - start < 60
 
@@ -174,8 +279,26 @@ DABNN = __import__("biagent.runtimes", fromlist=["get_runtime"]).get_runtime("da
 
 def test_each_runtime_gets_the_padding_it_can_run_and_the_row_says_which(tmp_path):
     """daBNN's binary convs pad with -1: its rows are binarized that way (the others with 0)."""
-    out = bihost("profile", "--chip", "local", "--arch", "reactnet", "--algo", "bnn", "--runtime", "custom,dabnn",
-                 "--runs", "3", "--min-duration", "0.05", "--warmup", "1", "--json", "--results", str(tmp_path))
+    out = bihost(
+        "profile",
+        "--chip",
+        "local",
+        "--arch",
+        "reactnet",
+        "--algo",
+        "bnn",
+        "--runtime",
+        "custom,dabnn",
+        "--runs",
+        "3",
+        "--min-duration",
+        "0.05",
+        "--warmup",
+        "1",
+        "--json",
+        "--results",
+        str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     rows = {(r["algorithm"], r["runtime"]): r for r in json.loads(out.stdout)}
     assert rows[("fp32", "onnxruntime")]["pad_value"] == 0.0 and rows[("bnn", "custom")]["pad_value"] == 0.0

@@ -1,4 +1,5 @@
 """Helpers shared by the host tests: the CLI in a subprocess, the quadratic mean."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,9 @@ import sys
 
 
 def bihost(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def qmean(values):

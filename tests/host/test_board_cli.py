@@ -1,4 +1,5 @@
 """`bihost board`: list, show, add, rm on a copy of the shipped inventory."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def test_list_json(inv_path):
 def test_list_table(inv_path):
     result = board(inv_path, "list")
     assert result.exit_code == 0, result.output
-    assert "kirin970" in result.output and "HiSilicon Kirin 970" in result.output and "embedded" in result.output
+    assert (
+        "kirin970" in result.output and "HiSilicon Kirin 970" in result.output and "embedded" in result.output
+    )
 
 
 def test_show(inv_path):
@@ -64,14 +67,34 @@ def test_show_unknown_board_lists_names(inv_path):
 
 
 def test_add_new_board(inv_path):
-    result = board(inv_path, "add", "pi5", "--address", "10.0.0.7:50051", "--soc", "Broadcom BCM2712",
-                   "--arch", "arm64", "--os", "linux", "--runtime", "larq", "--runtime", "custom",
-                   "--cpu", "4x Cortex-A76 @ 2.40")
+    result = board(
+        inv_path,
+        "add",
+        "pi5",
+        "--address",
+        "10.0.0.7:50051",
+        "--soc",
+        "Broadcom BCM2712",
+        "--arch",
+        "arm64",
+        "--os",
+        "linux",
+        "--runtime",
+        "larq",
+        "--runtime",
+        "custom",
+        "--cpu",
+        "4x Cortex-A76 @ 2.40",
+    )
     assert result.exit_code == 0, result.output
     assert "added board pi5" in result.output
     pi5 = Inventory.load(inv_path).get("pi5")
     assert (pi5.address, pi5.arch, pi5.runtimes, pi5.cpu_clusters) == (
-        "10.0.0.7:50051", "arm64", ["larq", "custom"], ["4x Cortex-A76 @ 2.40"])
+        "10.0.0.7:50051",
+        "arm64",
+        ["larq", "custom"],
+        ["4x Cortex-A76 @ 2.40"],
+    )
     assert inv_path.read_text().startswith("# BiBench Farm board inventory.")
 
 
@@ -84,7 +107,9 @@ def test_add_address_to_a_paper_chip_keeps_its_data(inv_path):
     assert kirin.address == "10.0.0.5:50051"
     assert kirin.cpu_clusters == before.get("kirin970").cpu_clusters and kirin.soc == "HiSilicon Kirin 970"
     assert after.names() == before.names()  # same place in the file
-    assert [b for b in after.boards() if b.name != "kirin970"] == [b for b in before.boards() if b.name != "kirin970"]
+    assert [b for b in after.boards() if b.name != "kirin970"] == [
+        b for b in before.boards() if b.name != "kirin970"
+    ]
 
 
 def test_add_existing_registered_board_needs_replace(inv_path):
@@ -105,10 +130,13 @@ def test_duplicate_add_raises_user_error_without_standalone_mode(inv_path):
         command.main(args=args, prog_name="bihost board", standalone_mode=False)
 
 
-@pytest.mark.parametrize("address, words", [
-    ("foo", "board 'pi': address 'foo' is not HOST:PORT"),
-    ("10.0.0.5:70000", "board 'pi': port 70000 out of range"),
-])
+@pytest.mark.parametrize(
+    "address, words",
+    [
+        ("foo", "board 'pi': address 'foo' is not HOST:PORT"),
+        ("10.0.0.5:70000", "board 'pi': port 70000 out of range"),
+    ],
+)
 def test_add_bad_address(inv_path, address, words):
     before = inv_path.read_text()
     result = board(inv_path, "add", "pi", "--address", address)
@@ -146,9 +174,23 @@ def test_concurrent_board_adds_lose_no_update(inv_path):
     import time
 
     def add(name: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "bihost.cli", "board", "add", name, "--address",
-                                 "127.0.0.1:50051", "--inventory", str(inv_path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bihost.cli",
+                "board",
+                "add",
+                name,
+                "--address",
+                "127.0.0.1:50051",
+                "--inventory",
+                str(inv_path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     lock = os.open(inv_path.parent / f".{inv_path.name}.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)  # hold the inventory: an add must wait, not write past us

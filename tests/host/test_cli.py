@@ -1,4 +1,5 @@
 """The `bihost` console script, run as a real subprocess."""
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,12 @@ def test_complexity_json_one_algorithm():
     assert out.returncode == 0, out.stderr
     (entry,) = json.loads(out.stdout)["models"]
     assert entry["algorithm"] == "bnn" and entry["arch"] == "resnet18"
-    assert entry["params"] == 11_689_512 and entry["flops"] == 1_814_073_344 and entry["bops"] == 1_676_279_808
-    assert entry["compression_ratio"] == pytest.approx(entry["params"] / (entry["params_bin"] / 32 + entry["params_fp"]))
+    assert (
+        entry["params"] == 11_689_512 and entry["flops"] == 1_814_073_344 and entry["bops"] == 1_676_279_808
+    )
+    assert entry["compression_ratio"] == pytest.approx(
+        entry["params"] / (entry["params_bin"] / 32 + entry["params_fp"])
+    )
     assert entry["speedup_ratio"] == pytest.approx(entry["flops"] / (entry["bops"] / 64 + entry["flops_fp"]))
 
 
@@ -56,8 +61,11 @@ def test_complexity_all_gives_one_entry_per_algorithm():
 
 
 def test_unknown_names_are_one_line_errors():
-    for args in (["complexity", "--arch", "resnet19"], ["complexity", "--algo", "bnnn"],
-                 ["export", "--arch", "resnet20", "--format", "tflite", "-o", "x.bin"]):
+    for args in (
+        ["complexity", "--arch", "resnet19"],
+        ["complexity", "--algo", "bnnn"],
+        ["export", "--arch", "resnet20", "--format", "tflite", "-o", "x.bin"],
+    ):
         out = bihost(*args)
         assert out.returncode == 1, args
         lines = out.stderr.strip().splitlines()
@@ -67,18 +75,37 @@ def test_unknown_names_are_one_line_errors():
 
 def test_export_onnx_runs_in_onnxruntime(tmp_path):
     path = tmp_path / "model.onnx"
-    out = bihost("export", "--arch", "resnet20", "--algo", "reactnet", "--format", "onnx", "--output", str(path),
-                 "--seed", "3", "--json")
+    out = bihost(
+        "export",
+        "--arch",
+        "resnet20",
+        "--algo",
+        "reactnet",
+        "--format",
+        "onnx",
+        "--output",
+        str(path),
+        "--seed",
+        "3",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     data = path.read_bytes()
     assert summary["sha256"] == hashlib.sha256(data).hexdigest() and summary["binary_layers"] == 18
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    y = session.run(None, {"input": np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)})[0]
+    y = session.run(
+        None, {"input": np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)}
+    )[0]
     assert y.shape == (4, 10) and np.isfinite(y).all()
     # Same seed, same bytes: the export is reproducible.
     again = tmp_path / "again.onnx"
-    assert bihost("export", "--arch", "resnet20", "--algo", "reactnet", "-o", str(again), "--seed", "3").returncode == 0
+    assert (
+        bihost(
+            "export", "--arch", "resnet20", "--algo", "reactnet", "-o", str(again), "--seed", "3"
+        ).returncode
+        == 0
+    )
     assert again.read_bytes() == data
 
 
@@ -87,7 +114,17 @@ def test_export_with_a_trained_checkpoint(tmp_path):
     model = bimodels.binarize(bimodels.create_model("vgg_small"), "bireal").eval()
     torch.save(model.state_dict(), tmp_path / "ckpt.pt")
     path = tmp_path / "m.onnx"
-    out = bihost("export", "--arch", "vgg_small", "--algo", "bireal", "--checkpoint", str(tmp_path / "ckpt.pt"), "-o", str(path))
+    out = bihost(
+        "export",
+        "--arch",
+        "vgg_small",
+        "--algo",
+        "bireal",
+        "--checkpoint",
+        str(tmp_path / "ckpt.pt"),
+        "-o",
+        str(path),
+    )
     assert out.returncode == 0, out.stderr
     # The artifact is the trained model's, byte for byte, and computes its function.
     assert path.read_bytes() == bimodels.export(model, "onnx", bimodels.example_input(model))
@@ -97,7 +134,15 @@ def test_export_with_a_trained_checkpoint(tmp_path):
 
 def test_export_bad_checkpoint_and_bad_output_lose_nothing(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    out = bihost("export", "--arch", "resnet20", "--checkpoint", str(tmp_path / "junk.pt"), "-o", str(tmp_path / "m.onnx"))
+    out = bihost(
+        "export",
+        "--arch",
+        "resnet20",
+        "--checkpoint",
+        str(tmp_path / "junk.pt"),
+        "-o",
+        str(tmp_path / "m.onnx"),
+    )
     assert out.returncode == 1 and "junk.pt" in out.stderr and "Traceback" not in out.stderr
     out = bihost("export", "--arch", "resnet20", "-o", str(tmp_path / "missing" / "m.onnx"))
     assert out.returncode == 1 and "does not exist" in out.stderr

@@ -1,4 +1,5 @@
 """Fuzzed inventory files (bench/fuzz.py runs 10,000+): each loads or is an InventoryError naming the file."""
+
 from __future__ import annotations
 
 from tests.fuzz import inventory_files

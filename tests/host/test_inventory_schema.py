@@ -1,5 +1,6 @@
 """The inventory schema: the shipped file loads, bad entries fail naming board and key,
 saving is atomic and round-trips, and agent identities are matched against entries."""
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,20 @@ from bihost.inventory import (
 
 SHIPPED = Path(__file__).parents[2] / "inventory.yaml"
 PAPER_CHIPS = {
-    "kirin970", "kirin980", "kirin985", "kirin990", "kirin9000", "dimensity820", "dimensity9000",
-    "snapdragon855plus", "snapdragon870", "snapdragon888", "snapdragon8gen1", "raspberrypi3bplus",
-    "raspberrypi4b", "apple_m1",
+    "kirin970",
+    "kirin980",
+    "kirin985",
+    "kirin990",
+    "kirin9000",
+    "dimensity820",
+    "dimensity9000",
+    "snapdragon855plus",
+    "snapdragon870",
+    "snapdragon888",
+    "snapdragon8gen1",
+    "raspberrypi3bplus",
+    "raspberrypi4b",
+    "apple_m1",
 }
 
 
@@ -40,6 +52,7 @@ def one_board(tmp_path: Path, entry: str) -> Path:
 
 
 # -- the shipped file ------------------------------------------------------------------------
+
 
 def test_shipped_inventory_has_the_papers_chips_and_local():
     inv = Inventory.load(SHIPPED)
@@ -62,29 +75,37 @@ def test_shipped_inventory_saves_to_the_same_text(tmp_path):
 
 # -- validation: one error naming the board and the key --------------------------------------
 
-@pytest.mark.parametrize("entry, key, words", [
-    ("    adress: 10.0.0.5:50051\n", "adress", "unknown key 'adress' (known keys: soc, arch"),
-    ("    address: foo\n", "address", "address 'foo' is not HOST:PORT"),
-    ("    address: 10.0.0.5:70000\n", "address", "port 70000 out of range"),
-    ("    address: 10.0.0.5:0\n", "address", "port 0 out of range"),
-    ("    address: '::1:50051'\n", "address", "is not HOST:PORT"),
-    ("    address: '[zz::1]:50051'\n", "address", "is not HOST:PORT"),
-    ("    address: 50051\n", "address", "address must be a string"),
-    ("    runtimes: [larq, tflite]\n", "runtimes", "unknown runtime 'tflite' (known: custom, larq, dabnn"),
-    ("    runtimes: larq\n", "runtimes", "runtimes must be a list of strings"),
-    ("    arch: riscv64\n", "arch", "unknown arch 'riscv64' (known: arm64, armv7, x86_64, native)"),
-    ("    transport: telnet\n", "transport", "unknown transport 'telnet'"),
-    ("    soc: 970\n", "soc", "soc must be a string"),
-    ("    cpu: [4x Cortex-A53]\n", "cpu", "cpu must be a mapping"),
-    ("    cpu: {cluster: [4x Cortex-A53]}\n", "cpu.cluster", "unknown key 'cpu.cluster'"),
-    ("    cpu: {clusters: [Cortex-A53]}\n", "cpu", "cpu.clusters[0] 'Cortex-A53' is not 'Nx CORE @ GHz'"),
-    ("    ssh: {hots: pi}\n", "ssh.hots", "unknown key 'ssh.hots'"),
-    ("    ssh: {port: '22'}\n", "ssh.port", "ssh.port must be an integer"),
-    ("    ssh: {port: 70000}\n", "ssh.port", "ssh.port 70000 out of range"),
-    ("    ssh: {user: 7}\n", "ssh.user", "ssh.user must be a string"),
-    ("    expected: {cores: eight}\n", "expected.cores", "expected.cores must be an integer"),
-    ("    expected: {speed: 3}\n", "expected.speed", "unknown key 'expected.speed'"),
-])
+
+@pytest.mark.parametrize(
+    "entry, key, words",
+    [
+        ("    adress: 10.0.0.5:50051\n", "adress", "unknown key 'adress' (known keys: soc, arch"),
+        ("    address: foo\n", "address", "address 'foo' is not HOST:PORT"),
+        ("    address: 10.0.0.5:70000\n", "address", "port 70000 out of range"),
+        ("    address: 10.0.0.5:0\n", "address", "port 0 out of range"),
+        ("    address: '::1:50051'\n", "address", "is not HOST:PORT"),
+        ("    address: '[zz::1]:50051'\n", "address", "is not HOST:PORT"),
+        ("    address: 50051\n", "address", "address must be a string"),
+        (
+            "    runtimes: [larq, tflite]\n",
+            "runtimes",
+            "unknown runtime 'tflite' (known: custom, larq, dabnn",
+        ),
+        ("    runtimes: larq\n", "runtimes", "runtimes must be a list of strings"),
+        ("    arch: riscv64\n", "arch", "unknown arch 'riscv64' (known: arm64, armv7, x86_64, native)"),
+        ("    transport: telnet\n", "transport", "unknown transport 'telnet'"),
+        ("    soc: 970\n", "soc", "soc must be a string"),
+        ("    cpu: [4x Cortex-A53]\n", "cpu", "cpu must be a mapping"),
+        ("    cpu: {cluster: [4x Cortex-A53]}\n", "cpu.cluster", "unknown key 'cpu.cluster'"),
+        ("    cpu: {clusters: [Cortex-A53]}\n", "cpu", "cpu.clusters[0] 'Cortex-A53' is not 'Nx CORE @ GHz'"),
+        ("    ssh: {hots: pi}\n", "ssh.hots", "unknown key 'ssh.hots'"),
+        ("    ssh: {port: '22'}\n", "ssh.port", "ssh.port must be an integer"),
+        ("    ssh: {port: 70000}\n", "ssh.port", "ssh.port 70000 out of range"),
+        ("    ssh: {user: 7}\n", "ssh.user", "ssh.user must be a string"),
+        ("    expected: {cores: eight}\n", "expected.cores", "expected.cores must be an integer"),
+        ("    expected: {speed: 3}\n", "expected.speed", "unknown key 'expected.speed'"),
+    ],
+)
 def test_bad_entry_names_board_and_key(tmp_path, entry, key, words):
     path = one_board(tmp_path, entry)
     with pytest.raises(InventoryError) as err:
@@ -107,16 +128,19 @@ def test_numeric_board_name_asks_for_quotes(tmp_path):
         Inventory.load(write(tmp_path, "version: 1\nboards:\n  970: {arch: arm64}\n"))
 
 
-@pytest.mark.parametrize("text, words", [
-    ("boards: {}\n", "missing 'version'"),
-    ("version: 2\nboards: {}\n", "version 2 is not supported"),
-    ("version: '1'\nboards: {}\n", "version '1' is not supported"),
-    ("version: 1\nboard: {}\n", "unknown top-level key 'board'"),
-    ("version: 1\nboards: [kirin970]\n", "'boards' must be a mapping"),
-    ("- version: 1\n", "must be a mapping"),
-    ("version: 1\nboards: {x: [\n", "not valid YAML"),
-    ("version: 1\nboards:\n  x: arm64\n", "board 'x': entry must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("boards: {}\n", "missing 'version'"),
+        ("version: 2\nboards: {}\n", "version 2 is not supported"),
+        ("version: '1'\nboards: {}\n", "version '1' is not supported"),
+        ("version: 1\nboard: {}\n", "unknown top-level key 'board'"),
+        ("version: 1\nboards: [kirin970]\n", "'boards' must be a mapping"),
+        ("- version: 1\n", "must be a mapping"),
+        ("version: 1\nboards: {x: [\n", "not valid YAML"),
+        ("version: 1\nboards:\n  x: arm64\n", "board 'x': entry must be a mapping"),
+    ],
+)
 def test_bad_file_shape(tmp_path, text, words):
     with pytest.raises(InventoryError) as err:
         Inventory.load(write(tmp_path, text))
@@ -134,8 +158,11 @@ def test_empty_inventory_is_fine(tmp_path):
 
 # -- duplicate keys: PyYAML would silently keep the last one -----------------------------------
 
+
 def test_duplicate_board_name_reports_its_lines(tmp_path):
-    path = write(tmp_path, "version: 1\nboards:\n  kirin970: {arch: arm64}\n  other: {}\n  kirin970: {arch: armv7}\n")
+    path = write(
+        tmp_path, "version: 1\nboards:\n  kirin970: {arch: arm64}\n  other: {}\n  kirin970: {arch: armv7}\n"
+    )
     with pytest.raises(InventoryError) as err:
         Inventory.load(path)
     assert str(err.value) == f"{path}: duplicate board name 'kirin970' at line 5 (first at line 3)"
@@ -155,9 +182,12 @@ def test_duplicate_top_level_key(tmp_path):
 
 # -- add / get / remove -------------------------------------------------------------------------
 
+
 def test_get_unknown_board_lists_known_names():
     inv = Inventory.load(SHIPPED)
-    with pytest.raises(UnknownBoard, match="unknown board 'kirin971' .known boards: local, kirin970, kirin980"):
+    with pytest.raises(
+        UnknownBoard, match="unknown board 'kirin971' .known boards: local, kirin970, kirin980"
+    ):
         inv.get("kirin971")
 
 
@@ -178,30 +208,46 @@ def test_boards_validate_themselves_outside_yaml():
         Board("x", address="h:70000")
 
 
-@pytest.mark.parametrize("address, expected", [
-    ("10.0.0.5:50051", ("10.0.0.5", 50051)),
-    ("pi4.lab:1", ("pi4.lab", 1)),
-    ("[::1]:50051", ("::1", 50051)),
-    ("[fe80::1%eth0]:65535", ("fe80::1%eth0", 65535)),
-])
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("10.0.0.5:50051", ("10.0.0.5", 50051)),
+        ("pi4.lab:1", ("pi4.lab", 1)),
+        ("[::1]:50051", ("::1", 50051)),
+        ("[fe80::1%eth0]:65535", ("fe80::1%eth0", 65535)),
+    ],
+)
 def test_parse_address(address, expected):
     assert parse_address(address) == expected
 
 
 # -- saving: atomic, round trip, header kept ----------------------------------------------------
 
+
 def full_inventory() -> Inventory:
     inv = Inventory.load(SHIPPED)
-    inv.add(Board("pi5", soc="Broadcom BCM2712", arch="arm64", os="linux", cpu_clusters=["4x Cortex-A76 @ 2.40"],
-                  runtimes=["larq", "onnxruntime"], address="[fe80::1]:50051", transport="ssh",
-                  ssh=SshSettings(host="pi5.lab", user="pi", key_file="~/.ssh/id_ed25519"),
-                  description="desk: 'left' #2",
-                  expected={"machine": "aarch64", "cores": 4, "core_types": ["Cortex-A76"] * 4}))
+    inv.add(
+        Board(
+            "pi5",
+            soc="Broadcom BCM2712",
+            arch="arm64",
+            os="linux",
+            cpu_clusters=["4x Cortex-A76 @ 2.40"],
+            runtimes=["larq", "onnxruntime"],
+            address="[fe80::1]:50051",
+            transport="ssh",
+            ssh=SshSettings(host="pi5.lab", user="pi", key_file="~/.ssh/id_ed25519"),
+            description="desk: 'left' #2",
+            expected={"machine": "aarch64", "cores": 4, "core_types": ["Cortex-A76"] * 4},
+        )
+    )
     return inv
 
 
 def test_round_trip_keeps_every_field_and_the_header(tmp_path):
-    path = write(tmp_path, "# my lab\n#  second line\n\nversion: 1\nboards:\n  x: {arch: armv7}  # trailing comment\n")
+    path = write(
+        tmp_path, "# my lab\n#  second line\n\nversion: 1\nboards:\n  x: {arch: armv7}  # trailing comment\n"
+    )
     inv = Inventory.load(path)
     assert inv.header == "# my lab\n#  second line\n\n"
     for board in full_inventory().boards():
@@ -211,7 +257,9 @@ def test_round_trip_keeps_every_field_and_the_header(tmp_path):
     assert again == inv
     assert path.read_text().startswith("# my lab\n#  second line\n\nversion: 1\n")
     assert again.get("pi5").expected == {"machine": ["aarch64"], "cores": 4, "core_types": ["Cortex-A76"] * 4}
-    assert again.get("pi5").ssh == SshSettings(host="pi5.lab", port=22, user="pi", key_file="~/.ssh/id_ed25519")
+    assert again.get("pi5").ssh == SshSettings(
+        host="pi5.lab", port=22, user="pi", key_file="~/.ssh/id_ed25519"
+    )
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -245,6 +293,7 @@ def test_save_keeps_file_mode_and_follows_symlinks(tmp_path):
 
 # -- default path ---------------------------------------------------------------------------------
 
+
 def test_default_inventory_path(tmp_path, monkeypatch):
     monkeypatch.setenv("BIHOST_INVENTORY", str(tmp_path / "env.yaml"))
     assert default_inventory_path() == tmp_path / "env.yaml"
@@ -257,9 +306,14 @@ def test_default_inventory_path(tmp_path, monkeypatch):
 
 # -- identity matching ----------------------------------------------------------------------------
 
+
 def reported(machine: str, core_types: list[str], cpu_model: str = "", cores: int | None = None) -> dict:
-    return {"machine": machine, "cpu_model": cpu_model, "core_types": core_types,
-            "cores": cores if cores is not None else len(core_types)}
+    return {
+        "machine": machine,
+        "cpu_model": cpu_model,
+        "core_types": core_types,
+        "cores": cores if cores is not None else len(core_types),
+    }
 
 
 def test_kirin970_against_an_a53_only_board():
@@ -276,7 +330,9 @@ def test_kirin970_matches_its_own_cores():
 def test_counts_must_match_too():
     kirin = Inventory.load(SHIPPED).get("kirin970")
     message = identity_mismatch(kirin, reported("aarch64", ["Cortex-A73"] * 2 + ["Cortex-A53"] * 4))
-    assert message == "inventory says 4x Cortex-A73 + 4x Cortex-A53, agent reports 2x Cortex-A73 + 4x Cortex-A53"
+    assert (
+        message == "inventory says 4x Cortex-A73 + 4x Cortex-A53, agent reports 2x Cortex-A73 + 4x Cortex-A53"
+    )
 
 
 def test_native_local_matches_an_x86_host():
@@ -290,15 +346,25 @@ def test_arm64_accepts_aarch64_and_arm64(machine):
     assert identity_mismatch(Board("b", arch="arm64"), reported(machine, [])) is None
 
 
-@pytest.mark.parametrize("arch, machine, ok", [
-    ("arm64", "x86_64", False), ("armv7", "armv7l", True), ("armv7", "armv8l", True), ("armv7", "aarch64", False),
-    ("x86_64", "AMD64", True), ("x86_64", "aarch64", False),
-])
+@pytest.mark.parametrize(
+    "arch, machine, ok",
+    [
+        ("arm64", "x86_64", False),
+        ("armv7", "armv7l", True),
+        ("armv7", "armv8l", True),
+        ("armv7", "aarch64", False),
+        ("x86_64", "AMD64", True),
+        ("x86_64", "aarch64", False),
+    ],
+)
 def test_arch_against_machine(arch, machine, ok):
     message = identity_mismatch(Board("b", arch=arch), reported(machine, []))
     assert (message is None) == ok
     if not ok:
-        assert message.startswith(f"inventory says arch {arch} (") and f"agent reports machine {machine}" in message
+        assert (
+            message.startswith(f"inventory says arch {arch} (")
+            and f"agent reports machine {machine}" in message
+        )
 
 
 def test_kryo_cores_are_matched_by_the_arm_core_in_parentheses():
@@ -324,18 +390,26 @@ def test_tls_and_token_file_round_trip_and_validate(tmp_path):
     from bihost.inventory import Inventory, InventoryError
 
     path = tmp_path / "inv.yaml"
-    path.write_text("version: 1\nboards:\n  pi:\n    arch: arm64\n    address: 10.0.0.5:50051\n"
-                    "    tls: {ca: certs/ca.pem, cert: certs/host.pem, key: certs/host.key, server_name: pi.lab}\n"
-                    "    token_file: certs/pi.token\n")
+    path.write_text(
+        "version: 1\nboards:\n  pi:\n    arch: arm64\n    address: 10.0.0.5:50051\n"
+        "    tls: {ca: certs/ca.pem, cert: certs/host.pem, key: certs/host.key, server_name: pi.lab}\n"
+        "    token_file: certs/pi.token\n"
+    )
     inv = Inventory.load(path)
     board = inv.get("pi")
-    assert board.tls.ca == "certs/ca.pem" and board.tls.server_name == "pi.lab" and board.token_file == "certs/pi.token"
+    assert (
+        board.tls.ca == "certs/ca.pem"
+        and board.tls.server_name == "pi.lab"
+        and board.token_file == "certs/pi.token"
+    )
     inv.save(path)
     assert Inventory.load(path).get("pi") == board
-    for bad, match in (("tls: {cert: a.pem, key: a.key}", "tls needs 'ca'"),
-                       ("tls: {ca: ca.pem, cert: a.pem}", "go together"),
-                       ("tls: {ca: ca.pem, password: x}", "password"),
-                       ("token_file: 5", "token_file")):
+    for bad, match in (
+        ("tls: {cert: a.pem, key: a.key}", "tls needs 'ca'"),
+        ("tls: {ca: ca.pem, cert: a.pem}", "go together"),
+        ("tls: {ca: ca.pem, password: x}", "password"),
+        ("token_file: 5", "token_file"),
+    ):
         path.write_text(f"version: 1\nboards:\n  pi:\n    address: 10.0.0.5:50051\n    {bad}\n")
         with pytest.raises(InventoryError, match=match):
             Inventory.load(path)

@@ -1,4 +1,5 @@
 """The deployability matrix: computed by export attempts and, where installed, real runs."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ larq_installed = get_runtime("larq").describe().installed
 
 
 def bihost(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bihost.cli", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_matrix_json_has_every_algorithm_and_runtime():
@@ -22,9 +25,9 @@ def test_matrix_json_has_every_algorithm_and_runtime():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert set(data) == {"bnn", "xnor", "reactnet"}
-    for algo, row in data.items():
+    for row in data.values():
         assert set(row) == {"custom", "larq", "dabnn", "onnxruntime"}
-        for runtime, c in row.items():
+        for c in row.values():
             assert c["status"] in {"native", "composite", "unsupported"}
             assert isinstance(c["extra_ops"], dict) and isinstance(c["reason"], str)
         assert row["custom"]["status"] == "native" and row["custom"]["checked"]
@@ -58,10 +61,29 @@ def test_table_output_for_people():
 def test_a_runtime_present_but_unusable_says_so_instead_of_an_unchecked_native(tmp_path, monkeypatch):
     (tmp_path / "dabnn").mkdir()  # a daBNN "build" without its library: configured, not usable
     monkeypatch.setenv("BIAGENT_DABNN_ROOT", str(tmp_path))
-    out = subprocess.run([sys.executable, "-m", "bihost.cli", "matrix", "--arch", "reactnet", "--algo", "bnn",
-                          "--runtime", "dabnn", "--pad-value", "-1"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bihost.cli",
+            "matrix",
+            "--arch",
+            "reactnet",
+            "--algo",
+            "bnn",
+            "--runtime",
+            "dabnn",
+            "--pad-value",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
-    assert f"dabnn: not checked against torch: dabnn is not usable here: BIAGENT_DABNN_ROOT={tmp_path} is not a " \
-           "usable daBNN build: missing libdabnn.so or libdabnn.a" in " ".join(out.stdout.split())
+    assert (
+        f"dabnn: not checked against torch: dabnn is not usable here: BIAGENT_DABNN_ROOT={tmp_path} is not a "
+        "usable daBNN build: missing libdabnn.so or libdabnn.a" in " ".join(out.stdout.split())
+    )
     c = cell("reactnet", "bnn", "custom")  # checked: every input's error, and the largest as max_rel_error
     assert c.checked and not c.unchecked and len(c.rel_errors) == 3 and c.max_rel_error == max(c.rel_errors)

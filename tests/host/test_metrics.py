@@ -1,4 +1,5 @@
 """The Prometheus exporter: values from a fresh registry, then one real HTTP scrape and the `metrics serve` verb."""
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,31 @@ from .test_results import CLI
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 
-LABELS = dict(board="rpi4", chip="bcm2711", arch="resnet20", algorithm="reactnet", runtime="larq", pad="0",
-              threads="1")
+LABELS = dict(
+    board="rpi4", chip="bcm2711", arch="resnet20", algorithm="reactnet", runtime="larq", pad="0", threads="1"
+)
 MODEL = {k: v for k, v in LABELS.items() if k != "threads"}
 
 
 def row(**kw) -> Measurement:
-    base = dict(campaign="c1", board="rpi4", chip="bcm2711", arch="resnet20", algorithm="reactnet", runtime="larq",
-                status="ok", threads=1, runs=100, model_bytes=50_000, fp32_model_bytes=400_000,
-                speedup_vs_fp32=3.0, storage_ratio=8.0, max_abs_err=2e-6, created_at=100.0,
-                latency_ms={"min": 1.0, "median": 2.0, "mean": 2.5, "p90": 3.0, "p99": 4.0, "std": 0.5, "max": 5.0})
+    base = dict(
+        campaign="c1",
+        board="rpi4",
+        chip="bcm2711",
+        arch="resnet20",
+        algorithm="reactnet",
+        runtime="larq",
+        status="ok",
+        threads=1,
+        runs=100,
+        model_bytes=50_000,
+        fp32_model_bytes=400_000,
+        speedup_vs_fp32=3.0,
+        storage_ratio=8.0,
+        max_abs_err=2e-6,
+        created_at=100.0,
+        latency_ms={"min": 1.0, "median": 2.0, "mean": 2.5, "p90": 3.0, "p99": 4.0, "std": 0.5, "max": 5.0},
+    )
     return Measurement(**{**base, **kw})
 
 
@@ -77,19 +93,32 @@ def test_latest_row_wins_across_campaigns(store):
     assert value("bibench_inference_latency_seconds", {**LABELS, "quantile": "0.5"}) == pytest.approx(0.001)
     assert value("bibench_inference_latency_seconds", {**LABELS, "threads": "4", "quantile": "0.5"}) == 0.0005
     assert value("bibench_model_size_bytes", MODEL) == 42  # one series per model: the newest row's
-    statuses = [s for m in registry_for(store).collect() if m.name == "bibench_measurement_status" for s in m.samples]
+    statuses = [
+        s for m in registry_for(store).collect() if m.name == "bibench_measurement_status" for s in m.samples
+    ]
     assert len(statuses) == 2
 
 
 def test_non_ok_rows_export_only_their_status(store):
     store.add(row(campaign="c1", created_at=1.0))
     store.add(row(campaign="c2", created_at=2.0, status="numerics_error", max_abs_err=0.7))
-    store.add(row(algorithm="xnor", status="unsupported", reason="no op", latency_ms={}, speedup_vs_fp32=None))
+    store.add(
+        row(algorithm="xnor", status="unsupported", reason="no op", latency_ms={}, speedup_vs_fp32=None)
+    )
     r = registry_for(store)
     assert r.get_sample_value("bibench_measurement_status", {**LABELS, "status": "numerics_error"}) == 1.0
     assert r.get_sample_value("bibench_measurement_status", {**LABELS, "status": "ok"}) is None
-    assert r.get_sample_value("bibench_measurement_status", {**LABELS, "algorithm": "xnor", "status": "unsupported"}) == 1
-    for name in ("bibench_inference_latency_seconds_count", "bibench_speedup_ratio", "bibench_numerics_max_abs_error"):
+    assert (
+        r.get_sample_value(
+            "bibench_measurement_status", {**LABELS, "algorithm": "xnor", "status": "unsupported"}
+        )
+        == 1
+    )
+    for name in (
+        "bibench_inference_latency_seconds_count",
+        "bibench_speedup_ratio",
+        "bibench_numerics_max_abs_error",
+    ):
         assert r.get_sample_value(name, LABELS) is None, name
     assert r.get_sample_value("bibench_model_size_bytes", MODEL) is None
 
@@ -134,7 +163,9 @@ def test_real_http_scrape(store):
         assert families["bibench_agent_up"].samples[0].value == 1.0
         assert "python_gc_objects_collected" not in families  # a registry of our own: only our metrics
         store.add(row(threads=2))  # fresh families per scrape: a new row shows without a restart
-        latency = _scrape(f"http://127.0.0.1:{server.server_port}/metrics")["bibench_inference_latency_seconds"]
+        latency = _scrape(f"http://127.0.0.1:{server.server_port}/metrics")[
+            "bibench_inference_latency_seconds"
+        ]
         assert {s.labels["threads"] for s in latency.samples} == {"1", "2"}
     finally:
         server.shutdown()
@@ -145,8 +176,12 @@ def test_real_http_scrape(store):
 
 def test_metrics_serve_verb_until_sigterm(tmp_path):
     ResultsStore(tmp_path).add(row())
-    proc = subprocess.Popen([sys.executable, "-c", CLI, "metrics", "serve", "--port", "0", "--results", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI, "metrics", "serve", "--port", "0", "--results", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith("serving metrics on http://127.0.0.1:") and line.endswith("/metrics"), line
@@ -161,8 +196,12 @@ def test_metrics_serve_verb_until_sigterm(tmp_path):
 
 
 def test_a_mistyped_results_path_is_refused_not_served_empty(tmp_path):
-    out = subprocess.run([sys.executable, "-c", CLI, "metrics", "serve", "--port", "0", "--results",
-                          str(tmp_path / "typo")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", CLI, "metrics", "serve", "--port", "0", "--results", str(tmp_path / "typo")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0 and f"no results store at {tmp_path / 'typo' / 'results.sqlite'}" in out.stderr
     assert not (tmp_path / "typo").exists()
 
@@ -174,7 +213,17 @@ def test_dashboards_load_and_query_exported_metrics(store):
     dashboard = json.loads((DASHBOARDS / "grafana-bibench.json").read_text())
     assert {v["name"] for v in dashboard["templating"]["list"]} >= {"board", "arch"}
     exported = {m.name for m in ResultsCollector(store, lambda: {}).describe()}
-    queried = {name for p in dashboard["panels"] for t in p["targets"] for name in re.findall(r"bibench_\w+", t["expr"])}
+    queried = {
+        name
+        for p in dashboard["panels"]
+        for t in p["targets"]
+        for name in re.findall(r"bibench_\w+", t["expr"])
+    }
     assert queried and queried <= exported, queried - exported
-    assert {"bibench_speedup_ratio", "bibench_storage_ratio", "bibench_agent_up", "bibench_measurement_status",
-            "bibench_inference_latency_seconds"} <= queried
+    assert {
+        "bibench_speedup_ratio",
+        "bibench_storage_ratio",
+        "bibench_agent_up",
+        "bibench_measurement_status",
+        "bibench_inference_latency_seconds",
+    } <= queried

@@ -1,5 +1,6 @@
 """`bihost report`: a page rendered from a store a quick run filled (plus a local-board
 profile), every figure a valid PNG, and a selection that never mixes scales or recipes."""
+
 from __future__ import annotations
 
 import base64
@@ -29,13 +30,17 @@ def quick_store(quick_bench, tmp_path_factory):
     copy.mkdir()
     with sqlite3.connect(results / FILENAME) as src, sqlite3.connect(copy / FILENAME) as dst:
         src.backup(dst)  # a consistent copy, WAL included
-    out = bihost("bench", "--track", "hardware", "--algo", "bnn,reactnet", "--scale", "quick", "--results", str(copy))
+    out = bihost(
+        "bench", "--track", "hardware", "--algo", "bnn,reactnet", "--scale", "quick", "--results", str(copy)
+    )
     assert out.returncode == 0, out.stderr
     return copy
 
 
 def test_report_from_a_quick_store_draws_every_figure_as_a_valid_png(quick_store, tmp_path):
-    out = bihost("report", "--results", str(quick_store), "--out", str(tmp_path / "rep"), "--algo", "bnn,reactnet")
+    out = bihost(
+        "report", "--results", str(quick_store), "--out", str(tmp_path / "rep"), "--algo", "bnn,reactnet"
+    )
     assert out.returncode == 0, out.stderr
     assert "not drawn" not in out.stderr
     page = (tmp_path / "rep" / "index.html").read_text()
@@ -50,8 +55,8 @@ def test_report_from_a_quick_store_draws_every_figure_as_a_valid_png(quick_store
             assert len(np.unique(np.asarray(im.convert("L")))) > 8, f"{spec.name} is blank"
         # the page stands alone: the same bytes are embedded in it, under the figure's caption
         assert base64.b64encode(data).decode() in page
-        block = page[page.index(f"<figure id='{spec.name}'>"):]
-        caption = block[block.index("<figcaption>"):block.index("</figcaption>")]
+        block = page[page.index(f"<figure id='{spec.name}'>") :]
+        caption = block[block.index("<figcaption>") : block.index("</figcaption>")]
         assert "UTC" in caption, spec.name  # every caption dates its rows
         if spec.section in ("accuracy", "robustness", "consumption"):
             assert "quick scale, seed 0" in caption, spec.name
@@ -60,10 +65,22 @@ def test_report_from_a_quick_store_draws_every_figure_as_a_valid_png(quick_store
 
 
 def test_the_page_marks_the_best_per_column_from_the_same_numbers_as_bench(quick_store, tmp_path):
-    out = bihost("report", "--results", str(quick_store), "--out", str(tmp_path / "rep"), "--algo", "bnn,reactnet")
+    out = bihost(
+        "report", "--results", str(quick_store), "--out", str(tmp_path / "rep"), "--algo", "bnn,reactnet"
+    )
     assert out.returncode == 0, out.stderr
-    bench = bihost("bench", "--track", "all", "--algo", "bnn,reactnet", "--scale", "quick", "--results",
-                   str(quick_store), "--json")  # everything is stored: this only scores
+    bench = bihost(
+        "bench",
+        "--track",
+        "all",
+        "--algo",
+        "bnn,reactnet",
+        "--scale",
+        "quick",
+        "--results",
+        str(quick_store),
+        "--json",
+    )  # everything is stored: this only scores
     assert bench.returncode == 0, bench.stderr
     table = json.loads(bench.stdout)["table"]
     page = (tmp_path / "rep" / "index.html").read_text()
@@ -71,23 +88,45 @@ def test_the_page_marks_the_best_per_column_from_the_same_numbers_as_bench(quick
     for j, _column in enumerate(table["columns"][1:], start=1):
         values = {row[0]: row[j] for row in table["rows"]}
         best = max(values, key=values.get)
-        cells = {a: re.findall(r"<td class=\"num( best)?\">([^<]*)</td>", html_rows[a])[j - 1] for a in values}
+        cells = {
+            a: re.findall(r"<td class=\"num( best)?\">([^<]*)</td>", html_rows[a])[j - 1] for a in values
+        }
         for algo, (is_best, text) in cells.items():
             assert float(text.split()[0]) == pytest.approx(values[algo], abs=5e-4)
             assert bool(is_best) == (algo == best) and ("★" in text) == (algo == best)
 
 
 def _run(algo, metric, created, config_hash="h1", scale="quick", task="t"):
-    return TrainingRun(task=task, arch="resnet20", algorithm=algo, scale=scale, seed=0, config_hash=config_hash,
-                       data_version="v", data_source="s", metric_name="accuracy", metric=metric, epochs=1,
-                       train_seconds=1.0, device="cpu", threads=2, host="h", created_at=created)
+    return TrainingRun(
+        task=task,
+        arch="resnet20",
+        algorithm=algo,
+        scale=scale,
+        seed=0,
+        config_hash=config_hash,
+        data_version="v",
+        data_source="s",
+        metric_name="accuracy",
+        metric=metric,
+        epochs=1,
+        train_seconds=1.0,
+        device="cpu",
+        threads=2,
+        host="h",
+        created_at=created,
+    )
 
 
 def test_selection_keeps_the_newest_recipe_of_one_scale_and_says_what_it_left_out(tmp_path):
     store = ResultsStore(tmp_path)
-    for r in (_run("fp32", 0.9, 1.0), _run("bnn", 0.3, 2.0),  # an old recipe
-              _run("fp32", 0.8, 10.0, "h2"), _run("bnn", 0.6, 11.0, "h2"),  # retrained: the newest
-              _run("fp32", 0.95, 5.0, scale="default"), _run("bnn", 0.9, 6.0, scale="default")):
+    for r in (
+        _run("fp32", 0.9, 1.0),
+        _run("bnn", 0.3, 2.0),  # an old recipe
+        _run("fp32", 0.8, 10.0, "h2"),
+        _run("bnn", 0.6, 11.0, "h2"),  # retrained: the newest
+        _run("fp32", 0.95, 5.0, scale="default"),
+        _run("bnn", 0.9, 6.0, scale="default"),
+    ):
         store.add_training_run(r)
     data = select(store, algorithms=["bnn"])
     assert data.scale == "quick"  # the newest row's scale
@@ -101,8 +140,17 @@ def test_selection_keeps_the_newest_recipe_of_one_scale_and_says_what_it_left_ou
 
 def test_a_newer_failure_does_not_hide_an_ok_measurement_and_repeats_count_once():
     def m(status, created, speedup):
-        return Measurement(campaign=f"c{created}", board="b", chip="c", arch="resnet20", algorithm="bnn",
-                           runtime="custom", status=status, speedup_vs_fp32=speedup, created_at=created)
+        return Measurement(
+            campaign=f"c{created}",
+            board="b",
+            chip="c",
+            arch="resnet20",
+            algorithm="bnn",
+            runtime="custom",
+            status=status,
+            speedup_vs_fp32=speedup,
+            created_at=created,
+        )
 
     rows = [m("ok", 1.0, 2.0), m("ok", 2.0, 3.0), m("error", 3.0, None)]
     assert [(r.status, r.speedup_vs_fp32) for r in latest_measurements(rows)] == [("ok", 3.0)]
@@ -119,9 +167,11 @@ def test_report_errors_are_clear_and_create_nothing(tmp_path):
     store.add_training_run(_run("fp32", 0.9, 1.0))
     out = bihost("report", "--results", str(tmp_path / "q"), "--scale", "paper")
     assert out.returncode != 0 and "holds no paper-scale run (it holds: quick)" in out.stderr
-    out = bihost("report", "--results", str(tmp_path / "q"))  # an FP run alone: a page that says what is missing
+    out = bihost(
+        "report", "--results", str(tmp_path / "q")
+    )  # an FP run alone: a page that says what is missing
     assert out.returncode == 0, out.stderr
     assert "not drawn: learning-task: no binarized run with its FP run" in out.stderr
     assert "not drawn: hardware: no successful hardware measurement" in out.stderr
     page = (tmp_path / "q" / "report" / "index.html").read_text()
-    assert "Not drawn: no binarized run" in page and "<td class=\"num\">n/a</td>" in page
+    assert "Not drawn: no binarized run" in page and '<td class="num">n/a</td>' in page

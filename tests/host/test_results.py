@@ -1,4 +1,5 @@
 """The results store: round trip, durability across processes and crashes, unique keys, the `results` verb."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,13 +26,32 @@ CLI = "import sys; from bihost.cli import main; main(sys.argv[1:])"
 def full(**kw) -> Measurement:
     """A measurement whose every field differs from its default, so a dropped column shows."""
     base = dict(
-        campaign="c1", board="rpi4", chip="bcm2711", arch="resnet20", algorithm="reactnet", runtime="larq",
-        status="ok", reason="why not", threads=4, pad_value=1.0, runs=200, warmup=20, model_sha256="ab" * 32,
-        model_bytes=123_456, fp32_model_bytes=1_000_000, speedup_vs_fp32=3.5, storage_ratio=8.1,
-        max_abs_err=1.5e-6, peak_rss_bytes=9_999_999, runtime_version="0.16.0", agent_version="0.1.0",
+        campaign="c1",
+        board="rpi4",
+        chip="bcm2711",
+        arch="resnet20",
+        algorithm="reactnet",
+        runtime="larq",
+        status="ok",
+        reason="why not",
+        threads=4,
+        pad_value=1.0,
+        runs=200,
+        warmup=20,
+        model_sha256="ab" * 32,
+        model_bytes=123_456,
+        fp32_model_bytes=1_000_000,
+        speedup_vs_fp32=3.5,
+        storage_ratio=8.1,
+        max_abs_err=1.5e-6,
+        peak_rss_bytes=9_999_999,
+        runtime_version="0.16.0",
+        agent_version="0.1.0",
         latency_ms={"min": 1.0, "median": 1.5, "mean": 1.6, "p90": 2.0, "p99": 3.0, "std": 0.25, "max": 4.0},
         agent={"cpu_model": "Cortex-A72", "machine": "aarch64", "cores": 4, "governor": "performance"},
-        forced=True, created_at=1_700_000_000.25, samples_ms=[1.0, 1.5, 2.25],
+        forced=True,
+        created_at=1_700_000_000.25,
+        samples_ms=[1.0, 1.5, 2.25],
     )
     return Measurement(**{**base, **kw})
 
@@ -57,8 +77,9 @@ def test_partial_dicts_and_missing_time_round_trip(tmp_path):
 
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 ADD_ONE = """
@@ -93,8 +114,10 @@ def test_concurrent_writers_lose_nothing(tmp_path):
             store.add(Measurement(campaign="c", board=sys.argv[2], chip="x", arch="a", algorithm="bnn",
                                   runtime="custom", status="ok", threads=t, created_at=float(t)))
     """
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(tmp_path), b])
-             for b in ("b1", "b2", "b3")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(tmp_path), b])
+        for b in ("b1", "b2", "b3")
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     assert len(ResultsStore(tmp_path).rows()) == 75
 
@@ -116,8 +139,10 @@ def test_unique_key_rules(tmp_path):
 
 def test_done_keys_are_what_resume_skips(tmp_path):
     store = ResultsStore(tmp_path)
-    rows = [full(algorithm=a, status=s) for a, s in
-            (("bnn", "ok"), ("xnor", "unsupported"), ("dorefa", "error"), ("fda", "numerics_error"))]
+    rows = [
+        full(algorithm=a, status=s)
+        for a, s in (("bnn", "ok"), ("xnor", "unsupported"), ("dorefa", "error"), ("fda", "numerics_error"))
+    ]
     for m in rows + [full(campaign="other", algorithm="recu")]:
         store.add(m)
     assert store.done_keys("c1") == {rows[0].key(), rows[1].key()}
@@ -135,11 +160,31 @@ def test_filters_campaigns_and_frame(tmp_path):
     assert [m.campaign for m in store.rows(board="rpi4")] == ["old", "new"]
     df = store.frame(campaign="new")
     assert len(df) == 2 and "samples_ms" not in df.columns and "latency_ms" not in df.columns
-    for column in ("latency_min_ms", "latency_median_ms", "latency_mean_ms", "latency_p90_ms", "latency_p99_ms",
-                   "latency_std_ms", "latency_max_ms", "agent_cpu_model", "agent_machine", "agent_cores",
-                   "campaign", "board", "chip", "threads", "status", "speedup_vs_fp32", "forced", "created_at"):
+    for column in (
+        "latency_min_ms",
+        "latency_median_ms",
+        "latency_mean_ms",
+        "latency_p90_ms",
+        "latency_p99_ms",
+        "latency_std_ms",
+        "latency_max_ms",
+        "agent_cpu_model",
+        "agent_machine",
+        "agent_cores",
+        "campaign",
+        "board",
+        "chip",
+        "threads",
+        "status",
+        "speedup_vs_fp32",
+        "forced",
+        "created_at",
+    ):
         assert column in df.columns, column
-    assert df["latency_median_ms"].tolist() == [1.5, 1.5] and df["speedup_vs_fp32"].isna().tolist() == [False, True]
+    assert df["latency_median_ms"].tolist() == [1.5, 1.5] and df["speedup_vs_fp32"].isna().tolist() == [
+        False,
+        True,
+    ]
     assert df["speedup_vs_fp32"].dtype == "float64" and df["forced"].tolist() == [True, True]
     assert store.frame(samples=True)["samples_ms"].iloc[0] == [1.0, 1.5, 2.25]
     assert store.frame(board="nobody").empty
@@ -170,6 +215,7 @@ def test_a_version_1_store_gains_the_new_columns_and_keeps_its_rows(tmp_path):
 
 # ---- the `results` verb ----
 
+
 def _filled(tmp_path: Path) -> Path:
     store = ResultsStore(tmp_path)
     store.add(full(campaign="old", board="pi-old", created_at=1.0))
@@ -193,7 +239,8 @@ def test_results_csv_json_table(tmp_path):
     assert len(data) == 4 and data[0]["board"] == "pi-old" and data[0]["latency_ms"]["median"] == 1.5
     assert "samples_ms" not in data[0]
     assert json.loads(_run("--results", d, "--format", "json", "--samples", "--campaign", "old").stdout)[0][
-        "samples_ms"] == [1.0, 1.5, 2.25]
+        "samples_ms"
+    ] == [1.0, 1.5, 2.25]
     table = _run("--results", d, "--board", "jetson")
     assert table.exit_code == 0 and "jetson" in table.stdout and "rpi4" not in table.stdout
     assert "no XnorConv in larq" in _run("--results", d).stdout
@@ -234,7 +281,9 @@ def test_parquet(tmp_path):
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        assert out.returncode == 1 and out.stderr == "error: parquet output needs pyarrow: pip install pyarrow\n"
+        assert (
+            out.returncode == 1 and out.stderr == "error: parquet output needs pyarrow: pip install pyarrow\n"
+        )
         return
     assert out.returncode == 0, out.stderr
     assert len(pd.read_parquet(target)) == 3

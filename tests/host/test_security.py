@@ -1,4 +1,5 @@
 """TLS, mutual TLS and bearer tokens between real agents and the host client."""
+
 from __future__ import annotations
 
 import os
@@ -69,9 +70,12 @@ def test_mutual_tls_demands_a_client_certificate_from_our_ca(pki, start_agent):
     ok = ChannelSecurity(ca_file=ca, cert_file=str(pki / "host.pem"), key_file=str(pki / "host.key"))
     with AgentClient(agent.address, "mtls-board", timeout_s=10, security=ok) as client:
         assert client.list_models() == []
-    for sec in (ChannelSecurity(ca_file=ca),  # no client certificate
-                ChannelSecurity(ca_file=ca, cert_file=str(pki / "other" / "host.pem"),
-                                key_file=str(pki / "other" / "host.key"))):  # signed by another CA
+    for sec in (
+        ChannelSecurity(ca_file=ca),  # no client certificate
+        ChannelSecurity(
+            ca_file=ca, cert_file=str(pki / "other" / "host.pem"), key_file=str(pki / "other" / "host.key")
+        ),
+    ):  # signed by another CA
         with AgentClient(agent.address, "mtls-board", timeout_s=5, security=sec) as client:
             with pytest.raises(BoardError, match="unreachable"):
                 client.list_models()
@@ -85,10 +89,14 @@ def test_bearer_token_gates_every_call_but_health(tmp_path, start_agent):
         assert client.health()  # health reveals nothing and stays open
         with pytest.raises(BoardError, match="requires a bearer token"):
             client.list_models()
-    with AgentClient(agent.address, "tok-board", timeout_s=10, security=ChannelSecurity(token="x" * 20)) as client:
+    with AgentClient(
+        agent.address, "tok-board", timeout_s=10, security=ChannelSecurity(token="x" * 20)
+    ) as client:
         with pytest.raises(BoardError, match="not accepted"):
             client.push(b"model", "onnx")
-    with AgentClient(agent.address, "tok-board", timeout_s=10, security=ChannelSecurity(token=TOKEN)) as client:
+    with AgentClient(
+        agent.address, "tok-board", timeout_s=10, security=ChannelSecurity(token=TOKEN)
+    ) as client:
         assert client.push(b"model bytes", "onnx").model_id
         assert len(client.list_models()) == 1
     assert TOKEN not in repr(ChannelSecurity(token=TOKEN))
@@ -98,15 +106,21 @@ def test_bearer_token_gates_every_call_but_health(tmp_path, start_agent):
 def test_host_refuses_plaintext_off_loopback_unless_insecure():
     with pytest.raises(BoardError, match="refusing plaintext gRPC to 10.1.2.3:50051"):
         AgentClient("10.1.2.3:50051", "lab-board")
-    AgentClient("10.1.2.3:50051", "lab-board", security=ChannelSecurity(insecure=True)).close()  # no call made
+    AgentClient(
+        "10.1.2.3:50051", "lab-board", security=ChannelSecurity(insecure=True)
+    ).close()  # no call made
     AgentClient("127.0.0.1:50051", "local").close()
     assert is_loopback("127.0.0.2") and is_loopback("[::1]") and is_loopback("localhost")
     assert not is_loopback("10.0.0.1") and not is_loopback("board.lab")
 
 
 def _serve(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "biagent.cli", "serve", "--port", "0", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "biagent.cli", "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_agent_refuses_plaintext_on_a_network_address(tmp_path):

@@ -1,4 +1,5 @@
 """SSH against a real OpenSSH server on 127.0.0.1: host keys, quoting, refusals, forwards."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,12 +13,18 @@ from bihost.ssh import Tunnel, connect, endpoint_for, run
 
 
 def _board(sshd, known_hosts, **kw) -> Board:
-    return Board("pi", address="127.0.0.1:50051", transport="ssh",
-                 ssh=SshSettings(**sshd.ssh_settings(known_hosts, **kw)))
+    return Board(
+        "pi",
+        address="127.0.0.1:50051",
+        transport="ssh",
+        ssh=SshSettings(**sshd.ssh_settings(known_hosts, **kw)),
+    )
 
 
 def _fingerprint(pub) -> str:
-    return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True).stdout.split()[1]
+    return subprocess.run(
+        ["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
 
 
 def test_unknown_host_key_is_refused_with_its_fingerprint_then_accepted_on_request(sshd, tmp_path):
@@ -70,11 +77,17 @@ def test_ssh_config_fills_what_the_inventory_leaves_out(sshd, tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text(sshd.known_hosts_line)
     config = tmp_path / "config"
-    config.write_text(f"Host labpi\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
-                      f"  IdentityFile {sshd.key}\n  UserKnownHostsFile {known}\n")
+    config.write_text(
+        f"Host labpi\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.key}\n  UserKnownHostsFile {known}\n"
+    )
     endpoint = endpoint_for(Board("pi", address="labpi:50051", transport="ssh"), ssh_config=config)
-    assert (endpoint.host, endpoint.port, endpoint.user, endpoint.known_hosts) == ("127.0.0.1", sshd.port, sshd.user,
-                                                                                     known)
+    assert (endpoint.host, endpoint.port, endpoint.user, endpoint.known_hosts) == (
+        "127.0.0.1",
+        sshd.port,
+        sshd.user,
+        known,
+    )
     connect(endpoint).close()
 
 

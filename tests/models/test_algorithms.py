@@ -5,6 +5,7 @@ The reference builds every estimator with the detach trick (forward sign, backwa
 closed form) instead of the library's autograd.Function, so the two implementations share
 nothing but the formulas.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,13 +34,17 @@ def fourier(n):
     def g(t):
         s = sum(torch.cos((2 * i + 1) * 0.1 * t) for i in range(n + 1)) * (4 * 0.1 / math.pi)
         return torch.where(t.abs() > 1, torch.zeros_like(s), s)
+
     return g
 
 
 LAYERS = {
     "conv2d_s2_g2_bias": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=True), (2, 4, 9, 9)),
     "conv2d_dilated": (lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2, bias=False), (2, 4, 7, 7)),
-    "conv2d_1x1_rect": (lambda: nn.Conv2d(3, 5, (1, 3), stride=(2, 1), padding=(0, 1), bias=True), (2, 3, 6, 5)),
+    "conv2d_1x1_rect": (
+        lambda: nn.Conv2d(3, 5, (1, 3), stride=(2, 1), padding=(0, 1), bias=True),
+        (2, 3, 6, 5),
+    ),
     "conv1d_s2_g2": (lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2, bias=True), (2, 4, 11)),
     "linear_tokens": (lambda: nn.Linear(8, 5, bias=True), (2, 3, 8)),
     "linear_flat": (lambda: nn.Linear(7, 4, bias=False), (3, 7)),
@@ -113,7 +118,11 @@ def make_binary(algo: str, layer_name: str):
     with torch.no_grad():  # move learnable extras away from their init so they matter
         for name, p in layer.binarizer.named_parameters():
             if not name.startswith(("weight_noise", "input_noise")):
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5 if "threshold" not in name else torch.randn(p.shape, generator=g) * 0.3)
+                p.copy_(
+                    torch.rand(p.shape, generator=g) + 0.5
+                    if "threshold" not in name
+                    else torch.randn(p.shape, generator=g) * 0.3
+                )
     if algo in ("fda", "recu"):
         bimodels.set_epoch(model, 2, 10)  # FDA's noise on (lambda > 0), ReCU's tau past its start
     return model, layer, x

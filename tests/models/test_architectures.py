@@ -3,6 +3,7 @@
 Parametrised over the registries, so a newly registered model or algorithm is tested
 without anyone remembering to add it here.
 """
+
 from __future__ import annotations
 
 import onnx
@@ -12,7 +13,6 @@ from torch import nn
 
 import bimodels
 from bimodels.numerics import compare_onnx
-
 from tests.helpers import randomize_norms
 
 ARCHS = bimodels.list_architectures()

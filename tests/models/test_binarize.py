@@ -1,4 +1,5 @@
 """`binarize()`: what is replaced, what is kept, and clear errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,7 +32,12 @@ def test_replacement_keeps_path_weights_bias_and_records_algorithm():
     assert conv.algorithm == lin.algorithm == "reactnet"
     assert torch.equal(conv.weight, fp[0].weight) and torch.equal(conv.bias, fp[0].bias)
     assert conv.weight.shape == (8, 3, 3, 3)
-    assert (conv.stride, conv.padding, conv.dilation, conv.groups) == (fp[0].stride, fp[0].padding, fp[0].dilation, fp[0].groups)
+    assert (conv.stride, conv.padding, conv.dilation, conv.groups) == (
+        fp[0].stride,
+        fp[0].padding,
+        fp[0].dilation,
+        fp[0].groups,
+    )
     assert model.binarized_with == "reactnet"
     # The latent weights are what an optimiser trains: they are registered parameters.
     names = dict(model.named_parameters())
@@ -39,7 +45,9 @@ def test_replacement_keeps_path_weights_bias_and_records_algorithm():
 
 
 def test_fp_layers_override_per_name():
-    model = bimodels.binarize(bimodels.create_model("resnet20"), "bnn", fp_layers=["conv1", "fc", "layers.0.0.conv1"])
+    model = bimodels.binarize(
+        bimodels.create_model("resnet20"), "bnn", fp_layers=["conv1", "fc", "layers.0.0.conv1"]
+    )
     assert not bimodels.is_binary(model.get_submodule("layers.0.0.conv1"))
     assert bimodels.is_binary(model.get_submodule("layers.1.0.downsample.0"))  # default no longer applies
 
@@ -88,7 +96,9 @@ def test_xnorpp_needs_an_example_input_for_unknown_models():
 
 
 def test_xnorpp_gamma_is_sized_by_the_output_and_checks_it():
-    model = bimodels.binarize(nn.Sequential(nn.Conv2d(2, 3, 3, stride=2)), "xnorpp", example_input=torch.randn(1, 2, 9, 9))
+    model = bimodels.binarize(
+        nn.Sequential(nn.Conv2d(2, 3, 3, stride=2)), "xnorpp", example_input=torch.randn(1, 2, 9, 9)
+    )
     shapes = sorted(tuple(p.shape) for p in model[0].binarizer.parameters())
     assert shapes == [(1, 1, 4), (1, 3, 1, 1), (1, 4, 1)]  # v per column, o per channel, h per row
     with pytest.raises(ValueError, match="sized for outputs"):

@@ -1,4 +1,5 @@
 """Theoretical complexity against counts done by hand on a small network."""
+
 from __future__ import annotations
 
 import math

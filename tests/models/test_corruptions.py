@@ -1,4 +1,5 @@
 """The 15 corruptions (from imagecorruptions-imaug, not ours), their cache and the CIFAR-10-C reader."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,16 @@ import pytest
 pytest.importorskip("imagecorruptions")
 
 from bimodels.data import DataError  # noqa: E402
-from bimodels.data.corruptions import (CORRUPTIONS, FAMILY, SEVERITIES, Cifar10C, CorruptionCache,  # noqa: E402
-                                       corrupt_images, find_cifar10c, implementation)
+from bimodels.data.corruptions import (  # noqa: E402
+    CORRUPTIONS,
+    FAMILY,
+    SEVERITIES,
+    Cifar10C,
+    CorruptionCache,
+    corrupt_images,
+    find_cifar10c,
+    implementation,
+)
 
 
 def _images(n=3, channels=1, side=28, seed=0):
@@ -37,7 +46,9 @@ def test_each_corruption_keeps_shape_changes_pixels_and_is_seeded(corruption):
 
 def test_severity_grows_the_damage():
     clean = _images(8)
-    damage = [np.abs(corrupt_images(clean, "gaussian_noise", s, 0).astype(int) - clean).mean() for s in SEVERITIES]
+    damage = [
+        np.abs(corrupt_images(clean, "gaussian_noise", s, 0).astype(int) - clean).mean() for s in SEVERITIES
+    ]
     assert damage == sorted(damage) and damage[-1] > 2 * damage[0]
     with pytest.raises(ValueError, match="unknown corruption 'rain'"):
         corrupt_images(clean, "rain", 1, 0)

@@ -1,5 +1,6 @@
 """Object detection: generated scenes, the VOC and COCO readers, SSD matching and loss, and
 mAP@0.5 through pycocotools."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def test_anchors_boxes_encode_decode_and_match():
     model = create_model("ssd_resnet")
     out = model.eval()(torch.zeros(2, 3, 64, 64))
     anchors = ssd_anchors(64)
-    assert out.shape == (2, len(anchors), 4 + 1 + 6) and torch.equal(anchors_for_output(out.shape[1]), anchors)
+    assert out.shape == (2, len(anchors), 4 + 1 + 6) and torch.equal(
+        anchors_for_output(out.shape[1]), anchors
+    )
     assert anchors_for_output(ssd_anchors(300).shape[0]).shape == ssd_anchors(300).shape
     with pytest.raises(ValueError, match="match no SSD input size"):
         anchors_for_output(341)
@@ -69,14 +72,16 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 def _targets(*rows):
     t = np.full((len(rows), 2, 5), -1.0, dtype=np.float32)
     for i, r in enumerate(rows):
-        t[i, :len(r)] = r
+        t[i, : len(r)] = r
     return t
 
 
 def test_map50_follows_cocos_interpolated_precision():
     truth = _targets([(0, 0.1, 0.1, 0.4, 0.4)], [(0, 0.5, 0.5, 0.9, 0.9)])
-    perfect = [(np.array([[0.1, 0.1, 0.4, 0.4]]), np.array([0.9]), np.array([0])),
-               (np.array([[0.5, 0.5, 0.9, 0.9]]), np.array([0.8]), np.array([0]))]
+    perfect = [
+        (np.array([[0.1, 0.1, 0.4, 0.4]]), np.array([0.9]), np.array([0])),
+        (np.array([[0.5, 0.5, 0.9, 0.9]]), np.array([0.8]), np.array([0])),
+    ]
     assert map50(perfect, truth, 1, 64) == pytest.approx(1.0)
     # one hit ranked first, one miss (IoU < 0.5) second: precision 1 up to recall 0.5, then nothing
     # found; COCO samples 101 recall points, 51 of them (0.00 .. 0.50) at precision 1.
@@ -99,7 +104,9 @@ def test_detect_turns_an_output_into_scored_boxes():
     boxes, scores, classes = detect(out)[0]
     a = anchors[7]
     assert classes[0] == 1 and scores[0] > 0.99
-    assert np.allclose(boxes[0], torch.cat([a[:2] - a[2:] / 2, a[:2] + a[2:] / 2]).clamp(0, 1).numpy(), atol=1e-6)
+    assert np.allclose(
+        boxes[0], torch.cat([a[:2] - a[2:] / 2, a[:2] + a[2:] / 2]).clamp(0, 1).numpy(), atol=1e-6
+    )
     assert not any(np.allclose(b, boxes[0]) for b in boxes[1:])
 
 
@@ -126,10 +133,15 @@ def _jpeg(path, size=(40, 30), colour=(200, 10, 10)):
 
 
 def _voc_xml(name, size, objects):
-    objs = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-                   f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, d, b in objects)
-    return (f"<annotation><filename>{name}.jpg</filename><size><width>{size[0]}</width><height>{size[1]}</height>"
-            f"<depth>3</depth></size>{objs}</annotation>")
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, d, b in objects
+    )
+    return (
+        f"<annotation><filename>{name}.jpg</filename><size><width>{size[0]}</width><height>{size[1]}</height>"
+        f"<depth>3</depth></size>{objs}</annotation>"
+    )
 
 
 def _voc(root, objects=None):
@@ -138,7 +150,9 @@ def _voc(root, objects=None):
     (voc / "ImageSets" / "Main").mkdir(parents=True)
     ids = {"train": ["000001", "000002"], "test": ["000003"]}
     for split, names in ids.items():
-        (voc / "ImageSets" / "Main" / ("trainval.txt" if split == "train" else "test.txt")).write_text("\n".join(names) + "\n")
+        (voc / "ImageSets" / "Main" / ("trainval.txt" if split == "train" else "test.txt")).write_text(
+            "\n".join(names) + "\n"
+        )
         for n in names:
             _jpeg(voc / "JPEGImages" / f"{n}.jpg")
             objs = (objects or {}).get(n, [("dog", 0, (1, 1, 20, 15)), ("person", 1, (5, 5, 10, 10))])
@@ -161,7 +175,9 @@ def test_voc_xml_annotations_and_their_faults(tmp_path):
     (voc / "Annotations" / "000002.xml").write_text("<annotation><object>")
     with pytest.raises(DataError, match="000002.xml: not valid XML"):
         read_voc(voc, "train")
-    (voc / "Annotations" / "000002.xml").write_text(_voc_xml("000002", (40, 30), [("unicorn", 0, (1, 1, 5, 5))]))
+    (voc / "Annotations" / "000002.xml").write_text(
+        _voc_xml("000002", (40, 30), [("unicorn", 0, (1, 1, 5, 5))])
+    )
     with pytest.raises(DataError, match="000002.xml: object class 'unicorn' is not one of VOC's 20"):
         read_voc(voc, "train")
     (voc / "Annotations" / "000002.xml").write_text(_voc_xml("000002", (41, 30), [("dog", 0, (1, 1, 5, 5))]))
@@ -189,20 +205,40 @@ def _coco(root):
         for i in range(n):
             _jpeg(root / split / f"{i:012d}.jpg", (50, 40))
             images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "width": 50, "height": 40})
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 18, "bbox": [5, 4, 20, 10],
-                         "area": 200, "iscrowd": 0})
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "bbox": [0, 0, 50, 40],
-                         "area": 2000, "iscrowd": 1})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 18,
+                    "bbox": [5, 4, 20, 10],
+                    "area": 200,
+                    "iscrowd": 0,
+                }
+            )
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "bbox": [0, 0, 50, 40],
+                    "area": 2000,
+                    "iscrowd": 1,
+                }
+            )
         images.append({"id": 99, "file_name": "no_boxes.jpg", "width": 50, "height": 40})
         cats = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
         (root / "annotations" / f"instances_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
 
 
 def test_coco_json_annotations_and_their_faults(tmp_path):
     _coco(tmp_path)
     train = read_coco(tmp_path, "train")
-    assert len(train.files) == 3 and train.classes == ("person", "dog")  # crowd left out, box-less image skipped
+    assert len(train.files) == 3 and train.classes == (
+        "person",
+        "dog",
+    )  # crowd left out, box-less image skipped
     assert np.allclose(train.targets[0, 0], [1, 5 / 50, 4 / 40, 25 / 50, 14 / 40])
     data = get_task("object_detection").load("quick", tmp_path, seed=0)
     assert data.source.startswith("coco (") and len(data.test) == 2 and data.num_classes == 2

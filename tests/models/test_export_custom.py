@@ -6,6 +6,7 @@ with the algorithms' scales the layer output must match to 1e-5. Network level: 
 (plus PointNet-vanilla and DFSMN), full precision and binarized with every algorithm,
 must match the model's eval output to 1e-4 + 1e-5 * max|ref|.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,11 +19,11 @@ import torch
 from torch import nn
 
 import bimodels
+from biagent.runtimes.custom_engine import load_artifact
 from bimodels import ExportError, binarize, create_model, example_input, export, list_algorithms
 from bimodels.export.custom import pack_sign_rows
 from bimodels.layers import DeployedBinaryLayer
 from bimodels.ste import sign
-from biagent.runtimes.custom_engine import load_artifact
 from tests.helpers import assert_numerics, perturb_binarizers, randomize_norms
 
 ALGORITHMS = list_algorithms()
@@ -87,7 +88,10 @@ def test_binary_conv2d_dot_is_exact(case, pad_value):
 
 
 @pytest.mark.parametrize("pad_value", [0.0, 1.0, -1.0])
-@pytest.mark.parametrize("cin,cout,k,stride,pad,dil,groups", [(3, 7, 3, 1, 1, 1, 1), (65, 10, 5, 2, 2, 1, 1), (130, 8, 3, 1, 2, 2, 2), (64, 64, 1, 1, 0, 1, 1)])
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,pad,dil,groups",
+    [(3, 7, 3, 1, 1, 1, 1), (65, 10, 5, 2, 2, 1, 1), (130, 8, 3, 1, 2, 2, 2), (64, 64, 1, 1, 0, 1, 1)],
+)
 def test_binary_conv1d_dot_is_exact(cin, cout, k, stride, pad, dil, groups, pad_value):
     conv = nn.Conv1d(cin, cout, k, stride=stride, padding=pad, dilation=dil, groups=groups, bias=False)
     _exact_case(conv, pad_value, _with_zeros(torch.randn(2, cin, 23)))
@@ -149,7 +153,9 @@ def _check_network(arch: str, algorithm: str | None, batch: int) -> None:
         ref = model(x).numpy()
     assert out.shape == ref.shape
     assert_close(out, ref)
-    assert_numerics("custom", export(model, "custom", x), "custom", model, [x])  # fused kernels, the agent's rule
+    assert_numerics(
+        "custom", export(model, "custom", x), "custom", model, [x]
+    )  # fused kernels, the agent's rule
 
 
 # No rounding sign flip showed up with these seeds in the unfused comparison above (example_input seed 0, weights from
@@ -166,10 +172,19 @@ def test_birealnet18_matches_torch(algorithm):
 
 
 # resnet34 and ReActNet take seconds per run in numpy: batch 1 and a few algorithms.
-@pytest.mark.parametrize("arch,algorithm", [
-    ("resnet34", None), ("resnet34", "xnor"), ("resnet34", "reactnet"),
-    ("reactnet", None), ("reactnet", "reactnet"), ("reactnet", "xnorpp"), ("reactnet", "dorefa"),
-], ids=str)
+@pytest.mark.parametrize(
+    "arch,algorithm",
+    [
+        ("resnet34", None),
+        ("resnet34", "xnor"),
+        ("resnet34", "reactnet"),
+        ("reactnet", None),
+        ("reactnet", "reactnet"),
+        ("reactnet", "xnorpp"),
+        ("reactnet", "dorefa"),
+    ],
+    ids=str,
+)
 def test_large_network_matches_torch(arch, algorithm):
     _check_network(arch, algorithm, batch=1)
 
@@ -205,7 +220,9 @@ def test_artifact_layout_and_determinism():
     assert data == export(model, "custom", x), "export must be deterministic"
     zf = zipfile.ZipFile(io.BytesIO(data))
     assert zf.namelist() == ["graph.json", "tensors.npz"]
-    assert all(i.compress_type == zipfile.ZIP_STORED and i.date_time == (1980, 1, 1, 0, 0, 0) for i in zf.infolist())
+    assert all(
+        i.compress_type == zipfile.ZIP_STORED and i.date_time == (1980, 1, 1, 0, 0, 0) for i in zf.infolist()
+    )
     doc = json.loads(zf.read("graph.json"))
     assert doc["format"] == "bibench-custom" and doc["version"] == 1
     assert doc["inputs"] == [{"name": "input", "shape": [2, 3, 32, 32], "dtype": "float32"}]
@@ -263,7 +280,10 @@ class _Gelu(nn.Module):
 
 
 def test_unsupported_function_and_module_are_named():
-    with pytest.raises(ExportError, match=r"cannot express Tensor\.transpose \(node transpose\).*torch\.matmul \(node matmul\)"):
+    with pytest.raises(
+        ExportError,
+        match=r"cannot express Tensor\.transpose \(node transpose\).*torch\.matmul \(node matmul\)",
+    ):
         export(_Attention(), "custom", torch.randn(2, 4, 8))
     with pytest.raises(ExportError, match=r"cannot express torch\.nn\.activation\.GELU \(node act\)"):
         export(_Gelu(), "custom", torch.randn(2, 4))
@@ -271,6 +291,7 @@ def test_unsupported_function_and_module_are_named():
 
 def test_small_ops_export_and_match():
     """Flatten module, Dropout, pools with padding, max over a dim, amax, cat, mean, PReLU."""
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()

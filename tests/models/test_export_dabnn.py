@@ -6,15 +6,15 @@ daBNN's documented semantics (docs/dabnn-format.md: BinConv2D = number of mismat
 x > 0 -> 1 and padding bit 0, in-place Affine/Relu/PRelu/Add, NHWC) runs the parsed file
 against the torch model. Every refusal has a test with its message.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from numpy.lib.stride_tricks import sliding_window_view
+from torch import nn
 
-import bimodels
 from bimodels import ExportError, binarize, create_model, export, list_formats
 from bimodels.export.dabnn import LAYER_TYPES, PARAM_FIELDS, DabLayer, DabTensor, read_dab, write_dab
 from tests.helpers import perturb_binarizers, randomize_norms
@@ -94,7 +94,9 @@ def run_dab(model: dict, x_nchw: np.ndarray) -> np.ndarray:
                 y = _windows(_pad(x, pad, -np.inf), k, s).max(axis=(2, 3))
             else:
                 ones = _windows(_pad(np.ones_like(x[..., :1]), pad, 0.0), k, s).sum(axis=(2, 3))
-                y = (_windows(_pad(x.astype(np.float64), pad, 0.0), k, s).sum(axis=(2, 3)) / ones).astype(np.float32)
+                y = (_windows(_pad(x.astype(np.float64), pad, 0.0), k, s).sum(axis=(2, 3)) / ones).astype(
+                    np.float32
+                )
         elif t == "Concat":
             assert len(p["inputs"]) == 2 and p["axis"] == 3
             a, b = (blobs[v] for v in p["inputs"])
@@ -237,7 +239,9 @@ class ChainNet(nn.Module):
 
 
 def binarized(model: nn.Module, algo: str = "bireal", pad_value: float = -1, **kw) -> nn.Module:
-    return perturb(randomize_norms(binarize(model, algo, pad_value=pad_value, example_input=kw.pop("x", None), **kw))).eval()
+    return perturb(
+        randomize_norms(binarize(model, algo, pad_value=pad_value, example_input=kw.pop("x", None), **kw))
+    ).eval()
 
 
 # -- the writer, field by field ----------------------------------------------------------
@@ -247,22 +251,52 @@ def test_registered():
 
 def test_write_read_every_field():
     layers = [
-        DabLayer("FpConv2D", {"input": "in", "weight": "w", "bias": "b", "pads": [1, 1, 1, 1], "strides": [2, 2],
-                              "dilations": [1, 1], "output": "c0"}, "conv"),
-        DabLayer("BinConv2D", {"input": "c0", "weight": "bw", "pads": [0, 0, 0, 0], "strides": [1, 1],
-                               "dilations": [1, 1], "output": "c1"}),
+        DabLayer(
+            "FpConv2D",
+            {
+                "input": "in",
+                "weight": "w",
+                "bias": "b",
+                "pads": [1, 1, 1, 1],
+                "strides": [2, 2],
+                "dilations": [1, 1],
+                "output": "c0",
+            },
+            "conv",
+        ),
+        DabLayer(
+            "BinConv2D",
+            {
+                "input": "c0",
+                "weight": "bw",
+                "pads": [0, 0, 0, 0],
+                "strides": [1, 1],
+                "dilations": [1, 1],
+                "output": "c1",
+            },
+        ),
         DabLayer("Affine", {"input": "c1", "a": "a", "b": "b", "output": "c2"}),
         DabLayer("Relu", {"input": "c2", "output": "c3"}),
         DabLayer("PRelu", {"input": "c3", "slope": "a", "output": "c4"}),
         DabLayer("Add", {"input1": "c4", "input2": "c0", "output": "c5"}),
         DabLayer("Concat", {"inputs": ["c5", "c0"], "axis": 3, "output": "c6"}),
-        DabLayer("MaxPool", {"input": "c6", "kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2], "output": "c7"}),
-        DabLayer("AvePool", {"input": "c7", "kernel_shape": [4, 4], "pads": [0, 0, 0, 0], "strides": [1, 1], "output": "c8"}),
+        DabLayer(
+            "MaxPool",
+            {"input": "c6", "kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2], "output": "c7"},
+        ),
+        DabLayer(
+            "AvePool",
+            {"input": "c7", "kernel_shape": [4, 4], "pads": [0, 0, 0, 0], "strides": [1, 1], "output": "c8"},
+        ),
     ]
     w = np.arange(4 * 3 * 3 * 4, dtype=np.float32)
     bits = np.array([0, 1, 2**63, 2**64 - 1, 12345678901234567890, 7, 8, 9], dtype=np.uint64)
-    inits = [DabTensor("w", [4, 3, 3, 4], float32_data=w), DabTensor("b", [4], float32_data=np.array([0, -1.5, 2, 3], np.float32)),
-             DabTensor("bw", [4, 1, 1, 4], bin_data=bits, align_hwc_to_128=True), DabTensor("a", [4], float32_data=np.ones(4, np.float32))]
+    inits = [
+        DabTensor("w", [4, 3, 3, 4], float32_data=w),
+        DabTensor("b", [4], float32_data=np.array([0, -1.5, 2, 3], np.float32)),
+        DabTensor("bw", [4, 1, 1, 4], bin_data=bits, align_hwc_to_128=True),
+        DabTensor("a", [4], float32_data=np.ones(4, np.float32)),
+    ]
     data = write_dab(layers, inits, "in", [1, 8, 8, 4])
     assert data[4:8] != b"DABN"  # no file identifier: the root offset is followed by the vtable data
     got = read_dab(data)
@@ -278,7 +312,11 @@ def test_write_read_every_field():
     assert t["w"]["data_type"] == "Float32" and t["w"]["shape"] == [4, 3, 3, 4] and t["w"]["bin_data"] is None
     np.testing.assert_array_equal(t["w"]["float32_data"], w)
     np.testing.assert_array_equal(t["b"]["float32_data"], [0, -1.5, 2, 3])
-    assert t["bw"]["data_type"] == "Bit" and t["bw"]["float32_data"] is None and t["bw"]["align_hwc_to_128"] is True
+    assert (
+        t["bw"]["data_type"] == "Bit"
+        and t["bw"]["float32_data"] is None
+        and t["bw"]["align_hwc_to_128"] is True
+    )
     np.testing.assert_array_equal(t["bw"]["bin_data"], bits)
     assert t["w"]["align_hwc_to_128"] is False
     assert LAYER_TYPES["BinConv2D"] == 8 and LAYER_TYPES["PRelu"] == 13
@@ -297,9 +335,29 @@ def test_small_net_lowering_and_numerics():
     parsed = check_numerics(model, x)
     types = [l["type"] for l in parsed["layers"]]
     # each BinConv2D is followed by two Affines: the exact integer dot K - 2m, then scale and shift
-    assert types == ["FpConv2D", "Affine", "PRelu", "BinConv2D", "Affine", "Affine", "PRelu", "MaxPool", "BinConv2D",
-                     "Affine", "Affine", "Add", "BinConv2D", "Affine", "Affine", "Concat", "AvePool", "Affine", "Relu",
-                     "AvePool", "FpConv2D"]
+    assert types == [
+        "FpConv2D",
+        "Affine",
+        "PRelu",
+        "BinConv2D",
+        "Affine",
+        "Affine",
+        "PRelu",
+        "MaxPool",
+        "BinConv2D",
+        "Affine",
+        "Affine",
+        "Add",
+        "BinConv2D",
+        "Affine",
+        "Affine",
+        "Concat",
+        "AvePool",
+        "Affine",
+        "Relu",
+        "AvePool",
+        "FpConv2D",
+    ]
     layers = parsed["layers"]
     inits = {t["name"]: t for t in parsed["initializers"]}
     assert parsed["inputs"] == [{"name": "input", "shape": [1, 16, 16, 3]}]
@@ -327,8 +385,14 @@ def test_bit_packing_order_and_layout():
         (w,) = [t for t in parsed["initializers"] if t["data_type"] == "Bit"]
         kk = cin * k * k
         words = 2 * -(-kk // 128) if aligned else kk // 64
-        assert w["shape"] == [8, k, k, cin] and w["align_hwc_to_128"] == aligned and w["bin_data"].size == 8 * words
-        bits = np.unpackbits(w["bin_data"].astype("<u8").reshape(8, words).view(np.uint8), axis=1, bitorder="little")
+        assert (
+            w["shape"] == [8, k, k, cin]
+            and w["align_hwc_to_128"] == aligned
+            and w["bin_data"].size == 8 * words
+        )
+        bits = np.unpackbits(
+            w["bin_data"].astype("<u8").reshape(8, words).view(np.uint8), axis=1, bitorder="little"
+        )
         expect = (model[0].weight.detach() > 0).numpy().transpose(0, 2, 3, 1).reshape(8, kk)
         np.testing.assert_array_equal(bits[:, :kk], expect)
         assert not bits[:, kk:].any()
@@ -340,7 +404,7 @@ def test_flattened_map_linear_and_rescheduled_in_place_affine():
     types = [l["type"] for l in parsed["layers"]]
     # BinConv, its popcount Affine, then the max pool that reads v BEFORE bn1's in-place Affine
     i = types.index("BinConv2D")
-    assert types[i:i + 5] == ["BinConv2D", "Affine", "Affine", "MaxPool", "Affine"]
+    assert types[i : i + 5] == ["BinConv2D", "Affine", "Affine", "MaxPool", "Affine"]
     fc = parsed["layers"][-1]["params"]
     w = {t["name"]: t for t in parsed["initializers"]}[fc["weight"]]
     assert w["shape"] == [7, 4, 4, 32] and fc["pads"] == [0, 0, 0, 0]
@@ -372,7 +436,11 @@ def refused(model: nn.Module, x: torch.Tensor) -> str:
 
 def test_refuses_zero_and_plus_one_padding():
     msg = refused(binarized(SmallNet(), pad_value=0), no_zeros(1, 3, 16, 16))
-    assert "zero padding" in msg and "pad_value=-1" in msg and "bimodels.binarize(model, algo, pad_value=-1)" in msg
+    assert (
+        "zero padding" in msg
+        and "pad_value=-1" in msg
+        and "bimodels.binarize(model, algo, pad_value=-1)" in msg
+    )
     msg = refused(binarized(SmallNet(), pad_value=1), no_zeros(1, 3, 16, 16))
     assert "+1 padding" in msg and "pad_value=-1" in msg
 
@@ -418,7 +486,9 @@ def test_hardtanh_read_by_full_precision_ops_is_an_affine_relu_chain():
     """clip(x) = hi - relu((hi - lo) - relu(x - lo)): five in-place layers, no copy of x."""
     from bimodels.export.dabnn import export_dabnn_with_report
 
-    model = perturb(randomize_norms(binarize(Clip(shortcut=True), "bnn", fp_layers=["stem"], pad_value=-1))).eval()
+    model = perturb(
+        randomize_norms(binarize(Clip(shortcut=True), "bnn", fp_layers=["stem"], pad_value=-1))
+    ).eval()
     x = no_zeros(1, 3, 8, 8) * 3  # well outside [-1, 1]: both sides of the clip are exercised
     parsed = check_numerics(model, x)
     types = [l["type"] for l in parsed["layers"]]
@@ -428,14 +498,18 @@ def test_hardtanh_read_by_full_precision_ops_is_an_affine_relu_chain():
 
 
 def test_hardtanh_read_only_by_binary_convs_is_dropped():
-    model = perturb(randomize_norms(binarize(Clip(shortcut=False), "bireal", fp_layers=["stem"], pad_value=-1))).eval()
+    model = perturb(
+        randomize_norms(binarize(Clip(shortcut=False), "bireal", fp_layers=["stem"], pad_value=-1))
+    ).eval()
     parsed = check_numerics(model, no_zeros(1, 3, 8, 8))
     assert [l["type"] for l in parsed["layers"]] == ["FpConv2D", "Affine", "BinConv2D", "Affine", "Affine"]
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg_small"])
 def test_binarized_resnet18_and_vgg_small_export_with_their_hardtanh_lowered(arch):
-    model = perturb(randomize_norms(binarize(create_model(arch, num_classes=10), "bireal", pad_value=-1))).eval()
+    model = perturb(
+        randomize_norms(binarize(create_model(arch, num_classes=10), "bireal", pad_value=-1))
+    ).eval()
     check_numerics(model, no_zeros(1, 3, 32, 32))
 
 

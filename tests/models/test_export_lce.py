@@ -1,4 +1,5 @@
 """LCE export checked in LCE's own interpreter (larq-compute-engine 0.16, no TensorFlow)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,9 @@ pytestmark = pytest.mark.skipif(not info.installed, reason=f"larq runtime: {info
 
 def build(arch: str, algo: str, pad_value: float = 0.0):
     torch.manual_seed(0)
-    return bimodels.binarize(bimodels.trained_like_norms(bimodels.create_model(arch)), algo, pad_value=pad_value).eval()
+    return bimodels.binarize(
+        bimodels.trained_like_norms(bimodels.create_model(arch)), algo, pad_value=pad_value
+    ).eval()
 
 
 def run_lce(data: bytes, tmp_path, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -34,7 +37,10 @@ def run_lce(data: bytes, tmp_path, xs: list[np.ndarray]) -> list[np.ndarray]:
 def op_names(data: bytes) -> list[str]:
     s = tflite_schema()
     m = s.ModelT.InitFromPackedBuf(data, 0)
-    names = {i: (c.customCode.decode() if c.customCode else f"builtin{c.builtinCode}") for i, c in enumerate(m.operatorCodes)}
+    names = {
+        i: (c.customCode.decode() if c.customCode else f"builtin{c.builtinCode}")
+        for i, c in enumerate(m.operatorCodes)
+    }
     return [names[o.opcodeIndex] for o in m.subgraphs[0].operators]
 
 
@@ -85,7 +91,9 @@ def test_plus_one_padding_is_native(tmp_path):
         assert np.abs(out - model(x).numpy()).max() <= 1e-5
 
 
-@pytest.mark.parametrize("arch, words", [("dfsmn", "image models"), ("bert_tiny", "float32"), ("pointnet", "cannot")])
+@pytest.mark.parametrize(
+    "arch, words", [("dfsmn", "image models"), ("bert_tiny", "float32"), ("pointnet", "cannot")]
+)
 def test_what_lce_cannot_express_is_refused_clearly(arch, words):
     model = build(arch, "bnn")
     with pytest.raises(bimodels.ExportError, match=words):

@@ -1,4 +1,5 @@
 """The ImageNet-style class-folder reader and the image task on it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,12 +13,14 @@ from bimodels.tasks import get_task
 Image = pytest.importorskip("PIL.Image")
 
 
-def _tree(root, counts={"train": 3, "val": 2}, classes=("n01440764", "n01443537", "n01484850")):
-    for split, n in counts.items():
+def _tree(root, counts=(("train", 3), ("val", 2)), classes=("n01440764", "n01443537", "n01484850")):
+    for split, n in counts:
         for c, name in enumerate(classes):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                Image.new("RGB", (300 + 10 * i, 250), (80 * c, 20 * i, 200)).save(root / split / name / f"{i}.JPEG")
+                Image.new("RGB", (300 + 10 * i, 250), (80 * c, 20 * i, 200)).save(
+                    root / split / name / f"{i}.JPEG"
+                )
     return root
 
 
@@ -27,7 +30,11 @@ def test_class_folders_are_listed_decoded_and_fed_to_the_image_task(tmp_path):
     assert classes == ("n01440764", "n01443537", "n01484850") and len(files) == 9
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     crops = decode_center_crop(files[3:4], 224)
-    assert crops.shape == (1, 3, 224, 224) and abs(int(crops[0, 0, 112, 112]) - 80) <= 3 and int(crops[0, 2].min()) >= 195  # JPEG is lossy
+    assert (
+        crops.shape == (1, 3, 224, 224)
+        and abs(int(crops[0, 0, 112, 112]) - 80) <= 3
+        and int(crops[0, 2].min()) >= 195
+    )  # JPEG is lossy
     data = get_task("image_classification").load("quick", tmp_path, seed=0)
     assert data.source.startswith("image folders (") and data.num_classes == 3
     assert len(data.train) == 9 and len(data.test) == 6

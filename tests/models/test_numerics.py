@@ -1,5 +1,6 @@
 """The ONNX reference on resnet18 (random weights, trained-looking BN statistics), and the
 numerics report's ability to tell rounding from a real export bug."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Part segmentation: generated labelled parts, the ShapeNet-part reader and instance mIoU."""
+
 from __future__ import annotations
 
 import json

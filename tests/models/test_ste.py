@@ -1,4 +1,5 @@
 """Sign and its gradient estimators against their closed forms on chosen points."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ def test_sign_maps_zero_to_plus_one():
     assert ste.sign(torch.tensor([-0.0, 0.0, -1e-30, 1e-30])).tolist() == [1.0, 1.0, -1.0, 1.0]
 
 
-@pytest.mark.parametrize("fn", [ste.sign_clip_ste, ste.sign_approx, ste.sign_identity,
-                                lambda t: ste.sign_fourier(t, 9)])
+@pytest.mark.parametrize(
+    "fn", [ste.sign_clip_ste, ste.sign_approx, ste.sign_identity, lambda t: ste.sign_fourier(t, 9)]
+)
 def test_forward_is_sign_whatever_the_estimator(fn):
     t = POINTS.clone().requires_grad_(True)
     assert torch.equal(fn(t).detach(), torch.where(POINTS >= 0, 1.0, -1.0))

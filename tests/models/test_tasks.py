@@ -1,5 +1,6 @@
 """Tasks and their data: real formats on tiny fixture files, clear errors, and a test split
 that no training step can see."""
+
 from __future__ import annotations
 
 import gzip
@@ -41,7 +42,9 @@ def _cifar_fixture(folder, n=6):
     rng = np.random.default_rng(1)
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        write_cifar_batch(folder / name, rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n))
+        write_cifar_batch(
+            folder / name, rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n)
+        )
     return folder
 
 
@@ -50,7 +53,9 @@ def test_cifar10_python_batches_and_their_faults(tmp_path):
     x, y = read_cifar10(folder, "train")
     assert x.shape == (30, 3, 32, 32) and x.dtype == np.uint8 and y.shape == (30,)
     assert read_cifar10(folder, "test")[0].shape == (6, 3, 32, 32)
-    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]})
+    )
     with pytest.raises(DataError, match="test_batch: b'data' must be N x 3072"):
         read_cifar10(folder, "test")
 
@@ -102,11 +107,24 @@ def test_no_training_step_sees_the_test_split(name):
     train_rows = {bytes(r) for r in data.train.x.reshape(len(data.train), -1).numpy()}
     test_rows = [bytes(r) for r in data.test.x.reshape(len(data.test), -1).numpy()]
     leaked = sum(r in train_rows for r in test_rows)
-    assert leaked <= len(test_rows) // 100, f"{leaked} test samples also in the training split"  # duplicates in the source only
+    assert leaked <= len(test_rows) // 100, (
+        f"{leaked} test samples also in the training split"
+    )  # duplicates in the source only
     model = task.create_model(task.default_archs("quick")[0])
     with pytest.raises(TaskError, match="takes the train split, not the test split"):
-        train(model, task, data.test, optimizer="adam", lr=1e-3, epochs=1, batch_size=8, weight_decay=0, seed=0,
-              device=torch.device("cpu"), checkpoint=__import__("pathlib").Path("/nonexistent/x.pt"))
+        train(
+            model,
+            task,
+            data.test,
+            optimizer="adam",
+            lr=1e-3,
+            epochs=1,
+            batch_size=8,
+            weight_decay=0,
+            seed=0,
+            device=torch.device("cpu"),
+            checkpoint=__import__("pathlib").Path("/nonexistent/x.pt"),
+        )
     with pytest.raises(TaskError):
         recalibrate_batch_norm(model, data.test, 8, torch.device("cpu"))
 
@@ -114,7 +132,10 @@ def test_no_training_step_sees_the_test_split(name):
 def test_unknown_task_and_arch_list_the_valid_names():
     from bimodels import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="known tasks: image_classification, point_cloud_classification, language_understanding, keyword_spotting, object_detection, part_segmentation"):
+    with pytest.raises(
+        UnknownNameError,
+        match="known tasks: image_classification, point_cloud_classification, language_understanding, keyword_spotting, object_detection, part_segmentation",
+    ):
         get_task("imagenet")
     with pytest.raises(TaskError, match="does not fit task image_classification; it takes: resnet20"):
         get_task("image_classification").create_model("bert_tiny")
@@ -131,7 +152,15 @@ def _tiny(n=64, seed=0):
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     task = get_task("image_classification")
     tr, _ = _tiny()
-    kw = dict(optimizer="sgd", lr=0.05, epochs=3, batch_size=16, weight_decay=5e-4, seed=3, device=torch.device("cpu"))
+    kw = dict(
+        optimizer="sgd",
+        lr=0.05,
+        epochs=3,
+        batch_size=16,
+        weight_decay=5e-4,
+        seed=3,
+        device=torch.device("cpu"),
+    )
     torch.manual_seed(0)
     whole = task.create_model("resnet20")
     train(whole, task, tr, checkpoint=tmp_path / "whole.pt", **kw)
@@ -158,6 +187,7 @@ def _crash_in_epoch(epoch_index: int):
     def progress(epoch, epochs, batch, batches, loss):
         if epoch == epoch_index and batch == 2:
             raise _Crash()
+
     return progress
 
 
@@ -166,12 +196,21 @@ def test_full_precision_then_binary_fine_tune_learns_and_checkpoints(tmp_path):
     tr, te = _tiny(128)
     te = Split("test", te.x, te.y, te.prepare)
     config = task.config("quick")
-    fp, fp_result = run_full_precision(task, "resnet20", tr, te, config, 0, resolve_device("cpu"), tmp_path / "fp.pt")
-    assert 0.0 <= fp_result.metric <= 1.0 and fp_result.epochs == config.fp_epochs and fp_result.train_seconds > 0
-    again_model, again = run_full_precision(task, "resnet20", tr, te, config, 0, resolve_device("cpu"),
-                                            tmp_path / "fp.pt")
+    fp, fp_result = run_full_precision(
+        task, "resnet20", tr, te, config, 0, resolve_device("cpu"), tmp_path / "fp.pt"
+    )
+    assert (
+        0.0 <= fp_result.metric <= 1.0
+        and fp_result.epochs == config.fp_epochs
+        and fp_result.train_seconds > 0
+    )
+    again_model, again = run_full_precision(
+        task, "resnet20", tr, te, config, 0, resolve_device("cpu"), tmp_path / "fp.pt"
+    )
     assert again.resumed_from == config.fp_epochs and again.metric == fp_result.metric  # nothing retrained
-    result = run_binary(task, fp, "reactnet", tr, te, config, 0, resolve_device("cpu"), tmp_path / "reactnet.pt")
+    result = run_binary(
+        task, fp, "reactnet", tr, te, config, 0, resolve_device("cpu"), tmp_path / "reactnet.pt"
+    )
     assert 0.0 <= result.metric <= 1.0 and (tmp_path / "reactnet.pt").exists()
 
 
@@ -192,7 +231,9 @@ CUBE_OFF = """OFF
 4 1 2 6 5
 4 0 3 7 4
 """
-TETRA_OFF = "OFF4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n"  # counts glued to OFF
+TETRA_OFF = (
+    "OFF4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n"  # counts glued to OFF
+)
 
 
 def _modelnet_fixture(root):
@@ -208,7 +249,9 @@ def _modelnet_fixture(root):
 def test_modelnet_off_meshes_are_sampled_on_their_surface(tmp_path):
     from bimodels.data.modelnet import read_modelnet, read_off
 
-    vertices, triangles = read_off(_modelnet_fixture(tmp_path) / "ModelNet40" / "cube" / "train" / "cube_0000.off")
+    vertices, triangles = read_off(
+        _modelnet_fixture(tmp_path) / "ModelNet40" / "cube" / "train" / "cube_0000.off"
+    )
     assert vertices.shape == (8, 3) and triangles.shape == (12, 3)  # quads fanned into triangles
     x, y, classes = read_modelnet(tmp_path, "train", points=128, seed=0)
     assert x.shape == (6, 128, 3) and classes == ["cube", "tetra"] and list(y) == [0, 0, 0, 1, 1, 1]
@@ -219,11 +262,14 @@ def test_modelnet_off_meshes_are_sampled_on_their_surface(tmp_path):
     assert data.train.batch(torch.arange(2))[0].shape == (2, 3, 128)  # the quick scale's points per cloud
 
 
-@pytest.mark.parametrize("text, words", [
-    ("PLY\n", "not an OFF mesh"),
-    ("OFF\n3 1 0\n0 0 0\n1 0 0\n", "declares 3 vertices and 1 faces; found 2"),
-    ("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n", "names a vertex outside 0..2"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("PLY\n", "not an OFF mesh"),
+        ("OFF\n3 1 0\n0 0 0\n1 0 0\n", "declares 3 vertices and 1 faces; found 2"),
+        ("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n", "names a vertex outside 0..2"),
+    ],
+)
 def test_malformed_off_files_name_the_file(tmp_path, text, words):
     from bimodels.data.modelnet import read_off
 
@@ -244,6 +290,7 @@ def test_modelnet_empty_class_folder_and_missing_h5py(tmp_path):
     h5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
     try:
         import h5py  # noqa: F401
+
         words = "not a ModelNet40 HDF5 file"
     except ImportError:
         words = "needs h5py"
@@ -272,24 +319,31 @@ def test_glue_tsv_files_in_their_real_layouts(tmp_path):
 
     sst = tmp_path / "SST-2"
     sst.mkdir()
-    (sst / "train.tsv").write_text("sentence\tlabel\nit 's a charming and often affecting journey . \t1\n"
-                                   "unflinchingly bleak and desperate \t0\n")
+    (sst / "train.tsv").write_text(
+        "sentence\tlabel\nit 's a charming and often affecting journey . \t1\n"
+        "unflinchingly bleak and desperate \t0\n"
+    )
     (sst / "dev.tsv").write_text("sentence\tlabel\na gorgeous , witty , seductive movie . \t1\n")
     a, b, y = read_glue(sst, "train")
     assert a[1].startswith("unflinchingly") and b == ["", ""] and list(y) == [1, 0]
     cola = tmp_path / "CoLA"
     cola.mkdir()
-    (cola / "train.tsv").write_text("gj04\t1\t\tOur friends won't buy this analysis.\n"
-                                    "gj04\t0\t*\tThey drank the pub.\n")
+    (cola / "train.tsv").write_text(
+        "gj04\t1\t\tOur friends won't buy this analysis.\ngj04\t0\t*\tThey drank the pub.\n"
+    )
     assert read_glue(cola, "train")[0] == ["Our friends won't buy this analysis.", "They drank the pub."]
     mrpc = tmp_path / "MRPC"
     mrpc.mkdir()
-    (mrpc / "train.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-                                    "1\t702876\t702977\tAmrozi accused his brother .\tHe accused his brother .\n")
+    (mrpc / "train.tsv").write_text(
+        "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        "1\t702876\t702977\tAmrozi accused his brother .\tHe accused his brother .\n"
+    )
     a, b, y = read_glue(mrpc, "train")
     assert b == ["He accused his brother ."] and list(y) == [1]
     (sst / "train.tsv").write_text("sentence\tlabel\ngood\tmaybe\n")
-    with pytest.raises(DataError, match="SST-2/train.tsv: line 2: expected 2 tab-separated columns with a 0/1"):
+    with pytest.raises(
+        DataError, match="SST-2/train.tsv: line 2: expected 2 tab-separated columns with a 0/1"
+    ):
         read_glue(sst, "train")
     (sst / "train.tsv").write_text("text\tstars\nfine\t1\n")
     with pytest.raises(DataError, match="expected a header with 'sentence', 'label'"):
@@ -299,7 +353,9 @@ def test_glue_tsv_files_in_their_real_layouts(tmp_path):
 def test_language_task_reads_glue_from_data_root_with_its_own_metric(tmp_path):
     cola = tmp_path / "glue_data" / "CoLA"
     cola.mkdir(parents=True)
-    rows = "".join(f"src\t{i % 2}\t\tsentence number {i} is {'fine' if i % 2 else 'bad'}\n" for i in range(20))
+    rows = "".join(
+        f"src\t{i % 2}\t\tsentence number {i} is {'fine' if i % 2 else 'bad'}\n" for i in range(20)
+    )
     (cola / "train.tsv").write_text(rows)
     (cola / "dev.tsv").write_text(rows[: rows.index("sentence number 6")].rsplit("src", 1)[0])
     task = get_task("language_understanding")
@@ -310,7 +366,11 @@ def test_language_task_reads_glue_from_data_root_with_its_own_metric(tmp_path):
     assert task.metric == "accuracy"  # the task itself is unchanged: the metric belongs to the data
     assert task.load("quick", None, seed=0).metric_name(task) == "accuracy"
     # the Matthews correlation is what CoLA's split is scored by
-    constant = type("Constant", (torch.nn.Module,), {"forward": lambda self, x: torch.tensor([[0.0, 1.0]]).expand(len(x), 2)})()
+    constant = type(
+        "Constant",
+        (torch.nn.Module,),
+        {"forward": lambda self, x: torch.tensor([[0.0, 1.0]]).expand(len(x), 2)},
+    )()
     assert task.evaluate(constant, data.test, 8, torch.device("cpu")) == 0.0  # MCC of a constant guess
 
 
@@ -319,7 +379,7 @@ def test_matthews_correlation():
 
     assert matthews_corr(np.array([1, 0, 1, 0]), np.array([1, 0, 1, 0])) == 1.0
     assert matthews_corr(np.array([1, 1, 1, 1]), np.array([1, 0, 1, 0])) == 0.0
-    assert matthews_corr(np.array([1, 0, 0, 0]), np.array([1, 0, 1, 0])) == pytest.approx(1 / 3 ** 0.5)
+    assert matthews_corr(np.array([1, 0, 0, 0]), np.array([1, 0, 1, 0])) == pytest.approx(1 / 3**0.5)
 
 
 def test_generated_text_labels_follow_their_rules():
@@ -345,8 +405,11 @@ def _wav(path, samples, rate=16000, width=2):
         w.setnchannels(1)
         w.setsampwidth(width)
         w.setframerate(rate)
-        w.writeframes((np.asarray(samples) * 20000).astype("<i2").tobytes() if width == 2 else
-                      (np.asarray(samples) * 100 + 128).astype(np.uint8).tobytes())
+        w.writeframes(
+            (np.asarray(samples) * 20000).astype("<i2").tobytes()
+            if width == 2
+            else (np.asarray(samples) * 100 + 128).astype(np.uint8).tobytes()
+        )
 
 
 def test_speech_commands_folder_and_bad_wavs(tmp_path):
@@ -362,8 +425,14 @@ def test_speech_commands_folder_and_bad_wavs(tmp_path):
     (tmp_path / "testing_list.txt").write_text("yes/00000000_nohash_0.wav\nmarvin/00000001_nohash_0.wav\n")
     (tmp_path / "validation_list.txt").write_text("no/00000002_nohash_0.wav\n")
     x, y = speech.read_speech_commands(tmp_path, "train")
-    assert x.shape == (6, 40, 98) and sorted(speech.LABELS[i] for i in y) == ["no", "no", "unknown", "unknown",
-                                                                                "yes", "yes"]
+    assert x.shape == (6, 40, 98) and sorted(speech.LABELS[i] for i in y) == [
+        "no",
+        "no",
+        "unknown",
+        "unknown",
+        "yes",
+        "yes",
+    ]
     xt, yt = speech.read_speech_commands(tmp_path, "test")
     assert [speech.LABELS[i] for i in yt] == ["unknown", "yes"]
     data = get_task("keyword_spotting").load("quick", tmp_path, seed=0)
@@ -413,8 +482,10 @@ def test_a_hung_espeak_is_retried_and_a_repeated_hang_is_a_clear_error(tmp_path,
         pytest.skip("espeak-ng is not installed")
     marker = tmp_path / "hung-once"
     script = tmp_path / "espeak-ng"
-    script.write_text(f"#!/bin/sh\nif [ ! -e {marker} ] || [ -e {tmp_path / 'always'} ]; then touch {marker}; "
-                      f"exec sleep 30; fi\nexec {real} \"$@\"\n")
+    script.write_text(
+        f"#!/bin/sh\nif [ ! -e {marker} ] || [ -e {tmp_path / 'always'} ]; then touch {marker}; "
+        f'exec sleep 30; fi\nexec {real} "$@"\n'
+    )
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     audio, rate = speech.speak("yes", "en", 160, 50, timeout=1.0)

@@ -1,4 +1,5 @@
 """Compiled kernels of the custom runtime (optional: built on install when a compiler exists)."""
+
 from __future__ import annotations
 
 try:
@@ -12,4 +13,8 @@ def available() -> bool:
 
 
 def info() -> dict:
-    return dict(_xnor.kernel_info()) if _xnor is not None else {"popcount": "numpy (C kernels not built)", "openmp": False}
+    return (
+        dict(_xnor.kernel_info())
+        if _xnor is not None
+        else {"popcount": "numpy (C kernels not built)", "openmp": False}
+    )

@@ -1,4 +1,5 @@
 """Runtimes behind one small interface (see base.py), registered by name, imported lazily."""
+
 from .base import (
     InvokeError,
     LoadedModel,
@@ -14,6 +15,15 @@ from .base import (
 )
 
 __all__ = [
-    "InvokeError", "LoadedModel", "ModelLoadError", "Runtime", "RuntimeInfo", "RuntimeNotInstalled",
-    "TensorSpec", "UnknownRuntime", "describe_all", "get_runtime", "list_runtimes",
+    "InvokeError",
+    "LoadedModel",
+    "ModelLoadError",
+    "Runtime",
+    "RuntimeInfo",
+    "RuntimeNotInstalled",
+    "TensorSpec",
+    "UnknownRuntime",
+    "describe_all",
+    "get_runtime",
+    "list_runtimes",
 ]

@@ -5,6 +5,7 @@ and, on the loaded model, `set_inputs / invoke / get_outputs`. Only `invoke` is 
 Runtimes are imported lazily by name, so a board without LCE or daBNN still starts and
 reports exactly what is missing.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -75,7 +76,7 @@ class LoadedModel(ABC):
     def get_outputs(self) -> list[np.ndarray]:
         """Copies of the outputs of the last invoke (not timed)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most runtimes hold nothing native
         """Release native resources."""
 
     def sign_inputs(self) -> list[np.ndarray]:

@@ -10,6 +10,7 @@ Threads: the runtime owns them. The agent's worker runs BLAS single-threaded for
 (biagent.worker.OWN_THREADS), the binary kernels use `threads` OpenMP threads, and large
 full-precision convs split their blocks over a pool of `threads` threads.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,6 +77,7 @@ class ProbingCustomModel(CustomModel):
                     view = (shift.size,) if conv.kind == "linear" else (1, shift.size) + (1,) * (x.ndim - 2)
                     self._signs.append(x + shift.reshape(view))
             return conv(x)
+
         return run
 
     def invoke(self) -> None:
@@ -93,7 +95,9 @@ class CustomRuntime(Runtime):
     @classmethod
     def describe(cls) -> RuntimeInfo:
         return RuntimeInfo(
-            cls.name, True, version=__version__,
+            cls.name,
+            True,
+            version=__version__,
             detail=_kernel_detail(),
             formats=cls.formats,
         )
@@ -120,5 +124,7 @@ def _kernel_detail() -> str:
     if not kernels.available() or not custom_ops.KERNEL["use_c"]:
         return f"numpy XNOR-popcount reference kernels (numpy {numpy_version})"
     threads = "OpenMP" if info["openmp"] else "one thread"
-    return (f"compiled XNOR-popcount kernels (binary conv: {info.get('bconv')}; GEMM: {info['popcount']}; {threads}); "
-            f"FP ops via C kernels and numpy {numpy_version}")
+    return (
+        f"compiled XNOR-popcount kernels (binary conv: {info.get('bconv')}; GEMM: {info['popcount']}; {threads}); "
+        f"FP ops via C kernels and numpy {numpy_version}"
+    )

@@ -6,14 +6,16 @@ chain from the declared input through every node (inferred at the declared batch
 Any problem is a `ModelLoadError` that names the node or tensor. `Graph.run(inputs)` then
 accepts any batch size; a failure while running is an `InvokeError` naming the node.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,13 +64,17 @@ class Graph:
                 raise InvokeError(f"input {spec.name} must be float32, got {arr.dtype}")
             if arr.ndim != len(spec.shape) or arr.shape[1:] != spec.shape[1:] or arr.shape[0] < 1:
                 want = ("N",) + spec.shape[1:]
-                raise InvokeError(f"input {spec.name} must have shape {want} (any batch N >= 1), got {arr.shape}")
+                raise InvokeError(
+                    f"input {spec.name} must have shape {want} (any batch N >= 1), got {arr.shape}"
+                )
             values[spec.name] = arr
         for i, node in enumerate(self.nodes):
             try:
                 values[node.output] = node.fn(*(values[v] for v in node.inputs))
             except Exception as exc:  # a kernel failure on these inputs (shapes, memory)
-                raise InvokeError(f"node {node.name} ({node.op}) failed: {type(exc).__name__}: {exc}") from exc
+                raise InvokeError(
+                    f"node {node.name} ({node.op}) failed: {type(exc).__name__}: {exc}"
+                ) from exc
             for v in set(node.inputs):
                 if self._last_use.get(v) == i:
                     del values[v]
@@ -102,7 +108,9 @@ def _load(data: bytes, fuse: bool) -> Graph:
     except ModelLoadError:
         raise
     except Exception as exc:  # BadZipFile, truncated data, CRC errors, ...
-        raise ModelLoadError(f"custom artifact is not a readable zip archive: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            f"custom artifact is not a readable zip archive: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         doc = json.loads(graph_bytes.decode("utf-8"))
     except Exception as exc:
@@ -117,7 +125,9 @@ def _read_npz(data: bytes) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             tensors = {key: npz[key] for key in npz.files}
     except Exception as exc:
-        raise ModelLoadError(f"tensors.npz is not a readable npz archive: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            f"tensors.npz is not a readable npz archive: {type(exc).__name__}: {exc}"
+        ) from exc
     return tensors
 
 
@@ -130,23 +140,38 @@ def _check_header(doc: Any) -> None:
     _check(isinstance(doc, dict), "graph.json must hold a JSON object")
     _check(doc.get("format") == FORMAT, f"graph.json format must be {FORMAT!r}, got {doc.get('format')!r}")
     version = doc.get("version")
-    _check(version == VERSION and type(version) is int,
-           f"unsupported custom format version {version!r}; this runtime reads version {VERSION}")
+    _check(
+        version == VERSION and type(version) is int,
+        f"unsupported custom format version {version!r}; this runtime reads version {VERSION}",
+    )
 
 
 def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
     raw_inputs, raw_outputs, raw_nodes = doc.get("inputs"), doc.get("outputs"), doc.get("nodes")
-    _check(isinstance(raw_inputs, list) and len(raw_inputs) >= 1, "graph.json 'inputs' must be a non-empty list")
-    _check(isinstance(raw_outputs, list) and len(raw_outputs) >= 1, "graph.json 'outputs' must be a non-empty list")
+    _check(
+        isinstance(raw_inputs, list) and len(raw_inputs) >= 1, "graph.json 'inputs' must be a non-empty list"
+    )
+    _check(
+        isinstance(raw_outputs, list) and len(raw_outputs) >= 1,
+        "graph.json 'outputs' must be a non-empty list",
+    )
     _check(isinstance(raw_nodes, list), "graph.json 'nodes' must be a list")
     shapes: dict[str, tuple[int, ...]] = {}
     inputs = []
     for i, spec in enumerate(raw_inputs):
-        _check(isinstance(spec, dict) and isinstance(spec.get("name"), str), f"input #{i} must have a string name")
+        _check(
+            isinstance(spec, dict) and isinstance(spec.get("name"), str),
+            f"input #{i} must have a string name",
+        )
         name, shape = spec["name"], spec.get("shape")
-        _check(isinstance(shape, list) and len(shape) >= 1 and all(type(d) is int and d >= 1 for d in shape),
-               f"input {name}: shape must be a list of positive ints with the batch axis first, got {shape!r}")
-        _check(spec.get("dtype") == "float32", f"input {name}: dtype must be 'float32', got {spec.get('dtype')!r}")
+        _check(
+            isinstance(shape, list) and len(shape) >= 1 and all(type(d) is int and d >= 1 for d in shape),
+            f"input {name}: shape must be a list of positive ints with the batch axis first, got {shape!r}",
+        )
+        _check(
+            spec.get("dtype") == "float32",
+            f"input {name}: dtype must be 'float32', got {spec.get('dtype')!r}",
+        )
         _check(name not in shapes, f"input name {name!r} is used twice")
         shapes[name] = tuple(shape)
         inputs.append(ValueSpec(name, tuple(shape)))
@@ -157,11 +182,19 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
         _check(isinstance(name, str) and name != "", f"node #{i} has no name")
         op, ins, outs, attrs = raw.get("op"), raw.get("inputs"), raw.get("outputs"), raw.get("attrs", {})
         _check(op in _OPS, f"node {name}: unknown op {op!r} (known ops: {', '.join(sorted(_OPS))})")
-        _check(isinstance(ins, list) and all(isinstance(v, str) for v in ins), f"node {name}: inputs must be a list of names")
-        _check(isinstance(outs, list) and len(outs) == 1 and isinstance(outs[0], str), f"node {name}: must have exactly one output")
+        _check(
+            isinstance(ins, list) and all(isinstance(v, str) for v in ins),
+            f"node {name}: inputs must be a list of names",
+        )
+        _check(
+            isinstance(outs, list) and len(outs) == 1 and isinstance(outs[0], str),
+            f"node {name}: must have exactly one output",
+        )
         _check(isinstance(attrs, dict), f"node {name}: attrs must be an object")
         for v in ins:
-            _check(v in shapes, f"node {name}: input {v!r} is not produced by an earlier node or a graph input")
+            _check(
+                v in shapes, f"node {name}: input {v!r} is not produced by an earlier node or a graph input"
+            )
         _check(outs[0] not in shapes, f"node {name}: output {outs[0]!r} is produced twice")
         ctx = _Ctx(name, op, attrs, tensors)
         out_shape, fn = _OPS[op](ctx, [shapes[v] for v in ins])
@@ -170,7 +203,10 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
         nodes.append(Node(op, name, list(ins), outs[0], fn))
     outputs = []
     for out in raw_outputs:
-        _check(isinstance(out, str) and out in shapes, f"graph output {out!r} is not produced by any node or input")
+        _check(
+            isinstance(out, str) and out in shapes,
+            f"graph output {out!r} is not produced by any node or input",
+        )
         outputs.append(ValueSpec(out, shapes[out]))
     if fuse:
         nodes = custom_fusion.fuse(nodes, [spec.name for spec in outputs], shapes, Node)
@@ -199,29 +235,42 @@ class _Ctx:
                 raise self.fail(f"missing attr {key!r}")
             return default
         v = self.attrs[key]
-        ok = isinstance(v, kind) and not (isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)))
+        ok = isinstance(v, kind) and not (
+            isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+        )
         self.check(ok, f"attr {key!r} has the wrong type ({type(v).__name__})")
         return v
 
     def ints(self, key: str, n: int, minimum: int = 0) -> list[int]:
         v = self.get(key, list)
-        self.check(len(v) == n and all(type(i) is int and i >= minimum for i in v),
-                   f"attr {key!r} must be {n} int(s) >= {minimum}, got {v!r}")
+        self.check(
+            len(v) == n and all(type(i) is int and i >= minimum for i in v),
+            f"attr {key!r} must be {n} int(s) >= {minimum}, got {v!r}",
+        )
         return v
 
     def pads(self, n: int) -> list[list[int]]:
         v = self.get("pads", list)
-        self.check(len(v) == n and all(isinstance(p, list) and len(p) == 2 and all(type(i) is int and i >= 0 for i in p) for p in v),
-                   f"attr 'pads' must be {n} [before, after] pairs of ints >= 0, got {v!r}")
+        self.check(
+            len(v) == n
+            and all(
+                isinstance(p, list) and len(p) == 2 and all(type(i) is int and i >= 0 for i in p) for p in v
+            ),
+            f"attr 'pads' must be {n} [before, after] pairs of ints >= 0, got {v!r}",
+        )
         return v
 
     def axes(self, rank: int) -> list[int]:
         v = self.get("axes", list)
-        self.check(len(v) >= 1 and all(type(a) is int and 0 <= a < rank for a in v) and len(set(v)) == len(v),
-                   f"attr 'axes' must be distinct axes of a rank-{rank} input, got {v!r}")
+        self.check(
+            len(v) >= 1 and all(type(a) is int and 0 <= a < rank for a in v) and len(set(v)) == len(v),
+            f"attr 'axes' must be distinct axes of a rank-{rank} input, got {v!r}",
+        )
         return v
 
-    def tensor(self, key: str, dtype: str = "float32", shape: tuple | None = None, optional: bool = False) -> np.ndarray | None:
+    def tensor(
+        self, key: str, dtype: str = "float32", shape: tuple | None = None, optional: bool = False
+    ) -> np.ndarray | None:
         if optional and not self.has(key):
             return None
         ref = self.get(key, str)
@@ -229,10 +278,14 @@ class _Ctx:
             raise self.fail(f"tensor {ref!r} (attr {key!r}) is missing from tensors.npz")
         arr = self.tensors[ref]
         want = np.dtype(np.float32 if dtype == "float32" else np.uint64)
-        self.check(arr.dtype.kind == want.kind and arr.dtype.itemsize == want.itemsize,
-                   f"tensor {ref!r} must be {dtype}, got {arr.dtype}")
+        self.check(
+            arr.dtype.kind == want.kind and arr.dtype.itemsize == want.itemsize,
+            f"tensor {ref!r} must be {dtype}, got {arr.dtype}",
+        )
         if shape is not None:
-            self.check(arr.shape == tuple(shape), f"tensor {ref!r} must have shape {tuple(shape)}, got {arr.shape}")
+            self.check(
+                arr.shape == tuple(shape), f"tensor {ref!r} must have shape {tuple(shape)}, got {arr.shape}"
+            )
         return np.ascontiguousarray(arr.astype(want, copy=False))  # native byte order
 
     def arity(self, ins: list, n: int | None, at_least: int = 1) -> None:
@@ -242,8 +295,13 @@ class _Ctx:
 
 
 def _spatial_out(ctx: _Ctx, spatial, kernel, stride, dilation, pads) -> tuple[int, ...]:
-    out = tuple(ops.out_size(i, tuple(p), k, s, d) for i, p, k, s, d in zip(spatial, pads, kernel, stride, dilation))
-    ctx.check(all(o >= 1 for o in out), f"input spatial size {tuple(spatial)} is too small for kernel {tuple(kernel)}")
+    out = tuple(
+        ops.out_size(i, tuple(p), k, s, d) for i, p, k, s, d in zip(spatial, pads, kernel, stride, dilation)
+    )
+    ctx.check(
+        all(o >= 1 for o in out),
+        f"input spatial size {tuple(spatial)} is too small for kernel {tuple(kernel)}",
+    )
     return out
 
 
@@ -255,7 +313,10 @@ def _op_binary_conv(ctx: _Ctx, ins):
     nd = {"conv1d": 1, "conv2d": 2, "linear": 0}[kind]
     wshape = ctx.ints("weight_shape", 2 + nd, 1)
     k = ctx.get("k", int)
-    ctx.check(k == math.prod(wshape[1:]), f"k={k} but weight_shape {wshape} has {math.prod(wshape[1:])} bits per output channel")
+    ctx.check(
+        k == math.prod(wshape[1:]),
+        f"k={k} but weight_shape {wshape} has {math.prod(wshape[1:])} bits per output channel",
+    )
     cout = wshape[0]
     bits = ctx.tensor("weight_bits", "uint64", (cout, ops.n_words(k)))
     tail = k % 64
@@ -263,13 +324,17 @@ def _op_binary_conv(ctx: _Ctx, ins):
         ctx.check(not np.any(bits[:, -1] >> np.uint64(tail)), "weight_bits has nonzero padding bits past k")
     attrs = dict(ctx.attrs)
     if kind == "linear":
-        ctx.check(len(x) >= 2 and x[-1] == wshape[1], f"input shape {x} does not end with {wshape[1]} features")
+        ctx.check(
+            len(x) >= 2 and x[-1] == wshape[1], f"input shape {x} does not end with {wshape[1]} features"
+        )
         cin, out = wshape[1], x[:-1] + (cout,)
     else:
         ctx.check(len(x) == 2 + nd, f"{kind} needs a rank-{2 + nd} input, got shape {x}")
         groups = ctx.get("groups", int)
-        ctx.check(groups >= 1 and cout % groups == 0 and x[1] == wshape[1] * groups,
-                  f"input has {x[1]} channels; weight_shape {wshape} with groups={groups} needs {wshape[1] * groups}")
+        ctx.check(
+            groups >= 1 and cout % groups == 0 and x[1] == wshape[1] * groups,
+            f"input has {x[1]} channels; weight_shape {wshape} with groups={groups} needs {wshape[1] * groups}",
+        )
         stride, dilation = ctx.ints("stride", nd, 1), ctx.ints("dilation", nd, 1)
         pads = ctx.pads(nd)
         pv = ctx.get("pad_value", (int, float))
@@ -302,10 +367,15 @@ def _op_conv(ctx: _Ctx, ins):
     ctx.check(len(x) in (3, 4), f"conv needs a rank-3 or rank-4 input, got shape {x}")
     nd = len(x) - 2
     w = ctx.tensor("weight")
-    ctx.check(w.ndim == 2 + nd and all(d >= 1 for d in w.shape), f"weight shape {w.shape} does not fit a rank-{len(x)} input")
+    ctx.check(
+        w.ndim == 2 + nd and all(d >= 1 for d in w.shape),
+        f"weight shape {w.shape} does not fit a rank-{len(x)} input",
+    )
     groups = ctx.get("groups", int)
-    ctx.check(groups >= 1 and w.shape[0] % groups == 0 and x[1] == w.shape[1] * groups,
-              f"input has {x[1]} channels; weight {w.shape} with groups={groups} needs {w.shape[1] * groups}")
+    ctx.check(
+        groups >= 1 and w.shape[0] % groups == 0 and x[1] == w.shape[1] * groups,
+        f"input has {x[1]} channels; weight {w.shape} with groups={groups} needs {w.shape[1] * groups}",
+    )
     stride, dilation, pads = ctx.ints("stride", nd, 1), ctx.ints("dilation", nd, 1), ctx.pads(nd)
     bias = ctx.tensor("bias", shape=(w.shape[0],), optional=True)
     t = {ctx.attrs["weight"]: w} | ({ctx.attrs["bias"]: bias} if bias is not None else {})
@@ -317,7 +387,9 @@ def _op_linear(ctx: _Ctx, ins):
     ctx.arity(ins, 1)
     (x,) = ins
     w = ctx.tensor("weight")
-    ctx.check(w.ndim == 2 and len(x) >= 2 and x[-1] == w.shape[1], f"weight {w.shape} does not fit input shape {x}")
+    ctx.check(
+        w.ndim == 2 and len(x) >= 2 and x[-1] == w.shape[1], f"weight {w.shape} does not fit input shape {x}"
+    )
     b = ctx.tensor("bias", shape=(w.shape[0],), optional=True)
     return x[:-1] + (w.shape[0],), lambda v: ops.linear(v, w, b)
 
@@ -352,7 +424,10 @@ def _op_relu(ctx: _Ctx, ins):
 def _op_hardtanh(ctx: _Ctx, ins):
     ctx.arity(ins, 1)
     raw = [ctx.get(k, (int, float)) for k in ("min_val", "max_val")]
-    ctx.check(all(math.isfinite(v) and abs(v) <= 3.4e38 for v in raw), f"min_val/max_val must be finite float32, got {raw}")
+    ctx.check(
+        all(math.isfinite(v) and abs(v) <= 3.4e38 for v in raw),
+        f"min_val/max_val must be finite float32, got {raw}",
+    )
     lo, hi = (np.float32(v) for v in raw)
     ctx.check(lo <= hi, f"min_val {lo} > max_val {hi}")
     return ins[0], ops.Clamp(lo, hi)
@@ -365,7 +440,9 @@ def _pool(ctx: _Ctx, ins, with_dilation: bool):
     nd = len(x) - 2
     kernel, stride, pads = ctx.ints("kernel", nd, 1), ctx.ints("stride", nd, 1), ctx.pads(nd)
     dilation = ctx.ints("dilation", nd, 1) if with_dilation else [1] * nd
-    ctx.check(all(2 * max(p) <= k for p, k in zip(pads, kernel)), f"pads {pads} exceed half the kernel {kernel}")
+    ctx.check(
+        all(2 * max(p) <= k for p, k in zip(pads, kernel)), f"pads {pads} exceed half the kernel {kernel}"
+    )
     return x[:2] + _spatial_out(ctx, x[2:], kernel, stride, dilation, pads), (kernel, stride, pads, dilation)
 
 
@@ -384,7 +461,11 @@ def _reduce(ctx: _Ctx, ins, fn):
     ctx.arity(ins, 1)
     (x,) = ins
     axes, keep = tuple(ctx.axes(len(x))), ctx.get("keepdims", bool)
-    out = tuple(1 if i in axes else d for i, d in enumerate(x)) if keep else tuple(d for i, d in enumerate(x) if i not in axes)
+    out = (
+        tuple(1 if i in axes else d for i, d in enumerate(x))
+        if keep
+        else tuple(d for i, d in enumerate(x) if i not in axes)
+    )
     return out, lambda v: np.asarray(fn(v, axis=axes, keepdims=keep), dtype=np.float32)
 
 
@@ -412,8 +493,10 @@ def _op_concat(ctx: _Ctx, ins):
     first = ins[0]
     ctx.check(0 <= axis < len(first), f"axis {axis} does not fit a rank-{len(first)} input")
     for s in ins[1:]:
-        ctx.check(len(s) == len(first) and all(a == b for i, (a, b) in enumerate(zip(s, first)) if i != axis),
-                  f"input shapes {ins} differ outside axis {axis}")
+        ctx.check(
+            len(s) == len(first) and all(a == b for i, (a, b) in enumerate(zip(s, first)) if i != axis),
+            f"input shapes {ins} differ outside axis {axis}",
+        )
     out = first[:axis] + (sum(s[axis] for s in ins),) + first[axis + 1 :]
     return out, lambda *vs: np.concatenate(vs, axis=axis)
 

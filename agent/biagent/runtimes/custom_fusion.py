@@ -15,10 +15,11 @@ A value that anything else reads (another node, a graph output) is never fused a
   channels while it is in cache (FusedStemConv below). A ResNet stem.
 * channel_affine -> hardtanh: one pass (custom_ops.ChannelAffine with clamp_to).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class FusedBinaryConv:
     def fused(self) -> bool:
         return self.conv.packed is not None and self.conv.kind != "linear" and self.conv.gain is None
 
-    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> "np.ndarray | ops.PackedActs":
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray | ops.PackedActs:
         if self.post.residual and residual is None:
             raise ValueError("the fused add needs its second input")
         if self.fused():
@@ -81,7 +82,9 @@ class FusedStemConv:
 
 
 # -- the rewrites -------------------------------------------------------------------------------
-def fuse(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]], make_node: Callable) -> list:
+def fuse(
+    nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]], make_node: Callable
+) -> list:
     """Apply every rewrite. `make_node(op, name, inputs, output, fn)` builds an engine Node."""
     nodes = fuse_conv_epilogues(nodes, outputs, shapes, make_node)
     nodes = fuse_packed_outputs(nodes, outputs, make_node)
@@ -120,38 +123,64 @@ def _extend(chain: list, readers: dict[str, list], accepts: Callable) -> bool:
 
 
 def _chain_node(make_node: Callable, chain: list, inputs: list, fn) -> object:
-    return make_node("+".join(n.op for n in chain), "+".join(n.name for n in chain), inputs, chain[-1].output, fn)
+    return make_node(
+        "+".join(n.op for n in chain), "+".join(n.name for n in chain), inputs, chain[-1].output, fn
+    )
 
 
-def fuse_conv_epilogues(nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]],
-                        make_node: Callable) -> list:
+def fuse_conv_epilogues(
+    nodes: list, outputs: Iterable[str], shapes: dict[str, tuple[int, ...]], make_node: Callable
+) -> list:
     readers = _readers(nodes, outputs)
     chains = []
     for node in nodes:
         conv = node.fn
-        if not (isinstance(conv, ops.BinaryConv) and conv.packed is not None and conv.kind != "linear"
-                and conv.gain is None):
+        if not (
+            isinstance(conv, ops.BinaryConv)
+            and conv.packed is not None
+            and conv.kind != "linear"
+            and conv.gain is None
+        ):
             continue
         chain = [node]
         affine = chain[-1] if _extend(chain, readers, _plain_affine) else None
         value = chain[-1].output
-        add = chain[-1] if _extend(chain, readers, lambda n: n.op == "add" and len(n.inputs) == 2
-                                   and n.inputs.count(value) == 1
-                                   and shapes.get(n.inputs[0]) == shapes.get(n.inputs[1])) else None
+        add = (
+            chain[-1]
+            if _extend(
+                chain,
+                readers,
+                lambda n, value=value: (
+                    n.op == "add"
+                    and len(n.inputs) == 2
+                    and n.inputs.count(value) == 1
+                    and shapes.get(n.inputs[0]) == shapes.get(n.inputs[1])
+                ),
+            )
+            else None
+        )
         clamp = chain[-1].fn if _extend(chain, readers, _is_clamp) else None
         if len(chain) == 1:
             continue
         inputs = list(node.inputs) + [v for v in (add.inputs if add else []) if v != value]
-        post = ops.PostOps(affine.fn.scale if affine else None, affine.fn.shift if affine else None, add is not None,
-                           None if clamp is None else (float(clamp.lo), float(clamp.hi)))
+        post = ops.PostOps(
+            affine.fn.scale if affine else None,
+            affine.fn.shift if affine else None,
+            add is not None,
+            None if clamp is None else (float(clamp.lo), float(clamp.hi)),
+        )
         # the fused node runs where the chain's last node ran: by then the residual exists
         chains.append((chain, _chain_node(make_node, chain, inputs, FusedBinaryConv(conv, post))))
     return _rebuild(nodes, chains)
 
 
 def _packs_2d(conv) -> bool:
-    return (isinstance(conv, ops.BinaryConv) and conv.packed is not None and conv.kind == "conv2d"
-            and len(conv.kernel) == 2)
+    return (
+        isinstance(conv, ops.BinaryConv)
+        and conv.packed is not None
+        and conv.kind == "conv2d"
+        and len(conv.kernel) == 2
+    )
 
 
 def fuse_packed_outputs(nodes: list, outputs: Iterable[str], make_node: Callable) -> list:
@@ -161,8 +190,13 @@ def fuse_packed_outputs(nodes: list, outputs: Iterable[str], make_node: Callable
         fn = node.fn
         conv = fn.conv if isinstance(fn, FusedBinaryConv) else fn
         nxt = _sole_reader(readers, node.output)
-        ok = (_packs_2d(conv) and conv.gain is None and nxt is not None and nxt.inputs[0] == node.output
-              and node.output not in nxt.inputs[1:])
+        ok = (
+            _packs_2d(conv)
+            and conv.gain is None
+            and nxt is not None
+            and nxt.inputs[0] == node.output
+            and node.output not in nxt.inputs[1:]
+        )
         if ok:
             reader = nxt.fn.conv if isinstance(nxt.fn, FusedBinaryConv) else nxt.fn
             ok = _packs_2d(reader) and not reader.mean_abs
@@ -172,8 +206,15 @@ def fuse_packed_outputs(nodes: list, outputs: Iterable[str], make_node: Callable
             rewritten.append(node)
             continue
         post = fn.post if isinstance(fn, FusedBinaryConv) else ops.PostOps()
-        rewritten.append(make_node(f"{node.op}+sign", node.name, node.inputs, node.output,
-                                   FusedBinaryConv(conv, post, bits_for=reader)))
+        rewritten.append(
+            make_node(
+                f"{node.op}+sign",
+                node.name,
+                node.inputs,
+                node.output,
+                FusedBinaryConv(conv, post, bits_for=reader),
+            )
+        )
     return rewritten
 
 
@@ -193,11 +234,18 @@ def fuse_stems(nodes: list, outputs: Iterable[str], make_node: Callable) -> list
         chain = [node]
         affine = chain[-1].fn if _extend(chain, readers, _plain_affine) else None
         clamp = chain[-1].fn if _extend(chain, readers, _is_clamp) else None
-        pool = chain[-1].fn if _extend(chain, readers, lambda n: isinstance(n.fn, ops.MaxPool)
-                                       and len(n.fn.kernel) == 2) else None
+        pool = (
+            chain[-1].fn
+            if _extend(chain, readers, lambda n: isinstance(n.fn, ops.MaxPool) and len(n.fn.kernel) == 2)
+            else None
+        )
         if len(chain) > 1:
-            post = StemPost(affine.scale if affine else None, affine.shift if affine else None,
-                            None if clamp is None else (float(clamp.lo), float(clamp.hi)), pool)
+            post = StemPost(
+                affine.scale if affine else None,
+                affine.shift if affine else None,
+                None if clamp is None else (float(clamp.lo), float(clamp.hi)),
+                pool,
+            )
             chains.append((chain, _chain_node(make_node, chain, node.inputs, FusedStemConv(node.fn, post))))
     return _rebuild(nodes, chains)
 
@@ -209,7 +257,9 @@ def fuse_affine_clamp(nodes: list, outputs: Iterable[str], make_node: Callable) 
     chains = []
     for node in nodes:
         chain = [node]
-        if _plain_affine(node) and _extend(chain, readers, lambda n: _is_clamp(n) and n.inputs == [node.output]):
+        if _plain_affine(node) and _extend(
+            chain, readers, lambda n, node=node: _is_clamp(n) and n.inputs == [node.output]
+        ):
             clamp = chain[-1].fn
             fn = ops.ChannelAffine(node.fn.scale, node.fn.shift, (clamp.lo, clamp.hi))
             chains.append((chain, _chain_node(make_node, chain, node.inputs, fn)))

@@ -18,10 +18,12 @@ Temporaries are bounded by processing rows in chunks (CHUNK_BYTES). numpy itself
 single-threaded here except BLAS (full-precision convs and linears); the agent sets the
 thread count through environment variables in its worker process.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,15 +42,16 @@ LINEAR_PACKED_MIN_OUT = 64  # binary linears this wide run on the channel-packed
 # biagent.worker.thread_env), the binary kernels use OpenMP, and big FP convs split their
 # blocks over this pool. Two spinning pools (OpenBLAS's and OpenMP's) on the same cores
 # measured resnet18 at 2 threads 3x slower than at 1.
-_POOLS: dict[int, "ThreadPoolExecutor"] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 def _pool(threads: int):
-    from concurrent.futures import ThreadPoolExecutor
 
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="custom-fp")
     return _POOLS[threads]
+
+
 POP_CHUNK_ELEMS = 1 << 15  # (rows x C_out) block of the popcount loop: ~256 KB per uint64 array
 
 _M1 = np.uint64(0x5555555555555555)
@@ -79,7 +82,9 @@ def pack_rows(neg: np.ndarray) -> np.ndarray:
 
 def unpack_signs(words: np.ndarray, k: int) -> np.ndarray:
     """(rows, W) uint64 -> (rows, K) int8 of +/-1 (the inverse of pack_rows)."""
-    bits = np.unpackbits(np.ascontiguousarray(words.astype("<u8")).view(np.uint8), axis=1, bitorder="little")[:, :k]
+    bits = np.unpackbits(np.ascontiguousarray(words.astype("<u8")).view(np.uint8), axis=1, bitorder="little")[
+        :, :k
+    ]
     return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
 
 
@@ -124,7 +129,9 @@ def xnor_dot(acts: np.ndarray, weights_rows: np.ndarray, weights_t: np.ndarray, 
     """dot[r, o] = K - 2 * popcount(acts[r] ^ weights_rows[o]), compiled when available."""
     if KERNEL["use_c"] and _xnor is not None:
         out = np.empty((acts.shape[0], weights_rows.shape[0]), np.int32)
-        _xnor.xnor_gemm(np.ascontiguousarray(acts, dtype=np.uint64), weights_rows, out, int(k), KERNEL["threads"])
+        _xnor.xnor_gemm(
+            np.ascontiguousarray(acts, dtype=np.uint64), weights_rows, out, int(k), KERNEL["threads"]
+        )
         return out
     return xnor_popcount_dot(acts, weights_t, k)
 
@@ -197,7 +204,11 @@ def windows(xp: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
     eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
     axes = tuple(range(xp.ndim - nd, xp.ndim))
     v = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=axes)
-    index = (Ellipsis,) + tuple(slice(0, o * s, s) for o, s in zip(out, stride)) + tuple(slice(None, None, d) for d in dilation)
+    index = (
+        (Ellipsis,)
+        + tuple(slice(0, o * s, s) for o, s in zip(out, stride))
+        + tuple(slice(None, None, d) for d in dilation)
+    )
     return v[index]
 
 
@@ -205,7 +216,9 @@ def tap_slices(xp: np.ndarray, kernel, stride, dilation, out):
     """Yield, in row-major tap order, the strided view of every kernel tap: (..., *out)."""
     nd = len(kernel)
     for tap in np.ndindex(*kernel):
-        idx = tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, d, s, o in zip(tap, dilation, stride, out))
+        idx = tuple(
+            slice(t * d, t * d + s * (o - 1) + 1, s) for t, d, s, o in zip(tap, dilation, stride, out)
+        )
         yield xp[(Ellipsis,) + idx] if nd else xp
 
 
@@ -243,8 +256,14 @@ class BinaryConv:
             # over rows: those keep the popcount GEMM, so the floats stay the reference's. So do
             # narrow layers: below 64 outputs the transposes cost more than the faster popcounts
             # save (256 -> 40 over 1024 rows: 0.50 ms against 0.33; 512 -> 512 over 300: 0.58 vs 1.27).
-            if KERNEL["use_c"] and _xnor is not None and hasattr(_xnor, "bconv2d") and not self.mean_abs \
-                    and self.gain is None and self.cout >= LINEAR_PACKED_MIN_OUT:
+            if (
+                KERNEL["use_c"]
+                and _xnor is not None
+                and hasattr(_xnor, "bconv2d")
+                and not self.mean_abs
+                and self.gain is None
+                and self.cout >= LINEAR_PACKED_MIN_OUT
+            ):
                 self.packed_linear = channel_packed_weights(bits, shape[1], ())
             return
         self.kernel = tuple(shape[2:])
@@ -270,7 +289,9 @@ class BinaryConv:
             corr = self._corr[spatial] = np.ascontiguousarray(taps @ self.tap_sums.T)
         return corr
 
-    def correction_classes(self, spatial: tuple[int, ...], out: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def correction_classes(
+        self, spatial: tuple[int, ...], out: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The zero-padding correction as (P,) class ids and a (C_out, classes) int32 table.
 
         A position's correction depends only on which kernel rows and columns fall in the
@@ -287,7 +308,10 @@ class BinaryConv:
         dilation = self.dilation if len(self.dilation) == 2 else (1,) + self.dilation
         ids, sets = [], []
         for size, (before, _), k, s, d, o in zip(size2, pads, kernel, stride, dilation, out2):
-            keys = [frozenset(t for t in range(k) if not before <= i * s + t * d < before + size) for i in range(o)]
+            keys = [
+                frozenset(t for t in range(k) if not before <= i * s + t * d < before + size)
+                for i in range(o)
+            ]
             uniq = [frozenset()] + sorted({key for key in keys if key}, key=sorted)
             ids.append(np.array([uniq.index(key) for key in keys], np.int32))
             sets.append(uniq)
@@ -300,7 +324,10 @@ class BinaryConv:
                 padded[:, sorted(cols)] = True
                 table[:, i, j] = sums[:, padded].sum(axis=1)
         cls = (ids[0][:, None] * len(sets[1]) + ids[1][None, :]).reshape(-1).astype(np.int32)
-        found = self._corr_classes[spatial] = (np.ascontiguousarray(cls), np.ascontiguousarray(table.reshape(self.cout, -1)))
+        found = self._corr_classes[spatial] = (
+            np.ascontiguousarray(cls),
+            np.ascontiguousarray(table.reshape(self.cout, -1)),
+        )
         return found
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -340,21 +367,43 @@ class BinaryConv:
         out = np.empty((neg.shape[0], self.cout), np.float32)
         step = max(1, CHUNK_BYTES // max(x.shape[-1], 8 * self.cout))
         for r0 in range(0, neg.shape[0], step):
-            out[r0 : r0 + step] = xnor_dot(pack_rows(neg[r0 : r0 + step]), self.weights_rows[0], self.weights_t[0], self.k)
+            out[r0 : r0 + step] = xnor_dot(
+                pack_rows(neg[r0 : r0 + step]), self.weights_rows[0], self.weights_t[0], self.k
+            )
         return out.reshape(*x.shape[:-1], self.cout)
 
     def _linear_packed(self, x: np.ndarray) -> np.ndarray:
         """A binary linear through the channel-packed conv: rows become the positions of one
         1x1 conv (one transpose each way), so it gets every popcount path and thread."""
         rows = math.prod(x.shape[:-1])
-        planar = np.ascontiguousarray(x.reshape(rows, x.shape[-1]).T, dtype=np.float32).reshape(1, x.shape[-1], 1, rows)
+        planar = np.ascontiguousarray(x.reshape(rows, x.shape[-1]).T, dtype=np.float32).reshape(
+            1, x.shape[-1], 1, rows
+        )
         y = np.empty((1, self.cout, 1, rows), np.float32)
-        _xnor.bconv2d(planar, self.packed_linear, y, (1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0), self.shift, None, None,
-                      self.alpha, self.channel_scale, self.bias, None, KERNEL["isa"], KERNEL["threads"])
+        _xnor.bconv2d(
+            planar,
+            self.packed_linear,
+            y,
+            (1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0),
+            self.shift,
+            None,
+            None,
+            self.alpha,
+            self.channel_scale,
+            self.bias,
+            None,
+            KERNEL["isa"],
+            KERNEL["threads"],
+        )
         return np.ascontiguousarray(y.reshape(self.cout, rows).T).reshape(*x.shape[:-1], self.cout)
 
-    def _conv_packed(self, x: "np.ndarray | PackedActs", post: "PostOps | None" = None,
-                     residual: np.ndarray | None = None, bits_for: "BinaryConv | None" = None) -> "np.ndarray | PackedActs":
+    def _conv_packed(
+        self,
+        x: np.ndarray | PackedActs,
+        post: PostOps | None = None,
+        residual: np.ndarray | None = None,
+        bits_for: BinaryConv | None = None,
+    ) -> np.ndarray | PackedActs:
         """The whole layer in C: sign + pad + pack, popcount GEMM, correction and epilogue.
 
         Same float32 sequence as the numpy path (alpha, beta, channel scale, gain, bias), so
@@ -372,7 +421,9 @@ class BinaryConv:
         dh, dw = self.dilation if two_d else (1, self.dilation[0])
         (pt, pb), (pl, pr) = self.pads if two_d else ((0, 0), self.pads[0])
         y = np.empty((n, self.cout, *(out if two_d else (1, out[0]))), np.float32)
-        cls, table = self.correction_classes(spatial, out) if self.pad_value == 0 and self.padded else (None, None)
+        cls, table = (
+            self.correction_classes(spatial, out) if self.pad_value == 0 and self.padded else (None, None)
+        )
         packed_in = isinstance(x, PackedActs)
         x4 = planes_in = beta = None
         if packed_in:
@@ -382,7 +433,12 @@ class BinaryConv:
         else:
             x4 = np.ascontiguousarray(x if two_d else x[:, :, None, :], dtype=np.float32)
             if self.mean_abs:
-                beta = np.abs(x).mean(axis=tuple(range(1, x.ndim)), keepdims=True).reshape(-1).astype(np.float32, copy=False)
+                beta = (
+                    np.abs(x)
+                    .mean(axis=tuple(range(1, x.ndim)), keepdims=True)
+                    .reshape(-1)
+                    .astype(np.float32, copy=False)
+                )
         bias = self.bias if self.gain is None else None
         bits = result = None
         if bits_for is not None:
@@ -398,9 +454,22 @@ class BinaryConv:
                     return post.apply(self._conv_packed(x), residual)
                 residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
             extra = ((post.scale, post.shift, residual, post.clamp, bits, planes_in),)
-        _xnor.bconv2d(x4, self.packed, y, (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, int(self.pad_value == -1)),
-                      self.shift, cls, table, self.alpha, self.channel_scale, bias, beta, KERNEL["isa"], KERNEL["threads"],
-                      *extra)
+        _xnor.bconv2d(
+            x4,
+            self.packed,
+            y,
+            (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, int(self.pad_value == -1)),
+            self.shift,
+            cls,
+            table,
+            self.alpha,
+            self.channel_scale,
+            bias,
+            beta,
+            KERNEL["isa"],
+            KERNEL["threads"],
+            *extra,
+        )
         if result is not None:
             return result
         y = y.reshape(n, self.cout, *out)
@@ -431,10 +500,23 @@ class BinaryConv:
                 for g in range(self.groups):
                     if fused:  # straight from the padded sign map to packed words, in C
                         acts = np.empty(((h1 - h0) * out[1], n_words(self.k)), np.uint64)
-                        _xnor.pack_patches2d(negp[b], acts, g * cg_in, cg_in, *self.kernel, *self.stride,
-                                             *self.dilation, h0, h1, out[1])
+                        _xnor.pack_patches2d(
+                            negp[b],
+                            acts,
+                            g * cg_in,
+                            cg_in,
+                            *self.kernel,
+                            *self.stride,
+                            *self.dilation,
+                            h0,
+                            h1,
+                            out[1],
+                        )
                     else:
-                        patch = view[(b, slice(h0, h1), Ellipsis, slice(g * cg_in, (g + 1) * cg_in)) + (slice(None),) * nd]
+                        patch = view[
+                            (b, slice(h0, h1), Ellipsis, slice(g * cg_in, (g + 1) * cg_in))
+                            + (slice(None),) * nd
+                        ]
                         acts = pack_rows(patch.reshape(-1, self.k))
                     dot = xnor_dot(acts, self.weights_rows[g], self.weights_t[g], self.k)
                     if corr is not None:
@@ -484,19 +566,32 @@ class Conv:
         self.groups = int(a["groups"])
         self.cout, cg = w.shape[0], w.shape[1]
         self.kernel = tuple(w.shape[2:])
-        self.w = np.ascontiguousarray(w.reshape(self.groups, self.cout // self.groups, cg * math.prod(self.kernel)))
+        self.w = np.ascontiguousarray(
+            w.reshape(self.groups, self.cout // self.groups, cg * math.prod(self.kernel))
+        )
         self.bias = None if a.get("bias") is None else t[a["bias"]]
-        self.stride, self.dilation, self.pads = tuple(a["stride"]), tuple(a["dilation"]), [list(p) for p in a["pads"]]
+        self.stride, self.dilation, self.pads = (
+            tuple(a["stride"]),
+            tuple(a["dilation"]),
+            [list(p) for p in a["pads"]],
+        )
         # Few input channels (a stem): the direct AVX-512 kernel beats im2col + sgemm (K is tiny and
         # the im2col copies the input kh*kw/stride^2 times). Weights as (ceil(C_out/8), C, kh, kw, 8).
         # Below PARALLEL_MACS at 2+ threads: im2col + our OpenMP GEMM (weights (ceil(C_out/8), K, 8)),
         # which uses every thread without a Python hand-off; OpenBLAS would run on one.
         self.gemm_w = self.direct = None
-        if len(self.kernel) == 2 and self.groups == 1 and KERNEL["use_c"] and _xnor is not None \
-                and _xnor.conv2d_direct_supported():
+        if (
+            len(self.kernel) == 2
+            and self.groups == 1
+            and KERNEL["use_c"]
+            and _xnor is not None
+            and _xnor.conv2d_direct_supported()
+        ):
             padded = np.zeros((-(-self.cout // 8) * 8, cg * math.prod(self.kernel)), np.float32)
             padded[: self.cout] = w.reshape(self.cout, -1)  # K in (c, ky, kx) order
-            blocks = np.ascontiguousarray(padded.reshape(-1, 8, padded.shape[1]).transpose(0, 2, 1))  # (blocks, K, 8)
+            blocks = np.ascontiguousarray(
+                padded.reshape(-1, 8, padded.shape[1]).transpose(0, 2, 1)
+            )  # (blocks, K, 8)
             if cg <= DIRECT_MAX_CHANNELS:
                 self.direct = blocks.reshape(-1, cg, *self.kernel, 8)
             else:
@@ -505,7 +600,7 @@ class Conv:
     def out_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         return out_spatial(x_shape[2:], self.pads, self.kernel, self.stride, self.dilation)
 
-    def direct_call(self, x: np.ndarray, post: "StemPost | None" = None) -> np.ndarray:  # noqa: F821 (custom_fusion)
+    def direct_call(self, x: np.ndarray, post: StemPost | None = None) -> np.ndarray:  # noqa: F821 (custom_fusion)
         """The direct kernel, with the fused next nodes (`post`) in its epilogue."""
         n, out = x.shape[0], self.out_shape(x.shape)
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -537,7 +632,9 @@ class Conv:
             x = np.ascontiguousarray(x, dtype=np.float32)
             geom = geometry2d(self.kernel, self.stride, self.dilation, self.pads)
         else:
-            view = windows(pad_spatial(x, self.pads, 0.0), self.kernel, self.stride, self.dilation, out)  # (N, C, *out, *k)
+            view = windows(
+                pad_spatial(x, self.pads, 0.0), self.kernel, self.stride, self.dilation, out
+            )  # (N, C, *out, *k)
             view = view.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (N, C, *k, *out)
 
         def block(b: int, h0: int, h1: int) -> None:
@@ -548,7 +645,9 @@ class Conv:
                 _xnor.im2col2d(x[b], cols, geom, out[1], h0, h1)
                 cols = cols.reshape(self.groups, kg, -1)
             else:
-                cols = np.ascontiguousarray(view[(b,) + (slice(None),) * (1 + nd) + (slice(h0, h1),)]).reshape(self.groups, kg, -1)
+                cols = np.ascontiguousarray(
+                    view[(b,) + (slice(None),) * (1 + nd) + (slice(h0, h1),)]
+                ).reshape(self.groups, kg, -1)
             np.matmul(self.w, cols, out=y[b, :, :, h0 * inner : h1 * inner])
 
         threads = KERNEL["threads"]
@@ -559,8 +658,11 @@ class Conv:
                 _xnor.im2col2d(x[b], cols, geom, out[1], 0, out[0], threads)
                 _xnor.fp_gemm(self.gemm_w, cols, self.bias, y[b, 0], threads)
             return y.reshape(n, self.cout, *out)  # the bias is added in the GEMM
-        jobs = [(b, h0, h1) for b in range(n)
-                for h0, h1 in _blocks(out, 4 * max(c * math.prod(self.kernel), self.cout), COLS_BYTES, split)]
+        jobs = [
+            (b, h0, h1)
+            for b in range(n)
+            for h0, h1 in _blocks(out, 4 * max(c * math.prod(self.kernel), self.cout), COLS_BYTES, split)
+        ]
         if split > 1 and len(jobs) > 1:  # numpy drops the GIL in the copy and in sgemm
             # this thread takes its share too: one hand-off to the pool instead of two
             futures = [_pool(threads - 1).submit(block, *job) for i, job in enumerate(jobs) if i % threads]
@@ -584,8 +686,9 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.nda
     return y
 
 
-def channel_affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray,
-                   clamp_to: tuple[float, float] | None = None) -> np.ndarray:
+def channel_affine(
+    x: np.ndarray, scale: np.ndarray, shift: np.ndarray, clamp_to: tuple[float, float] | None = None
+) -> np.ndarray:
     """fma(x, scale, shift) per channel (axis 1), one rounding like torch's batch norm;
     then clamped to `clamp_to` when a Hardtanh was fused into it.
 
@@ -596,8 +699,14 @@ def channel_affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray,
     if KERNEL["use_c"] and _xnor is not None and x.ndim >= 2:
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.empty_like(x)
-        _xnor.channel_fma(x, scale.astype(np.float32, copy=False), shift.astype(np.float32, copy=False), y,
-                          None if clamp_to is None else (float(clamp_to[0]), float(clamp_to[1])), KERNEL["threads"])
+        _xnor.channel_fma(
+            x,
+            scale.astype(np.float32, copy=False),
+            shift.astype(np.float32, copy=False),
+            y,
+            None if clamp_to is None else (float(clamp_to[0]), float(clamp_to[1])),
+            KERNEL["threads"],
+        )
         return y
     view = (1, scale.size) + (1,) * (x.ndim - 2)
     s, h = scale.astype(np.float64).reshape(view), shift.astype(np.float64).reshape(view)
@@ -647,7 +756,12 @@ class MaxPool:
     """The max_pool node (a class, so the engine can fuse it into a stem conv)."""
 
     def __init__(self, kernel, stride, pads, dilation):
-        self.kernel, self.stride, self.pads, self.dilation = tuple(kernel), tuple(stride), [list(p) for p in pads], tuple(dilation)
+        self.kernel, self.stride, self.pads, self.dilation = (
+            tuple(kernel),
+            tuple(stride),
+            [list(p) for p in pads],
+            tuple(dilation),
+        )
 
     def out_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return out_spatial(spatial, self.pads, self.kernel, self.stride, self.dilation)
@@ -664,8 +778,13 @@ def max_pool(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
     out = out_spatial(x.shape[2:], pads, kernel, stride, dilation)
     if KERNEL["use_c"] and _xnor is not None and x.ndim == 4:
         y = np.empty(x.shape[:2] + out, np.float32)
-        _xnor.max_pool2d(np.ascontiguousarray(x, dtype=np.float32), y, geometry2d(kernel, stride, dilation, pads),
-                         KERNEL["threads"], KERNEL["isa"])
+        _xnor.max_pool2d(
+            np.ascontiguousarray(x, dtype=np.float32),
+            y,
+            geometry2d(kernel, stride, dilation, pads),
+            KERNEL["threads"],
+            KERNEL["isa"],
+        )
         return y
     xp = pad_spatial(x, pads, -np.inf)
     y = None
@@ -684,6 +803,8 @@ def avg_pool(x: np.ndarray, kernel, stride, pads, count_include_pad: bool) -> np
     if count_include_pad or not any(b or a for b, a in pads):
         return y / np.float32(math.prod(kernel))
     count = np.zeros(out, np.float32)
-    for view in tap_slices(pad_spatial(np.ones(x.shape[2:], np.float32), pads, 0.0), kernel, stride, ones, out):
+    for view in tap_slices(
+        pad_spatial(np.ones(x.shape[2:], np.float32), pads, 0.0), kernel, stride, ones, out
+    ):
         count += view
     return y / count

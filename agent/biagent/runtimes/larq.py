@@ -8,6 +8,7 @@ on ARM the default optimised kernels are.
 LCE's Python wrapper only exposes `predict` (copy in, invoke, copy out), so the timed call
 includes the input and output copies — small next to a network's compute.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, RuntimeNotInstalled, TensorSpec
+from .base import (
+    InvokeError,
+    LoadedModel,
+    ModelLoadError,
+    Runtime,
+    RuntimeInfo,
+    RuntimeNotInstalled,
+    TensorSpec,
+)
 
 _PACKAGE = "larq_compute_engine"
 
@@ -28,9 +37,13 @@ def _wrapper():
     module = sys.modules.get(f"{_PACKAGE}.tflite.python.interpreter_wrapper_lite")
     if module is not None:
         return module
-    spec = importlib.util.find_spec(_PACKAGE) if _PACKAGE not in sys.modules else sys.modules[_PACKAGE].__spec__
+    spec = (
+        importlib.util.find_spec(_PACKAGE) if _PACKAGE not in sys.modules else sys.modules[_PACKAGE].__spec__
+    )
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeNotInstalled("larq-compute-engine is not installed; pip install 'larq-compute-engine==0.16.0'")
+        raise RuntimeNotInstalled(
+            "larq-compute-engine is not installed; pip install 'larq-compute-engine==0.16.0'"
+        )
     if _PACKAGE not in sys.modules:
         package = types.ModuleType(_PACKAGE)
         package.__path__ = list(spec.submodule_search_locations)
@@ -50,10 +63,14 @@ def _x86() -> bool:
 class _LceModel(LoadedModel):
     def __init__(self, interpreter):
         self.interpreter = interpreter
-        self.inputs = [TensorSpec(f"input{i}", tuple(s), np.dtype(t).name)
-                       for i, (s, t) in enumerate(zip(interpreter.input_shapes, interpreter.input_types))]
-        self.outputs = [TensorSpec(f"output{i}", tuple(s), np.dtype(t).name)
-                        for i, (s, t) in enumerate(zip(interpreter.output_shapes, interpreter.output_types))]
+        self.inputs = [
+            TensorSpec(f"input{i}", tuple(s), np.dtype(t).name)
+            for i, (s, t) in enumerate(zip(interpreter.input_shapes, interpreter.input_types))
+        ]
+        self.outputs = [
+            TensorSpec(f"output{i}", tuple(s), np.dtype(t).name)
+            for i, (s, t) in enumerate(zip(interpreter.output_shapes, interpreter.output_types))
+        ]
         self._in: list[np.ndarray] = []
         self._out: list[np.ndarray] = []
 
@@ -89,10 +106,17 @@ class LarqRuntime(Runtime):
         version = metadata.version("larq-compute-engine")
         numpy_major = int(np.__version__.split(".")[0])
         if numpy_major >= 2:
-            return RuntimeInfo(cls.name, False, version,
-                               f"LCE {version} needs numpy<2 (found {np.__version__}); pip install 'numpy<2'", cls.formats)
+            return RuntimeInfo(
+                cls.name,
+                False,
+                version,
+                f"LCE {version} needs numpy<2 (found {np.__version__}); pip install 'numpy<2'",
+                cls.formats,
+            )
         kernel = "indirect BGEMM" if _x86() else "optimised BGEMM"
-        return RuntimeInfo(cls.name, True, version, f"LCE TFLite interpreter, {kernel} binary conv kernel", cls.formats)
+        return RuntimeInfo(
+            cls.name, True, version, f"LCE TFLite interpreter, {kernel} binary conv kernel", cls.formats
+        )
 
     def load(self, path: Path, threads: int) -> LoadedModel:
         wrapper = _wrapper()

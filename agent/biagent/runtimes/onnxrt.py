@@ -1,14 +1,28 @@
 """ONNX Runtime: the FP32 baseline and the reference ONNX export (CPU provider)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .base import (InvokeError, LoadedModel, ModelLoadError, NoSignProbe, Runtime, RuntimeInfo, RuntimeNotInstalled,
-                   TensorSpec)
+from .base import (
+    InvokeError,
+    LoadedModel,
+    ModelLoadError,
+    NoSignProbe,
+    Runtime,
+    RuntimeInfo,
+    RuntimeNotInstalled,
+    TensorSpec,
+)
 
-_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(double)": "float64"}
+_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(double)": "float64",
+}
 
 
 def _import():
@@ -20,14 +34,22 @@ def _import():
 
 
 class _OrtModel(LoadedModel):
-    def __init__(self, session, probes: int | None = None):  # probes: sign inputs appended (a probing instance)
+    def __init__(
+        self, session, probes: int | None = None
+    ):  # probes: sign inputs appended (a probing instance)
         self.session, self._probes = session, probes
         self.inputs = [
-            TensorSpec(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape), _DTYPES.get(i.type, i.type))
+            TensorSpec(
+                i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape), _DTYPES.get(i.type, i.type)
+            )
             for i in session.get_inputs()
         ]
-        self.outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _DTYPES.get(o.type, o.type))
-                        for o in session.get_outputs()]
+        self.outputs = [
+            TensorSpec(
+                o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _DTYPES.get(o.type, o.type)
+            )
+            for o in session.get_outputs()
+        ]
         if probes:  # the sign inputs appended by sign_input_graph: not outputs of the model
             self.outputs = self.outputs[:-probes]
         self._feed: dict[str, np.ndarray] = {}
@@ -46,12 +68,12 @@ class _OrtModel(LoadedModel):
             raise InvokeError(str(exc).splitlines()[0]) from None
 
     def get_outputs(self) -> list[np.ndarray]:
-        return [np.array(o) for o in self._out[:len(self._out) - (self._probes or 0)]]
+        return [np.array(o) for o in self._out[: len(self._out) - (self._probes or 0)]]
 
     def sign_inputs(self) -> list[np.ndarray]:
         if self._probes is None:
             return super().sign_inputs()
-        return [np.array(o) for o in self._out[len(self._out) - self._probes:]]
+        return [np.array(o) for o in self._out[len(self._out) - self._probes :]]
 
 
 def sign_input_graph(model_bytes: bytes) -> tuple[bytes, int]:
@@ -60,7 +82,9 @@ def sign_input_graph(model_bytes: bytes) -> tuple[bytes, int]:
     try:
         import onnx
     except ImportError:
-        raise NoSignProbe("onnxruntime shows sign inputs only with the onnx package (pip install onnx)") from None
+        raise NoSignProbe(
+            "onnxruntime shows sign inputs only with the onnx package (pip install onnx)"
+        ) from None
     try:
         proto = onnx.load_from_string(model_bytes)
     except Exception as exc:

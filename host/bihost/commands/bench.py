@@ -1,4 +1,5 @@
 """`bihost bench`: BiBench's tracks on this machine, and the paper's main table."""
+
 from __future__ import annotations
 
 import csv
@@ -43,36 +44,101 @@ def to_csv(header: list[str], rows: list[list]) -> str:
 
 
 @click.command("bench")
-@click.option("--track", "tracks", default="all", show_default=True,
-              help="Track(s), comma-separated: task, arch, robustness, consumption, complexity, hardware, or "
-                   "'all'.")
-@click.option("--task", "tasks", default="all", show_default=True, help="Learning task(s), comma-separated, or 'all'.")
-@click.option("--arch", "archs", default=None, help="Architecture(s) (default: each task's own at this scale).")
+@click.option(
+    "--track",
+    "tracks",
+    default="all",
+    show_default=True,
+    help="Track(s), comma-separated: task, arch, robustness, consumption, complexity, hardware, or 'all'.",
+)
+@click.option(
+    "--task", "tasks", default="all", show_default=True, help="Learning task(s), comma-separated, or 'all'."
+)
+@click.option(
+    "--arch", "archs", default=None, help="Architecture(s) (default: each task's own at this scale)."
+)
 @click.option("--algo", default="all", show_default=True, help="Algorithm(s), comma-separated, or 'all'.")
-@click.option("--scale", type=click.Choice(SCALES), default="quick", show_default=True,
-              help="quick: a smoke run; default: real convergence on the fresh-machine data; paper: the paper's "
-                   "epochs and datasets from --data-root.")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with the paper's datasets in their own formats (e.g. cifar-10-batches-py/).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
-@click.option("--seed", default=0, show_default=True, help="Seed of data subsets, initialisation and shuffling.")
-@click.option("--runtime", "runtimes", default="custom", show_default=True,
-              help="Runtimes the hardware track profiles on the local board when the store has no rows.")
-@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Results directory (default ./results or $BIHOST_RESULTS); checkpoints go in its checkpoints/.")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True,
-              help="How to print the main table.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where the training-consumption grid's jobs run: a local process pool, or Ray.")
+@click.option(
+    "--scale",
+    type=click.Choice(SCALES),
+    default="quick",
+    show_default=True,
+    help="quick: a smoke run; default: real convergence on the fresh-machine data; paper: the paper's "
+    "epochs and datasets from --data-root.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder with the paper's datasets in their own formats (e.g. cifar-10-batches-py/).",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N]."
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of data subsets, initialisation and shuffling."
+)
+@click.option(
+    "--runtime",
+    "runtimes",
+    default="custom",
+    show_default=True,
+    help="Runtimes the hardware track profiles on the local board when the store has no rows.",
+)
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Results directory (default ./results or $BIHOST_RESULTS); checkpoints go in its checkpoints/.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["markdown", "csv"]),
+    default="markdown",
+    show_default=True,
+    help="How to print the main table.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the training-consumption grid's jobs run: a local process pool, or Ray.",
+)
 @click.option("--workers", default=2, show_default=True, help="Grid jobs at a time (one torch thread each).")
-@click.option("--train-workers", default=1, show_default=True,
-              help="Learning-task runs at a time on CPU, one torch thread each, on a local process pool (1: one "
-                   "after another in this process with all threads; on 2 cores the pool gains nothing).")
-@click.option("--ray-address", default=None, help="HOST:PORT of a running Ray head (with --executor ray); "
-                                                  "without it, Ray starts on this machine.")
+@click.option(
+    "--train-workers",
+    default=1,
+    show_default=True,
+    help="Learning-task runs at a time on CPU, one torch thread each, on a local process pool (1: one "
+    "after another in this process with all threads; on 2 cores the pool gains nothing).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="HOST:PORT of a running Ray head (with --executor ray); without it, Ray starts on this machine.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print every underlying number as JSON.")
-def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes, results_dir, fmt, executor, workers,
-            train_workers, ray_address, as_json) -> None:
+def command(
+    tracks,
+    tasks,
+    archs,
+    algo,
+    scale,
+    data_root,
+    device,
+    seed,
+    runtimes,
+    results_dir,
+    fmt,
+    executor,
+    workers,
+    train_workers,
+    ray_address,
+    as_json,
+) -> None:
     """Train and score BiBench's tracks, then print the algorithms x tracks table."""
     import bimodels
     from bimodels.tasks import list_tasks
@@ -81,10 +147,17 @@ def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes
     from ..results import ResultsStore
     from ..tracks import get_track, list_tracks
 
-    plan = BenchPlan(tracks=_names(tracks, list_tracks(), "track"), tasks=_names(tasks, list_tasks(), "task"),
-                     algorithms=resolve_algorithms(algo), scale=scale,
-                     archs=_names(archs, bimodels.list_architectures(), "architecture"), seed=seed,
-                     data_root=data_root, device=device, hardware_runtimes=[r.strip() for r in runtimes.split(",")])
+    plan = BenchPlan(
+        tracks=_names(tracks, list_tracks(), "track"),
+        tasks=_names(tasks, list_tasks(), "task"),
+        algorithms=resolve_algorithms(algo),
+        scale=scale,
+        archs=_names(archs, bimodels.list_architectures(), "architecture"),
+        seed=seed,
+        data_root=data_root,
+        device=device,
+        hardware_runtimes=[r.strip() for r in runtimes.split(",")],
+    )
     if data_root is not None and not data_root.is_dir():
         raise UserError(f"--data-root {data_root} is not a folder")
     store = ResultsStore(results_dir or Path(os.environ.get("BIHOST_RESULTS", "results")))
@@ -100,16 +173,21 @@ def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes
     runs = []
     if plan.needs_training():
         # Learning-task runs share checkpoints on this machine's disk: always the local pool.
-        runs = _train_with_progress(plan, store, as_json, LocalPool(train_workers) if train_workers > 1 else None)
+        runs = _train_with_progress(
+            plan, store, as_json, LocalPool(train_workers) if train_workers > 1 else None
+        )
     trained_archs = sorted({r.arch for r in runs}, key=bimodels.list_architectures().index)
     archs_scored = trained_archs or plan.archs or ["resnet20"]
-    measurements = hardware_rows(plan, archs_scored, store, notice=_notice) if "hardware" in plan.tracks else []
+    measurements = (
+        hardware_rows(plan, archs_scored, store, notice=_notice) if "hardware" in plan.tracks else []
+    )
     corruption_runs, notes = [], {}
     if "robustness" in plan.tracks and runs:
         from ..robustness import run_robustness
 
-        corruption_runs, notes["robustness"] = run_robustness(plan, runs, store, store.directory / "checkpoints",
-                                                              notice=_notice)
+        corruption_runs, notes["robustness"] = run_robustness(
+            plan, runs, store, store.directory / "checkpoints", notice=_notice
+        )
     grid_runs = []
     if pool is not None:
         from ..consumption import run_grid
@@ -118,11 +196,19 @@ def command(tracks, tasks, archs, algo, scale, data_root, device, seed, runtimes
     results = score(plan, runs, measurements, archs_scored, corruption_runs, notes, grid_runs)
     header, rows = main_table(results, plan.algorithms)
     if as_json:
-        print_json({"scale": scale, "seed": seed, "algorithms": plan.algorithms, "archs": archs_scored,
-                    "table": {"columns": header, "rows": rows}, "tracks": [r.as_dict() for r in results],
-                    "runs": [r.as_dict() for r in runs],
-                    "corruption_runs": [r.as_dict() for r in corruption_runs],
-                    "grid_runs": [r.as_dict() for r in grid_runs]})
+        print_json(
+            {
+                "scale": scale,
+                "seed": seed,
+                "algorithms": plan.algorithms,
+                "archs": archs_scored,
+                "table": {"columns": header, "rows": rows},
+                "tracks": [r.as_dict() for r in results],
+                "runs": [r.as_dict() for r in runs],
+                "corruption_runs": [r.as_dict() for r in corruption_runs],
+                "grid_runs": [r.as_dict() for r in grid_runs],
+            }
+        )
         return
     click.echo(markdown(header, rows) if fmt == "markdown" else to_csv(header, rows), nl=fmt == "markdown")
     for r in results:
@@ -140,16 +226,26 @@ def _train_with_progress(plan, store, quiet: bool, pool=None):
     from ..bench import run_training
 
     results_dir = store.directory
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[status]}"), console=console,
-                        disable=quiet or not console.is_terminal, transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    )
     bars: dict[str, int] = {}
 
     def step(label, epoch, epochs, batch, batches, loss):
         if label not in bars:
             bars[label] = progress.add_task(label, total=epochs * batches, status="")
-        progress.update(bars[label], completed=epoch * batches + batch,
-                        status=f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
+        progress.update(
+            bars[label],
+            completed=epoch * batches + batch,
+            status=f"epoch {epoch + 1}/{epochs} loss {loss:.3f}",
+        )
 
     def notice(message):
         (progress.console.print if progress.console.is_terminal else _notice)(message)

@@ -4,11 +4,13 @@
 with `@command.command("check")` and `@inventory_option`, so every verb resolves the
 inventory the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from rich.table import Table
@@ -19,9 +21,13 @@ from ..output import console, print_json, print_table
 
 def inventory_option(f: Callable) -> Callable:
     """`--inventory FILE`, resolved lazily so a missing default fails only in verbs that read it."""
-    return click.option("--inventory", "inventory_path", type=click.Path(dir_okay=False, path_type=Path),
-                        default=None, help="Inventory file (default: $BIHOST_INVENTORY, ./inventory.yaml, "
-                        "or the shipped one).")(f)
+    return click.option(
+        "--inventory",
+        "inventory_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Inventory file (default: $BIHOST_INVENTORY, ./inventory.yaml, or the shipped one).",
+    )(f)
 
 
 def inventory_file(path: Path | None) -> Path:
@@ -47,8 +53,11 @@ def list_boards(inventory_path: Path | None, as_json: bool) -> None:
     if as_json:
         print_json([board_json(b) for b in boards])
         return
-    print_table(f"boards: {path}", ["name", "soc", "arch", "os", "runtimes", "transport", "address"],
-                [(b.name, b.soc, b.arch, b.os, ",".join(b.runtimes), b.transport, b.address or "-") for b in boards])
+    print_table(
+        f"boards: {path}",
+        ["name", "soc", "arch", "os", "runtimes", "transport", "address"],
+        [(b.name, b.soc, b.arch, b.os, ",".join(b.runtimes), b.transport, b.address or "-") for b in boards],
+    )
 
 
 @command.command("show")
@@ -73,32 +82,60 @@ def show(name: str, inventory_path: Path | None, as_json: bool) -> None:
 
 @command.command("add")
 @click.argument("name")
-@click.option("--address", required=True, help="Where the agent answers: HOST:PORT, [IPv6]:PORT or 'embedded'.")
+@click.option(
+    "--address", required=True, help="Where the agent answers: HOST:PORT, [IPv6]:PORT or 'embedded'."
+)
 @click.option("--soc", default=None, help="Chip label, e.g. 'HiSilicon Kirin 970'.")
 @click.option("--arch", type=click.Choice(ARCHES), default=None, help="CPU architecture (new board: native).")
 @click.option("--os", "os_name", default=None, help="Operating system, e.g. android, linux.")
-@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(RUNTIMES), help="A runtime (repeatable).")
-@click.option("--cpu", "clusters", multiple=True, help="A CPU cluster, e.g. '4x Cortex-A73 @ 2.36' (repeatable).")
-@click.option("--transport", type=click.Choice(TRANSPORTS), default=None, help="How the host reaches it (grpc).")
+@click.option(
+    "--runtime", "runtimes", multiple=True, type=click.Choice(RUNTIMES), help="A runtime (repeatable)."
+)
+@click.option(
+    "--cpu", "clusters", multiple=True, help="A CPU cluster, e.g. '4x Cortex-A73 @ 2.36' (repeatable)."
+)
+@click.option(
+    "--transport", type=click.Choice(TRANSPORTS), default=None, help="How the host reaches it (grpc)."
+)
 @click.option("--description", default=None, help="Free text.")
 @click.option("--replace", is_flag=True, help="Overwrite a board that already has an address.")
 @inventory_option
-def add(name: str, address: str, soc: str | None, arch: str | None, os_name: str | None, runtimes: tuple[str, ...],
-        clusters: tuple[str, ...], transport: str | None, description: str | None, replace: bool,
-        inventory_path: Path | None) -> None:
+def add(
+    name: str,
+    address: str,
+    soc: str | None,
+    arch: str | None,
+    os_name: str | None,
+    runtimes: tuple[str, ...],
+    clusters: tuple[str, ...],
+    transport: str | None,
+    description: str | None,
+    replace: bool,
+    inventory_path: Path | None,
+) -> None:
     """Register a board's agent. A listed board without an address (the paper's chips) just
     gets one; a board that has an address needs --replace. Options not given are kept."""
     path = inventory_file(inventory_path)
-    given: dict[str, Any] = {"address": address, "soc": soc, "arch": arch, "os": os_name, "transport": transport,
-                             "description": description, "runtimes": list(runtimes) or None,
-                             "cpu_clusters": list(clusters) or None}
+    given: dict[str, Any] = {
+        "address": address,
+        "soc": soc,
+        "arch": arch,
+        "os": os_name,
+        "transport": transport,
+        "description": description,
+        "runtimes": list(runtimes) or None,
+        "cpu_clusters": list(clusters) or None,
+    }
     changes = {k: v for k, v in given.items() if v is not None}
     with Inventory.editing(path) as inv:
         if name in inv:
             old = inv.get(name)
             if old.address is not None and not replace:
-                raise InventoryError(f"already exists with address {old.address}; pass --replace to change it",
-                                     board=name, key="name")
+                raise InventoryError(
+                    f"already exists with address {old.address}; pass --replace to change it",
+                    board=name,
+                    key="name",
+                )
             inv.replace(dataclasses.replace(old, **changes))
             verb = "updated"
         else:

@@ -1,4 +1,5 @@
 """`bihost board check NAME`: is the agent up, and is it the board the inventory says?"""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,9 @@ from ..output import print_json, print_table
 
 @click.command("check")
 @click.argument("name")
-@click.option("--inventory", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Inventory file.")
+@click.option(
+    "--inventory", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Inventory file."
+)
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the agent.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC to a non-loopback address.")
@@ -31,24 +34,56 @@ def command(name: str, inventory: Path | None, timeout: float, as_json: bool, in
             ident = client.identity()
     mismatch = identity_mismatch(board, ident.reported())
     data = {
-        "board": name, "address": board.address, "healthy": healthy, "identity_ok": mismatch is None,
+        "board": name,
+        "address": board.address,
+        "healthy": healthy,
+        "identity_ok": mismatch is None,
         "mismatch": mismatch or "",
-        "agent": {"name": ident.name, "version": ident.version, "hostname": ident.hostname,
-                  "cpu_model": ident.cpu_model, "machine": ident.machine, "cores": ident.cores,
-                  "core_types": list(ident.core_types), "os": ident.os, "memory_bytes": ident.memory_bytes,
-                  "governor": ident.governor, "temperature_c": ident.temperature_c},
+        "agent": {
+            "name": ident.name,
+            "version": ident.version,
+            "hostname": ident.hostname,
+            "cpu_model": ident.cpu_model,
+            "machine": ident.machine,
+            "cores": ident.cores,
+            "core_types": list(ident.core_types),
+            "os": ident.os,
+            "memory_bytes": ident.memory_bytes,
+            "governor": ident.governor,
+            "temperature_c": ident.temperature_c,
+        },
         "runtimes": ident.runtimes,
     }
     if as_json:
         print_json(data)
     else:
-        print_table(f"board {name} ({board.address})", ["field", "value"], [
-            ("health", "SERVING"), ("identity", "matches inventory" if mismatch is None else f"MISMATCH: {mismatch}"),
-            ("cpu", ident.cpu_model), ("machine", ident.machine), ("cores", str(ident.cores)), ("os", ident.os),
-            ("governor", ident.governor or "(not visible)"),
-            ("temperature", f"{ident.temperature_c:.1f} C" if ident.temperature_c is not None else "(not visible)"),
-            *[(f"runtime {n}", f"{r['version']} {r['detail']}" if r["installed"] else r["detail"] if r["detail"].startswith("not installed") else f"not installed: {r['detail']}")
-              for n, r in ident.runtimes.items()],
-        ])
+        print_table(
+            f"board {name} ({board.address})",
+            ["field", "value"],
+            [
+                ("health", "SERVING"),
+                ("identity", "matches inventory" if mismatch is None else f"MISMATCH: {mismatch}"),
+                ("cpu", ident.cpu_model),
+                ("machine", ident.machine),
+                ("cores", str(ident.cores)),
+                ("os", ident.os),
+                ("governor", ident.governor or "(not visible)"),
+                (
+                    "temperature",
+                    f"{ident.temperature_c:.1f} C" if ident.temperature_c is not None else "(not visible)",
+                ),
+                *[
+                    (
+                        f"runtime {n}",
+                        f"{r['version']} {r['detail']}"
+                        if r["installed"]
+                        else r["detail"]
+                        if r["detail"].startswith("not installed")
+                        else f"not installed: {r['detail']}",
+                    )
+                    for n, r in ident.runtimes.items()
+                ],
+            ],
+        )
     if mismatch is not None:
         raise BoardError(name, f"identity mismatch: {mismatch}")

@@ -4,6 +4,7 @@ States live in the results store (the scheduler's side), in the spirit of LAVA: 
 scheduled; `bad` (it stopped answering during a campaign) is scheduled again only after a
 passing health check; `maintenance` is never scheduled until an operator returns it.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -26,9 +27,14 @@ def health(results_dir: Path, as_json: bool) -> None:
     if as_json:
         print_json({b: {"state": s.state, "reason": s.reason, "since": s.since} for b, s in states.items()})
         return
-    print_table("board states", ["board", "state", "since", "reason"], [
-        (b, s.state, dt.datetime.fromtimestamp(s.since).strftime("%Y-%m-%d %H:%M:%S"), s.reason)
-        for b, s in states.items()])
+    print_table(
+        "board states",
+        ["board", "state", "since", "reason"],
+        [
+            (b, s.state, dt.datetime.fromtimestamp(s.since).strftime("%Y-%m-%d %H:%M:%S"), s.reason)
+            for b, s in states.items()
+        ],
+    )
 
 
 @click.command("maintenance")

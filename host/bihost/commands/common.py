@@ -1,4 +1,5 @@
 """Helpers shared by the model-building verbs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,16 @@ def resolve_algorithms(spec: str) -> list[str]:
     return names
 
 
-def build_model(arch: str, algo: str | None, *, seed: int, num_classes: int | None = None, base=None,
-                pad_value: float = 0.0, checkpoint: Path | None = None):
+def build_model(
+    arch: str,
+    algo: str | None,
+    *,
+    seed: int,
+    num_classes: int | None = None,
+    base=None,
+    pad_value: float = 0.0,
+    checkpoint: Path | None = None,
+):
     """A (binarized) model with seeded random weights, or weights from a local checkpoint."""
     import torch
 

@@ -1,4 +1,5 @@
 """`bihost metrics serve`: the Prometheus endpoint that Grafana's dashboards read."""
+
 from __future__ import annotations
 
 import signal
@@ -21,8 +22,11 @@ def command() -> None:
 @click.option("--port", type=int, default=9464, show_default=True, help="TCP port (0 picks a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @results_dir_option
-@click.option("--inventory", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Inventory whose boards get a bibench_agent_up probe (when board health is available).")
+@click.option(
+    "--inventory",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Inventory whose boards get a bibench_agent_up probe (when board health is available).",
+)
 @click.option("--insecure", is_flag=True, help="Probe non-loopback boards without TLS in plaintext.")
 def serve(port: int, host: str, results_dir: Path, inventory: Path | None, insecure: bool) -> None:
     """Serve /metrics until SIGINT or SIGTERM."""
@@ -42,8 +46,11 @@ def up_probe_for(inventory: Path | None, timeout_s: float = 1.0, insecure: bool 
     path = Path(inventory or default_inventory_path())
     try:
         # ssh boards answer on their own loopback: probing them would need a tunnel per scrape
-        boards = [b for b in Inventory.load(path).boards()
-                  if b.address and b.address != "embedded" and b.transport == "grpc"]
+        boards = [
+            b
+            for b in Inventory.load(path).boards()
+            if b.address and b.address != "embedded" and b.transport == "grpc"
+        ]
     except Exception:  # no inventory: serve results without agent_up
         if inventory is not None:
             raise
@@ -54,8 +61,12 @@ def up_probe_for(inventory: Path | None, timeout_s: float = 1.0, insecure: bool 
         from ..targets import security_for
 
         try:  # a board we may not talk to (plaintext refused, unreadable TLS files) is not up
-            with AgentClient(board.address, board.name, timeout_s=timeout_s,
-                             security=security_for(board, path.resolve().parent, insecure)) as client:
+            with AgentClient(
+                board.address,
+                board.name,
+                timeout_s=timeout_s,
+                security=security_for(board, path.resolve().parent, insecure),
+            ) as client:
                 return board.name, client.health(timeout_s=timeout_s)
         except BoardError:
             return board.name, False
@@ -69,8 +80,9 @@ def up_probe_for(inventory: Path | None, timeout_s: float = 1.0, insecure: bool 
     return probe
 
 
-def run(store: ResultsStore, port: int, host: str, up_probe: UpProbe | None,
-        stop: threading.Event | None = None) -> None:
+def run(
+    store: ResultsStore, port: int, host: str, up_probe: UpProbe | None, stop: threading.Event | None = None
+) -> None:
     """Serve until `stop` is set or a SIGINT/SIGTERM arrives, then close the socket."""
     stop = stop or threading.Event()
     server, thread = serve_metrics(store, port, host=host, up_probe=up_probe)

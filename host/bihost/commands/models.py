@@ -1,4 +1,5 @@
 """`bihost models`: what the registries hold."""
+
 from __future__ import annotations
 
 import click

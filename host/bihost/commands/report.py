@@ -1,4 +1,5 @@
 """`bihost report`: the store's numbers as one self-contained HTML page with PNG figures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,10 +12,18 @@ from .results import existing_store, results_dir_option
 
 @click.command("report")
 @results_dir_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where index.html and figures/ go (default: <results>/report).")
-@click.option("--scale", type=click.Choice(["quick", "default", "paper"]), default=None,
-              help="Which scale's runs to show (default: that of the newest training or grid run).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where index.html and figures/ go (default: <results>/report).",
+)
+@click.option(
+    "--scale",
+    type=click.Choice(["quick", "default", "paper"]),
+    default=None,
+    help="Which scale's runs to show (default: that of the newest training or grid run).",
+)
 @click.option("--seed", default=0, show_default=True, help="Which seed's runs to show.")
 @click.option("--algo", default="all", show_default=True, help="Algorithm(s), comma-separated, or 'all'.")
 def command(results_dir: Path, out: Path | None, scale: str | None, seed: int, algo: str) -> None:

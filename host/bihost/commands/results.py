@@ -1,4 +1,5 @@
 """`bihost results`: read the results store as a table, CSV, JSON or Parquet."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,15 +20,23 @@ FORMATS = ("table", "csv", "json", "parquet")
 def existing_store(results_dir: Path) -> ResultsStore:
     """The store a reading command reports on; a path without one is an error, never a new empty store."""
     if not (results_dir / FILENAME).exists():
-        raise UserError(f"no results store at {results_dir / FILENAME}: pass the --results folder that "
-                        "`bihost profile` or `bihost bench` wrote (or set BIHOST_RESULTS)")
+        raise UserError(
+            f"no results store at {results_dir / FILENAME}: pass the --results folder that "
+            "`bihost profile` or `bihost bench` wrote (or set BIHOST_RESULTS)"
+        )
     return ResultsStore(results_dir)
 
 
 def results_dir_option(f):  # shared with `bihost metrics serve` so both find the same store
-    return click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
-                        default="results", envvar="BIHOST_RESULTS", show_default=True,
-                        help="Results directory (env BIHOST_RESULTS).")(f)
+    return click.option(
+        "--results",
+        "results_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default="results",
+        envvar="BIHOST_RESULTS",
+        show_default=True,
+        help="Results directory (env BIHOST_RESULTS).",
+    )(f)
 
 
 @click.command("results")
@@ -36,11 +45,22 @@ def results_dir_option(f):  # shared with `bihost metrics serve` so both find th
 @click.option("--all", "all_campaigns", is_flag=True, help="Rows of every campaign.")
 @click.option("--board", help="Only this board.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write to FILE instead of stdout (required for parquet).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE instead of stdout (required for parquet).",
+)
 @click.option("--samples", is_flag=True, help="Include the raw latency samples (csv, json, parquet).")
-def command(results_dir: Path, campaign: str | None, all_campaigns: bool, board: str | None, fmt: str,
-            output: Path | None, samples: bool) -> None:
+def command(
+    results_dir: Path,
+    campaign: str | None,
+    all_campaigns: bool,
+    board: str | None,
+    fmt: str,
+    output: Path | None,
+    samples: bool,
+) -> None:
     """Stored measurements: latency, speedup, storage and status per board, model and runtime."""
     _check_format(fmt, output)
     if campaign and all_campaigns:
@@ -57,7 +77,9 @@ def command(results_dir: Path, campaign: str | None, all_campaigns: bool, board:
                 _nothing(f"no results in {results_dir}")
                 return
         elif campaign not in known:
-            raise UserError(f"unknown campaign {campaign!r} in {results_dir}; known: {', '.join(known) or 'none'}")
+            raise UserError(
+                f"unknown campaign {campaign!r} in {results_dir}; known: {', '.join(known) or 'none'}"
+            )
     scope = "all campaigns" if all_campaigns else f"campaign {campaign}"
     rows = store.rows(campaign=campaign, board=board)
     if not rows:
@@ -101,16 +123,47 @@ def _write(output: Path | None, text: str, n: int) -> None:
 
 
 def _table(rows: list[Measurement], scope: str, with_campaign: bool) -> None:
-    columns = ["board", "chip", "arch", "algorithm", "runtime", "threads", "pad", "status", "p50 ms", "p90 ms",
-               "p99 ms", "speedup", "storage", "size", "max err", "reason"]
+    columns = [
+        "board",
+        "chip",
+        "arch",
+        "algorithm",
+        "runtime",
+        "threads",
+        "pad",
+        "status",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "speedup",
+        "storage",
+        "size",
+        "max err",
+        "reason",
+    ]
     table = []
     for m in rows:
         lat = m.latency_ms
-        table.append([m.board, m.chip, m.arch, m.algorithm, m.runtime, m.threads,
-                      "" if m.algorithm == "fp32" else f"{m.pad_value:g}", m.status,
-                      _ms(lat.get("median")), _ms(lat.get("p90")), _ms(lat.get("p99")),
-                      _ratio(m.speedup_vs_fp32), _ratio(m.storage_ratio), m.model_bytes or "",
-                      "" if m.max_abs_err is None else f"{m.max_abs_err:.1e}", m.reason])
+        table.append(
+            [
+                m.board,
+                m.chip,
+                m.arch,
+                m.algorithm,
+                m.runtime,
+                m.threads,
+                "" if m.algorithm == "fp32" else f"{m.pad_value:g}",
+                m.status,
+                _ms(lat.get("median")),
+                _ms(lat.get("p90")),
+                _ms(lat.get("p99")),
+                _ratio(m.speedup_vs_fp32),
+                _ratio(m.storage_ratio),
+                m.model_bytes or "",
+                "" if m.max_abs_err is None else f"{m.max_abs_err:.1e}",
+                m.reason,
+            ]
+        )
         if with_campaign:
             table[-1].insert(0, m.campaign)
     print_table(f"results: {scope}", ["campaign", *columns] if with_campaign else columns, table)

@@ -4,12 +4,13 @@ figure and a caption naming the rows it came from. Adding a figure is one `@figu
 Figures are built on `matplotlib.figure.Figure` directly (no pyplot): no global state, no
 display needed, safe in a worker thread.
 """
+
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -48,6 +49,7 @@ def figure(name: str, title: str, section: str):
     def register(fn: Callable[[ReportData], tuple[Figure, str]]):
         FIGURES.append(FigureSpec(name, title, section, fn))
         return fn
+
     return register
 
 
@@ -71,11 +73,20 @@ def _training_caption(data: ReportData) -> str:
     return f"From {provenance(data.runs, 'training runs')}; {data.scale} scale, seed {data.seed}."
 
 
-def _annotated_heatmap(ax, values: np.ndarray, rows: list[str], cols: list[str], text: list[list[str]],
-                       center: float = 1.0, cmap: str = CMAP_RATIO) -> None:
+def _annotated_heatmap(
+    ax,
+    values: np.ndarray,
+    rows: list[str],
+    cols: list[str],
+    text: list[list[str]],
+    center: float = 1.0,
+    cmap: str = CMAP_RATIO,
+) -> None:
     finite = values[np.isfinite(values)]
     spread = max(abs(finite - center).max() if finite.size else 1.0, 1e-6)
-    ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=center - spread, vmax=center + spread, aspect="auto")
+    ax.imshow(
+        np.ma.masked_invalid(values), cmap=cmap, vmin=center - spread, vmax=center + spread, aspect="auto"
+    )
     ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for i in range(len(rows)):
@@ -107,13 +118,22 @@ def main_table(data: ReportData) -> tuple[Figure, str]:
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]
-            ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.3f}" + (" ★" if best[j] == i else ""),
-                    ha="center", va="center", fontsize=8, fontweight="bold" if best[j] == i else "normal")
+            ax.text(
+                j,
+                i,
+                "n/a" if math.isnan(v) else f"{v:.3f}" + (" ★" if best[j] == i else ""),
+                ha="center",
+                va="center",
+                fontsize=8,
+                fontweight="bold" if best[j] == i else "normal",
+            )
     ax.set_xticks(range(len(tracks)), [t.title for t in tracks], rotation=20, ha="right", fontsize=8)
     ax.set_yticks(range(len(data.algorithms)), data.algorithms, fontsize=8)
     missing = [t.title for t in data.tracks if t not in tracks]
-    caption = (f"Each cell is the track's overall metric (higher is better; ★ best in its column; colour: rank "
-               f"within the column). Accuracy tracks: {_training_caption(data)[5:]}")
+    caption = (
+        f"Each cell is the track's overall metric (higher is better; ★ best in its column; colour: rank "
+        f"within the column). Accuracy tracks: {_training_caption(data)[5:]}"
+    )
     if missing:
         caption += f" Without a number here: {', '.join(missing)}."
     return fig, caption
@@ -132,17 +152,26 @@ def _ratio_bars(data: ReportData, track: str, group: str, what: str) -> tuple[Fi
     cmap = _palette(len(data.algorithms))
     for k, algo in enumerate(data.algorithms):
         by = {d[group]: d["mean_ratio"] for d in groups if d["algorithm"] == algo}
-        ax.bar(np.arange(len(names)) + (k - (len(data.algorithms) - 1) / 2) * width,
-               [by.get(n, np.nan) for n in names], width, label=algo, color=cmap[k])
+        ax.bar(
+            np.arange(len(names)) + (k - (len(data.algorithms) - 1) / 2) * width,
+            [by.get(n, np.nan) for n in names],
+            width,
+            label=algo,
+            color=cmap[k],
+        )
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
     ax.set_ylabel("metric / FP metric")
     fig.legend(fontsize=7, ncols=len(data.algorithms), loc="outside upper center")
-    fps = sorted({(d["task"], d["arch"], d["fp_metric"], d["metric_name"]) for d in result.details
-                  if "fp_metric" in d})
-    caption = (f"Relative {what}: binarized metric over its FP model's, averaged over the {group}'s "
-               f"(task, arch) pairs; the dashed line is FP. FP baselines: "
-               + "; ".join(f"{t}/{a} {n} {m:.3f}" for t, a, m, n in fps) + f". {_training_caption(data)}")
+    fps = sorted(
+        {(d["task"], d["arch"], d["fp_metric"], d["metric_name"]) for d in result.details if "fp_metric" in d}
+    )
+    caption = (
+        f"Relative {what}: binarized metric over its FP model's, averaged over the {group}'s "
+        f"(task, arch) pairs; the dashed line is FP. FP baselines: "
+        + "; ".join(f"{t}/{a} {n} {m:.3f}" for t, a, m, n in fps)
+        + f". {_training_caption(data)}"
+    )
     return fig, caption
 
 
@@ -169,8 +198,10 @@ def robustness(data: ReportData) -> tuple[Figure, str]:
     result = data.track("robustness")
     groups = [d for d in result.details if "mean_ratio" in d]
     if not groups:
-        raise NoData("no corrupted-set score in the store for these models (the robustness track takes the "
-                     "image tasks' models)")
+        raise NoData(
+            "no corrupted-set score in the store for these models (the robustness track takes the "
+            "image tasks' models)"
+        )
     from bimodels.data.corruptions import CORRUPTIONS
 
     cols = [c for c in CORRUPTIONS if any(d["corruption"] == c for d in groups)]
@@ -178,16 +209,23 @@ def robustness(data: ReportData) -> tuple[Figure, str]:
     values = np.array([[by.get((a, c), np.nan) for c in cols] for a in data.algorithms], dtype=float)
     fig = Figure(figsize=(1.2 + 0.55 * len(cols), 0.8 + 0.38 * len(data.algorithms)), layout="constrained")
     ax = fig.add_subplot()
-    _annotated_heatmap(ax, values, data.algorithms, [c.replace("_", " ") for c in cols],
-                       [["" if math.isnan(v) else f"{v:.2f}" for v in row] for row in values])
+    _annotated_heatmap(
+        ax,
+        values,
+        data.algorithms,
+        [c.replace("_", " ") for c in cols],
+        [["" if math.isnan(v) else f"{v:.2f}" for v in row] for row in values],
+    )
     models = sorted({(c.task, c.arch) for c in data.corruption_runs})
     images = sorted({c.n_images for c in data.corruption_runs})
     sources = sorted({c.corruption_source for c in data.corruption_runs})
-    caption = (f"G_fp / G_bi per corruption type (above 1, green: the binarized model loses less accuracy than FP), "
-               f"G = clean accuracy − mean accuracy over severities 1–5; gaps below 0.01 count as 0.01. Models: "
-               f"{', '.join(f'{t}/{a}' for t, a in models)}; {', '.join(map(str, images))} test images per set; "
-               f"corruptions: {'; '.join(sources)}. From "
-               f"{provenance(data.corruption_runs, 'corrupted-set scores')}; {data.scale} scale, seed {data.seed}.")
+    caption = (
+        f"G_fp / G_bi per corruption type (above 1, green: the binarized model loses less accuracy than FP), "
+        f"G = clean accuracy − mean accuracy over severities 1–5; gaps below 0.01 count as 0.01. Models: "
+        f"{', '.join(f'{t}/{a}' for t, a in models)}; {', '.join(map(str, images))} test images per set; "
+        f"corruptions: {'; '.join(sources)}. From "
+        f"{provenance(data.corruption_runs, 'corrupted-set scores')}; {data.scale} scale, seed {data.seed}."
+    )
     return fig, caption
 
 
@@ -218,19 +256,28 @@ def consumption(data: ReportData) -> tuple[Figure, str]:
     right.boxplot([metrics[a] for a in shown], tick_labels=shown, widths=0.6, showfliers=False)
     for i, a in enumerate(shown, start=1):
         right.scatter(np.full(len(metrics[a]), i), metrics[a], s=9, color="black", zorder=3)
-        right.text(i, 1.0, f"σ {np.std(metrics[a]):.3f}", ha="center", va="bottom", fontsize=7,
-                   transform=right.get_xaxis_transform())
+        right.text(
+            i,
+            1.0,
+            f"σ {np.std(metrics[a]):.3f}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            transform=right.get_xaxis_transform(),
+        )
     right.tick_params(axis="x", labelrotation=30, labelsize=8)
     right.set_ylabel("final test accuracy")
     right.set_title("accuracy over the settings (σ: population std)", fontsize=9, pad=14)
     settings = sorted({g.setting for g in ok})
     models = sorted({(g.task, g.arch) for g in ok})
     failed = sum(1 for g in data.grid_runs if g.status != "ok")
-    caption = (f"Left: mean over settings of FP's training seconds per epoch over the algorithm's, only between runs "
-               f"timed on the same hardware and threads. Right: final accuracy under each of the {len(settings)} "
-               f"settings ({', '.join(settings)}), trained from scratch; "
-               f"{', '.join(f'{t}/{a}' for t, a in models)}. From {provenance(ok, 'grid runs')}; {data.scale} "
-               f"scale, seed {data.seed}" + (f"; {failed} failed runs not shown" if failed else "") + ".")
+    caption = (
+        f"Left: mean over settings of FP's training seconds per epoch over the algorithm's, only between runs "
+        f"timed on the same hardware and threads. Right: final accuracy under each of the {len(settings)} "
+        f"settings ({', '.join(settings)}), trained from scratch; "
+        f"{', '.join(f'{t}/{a}' for t, a in models)}. From {provenance(ok, 'grid runs')}; {data.scale} "
+        f"scale, seed {data.seed}" + (f"; {failed} failed runs not shown" if failed else "") + "."
+    )
     return fig, caption
 
 
@@ -239,9 +286,12 @@ def _hardware_caption(rows) -> str:
     boards = sorted({f"{m.board} ({m.chip})" for m in rows})
     stamps = [m.created_at for m in rows if m.created_at]
     campaigns = sorted({m.campaign for m in rows})
-    return (f"From {len(rows)} hardware rows (each board's newest measurement of a model), boards: "
-            f"{', '.join(boards)}; {len(campaigns)} campaign(s)" + (f", {span(min(stamps), max(stamps))}"
-                                                                   if stamps else "") + ".")
+    return (
+        f"From {len(rows)} hardware rows (each board's newest measurement of a model), boards: "
+        f"{', '.join(boards)}; {len(campaigns)} campaign(s)"
+        + (f", {span(min(stamps), max(stamps))}" if stamps else "")
+        + "."
+    )
 
 
 @figure("hardware", "Hardware inference: latency and speedup per chip × runtime × algorithm", "hardware")
@@ -276,9 +326,11 @@ def hardware(data: ReportData) -> tuple[Figure, str]:
             ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(cols)), [f"{c[0]} · {c[2]}\n{c[3]}, {c[4]} thr" for c in cols], fontsize=7)
     ax.set_yticks(range(len(rows)), [f"{r} (ONNX Runtime)" if r == FP else r for r in rows], fontsize=8)
-    caption = ("Median latency per chip, runtime, architecture and thread count, and the speedup over the same "
-               "board's ONNX Runtime FP32 latency (colour: log2 speedup; green is faster than FP32). Latencies are "
-               "only compared within a board. " + _hardware_caption(ok))
+    caption = (
+        "Median latency per chip, runtime, architecture and thread count, and the speedup over the same "
+        "board's ONNX Runtime FP32 latency (colour: log2 speedup; green is faster than FP32). Latencies are "
+        "only compared within a board. " + _hardware_caption(ok)
+    )
     return fig, caption
 
 
@@ -305,8 +357,10 @@ def deployability(data: ReportData) -> tuple[Figure, str]:
                 text[i][j] = "—"
                 continue
             values[i, j] = min(STATUS_CODE[s] for s in counts)
-            text[i][j] = "\n".join((s if boards == 1 else f"{s} ×{n}")
-                                   for s, n in sorted(counts.items(), key=lambda kv: -STATUS_CODE[kv[0]]))
+            text[i][j] = "\n".join(
+                (s if boards == 1 else f"{s} ×{n}")
+                for s, n in sorted(counts.items(), key=lambda kv: -STATUS_CODE[kv[0]])
+            )
     fig = Figure(figsize=(1.8 + 1.2 * len(cols), 0.8 + 0.42 * len(algos)), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(np.ma.masked_invalid(values), cmap=CMAP_RATIO, vmin=-0.5, vmax=2.5, aspect="auto")
@@ -315,21 +369,28 @@ def deployability(data: ReportData) -> tuple[Figure, str]:
             ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(cols)), [f"{r}\n{a}" for r, a in cols], fontsize=7)
     ax.set_yticks(range(len(algos)), algos, fontsize=8)
-    caption = ("The status of each algorithm on each runtime and architecture" + (
-        f", with how many of the {boards} boards gave it" if boards > 1 else "") + ": ok; numerics_error (ran, "
-               "disagreed with torch); error (the board or runtime failed); unsupported (the exporter or runtime "
-               "refused; the reasons are listed below); — not measured. " + _hardware_caption(rows))
+    caption = (
+        "The status of each algorithm on each runtime and architecture"
+        + (f", with how many of the {boards} boards gave it" if boards > 1 else "")
+        + ": ok; numerics_error (ran, "
+        "disagreed with torch); error (the board or runtime failed); unsupported (the exporter or runtime "
+        "refused; the reasons are listed below); — not measured. " + _hardware_caption(rows)
+    )
     return fig, caption
 
 
 @figure("theory-vs-measurement", "Theoretical speedup against measured speedup", "hardware")
 def theory_vs_measurement(data: ReportData) -> tuple[Figure, str]:
-    import bimodels
     import torch
+
+    import bimodels
     from bimodels.complexity import complexity
 
-    measured = [m for m in data.measurements if m.status == "ok" and m.algorithm != FP and m.speedup_vs_fp32
-                and m.algorithm in data.algorithms]
+    measured = [
+        m
+        for m in data.measurements
+        if m.status == "ok" and m.algorithm != FP and m.speedup_vs_fp32 and m.algorithm in data.algorithms
+    ]
     if not measured:
         raise NoData("no successful hardware measurement in the store to set against the theory")
     theory: dict[tuple[str, str], float] = {}
@@ -346,12 +407,21 @@ def theory_vs_measurement(data: ReportData) -> tuple[Figure, str]:
     archs = sorted({m.arch for m in measured})
     for g, colour in zip(groups, colours):
         for k, arch in enumerate(archs):
-            pts = [(theory[(m.arch, m.algorithm)], m.speedup_vs_fp32) for m in measured
-                   if (m.board, m.chip, m.runtime) == g and m.arch == arch]
+            pts = [
+                (theory[(m.arch, m.algorithm)], m.speedup_vs_fp32)
+                for m in measured
+                if (m.board, m.chip, m.runtime) == g and m.arch == arch
+            ]
             if pts:
                 x, y = zip(*pts)
-                ax.scatter(x, y, color=colour, marker=markers[k % len(markers)], s=28,
-                           label=f"{g[1]} · {g[2]} · {arch}")
+                ax.scatter(
+                    x,
+                    y,
+                    color=colour,
+                    marker=markers[k % len(markers)],
+                    s=28,
+                    label=f"{g[1]} · {g[2]} · {arch}",
+                )
     xs = [v for v in theory.values()] + [m.speedup_vs_fp32 for m in measured]
     lo, hi = min(xs) * 0.7, max(xs) * 1.4
     ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--")
@@ -361,8 +431,10 @@ def theory_vs_measurement(data: ReportData) -> tuple[Figure, str]:
     ax.set_ylabel("measured speedup over ONNX Runtime FP32")
     ax.legend(fontsize=7, loc="upper left")
     gaps = [m.speedup_vs_fp32 / theory[(m.arch, m.algorithm)] for m in measured]
-    caption = (f"Each point is one (board, runtime, architecture, algorithm); on the dashed line the board "
-               f"delivers the theoretical speedup. Measured / theoretical: median {np.median(gaps):.2f}, range "
-               f"{min(gaps):.2f}–{max(gaps):.2f}. Theory from `bimodels.complexity` on each architecture's default "
-               f"input. " + _hardware_caption(measured))
+    caption = (
+        f"Each point is one (board, runtime, architecture, algorithm); on the dashed line the board "
+        f"delivers the theoretical speedup. Measured / theoretical: median {np.median(gaps):.2f}, range "
+        f"{min(gaps):.2f}–{max(gaps):.2f}. Theory from `bimodels.complexity` on each architecture's default "
+        f"input. " + _hardware_caption(measured)
+    )
     return fig, caption

@@ -1,5 +1,6 @@
 """One self-contained HTML page: the figures are PNG files beside it and embedded in it, so
 the page can be mailed or attached alone and the PNGs dropped into a paper."""
+
 from __future__ import annotations
 
 import base64
@@ -15,9 +16,13 @@ from ..tracks.base import FP
 from .figures import Drawn, draw_all
 from .selection import ReportData
 
-SECTIONS = (("main", "The main table"), ("accuracy", "Accuracy: learning tasks and architectures"),
-            ("robustness", "Corruption robustness"), ("consumption", "Training consumption"),
-            ("hardware", "Hardware inference"))
+SECTIONS = (
+    ("main", "The main table"),
+    ("accuracy", "Accuracy: learning tasks and architectures"),
+    ("robustness", "Corruption robustness"),
+    ("consumption", "Training consumption"),
+    ("hardware", "Hardware inference"),
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; line-height: 1.45; }
@@ -87,33 +92,46 @@ def main_table_html(data: ReportData) -> str:
 
 def render(data: ReportData, drawn: list[Drawn], images: dict[str, str]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(data.generated_at))
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>BiBench report ({_e(data.scale)})"
-             f"</title><style>{STYLE}</style></head><body>",
-             "<h1>BiBench report: how much accuracy and speed each binarization algorithm keeps</h1>",
-             f"<p class='meta'>Generated {when} by bihost {_e(__version__)} from <code>{_e(data.store)}</code>. "
-             f"Scale: <b>{_e(data.scale or 'none (hardware rows only)')}</b>, seed {data.seed}. Algorithms: "
-             f"{_e(', '.join(data.algorithms))}. Architectures scored by the complexity and hardware tracks: "
-             f"{_e(', '.join(data.archs) or 'none')}.</p>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>BiBench report ({_e(data.scale)})"
+        f"</title><style>{STYLE}</style></head><body>",
+        "<h1>BiBench report: how much accuracy and speed each binarization algorithm keeps</h1>",
+        f"<p class='meta'>Generated {when} by bihost {_e(__version__)} from <code>{_e(data.store)}</code>. "
+        f"Scale: <b>{_e(data.scale or 'none (hardware rows only)')}</b>, seed {data.seed}. Algorithms: "
+        f"{_e(', '.join(data.algorithms))}. Architectures scored by the complexity and hardware tracks: "
+        f"{_e(', '.join(data.archs) or 'none')}.</p>",
+    ]
     if data.left_out:
-        parts.append("<p class='meta'>Left out so that no number mixes scales, recipes or repeated measurements: "
-                     + "; ".join(_e(x) for x in data.left_out) + ".</p>")
+        parts.append(
+            "<p class='meta'>Left out so that no number mixes scales, recipes or repeated measurements: "
+            + "; ".join(_e(x) for x in data.left_out)
+            + ".</p>"
+        )
     for section, heading in SECTIONS:
         parts.append(f"<h2>{_e(heading)}</h2>")
         if section == "main":
             parts.append(main_table_html(data))
-            parts.append("<p class='meta'>Higher is better in every column; ★ marks the best per column. "
-                         "How each column follows from the per-run numbers:</p><ul class='meta'>"
-                         + "".join(f"<li><b>{_e(t.title)}</b>: {_e(t.formula)}"
-                                   + "".join(f"<br><i>{_e(n)}</i>" for n in t.notes) + "</li>" for t in data.tracks)
-                         + "</ul>")
+            parts.append(
+                "<p class='meta'>Higher is better in every column; ★ marks the best per column. "
+                "How each column follows from the per-run numbers:</p><ul class='meta'>"
+                + "".join(
+                    f"<li><b>{_e(t.title)}</b>: {_e(t.formula)}"
+                    + "".join(f"<br><i>{_e(n)}</i>" for n in t.notes)
+                    + "</li>"
+                    for t in data.tracks
+                )
+                + "</ul>"
+            )
         for d in (d for d in drawn if d.section == section):
             if d.figure is None:
                 parts.append(f"<h3>{_e(d.title)}</h3><p class='missing'>Not drawn: {_e(d.caption)}.</p>")
                 continue
-            parts.append(f"<figure id='{_e(d.name)}'><h3>{_e(d.title)}</h3>"
-                         f"<img alt='{_e(d.title)}' src='data:image/png;base64,{images[d.name]}'>"
-                         f"<figcaption>{_e(d.caption)} <span class='meta'>(figures/{_e(d.name)}.png)</span>"
-                         f"</figcaption></figure>")
+            parts.append(
+                f"<figure id='{_e(d.name)}'><h3>{_e(d.title)}</h3>"
+                f"<img alt='{_e(d.title)}' src='data:image/png;base64,{images[d.name]}'>"
+                f"<figcaption>{_e(d.caption)} <span class='meta'>(figures/{_e(d.name)}.png)</span>"
+                f"</figcaption></figure>"
+            )
         if section == "hardware":
             parts.append(_refusals(data))
     parts.append("</body></html>")
@@ -129,7 +147,9 @@ def _refusals(data: ReportData) -> str:
     if not grouped:
         return ""
     order = {a: i for i, a in enumerate(data.algorithms)}
-    items = "".join(f"<li><b>{_e(rt)}</b> · <b>{_e(arch)}</b>: {_e(status)} for "
-                    f"{_e(', '.join(sorted(algos, key=lambda a: order.get(a, 99))))}: {_e(why[:300])}</li>"
-                    for (rt, arch, status, why), algos in sorted(grouped.items()))
+    items = "".join(
+        f"<li><b>{_e(rt)}</b> · <b>{_e(arch)}</b>: {_e(status)} for "
+        f"{_e(', '.join(sorted(algos, key=lambda a: order.get(a, 99))))}: {_e(why[:300])}</li>"
+        for (rt, arch, status, why), algos in sorted(grouped.items())
+    )
     return f"<h3>Why a cell is not ok</h3><ul class='meta'>{items}</ul>"

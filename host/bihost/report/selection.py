@@ -6,6 +6,7 @@ recipes in one number, so the report keeps, per (task, arch), only the newest re
 has its full-precision run; per (board, arch, algorithm, runtime, threads) only the newest
 measurement; and it says what it left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,26 +63,32 @@ def _newest_group(rows, group_key, model_key) -> tuple[list, int]:
     return kept, len(rows) - len(kept)
 
 
-def select(store: ResultsStore, scale: str | None = None, seed: int = 0, algorithms: list[str] | None = None
-           ) -> ReportData:
+def select(
+    store: ResultsStore, scale: str | None = None, seed: int = 0, algorithms: list[str] | None = None
+) -> ReportData:
     import bimodels
 
     algorithms = algorithms or bimodels.list_algorithms()
     all_runs, all_grid = store.training_runs(), store.grid_runs()
     measurements_all = store.rows()
     if not (all_runs or all_grid or measurements_all):
-        raise UserError(f"the results store {store.path} holds nothing to report: run `bihost bench` or "
-                        "`bihost profile` first")
+        raise UserError(
+            f"the results store {store.path} holds nothing to report: run `bihost bench` or "
+            "`bihost profile` first"
+        )
     scales = {r.scale for r in all_runs} | {r.scale for r in all_grid}
     if scale is None and scales:
         scale = max(all_runs + all_grid, key=lambda r: r.created_at).scale  # the newest row's scale
     elif scale is not None and scale not in scales:
-        raise UserError(f"the results store holds no {scale}-scale run (it holds: "
-                        f"{', '.join(sorted(scales)) or 'none'})")
+        raise UserError(
+            f"the results store holds no {scale}-scale run (it holds: {', '.join(sorted(scales)) or 'none'})"
+        )
     left_out = []
     others = sum(1 for r in all_runs + all_grid if (r.scale, r.seed) != (scale, seed))
     if others:
-        left_out.append(f"{others} training/grid runs of another scale or seed (this report: {scale}, seed {seed})")
+        left_out.append(
+            f"{others} training/grid runs of another scale or seed (this report: {scale}, seed {seed})"
+        )
 
     # Learning-task runs: per (task, arch), the newest recipe that has its FP run.
     runs = [r for r in all_runs if (r.scale, r.seed) == (scale, seed)]
@@ -93,8 +100,15 @@ def select(store: ResultsStore, scale: str | None = None, seed: int = 0, algorit
     recipes = {(r.task, r.arch, r.config_hash, r.data_version) for r in runs}
 
     # Corrupted-set scores of those models: per (task, arch), the newest corrupted set.
-    corr = [c for c in store.corruption_runs(scale=scale, seed=seed)
-            if (c.task, c.arch, c.config_hash, c.data_version) in recipes] if scale else []
+    corr = (
+        [
+            c
+            for c in store.corruption_runs(scale=scale, seed=seed)
+            if (c.task, c.arch, c.config_hash, c.data_version) in recipes
+        ]
+        if scale
+        else []
+    )
     corr, dropped = _newest_group(corr, lambda c: c.corruption_version, lambda c: (c.task, c.arch))
     if dropped:
         left_out.append(f"{dropped} corrupted-set scores of older corrupted sets")
@@ -106,16 +120,35 @@ def select(store: ResultsStore, scale: str | None = None, seed: int = 0, algorit
 
     measurements = latest_measurements(measurements_all)
     if len(measurements) < len(measurements_all):
-        left_out.append(f"{len(measurements_all) - len(measurements)} hardware rows superseded by a newer "
-                        "measurement of the same board, model, runtime and threads")
+        left_out.append(
+            f"{len(measurements_all) - len(measurements)} hardware rows superseded by a newer "
+            "measurement of the same board, model, runtime and threads"
+        )
     order = bimodels.list_architectures()
     trained = sorted({r.arch for r in runs}, key=order.index)
     measured = sorted({m.arch for m in measurements if m.arch in order}, key=order.index)
-    data = ReportData(store=str(store.path), scale=scale, seed=seed, algorithms=algorithms,
-                      archs=trained or measured, runs=runs, corruption_runs=corr, grid_runs=grid,
-                      measurements=measurements, left_out=left_out, generated_at=time.time())
-    ctx = BenchContext(algorithms=algorithms, archs=data.archs, tasks=sorted({r.task for r in runs}), runs=runs,
-                       measurements=measurements, corruption_runs=corr, grid_runs=grid)
+    data = ReportData(
+        store=str(store.path),
+        scale=scale,
+        seed=seed,
+        algorithms=algorithms,
+        archs=trained or measured,
+        runs=runs,
+        corruption_runs=corr,
+        grid_runs=grid,
+        measurements=measurements,
+        left_out=left_out,
+        generated_at=time.time(),
+    )
+    ctx = BenchContext(
+        algorithms=algorithms,
+        archs=data.archs,
+        tasks=sorted({r.task for r in runs}),
+        runs=runs,
+        measurements=measurements,
+        corruption_runs=corr,
+        grid_runs=grid,
+    )
     data.tracks = [get_track(t).score(ctx) for t in list_tracks()]
     return data
 
@@ -134,7 +167,9 @@ def provenance(rows, what: str) -> str:
         if isinstance(r, TrainingRun):
             where[r.host or "?"].add(f"{r.device}, {r.threads} threads")
         elif isinstance(r, GridRun):
-            where[r.worker.get("host", "?")].add(f"{r.worker.get('threads', '?')} thread(s) per job, {r.executor}")
+            where[r.worker.get("host", "?")].add(
+                f"{r.worker.get('threads', '?')} thread(s) per job, {r.executor}"
+            )
         elif isinstance(r, CorruptionRun):
             where[r.host or "?"].add(r.device or "?")
     if where:

@@ -1,6 +1,7 @@
 """The track registry: `get_track(name)`, `list_tracks()`; one file per track."""
+
+from . import architecture, complexity, consumption, hardware, learning_task, robustness  # noqa: F401,E402  (registers, in table order)
 from .base import TRACKS, BenchContext, Track, TrackResult, quadratic_mean, register_track
-from . import learning_task, architecture, robustness, consumption, complexity, hardware  # noqa: F401,E402  (registers, in table order)
 
 
 def get_track(name: str) -> Track:
@@ -11,4 +12,12 @@ def list_tracks() -> list[str]:
     return TRACKS.names()
 
 
-__all__ = ["BenchContext", "Track", "TrackResult", "get_track", "list_tracks", "quadratic_mean", "register_track"]
+__all__ = [
+    "BenchContext",
+    "Track",
+    "TrackResult",
+    "get_track",
+    "list_tracks",
+    "quadratic_mean",
+    "register_track",
+]

@@ -5,6 +5,7 @@ Every track's overall metric is a quadratic mean of binarized-to-full-precision 
 recompute the overall metric from the JSON by hand. Adding a track is one file with a
 `@register_track` class.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,14 @@ class TrackResult:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"track": self.track, "title": self.title, "formula": self.formula, "overall": self.overall,
-                "details": self.details, "notes": self.notes}
+        return {
+            "track": self.track,
+            "title": self.title,
+            "formula": self.formula,
+            "overall": self.overall,
+            "details": self.details,
+            "notes": self.notes,
+        }
 
 
 class Track:
@@ -84,13 +91,23 @@ def accuracy_ratios(ctx: BenchContext) -> list[dict[str, Any]]:
         if r.algorithm == FP or base is None or r.algorithm not in ctx.algorithms:
             continue
         ratio = r.metric / base.metric if base.metric > 0 else math.nan
-        out.append({"task": r.task, "arch": r.arch, "algorithm": r.algorithm, "metric_name": r.metric_name,
-                    "fp_metric": base.metric, "metric": r.metric, "ratio": ratio})
+        out.append(
+            {
+                "task": r.task,
+                "arch": r.arch,
+                "algorithm": r.algorithm,
+                "metric_name": r.metric_name,
+                "fp_metric": base.metric,
+                "metric": r.metric,
+                "ratio": ratio,
+            }
+        )
     return out
 
 
-def grouped_overall(entries: list[dict[str, Any]], group: str, algorithms: list[str]
-                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def grouped_overall(
+    entries: list[dict[str, Any]], group: str, algorithms: list[str]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Per algorithm: E[ratio] within each group, then the quadratic mean over groups."""
     overall, details = {}, []
     for algo in algorithms:
@@ -99,6 +116,8 @@ def grouped_overall(entries: list[dict[str, Any]], group: str, algorithms: list[
             if e["algorithm"] == algo:
                 groups.setdefault(e[group], []).append(e["ratio"])
         per_group = {g: mean(v) for g, v in groups.items()}
-        details += [{"algorithm": algo, group: g, "mean_ratio": v, "n": len(groups[g])} for g, v in per_group.items()]
+        details += [
+            {"algorithm": algo, group: g, "mean_ratio": v, "n": len(groups[g])} for g, v in per_group.items()
+        ]
         overall[algo] = quadratic_mean(list(per_group.values()))
     return overall, details

@@ -1,5 +1,6 @@
 """Theoretical-complexity track: compression and speedup ratios from `bimodels.complexity`,
 averaged over the selected architectures."""
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,24 @@ class ComplexityTrack(Track):
                 report = complexity(bimodels.binarize(fp, algo).eval())
                 rc.append(report.compression_ratio)
                 rs.append(report.speedup_ratio)
-                details.append({"algorithm": algo, "arch": arch, "compression_ratio": report.compression_ratio,
-                                "speedup_ratio": report.speedup_ratio, "params": report.params,
-                                "flops": report.flops, "bops": report.bops, "flops_fp": report.flops_fp})
+                details.append(
+                    {
+                        "algorithm": algo,
+                        "arch": arch,
+                        "compression_ratio": report.compression_ratio,
+                        "speedup_ratio": report.speedup_ratio,
+                        "params": report.params,
+                        "flops": report.flops,
+                        "bops": report.bops,
+                        "flops_fp": report.flops_fp,
+                    }
+                )
             overall[algo] = math.sqrt((mean(rc) ** 2 + mean(rs) ** 2) / 2)
-        return TrackResult(self.name, self.title, overall, details,
-                           "sqrt((mean_arch r_c^2 + mean_arch r_s^2) / 2) with r_c = params / (params_bin/32 + "
-                           "params_fp), r_s = FLOPs / (BOPs/64 + FLOPs_fp), the means taken before squaring")
+        return TrackResult(
+            self.name,
+            self.title,
+            overall,
+            details,
+            "sqrt((mean_arch r_c^2 + mean_arch r_s^2) / 2) with r_c = params / (params_bin/32 + "
+            "params_fp), r_s = FLOPs / (BOPs/64 + FLOPs_fp), the means taken before squaring",
+        )

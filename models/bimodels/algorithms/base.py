@@ -6,12 +6,12 @@ MLPs) and says how the layer's input, weight and output are transformed. The lay
 keeps `.weight` (latent real weights) and `.bias`, so optimisers and checkpoints see the
 same names as the full-precision model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 from ..registry import Registry

@@ -8,6 +8,7 @@ Improved Representational Capability and Advanced Training Algorithm", ECCV 2018
 The architectural half of Bi-Real (a shortcut around every binary conv) is the
 `birealnet18` architecture.
 """
+
 from __future__ import annotations
 
 from torch import Tensor
@@ -28,4 +29,6 @@ class BiReal(Binarizer):
         return self.channel_mean_abs(w) * sign_clip_ste(w)
 
     def deploy_form(self, weight: Tensor, bias: Tensor | None) -> DeployForm:
-        return DeployForm(weight_sign=signed(weight), weight_scale=flat_channel(self.channel_mean_abs(weight)), bias=bias)
+        return DeployForm(
+            weight_sign=signed(weight), weight_scale=flat_channel(self.channel_mean_abs(weight)), bias=bias
+        )

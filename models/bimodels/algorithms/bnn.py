@@ -5,6 +5,7 @@
 
 No scaling at all: inference is pure XNOR-popcount.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

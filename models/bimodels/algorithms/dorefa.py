@@ -6,6 +6,7 @@ Bitwidth Convolutional Neural Networks with Low Bitwidth Gradients", 2016.
 
 alpha_c folds into the following per-channel affine at inference.
 """
+
 from __future__ import annotations
 
 from torch import Tensor
@@ -26,4 +27,6 @@ class DoReFa(Binarizer):
         return self.channel_mean_abs(w) * sign_clip_ste(w)
 
     def deploy_form(self, weight: Tensor, bias: Tensor | None) -> DeployForm:
-        return DeployForm(weight_sign=signed(weight), weight_scale=flat_channel(self.channel_mean_abs(weight)), bias=bias)
+        return DeployForm(
+            weight_sign=signed(weight), weight_scale=flat_channel(self.channel_mean_abs(weight)), bias=bias
+        )

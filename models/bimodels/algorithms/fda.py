@@ -13,6 +13,7 @@ lambda reaches 0 at the last epoch, so the deployed layer is alpha_c * sign(w) (
 A layer whose schedule has never been driven is treated as trained (lambda = 0); the
 training loop's `set_epoch` hook turns the noise adaptation on.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,4 +87,6 @@ class FDA(Binarizer):
                 f"FDA layer still has lambda={float(self.noise_weight):.4g}; finish the schedule "
                 "(set_epoch(epochs - 1, epochs)) before exporting"
             )
-        return DeployForm(weight_sign=signed(weight), weight_scale=flat_channel(self.channel_mean_abs(weight)), bias=bias)
+        return DeployForm(
+            weight_sign=signed(weight), weight_scale=flat_channel(self.channel_mean_abs(weight)), bias=bias
+        )

@@ -7,6 +7,7 @@ Generalized Activation Functions", ECCV 2020.
 
 b folds into the preceding bias at inference (a per-channel threshold).
 """
+
 from __future__ import annotations
 
 import torch

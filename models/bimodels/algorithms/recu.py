@@ -11,6 +11,7 @@
 tau follows ReCU's exponential schedule tau(e) = A exp(e / E) + B with tau(0) = 0.85 and
 tau(E) = 0.99; `set_epoch` drives it. alpha_c folds into the following affine.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,4 +70,6 @@ class ReCU(Binarizer):
 
     def deploy_form(self, weight: Tensor, bias: Tensor | None) -> DeployForm:
         with torch.no_grad():
-            return DeployForm(weight_sign=signed(self.clamped(weight)), output_scale=flat_channel(self.scale), bias=bias)
+            return DeployForm(
+                weight_sign=signed(self.clamped(weight)), output_scale=flat_channel(self.scale), bias=bias
+            )

@@ -12,6 +12,7 @@ beta is recomputed from every input at run time: extra FP work no runtime can fo
 Because beta is a per-sample (per-token) scalar, beta*sign(x) (*) W == beta * (sign(x) (*) W);
 it is applied on the output, which also keeps padded positions exact.
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ affine: runtimes must apply it as an extra elementwise multiply.
 The output size must be known when the layer is built: `binarize` probes it with an
 example input.
 """
+
 from __future__ import annotations
 
 import torch

@@ -18,10 +18,11 @@ Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers", NAACL 20
 Qin et al., "BiBERT: Accurate Fully Binarized BERT", ICLR 2022.
 Liu et al., "BiT: Robustly Binarized Multi-distilled Transformer", NeurIPS 2022.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -110,7 +111,9 @@ class BertClassifier(nn.Module):
     ):
         super().__init__()
         self.embeddings = BertEmbeddings(vocab_size, hidden, max_positions, type_vocab, dropout)
-        self.layers = nn.Sequential(*(BertLayer(hidden, heads, intermediate, dropout) for _ in range(num_layers)))
+        self.layers = nn.Sequential(
+            *(BertLayer(hidden, heads, intermediate, dropout) for _ in range(num_layers))
+        )
         self.pooler = nn.Linear(hidden, hidden)
         self.pooler_act = nn.Tanh()
         self.dropout = nn.Dropout(dropout)
@@ -139,8 +142,14 @@ class BertClassifier(nn.Module):
 
 
 # 128 token ids of BERT's uncased vocabulary, two classes
-TOKEN_CLASSIFIER = dict(family="transformer", task="text_classification", input_shape=(128,), num_classes=2,
-                        input_dtype="int64", vocab_size=30522)
+TOKEN_CLASSIFIER = dict(
+    family="transformer",
+    task="text_classification",
+    input_shape=(128,),
+    num_classes=2,
+    input_dtype="int64",
+    vocab_size=30522,
+)
 
 
 @register_model(**TOKEN_CLASSIFIER)

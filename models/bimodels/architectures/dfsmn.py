@@ -13,9 +13,10 @@ binary convolution and becomes Hardtanh in the binarized network.
 Zhang et al., "Deep-FSMN for Large Vocabulary Continuous Speech Recognition", ICASSP 2018.
 Qin et al., "BiFSMN: Binary Neural Network for Keyword Spotting", IJCAI 2022.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

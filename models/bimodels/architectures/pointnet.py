@@ -14,9 +14,10 @@ Every ReLU becomes Hardtanh in the binarized network (sign(ReLU(x)) would be con
 Qi et al., "PointNet: Deep Learning on Point Sets for 3D Classification and
 Segmentation", CVPR 2017.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -157,8 +158,9 @@ class PointNetSegmentation(nn.Module):
         return pooled_mlp_swaps(self)
 
 
-@register_model(family="mlp", task="part_segmentation", input_shape=(3, 2048), num_classes=50,
-                output_shape=(50, 2048))
+@register_model(
+    family="mlp", task="part_segmentation", input_shape=(3, 2048), num_classes=50, output_shape=(50, 2048)
+)
 def pointnet_part_seg(num_classes: int = 50) -> PointNetSegmentation:
     """Per-point part logits from local and global PointNet features (ShapeNet-part's 50 parts)."""
     return PointNetSegmentation(num_classes)

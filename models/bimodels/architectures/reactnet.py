@@ -14,9 +14,10 @@ needs swapping for sign(0) = +1.
 Liu et al., "ReActNet: Towards Precise Binary Neural Network with Generalized Activation
 Functions", ECCV 2020.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -25,9 +26,19 @@ from .registry import register_model
 
 # (cin, cout, stride) per block: MobileNet-V1's channel plan.
 REACTNET_A_PLAN: list[tuple[int, int, int]] = [
-    (32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2),
-    (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 512, 1),
-    (512, 1024, 2), (1024, 1024, 1),
+    (32, 64, 1),
+    (64, 128, 2),
+    (128, 128, 1),
+    (128, 256, 2),
+    (256, 256, 1),
+    (256, 512, 2),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 1024, 2),
+    (1024, 1024, 1),
 ]
 
 

@@ -4,10 +4,12 @@ An architecture is a builder function registered with `@register_model(...)`; th
 name is the public name. Its metadata (family, task, input) lets the tracks and exporters
 make a valid example input without knowing the model.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,8 +46,17 @@ def register_model(
     output_shape: tuple[int, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        info = ArchInfo(fn.__name__, family, task, tuple(input_shape), num_classes, input_dtype, vocab_size,
-                        tuple(output_shape) or (num_classes,), fn)
+        info = ArchInfo(
+            fn.__name__,
+            family,
+            task,
+            tuple(input_shape),
+            num_classes,
+            input_dtype,
+            vocab_size,
+            tuple(output_shape) or (num_classes,),
+            fn,
+        )
         ARCHITECTURES.register(fn.__name__)(info)
         return fn
 

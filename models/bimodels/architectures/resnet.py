@@ -8,9 +8,10 @@ full precision; every ReLU becomes Hardtanh in the binarized network.
 He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
 Liu et al., "Bi-Real Net", ECCV 2018.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -58,7 +59,11 @@ class BiRealBlock(nn.Module):
 
 def downsample_convs(model: nn.Module) -> list[str]:
     """The 1x1 convolutions of every shortcut (kept full precision)."""
-    return [name for name, m in model.named_modules() if ".downsample." in f".{name}." and isinstance(m, nn.Conv2d)]
+    return [
+        name
+        for name, m in model.named_modules()
+        if ".downsample." in f".{name}." and isinstance(m, nn.Conv2d)
+    ]
 
 
 class ResNet(nn.Module):

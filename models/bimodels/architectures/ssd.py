@@ -27,11 +27,12 @@ prediction heads (the network's last layers) stay full precision; ReLU becomes H
 
 Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -39,7 +40,13 @@ from torch import nn
 from .registry import register_model
 from .resnet import conv3x3, downsample_convs
 
-SCALES = (0.15, 0.3, 0.5, 0.75, 0.95)  # anchor size per level, as a share of the image side (+1 for the "between")
+SCALES = (
+    0.15,
+    0.3,
+    0.5,
+    0.75,
+    0.95,
+)  # anchor size per level, as a share of the image side (+1 for the "between")
 RATIOS = (1.0, 2.0, 0.5)
 ANCHORS_PER_CELL = len(RATIOS) + 1
 CENTRE_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
@@ -94,8 +101,13 @@ def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """Corner boxes (..., 4) in image units -> offsets against `anchors` (..., 4)."""
     wh = (boxes[..., 2:] - boxes[..., :2]).clamp_min(1e-6)
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2
-    return torch.cat([(centre - anchors[..., :2]) / (anchors[..., 2:] * CENTRE_VARIANCE),
-                      torch.log(wh / anchors[..., 2:]) / SIZE_VARIANCE], dim=-1)
+    return torch.cat(
+        [
+            (centre - anchors[..., :2]) / (anchors[..., 2:] * CENTRE_VARIANCE),
+            torch.log(wh / anchors[..., 2:]) / SIZE_VARIANCE,
+        ],
+        dim=-1,
+    )
 
 
 def decode_boxes(offsets: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -114,7 +126,9 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.act1, self.conv1, self.bn1 = nn.ReLU(), conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
         self.act2, self.conv2, self.bn2 = nn.ReLU(), conv3x3(cout, cout), nn.BatchNorm2d(cout)
-        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn1(self.conv1(self.act1(x))) + self.downsample(x)
@@ -122,7 +136,9 @@ class ResidualBlock(nn.Module):
 
 
 class SSD(nn.Module):
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 16, 32, 64, 128, 128, 128), levels: int = 4):
+    def __init__(
+        self, num_classes: int, widths: tuple[int, ...] = (16, 16, 32, 64, 128, 128, 128), levels: int = 4
+    ):
         super().__init__()
         self.num_classes, self.levels = num_classes, levels
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
@@ -130,8 +146,9 @@ class SSD(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(cin, cout, 2) for cin, cout in zip(widths[:-1], widths[1:]))
         per_anchor = 4 + 1 + num_classes
         self.head_norms = nn.ModuleList(nn.BatchNorm2d(widths[-levels + i]) for i in range(levels))
-        self.heads = nn.ModuleList(nn.Conv2d(widths[-levels + i], ANCHORS_PER_CELL * per_anchor, 3, padding=1)
-                                   for i in range(levels))
+        self.heads = nn.ModuleList(
+            nn.Conv2d(widths[-levels + i], ANCHORS_PER_CELL * per_anchor, 3, padding=1) for i in range(levels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -141,8 +158,10 @@ class SSD(nn.Module):
             if i >= len(self.blocks) - self.levels:
                 maps.append(x)
         per_anchor = 4 + 1 + self.num_classes
-        outs = [head(norm(m)).permute(0, 2, 3, 1).reshape(x.shape[0], -1, per_anchor)
-                for head, norm, m in zip(self.heads, self.head_norms, maps)]
+        outs = [
+            head(norm(m)).permute(0, 2, 3, 1).reshape(x.shape[0], -1, per_anchor)
+            for head, norm, m in zip(self.heads, self.head_norms, maps)
+        ]
         return torch.cat(outs, dim=1)
 
     def full_precision_layers(self) -> list[str]:
@@ -153,8 +172,13 @@ class SSD(nn.Module):
         return {name: nn.Hardtanh for name, m in self.named_modules() if isinstance(m, nn.ReLU)}
 
 
-@register_model(family="cnn", task="object_detection", input_shape=(3, 64, 64), num_classes=6,
-                output_shape=(340, 4 + 1 + 6))  # 4 anchors on 8x8, 4x4, 2x2 and 1x1 maps
+@register_model(
+    family="cnn",
+    task="object_detection",
+    input_shape=(3, 64, 64),
+    num_classes=6,
+    output_shape=(340, 4 + 1 + 6),
+)  # 4 anchors on 8x8, 4x4, 2x2 and 1x1 maps
 def ssd_resnet(num_classes: int = 6) -> SSD:
     """SSD head on six pre-activation ResNet blocks (widths 16-128), four prediction levels."""
     return SSD(num_classes)

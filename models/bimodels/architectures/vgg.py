@@ -3,9 +3,10 @@
 Six 3x3 convolutions (128-128-256-256-512-512) with batch norm; the first convolution and
 the classifier stay full precision.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -5,6 +5,7 @@ blue values of a 32x32 image, row-major) and `b"labels"` (N ints in 0..9). The p
 only numpy arrays, lists and strings, so they are read with a restricted unpickler that
 refuses anything else (a pickle can otherwise run code).
 """
+
 from __future__ import annotations
 
 import io
@@ -21,16 +22,22 @@ TEST_BATCH = "test_batch"
 
 # What a CIFAR batch's pickle may name: numpy's array reconstruction (b"data" is an ndarray)
 # and the codec protocol 2 uses for byte strings. Anything else is refused.
-_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
 
 
 class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays, "
-                                     "lists and strings")
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a CIFAR batch holds only arrays, lists and strings"
+        )
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +52,11 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data, labels = np.asarray(obj[b"data"]), np.asarray(obj[b"labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(path, f"b'data' must be N x 3072 uint8, got {data.shape} {data.dtype}")
-    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu" or (labels.size and
-                                                                              not 0 <= labels.min() <= labels.max() <= 9):
+    if (
+        labels.shape != (data.shape[0],)
+        or labels.dtype.kind not in "iu"
+        or (labels.size and not 0 <= labels.min() <= labels.max() <= 9)
+    ):
         raise DataError(path, f"b'labels' must be {data.shape[0]} integers in 0..9")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
@@ -63,7 +73,10 @@ def read_cifar10(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
 
 def write_cifar_batch(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Write one batch in the real format (fixtures and tests)."""
-    blob = {b"batch_label": b"fixture batch", b"labels": [int(v) for v in labels],
-            b"data": images.reshape(len(images), 3072).astype(np.uint8),
-            b"filenames": [f"img_{i}.png".encode() for i in range(len(images))]}
+    blob = {
+        b"batch_label": b"fixture batch",
+        b"labels": [int(v) for v in labels],
+        b"data": images.reshape(len(images), 3072).astype(np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
+    }
     Path(path).write_bytes(pickle.dumps(blob, protocol=2))

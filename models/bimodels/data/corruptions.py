@@ -18,27 +18,43 @@ Randomness is seeded per (seed, corruption, severity, image), so a set is the sa
 machine and run. Generated sets are cached as `.npy` files with a SHA-256 beside each; a
 file whose hash disagrees is regenerated, never used.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .errors import DataError
 
 CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise",  # noise
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",  # blur
-    "snow", "frost", "fog", "brightness",  # weather
-    "contrast", "elastic_transform", "pixelate", "jpeg_compression",  # digital
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",  # noise
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",  # blur
+    "snow",
+    "frost",
+    "fog",
+    "brightness",  # weather
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",  # digital
 )
-FAMILY = {**dict.fromkeys(CORRUPTIONS[:3], "noise"), **dict.fromkeys(CORRUPTIONS[3:7], "blur"),
-          **dict.fromkeys(CORRUPTIONS[7:11], "weather"), **dict.fromkeys(CORRUPTIONS[11:], "digital")}
+FAMILY = {
+    **dict.fromkeys(CORRUPTIONS[:3], "noise"),
+    **dict.fromkeys(CORRUPTIONS[3:7], "blur"),
+    **dict.fromkeys(CORRUPTIONS[7:11], "weather"),
+    **dict.fromkeys(CORRUPTIONS[11:], "digital"),
+}
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 MIN_SIDE = 32  # the implementation refuses smaller images
 SEEDED = ("glass_blur", "impulse_noise")  # take their own seed; the rest draw from numpy's global generator
@@ -59,8 +75,9 @@ def implementation() -> str:
     try:
         return f"{PACKAGE} {version(PACKAGE)}"
     except PackageNotFoundError:
-        raise CorruptionUnavailable(f"{PACKAGE} is not installed: pip install -e '.[host]' (or pip install "
-                                    f"{PACKAGE})") from None
+        raise CorruptionUnavailable(
+            f"{PACKAGE} is not installed: pip install -e '.[host]' (or pip install {PACKAGE})"
+        ) from None
 
 
 def _corrupt_fn():
@@ -69,8 +86,10 @@ def _corrupt_fn():
             warnings.simplefilter("ignore")
             from imagecorruptions import corrupt
     except ImportError as exc:  # the package, or OpenCV's shared libraries (libGL, libglib)
-        raise CorruptionUnavailable(f"cannot import {PACKAGE}: {exc} (install the host extras; OpenCV needs "
-                                    "Debian's libgl1 and libglib2.0-0)") from None
+        raise CorruptionUnavailable(
+            f"cannot import {PACKAGE}: {exc} (install the host extras; OpenCV needs "
+            "Debian's libgl1 and libglib2.0-0)"
+        ) from None
     return corrupt
 
 
@@ -103,14 +122,14 @@ def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int
 def _corrupt_each(corrupt, images, out, canvas, corruption, severity, seed, top, left) -> None:
     n, channels, height, width = images.shape
     for i in range(n):
-        canvas[top:top + height, left:left + width] = images[i].transpose(1, 2, 0)  # 1 channel broadcasts
+        canvas[top : top + height, left : left + width] = images[i].transpose(1, 2, 0)  # 1 channel broadcasts
         image_seed = _image_seed(seed, corruption, severity, i)
         np.random.seed(image_seed)
         extra = {"seed": image_seed} if corruption in SEEDED else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = corrupt(canvas, severity=severity, corruption_name=corruption, **extra)
-        result = result[top:top + height, left:left + width]
+        result = result[top : top + height, left : left + width]
         if channels == 1:
             out[i, 0] = np.clip(np.rint(result.astype(np.float64) @ _LUMA), 0, 255).astype(np.uint8)
         else:
@@ -148,8 +167,10 @@ class CorruptionCache:
             expected = digest.read_text().strip()
             if _sha256(path) == expected:
                 return np.load(path, allow_pickle=False)
-            self.notice(f"corruption cache file {path} does not match its SHA-256 (a damaged or edited file): "
-                        "regenerating it")
+            self.notice(
+                f"corruption cache file {path} does not match its SHA-256 (a damaged or edited file): "
+                "regenerating it"
+            )
         array = corrupt_images(self.images, corruption, severity, self.seed)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -180,8 +201,11 @@ class Cifar10C:
         self.folder = Path(folder)
         self.labels = self._load(self.folder / "labels.npy", None)
         if self.labels.ndim != 1 or len(self.labels) == 0 or len(self.labels) % len(SEVERITIES):
-            raise DataError(self.folder / "labels.npy", f"expected one label per image of {len(SEVERITIES)} stacked "
-                            f"severities, got shape {self.labels.shape}")
+            raise DataError(
+                self.folder / "labels.npy",
+                f"expected one label per image of {len(SEVERITIES)} stacked "
+                f"severities, got shape {self.labels.shape}",
+            )
         self.per_severity = len(self.labels) // len(SEVERITIES)
         self.files = {c: self.folder / f"{c}.npy" for c in CORRUPTIONS}
         for path in self.files.values():
@@ -201,21 +225,28 @@ class Cifar10C:
             if array.dtype.kind not in "iu":
                 raise DataError(path, f"labels must be integers, got {array.dtype}")
         elif array.shape != shape or array.dtype != np.uint8:
-            raise DataError(path, f"expected {shape} uint8 (N x 32 x 32 x 3 per image), got {array.shape} "
-                            f"{array.dtype}")
+            raise DataError(
+                path, f"expected {shape} uint8 (N x 32 x 32 x 3 per image), got {array.shape} {array.dtype}"
+            )
         return array
 
-    def select(self, test_index: np.ndarray, test_labels: np.ndarray, test_count: int) -> "Cifar10C":
+    def select(self, test_index: np.ndarray, test_labels: np.ndarray, test_count: int) -> Cifar10C:
         """Score these rows of the test set; their labels must be the test set's at every severity."""
         if test_count != self.per_severity:
-            raise DataError(self.folder / "labels.npy", f"{self.per_severity} images per severity, but the test set "
-                            f"has {test_count}: not the CIFAR-10-C of this test set")
+            raise DataError(
+                self.folder / "labels.npy",
+                f"{self.per_severity} images per severity, but the test set "
+                f"has {test_count}: not the CIFAR-10-C of this test set",
+            )
         self.index = np.asarray(test_index)
         for severity in SEVERITIES:
             rows = (severity - 1) * self.per_severity + self.index
             if not np.array_equal(np.asarray(self.labels[rows]).astype(np.int64), np.asarray(test_labels)):
-                raise DataError(self.folder / "labels.npy", f"severity {severity}'s labels differ from the CIFAR-10 "
-                                "test batch's: not the CIFAR-10-C of this test set")
+                raise DataError(
+                    self.folder / "labels.npy",
+                    f"severity {severity}'s labels differ from the CIFAR-10 "
+                    "test batch's: not the CIFAR-10-C of this test set",
+                )
         # Identity without hashing 2 GB: the images chosen, the labels, and each file's size and first MiB.
         h = hashlib.sha256(b"cifar10c" + self.index.tobytes() + np.ascontiguousarray(self.labels).tobytes())
         for path in self.files.values():

@@ -14,6 +14,7 @@ list). Objects marked `difficult` are left out, as VOC's own evaluation ignores 
 COCO: `annotations/instances_{train,val}2017.json` beside `{train,val}2017/`; crowd
 annotations are left out and images left without a box are skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,28 @@ import numpy as np
 from .errors import DataError
 from .imagefile import image_size
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 @dataclass(frozen=True)
@@ -42,14 +63,19 @@ def _pad(per_image: list[list[tuple[float, ...]]]) -> np.ndarray:
     out = np.full((len(per_image), rows, 5), -1.0, dtype=np.float32)
     for i, boxes in enumerate(per_image):
         if boxes:
-            out[i, :len(boxes)] = boxes
+            out[i, : len(boxes)] = boxes
     return out
 
 
 def find_voc(root: Path) -> Path | None:
     root = Path(root)
-    for candidate in (root, root / "VOCdevkit" / "VOC2007", root / "VOCdevkit" / "VOC2012", root / "VOC2007",
-                      root / "VOC2012"):
+    for candidate in (
+        root,
+        root / "VOCdevkit" / "VOC2007",
+        root / "VOCdevkit" / "VOC2012",
+        root / "VOC2007",
+        root / "VOC2012",
+    ):
         if (candidate / "Annotations").is_dir() and (candidate / "ImageSets" / "Main").is_dir():
             return candidate
     return None
@@ -59,8 +85,10 @@ def read_voc(folder: Path, split: str) -> DetectionSet:
     """`split` is "train" (trainval.txt, else train.txt) or "test" (test.txt, else val.txt)."""
     folder = Path(folder)
     lists = {"train": ("trainval.txt", "train.txt"), "test": ("test.txt", "val.txt")}[split]
-    list_file = next((folder / "ImageSets" / "Main" / n for n in lists
-                      if (folder / "ImageSets" / "Main" / n).exists()), None)
+    list_file = next(
+        (folder / "ImageSets" / "Main" / n for n in lists if (folder / "ImageSets" / "Main" / n).exists()),
+        None,
+    )
     if list_file is None:
         raise DataError(folder / "ImageSets" / "Main", f"no {' or '.join(lists)} listing the {split} images")
     ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
@@ -72,14 +100,18 @@ def read_voc(folder: Path, split: str) -> DetectionSet:
         try:
             root = ET.parse(xml_file).getroot()
         except FileNotFoundError:
-            raise DataError(xml_file, f"annotation of {image_id} (listed in {list_file.name}) is missing") from None
+            raise DataError(
+                xml_file, f"annotation of {image_id} (listed in {list_file.name}) is missing"
+            ) from None
         except ET.ParseError as e:
             raise DataError(xml_file, f"not valid XML ({e})") from None
         image = folder / "JPEGImages" / (root.findtext("filename") or f"{image_id}.jpg")
         width, height = image_size(image)
         declared = (root.findtext("size/width"), root.findtext("size/height"))
         if all(declared) and (int(declared[0]), int(declared[1])) != (width, height):
-            raise DataError(xml_file, f"declares {declared[0]}x{declared[1]} but {image.name} is {width}x{height}")
+            raise DataError(
+                xml_file, f"declares {declared[0]}x{declared[1]} but {image.name} is {width}x{height}"
+            )
         boxes = []
         for obj in root.iter("object"):
             name = (obj.findtext("name") or "").strip()
@@ -88,13 +120,21 @@ def read_voc(folder: Path, split: str) -> DetectionSet:
             if (obj.findtext("difficult") or "0").strip() == "1":
                 continue
             try:
-                x0, y0, x1, y1 = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
+                x0, y0, x1, y1 = (
+                    float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")
+                )
             except (TypeError, ValueError):
-                raise DataError(xml_file, f"a {name} object has no numeric bndbox xmin/ymin/xmax/ymax") from None
+                raise DataError(
+                    xml_file, f"a {name} object has no numeric bndbox xmin/ymin/xmax/ymax"
+                ) from None
             if not (0 <= x0 < x1 <= width + 1 and 0 <= y0 < y1 <= height + 1):
-                raise DataError(xml_file, f"box ({x0}, {y0}, {x1}, {y1}) is empty or outside the {width}x{height} image")
+                raise DataError(
+                    xml_file, f"box ({x0}, {y0}, {x1}, {y1}) is empty or outside the {width}x{height} image"
+                )
             # VOC's corners are 1-based pixel indices, both inclusive
-            boxes.append((VOC_CLASSES.index(name), (x0 - 1) / width, (y0 - 1) / height, x1 / width, y1 / height))
+            boxes.append(
+                (VOC_CLASSES.index(name), (x0 - 1) / width, (y0 - 1) / height, x1 / width, y1 / height)
+            )
         files.append(image)
         per_image.append(boxes)
     return DetectionSet(tuple(files), _pad(per_image), VOC_CLASSES)
@@ -122,7 +162,9 @@ def read_coco(folder: Path, split: str) -> DetectionSet:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(ann_file, f"not valid JSON ({e})") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise DataError(ann_file, f"not a COCO instances file (images, annotations, categories): {e!r}") from None
+        raise DataError(
+            ann_file, f"not a COCO instances file (images, annotations, categories): {e!r}"
+        ) from None
     index = {c: i for i, c in enumerate(cat_ids)}
     by_image: dict[int, list[dict]] = {}
     for ann in annotations:
@@ -130,7 +172,12 @@ def read_coco(folder: Path, split: str) -> DetectionSet:
     files, per_image = [], []
     for img in images:
         try:
-            image_id, file_name, width, height = int(img["id"]), img["file_name"], int(img["width"]), int(img["height"])
+            image_id, file_name, width, height = (
+                int(img["id"]),
+                img["file_name"],
+                int(img["width"]),
+                int(img["height"]),
+            )
         except (KeyError, TypeError, ValueError):
             raise DataError(ann_file, f"image entry {img!r} lacks id, file_name, width or height") from None
         boxes = []
@@ -141,8 +188,10 @@ def read_coco(folder: Path, split: str) -> DetectionSet:
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 cls = index[int(ann["category_id"])]
             except (KeyError, TypeError, ValueError):
-                raise DataError(ann_file, f"annotation {ann.get('id')} of image {image_id} has no valid bbox "
-                                          "or category_id") from None
+                raise DataError(
+                    ann_file,
+                    f"annotation {ann.get('id')} of image {image_id} has no valid bbox or category_id",
+                ) from None
             if w <= 0 or h <= 0:
                 continue  # COCO holds a few degenerate boxes; they cannot be matched
             boxes.append((cls, x / width, y / height, (x + w) / width, (y + h) / height))
@@ -151,7 +200,9 @@ def read_coco(folder: Path, split: str) -> DetectionSet:
         path = Path(folder) / name / file_name
         actual = image_size(path)
         if actual != (width, height):
-            raise DataError(ann_file, f"image {file_name} is {actual[0]}x{actual[1]}, annotated as {width}x{height}")
+            raise DataError(
+                ann_file, f"image {file_name} is {actual[0]}x{actual[1]}, annotated as {width}x{height}"
+            )
         files.append(path)
         per_image.append(boxes)
     if not files:

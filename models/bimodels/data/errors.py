@@ -1,4 +1,5 @@
 """The one error type of the data readers."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ byte, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), one byte for the numb
 dimensions, then each dimension as a big-endian uint32, then the data in C order, big
 endian. Files may be gzip-compressed (`.gz`), as Debian ships Fashion-MNIST.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -34,12 +35,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     ndim = raw[3]
     if ndim == 0 or len(raw) < 4 + 4 * ndim:
         raise DataError(path, f"IDX header declares {ndim} dimensions but the file ends inside the header")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_TYPES[raw[2]])
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     if len(body) != need:
-        raise DataError(path, f"IDX header declares shape {shape} ({need} bytes of data), the file has {len(body)}")
+        raise DataError(
+            path, f"IDX header declares shape {shape} ({need} bytes of data), the file has {len(body)}"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 

@@ -1,4 +1,5 @@
 """Opening image files for the readers: header checks with Pillow, imported only when needed."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@ listing (before any training). Pixels are decoded a batch at a time (`decode_cen
 the shorter side resized to 8/7 of the input, then the centre crop, as ResNet's evaluation
 does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ def find_image_folder(root: Path) -> Path | None:
     return None
 
 
-def read_image_folder(folder: Path, classes: tuple[str, ...] | None = None, check_headers: bool = True
-                      ) -> tuple[tuple[Path, ...], np.ndarray, tuple[str, ...]]:
+def read_image_folder(
+    folder: Path, classes: tuple[str, ...] | None = None, check_headers: bool = True
+) -> tuple[tuple[Path, ...], np.ndarray, tuple[str, ...]]:
     """(image files, int64 labels, class names) of one class-folder tree."""
     folder = Path(folder)
     found = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))

@@ -6,6 +6,7 @@ OFF format: a line `OFF` (some files glue the counts to it: `OFF490 518 0`), the
 `vertices faces edges`, the vertex coordinates, then each face as `k i1 ... ik`. Points are
 sampled uniformly by area on the triangulated faces, with a seeded generator.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,23 +33,27 @@ def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         nv, nf = int(head[0]), int(head[1])
         vertices = np.array([[float(v) for v in ln.split()[:3]] for ln in body[:nv]], dtype=np.float64)
         triangles = []
-        for ln in body[nv:nv + nf]:
+        for ln in body[nv : nv + nf]:
             idx = [int(v) for v in ln.split()]
-            k, poly = idx[0], idx[1:1 + idx[0]]
+            k, poly = idx[0], idx[1 : 1 + idx[0]]
             if k < 3 or len(poly) != k:
                 raise ValueError(f"face {ln!r}")
             triangles += [(poly[0], poly[i], poly[i + 1]) for i in range(1, k - 1)]
     except (ValueError, IndexError) as exc:
         raise DataError(path, f"malformed OFF counts, vertex or face: {exc}") from None
     if vertices.shape != (nv, 3) or len(triangles) == 0:
-        raise DataError(path, f"OFF declares {nv} vertices and {nf} faces; found {len(vertices)} and no usable face")
+        raise DataError(
+            path, f"OFF declares {nv} vertices and {nf} faces; found {len(vertices)} and no usable face"
+        )
     tri = np.asarray(triangles, dtype=np.int64)
     if tri.min() < 0 or tri.max() >= nv:
         raise DataError(path, f"a face names a vertex outside 0..{nv - 1}")
     return vertices, tri
 
 
-def sample_surface(vertices: np.ndarray, triangles: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def sample_surface(
+    vertices: np.ndarray, triangles: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
     a, b, c = (vertices[triangles[:, i]] for i in range(3))
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
     if not area.sum() > 0:
@@ -60,16 +65,22 @@ def sample_surface(vertices: np.ndarray, triangles: np.ndarray, n: int, rng: np.
     return a[pick] + u * (b[pick] - a[pick]) + v * (c[pick] - a[pick])
 
 
-def read_modelnet(root: str | Path, split: str, points: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_modelnet(
+    root: str | Path, split: str, points: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(clouds N x points x 3 float32, labels N int64, class names) from the mesh or HDF5 release."""
     root = Path(root)
     h5 = sorted(root.glob(f"**/ply_data_{split}*.h5"))
     if h5:
         return _read_h5(h5, points)
-    folder = next((p for p in (root / "ModelNet40", root) if p.is_dir() and any(p.glob(f"*/{split}/*.off"))), None)
+    folder = next(
+        (p for p in (root / "ModelNet40", root) if p.is_dir() and any(p.glob(f"*/{split}/*.off"))), None
+    )
     if folder is None:
-        raise DataError(root, f"no ModelNet40 found: expected ModelNet40/<class>/{split}/*.off or "
-                              f"ply_data_{split}*.h5 files")
+        raise DataError(
+            root,
+            f"no ModelNet40 found: expected ModelNet40/<class>/{split}/*.off or ply_data_{split}*.h5 files",
+        )
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     rng = np.random.default_rng(seed)
     clouds, labels = [], []
@@ -91,8 +102,10 @@ def _read_h5(files: list[Path], points: int) -> tuple[np.ndarray, np.ndarray, li
     try:
         import h5py
     except ImportError:
-        raise DataError(files[0], "reading ModelNet40's HDF5 files needs h5py (pip install h5py); "
-                                  "or use the .off mesh release") from None
+        raise DataError(
+            files[0],
+            "reading ModelNet40's HDF5 files needs h5py (pip install h5py); or use the .off mesh release",
+        ) from None
     clouds, labels = [], []
     for f in files:
         try:
@@ -101,7 +114,9 @@ def _read_h5(files: list[Path], points: int) -> tuple[np.ndarray, np.ndarray, li
         except (OSError, KeyError) as exc:
             raise DataError(f, f"not a ModelNet40 HDF5 file with 'data' and 'label': {exc}") from None
         if data.ndim != 3 or data.shape[2] != 3 or len(label) != len(data) or data.shape[1] < points:
-            raise DataError(f, f"'data' must be N x >= {points} x 3 with N labels, got {data.shape}, {label.shape}")
+            raise DataError(
+                f, f"'data' must be N x >= {points} x 3 with N labels, got {data.shape}, {label.shape}"
+            )
         clouds.append(data[:, :points].astype(np.float32))
         labels.append(label.astype(np.int64))
     labels_all = np.concatenate(labels)

@@ -12,6 +12,7 @@ the parts by their share of the surface. Parts touch (a pole stands on its base,
 the top), so points near a joint are ambiguous and a full-precision model stays below a
 perfect mIoU. Everything follows from the seed.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,43 +74,59 @@ def _parts(category: str, rng: np.random.Generator) -> list[tuple[float, callabl
     j = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731  (one random proportion)
     if category == "table":
         w, d, h, t = j(0.8, 1.2), j(0.5, 0.9), j(0.6, 1.0), j(0.04, 0.1)
-        return [(4 * w * d, lambda n: _box_at(rng, n, (0, 0, h), (w, d, t))),
-                (4 * 4 * h * 0.08, lambda n: _legs(rng, n, w * 0.85, d * 0.85, -h, h - t, 0.05))]
+        return [
+            (4 * w * d, lambda n: _box_at(rng, n, (0, 0, h), (w, d, t))),
+            (4 * 4 * h * 0.08, lambda n: _legs(rng, n, w * 0.85, d * 0.85, -h, h - t, 0.05)),
+        ]
     if category == "lamp":
         rb, hp, rs = j(0.3, 0.6), j(0.8, 1.4), j(0.3, 0.6)
-        return [(math.pi * rb * rb * 2, lambda n: _cylinder(rng, n, rb, -1.0, -0.9, caps=True)),
-                (2 * math.pi * 0.04 * hp, lambda n: _cylinder(rng, n, 0.04, -0.9, -0.9 + hp)),
-                (math.pi * rs * 0.6, lambda n: _cone(rng, n, rs, -0.9 + hp - 0.1, -0.9 + hp + 0.4))]
+        return [
+            (math.pi * rb * rb * 2, lambda n: _cylinder(rng, n, rb, -1.0, -0.9, caps=True)),
+            (2 * math.pi * 0.04 * hp, lambda n: _cylinder(rng, n, 0.04, -0.9, -0.9 + hp)),
+            (math.pi * rs * 0.6, lambda n: _cone(rng, n, rs, -0.9 + hp - 0.1, -0.9 + hp + 0.4)),
+        ]
     if category == "mug":
         r, h = j(0.4, 0.6), j(0.7, 1.1)
+
         def handle(n):
             phi, theta = rng.uniform(-math.pi / 2, math.pi / 2, n), rng.uniform(0, 2 * math.pi, n)
             big, small = h * 0.35, 0.06
             x = r + (big + small * np.cos(theta)) * np.cos(phi)
             return np.stack([x, small * np.sin(theta), (big + small * np.cos(theta)) * np.sin(phi)], 1)
-        return [(2 * math.pi * r * 2 * h, lambda n: _cylinder(rng, n, r, -h, h, caps=True)),
-                (2 * math.pi * h * 0.35 * 0.3, handle)]
+
+        return [
+            (2 * math.pi * r * 2 * h, lambda n: _cylinder(rng, n, r, -h, h, caps=True)),
+            (2 * math.pi * h * 0.35 * 0.3, handle),
+        ]
     if category == "airplane":
         length, span, chord = j(0.9, 1.2), j(0.8, 1.2), j(0.2, 0.35)
-        return [(4 * length * 0.15, lambda n: _unit(rng, n) * np.array([length, 0.15, 0.15])),
-                (4 * span * chord, lambda n: _box_at(rng, n, (j(-0.1, 0.15), 0, 0), (chord, span, 0.03))),
-                (4 * 0.15 * 0.3, lambda n: _box_at(rng, n, (-length * 0.9, 0, 0.25), (0.12, 0.03, 0.2)))]
+        return [
+            (4 * length * 0.15, lambda n: _unit(rng, n) * np.array([length, 0.15, 0.15])),
+            (4 * span * chord, lambda n: _box_at(rng, n, (j(-0.1, 0.15), 0, 0), (chord, span, 0.03))),
+            (4 * 0.15 * 0.3, lambda n: _box_at(rng, n, (-length * 0.9, 0, 0.25), (0.12, 0.03, 0.2))),
+        ]
     if category == "chair":
         w, h, b = j(0.5, 0.7), j(0.5, 0.8), j(0.6, 1.0)
-        return [(4 * w * w, lambda n: _box_at(rng, n, (0, 0, 0), (w, w, 0.06))),
-                (4 * w * b / 2, lambda n: _box_at(rng, n, (-w, 0, b / 2), (0.05, w, b / 2))),
-                (4 * 4 * h * 0.06, lambda n: _legs(rng, n, w * 0.85, w * 0.85, -h, -0.06, 0.04))]
+        return [
+            (4 * w * w, lambda n: _box_at(rng, n, (0, 0, 0), (w, w, 0.06))),
+            (4 * w * b / 2, lambda n: _box_at(rng, n, (-w, 0, b / 2), (0.05, w, b / 2))),
+            (4 * 4 * h * 0.06, lambda n: _legs(rng, n, w * 0.85, w * 0.85, -h, -0.06, 0.04)),
+        ]
     if category == "rocket":
         r, h, nose = j(0.15, 0.25), j(1.0, 1.4), j(0.3, 0.6)
+
         def fins(n):
             k = rng.integers(0, 3, n)
             p = _box(rng, n, (0.18, 0.02, 0.2)) + np.array([r + 0.18, 0, -h / 2 + 0.2])
             a = k * (2 * math.pi / 3)
             c, s = np.cos(a), np.sin(a)
             return np.stack([c * p[:, 0] - s * p[:, 1], s * p[:, 0] + c * p[:, 1], p[:, 2]], 1)
-        return [(2 * math.pi * r * h, lambda n: _cylinder(rng, n, r, -h / 2, h / 2)),
-                (math.pi * r * nose, lambda n: _cone(rng, n, r, h / 2, h / 2 + nose)),
-                (3 * 4 * 0.18 * 0.2, fins)]
+
+        return [
+            (2 * math.pi * r * h, lambda n: _cylinder(rng, n, r, -h / 2, h / 2)),
+            (math.pi * r * nose, lambda n: _cone(rng, n, r, h / 2, h / 2 + nose)),
+            (3 * 4 * 0.18 * 0.2, fins),
+        ]
     raise ValueError(f"unknown category {category!r}")
 
 

@@ -11,6 +11,7 @@ the seed.
 Targets are padded per image to `MAX_OBJECTS` rows of (class, x0, y0, x1, y1) in pixels,
 with class -1 on padding rows, so a split is one tensor.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,7 +55,7 @@ def _mask(name: str, size: int) -> np.ndarray:
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    w = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))
+    w = xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)
     w = (w - w.min()) / max(np.ptp(w), 1e-9)
     img = c0[:, None, None] * (1 - w) + c1[:, None, None] * w
     for _ in range(rng.integers(2, 6)):  # clutter: thin lines in random colours
@@ -88,7 +89,7 @@ def generate(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndar
                 continue
             cls = int(rng.integers(len(CLASSES)))
             mask = _mask(CLASSES[cls], side)
-            region = img[:, y0:y0 + side, x0:x0 + side]
+            region = img[:, y0 : y0 + side, x0 : x0 + side]
             behind = region[:, mask].mean(axis=1)
             for _attempt in range(10):  # visible: a colour at least 80 away from what it covers
                 colour = rng.uniform(0, 255, 3)

@@ -12,6 +12,7 @@ laptop 2, motorbike 6, mug 2, pistol 3, rocket 3, skateboard 3, table 3).
 Each shape is resampled to a fixed number of points (without replacement when it has
 enough, with replacement otherwise), seeded, so every split is one array.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ from .errors import DataError
 
 SHAPENET_PART_COUNTS = (4, 2, 2, 4, 4, 3, 3, 2, 4, 2, 6, 2, 3, 3, 3, 3)
 NUM_PARTS = sum(SHAPENET_PART_COUNTS)
-SPLIT_LISTS = {"train": ("shuffled_train_file_list.json", "shuffled_val_file_list.json"),
-               "test": ("shuffled_test_file_list.json",)}
+SPLIT_LISTS = {
+    "train": ("shuffled_train_file_list.json", "shuffled_val_file_list.json"),
+    "test": ("shuffled_test_file_list.json",),
+}
 
 
 def shapenet_part_groups() -> tuple[tuple[int, ...], ...]:

@@ -6,14 +6,27 @@ of its points replaced by outliers. Pairs of classes are close on purpose (cube 
 sphere and ellipsoid, cone and pyramid, cylinder and capsule, torus and ring), so a model
 must see shape, not size. Everything follows from the seed.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-CLASSES = ("sphere", "ellipsoid", "cube", "box", "cylinder", "capsule", "cone", "pyramid", "torus", "ring",
-           "plane", "cross")
+CLASSES = (
+    "sphere",
+    "ellipsoid",
+    "cube",
+    "box",
+    "cylinder",
+    "capsule",
+    "cone",
+    "pyramid",
+    "torus",
+    "ring",
+    "plane",
+    "cross",
+)
 
 
 def _unit(rng, n):
@@ -58,7 +71,9 @@ def _shape(name: str, rng: np.random.Generator, n: int) -> np.ndarray:
         minor = 0.3 if name == "torus" else 0.08
         phi = rng.uniform(0, 2 * math.pi, n)
         r = 0.7 + minor * np.cos(phi)
-        return np.stack([r * np.cos(theta), r * np.sin(theta), minor * np.sin(phi) * (1 if name == "torus" else 3)], 1)
+        return np.stack(
+            [r * np.cos(theta), r * np.sin(theta), minor * np.sin(phi) * (1 if name == "torus" else 3)], 1
+        )
     if name == "plane":
         return np.concatenate([rng.uniform(-1, 1, (n, 2)), rng.normal(0, 0.02, (n, 1))], 1)
     if name == "cross":
@@ -72,13 +87,18 @@ def _shape(name: str, rng: np.random.Generator, n: int) -> np.ndarray:
 def _rotation(rng: np.random.Generator) -> np.ndarray:
     a, tilt_x, tilt_y = rng.uniform(0, 2 * math.pi), rng.normal(0, 0.15), rng.normal(0, 0.15)
     rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, math.cos(tilt_x), -math.sin(tilt_x)], [0, math.sin(tilt_x), math.cos(tilt_x)]])
-    ry = np.array([[math.cos(tilt_y), 0, math.sin(tilt_y)], [0, 1, 0], [-math.sin(tilt_y), 0, math.cos(tilt_y)]])
+    rx = np.array(
+        [[1, 0, 0], [0, math.cos(tilt_x), -math.sin(tilt_x)], [0, math.sin(tilt_x), math.cos(tilt_x)]]
+    )
+    ry = np.array(
+        [[math.cos(tilt_y), 0, math.sin(tilt_y)], [0, 1, 0], [-math.sin(tilt_y), 0, math.cos(tilt_y)]]
+    )
     return rz @ rx @ ry
 
 
-def generate(count: int, points: int, seed: int, noise: float = 0.03, outliers: float = 0.03
-             ) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    count: int, points: int, seed: int, noise: float = 0.03, outliers: float = 0.03
+) -> tuple[np.ndarray, np.ndarray]:
     """(clouds count x points x 3 float32, labels count int64), classes balanced, order shuffled."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(count) % len(CLASSES))

@@ -8,6 +8,7 @@ Generated data speaks the 10 keywords (and other words, as "unknown") with espea
 several voices, speeds and pitches, shifts them in time, and adds noise at a random SNR;
 "silence" is noise alone. Without espeak-ng the task says so and cannot run.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,28 @@ from .errors import DataError
 RATE = 16000
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 LABELS = (*KEYWORDS, "silence", "unknown")
-UNKNOWN_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow", "zero", "one",
-                 "two", "three", "four", "five", "six", "seven", "eight", "nine")
+UNKNOWN_WORDS = (
+    "bed",
+    "bird",
+    "cat",
+    "dog",
+    "happy",
+    "house",
+    "marvin",
+    "sheila",
+    "tree",
+    "wow",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-us+f3", "en-gb+f2", "en-us+m3", "en-gb-x-rp", "en-029")
 
 
@@ -76,11 +97,13 @@ def read_wav(data: bytes | Path, name: str = "") -> tuple[np.ndarray, int]:
 def fit_second(audio: np.ndarray, rate: int, shift: int = 0) -> np.ndarray:
     """Resample to 16 kHz (linear), then centre in 1 s (cropped or zero-padded), shifted by `shift` samples."""
     if rate != RATE:
-        audio = np.interp(np.arange(int(len(audio) * RATE / rate)) * rate / RATE, np.arange(len(audio)), audio)
+        audio = np.interp(
+            np.arange(int(len(audio) * RATE / rate)) * rate / RATE, np.arange(len(audio)), audio
+        )
     out = np.zeros(RATE, np.float64)
     audio = audio[:RATE]
     start = min(max(0, (RATE - len(audio)) // 2 + shift), RATE - len(audio))
-    out[start:start + len(audio)] = audio
+    out[start : start + len(audio)] = audio
     return out
 
 
@@ -88,8 +111,9 @@ def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def speak(word: str, voice: str, speed: int, pitch: int, attempts: int = 3, timeout: float = 30.0
-          ) -> tuple[np.ndarray, int]:
+def speak(
+    word: str, voice: str, speed: int, pitch: int, attempts: int = 3, timeout: float = 30.0
+) -> tuple[np.ndarray, int]:
     """One word spoken by espeak-ng. A synthesis that hangs (or a host too loaded to finish
     it in time) is retried; only a repeated failure stops the run, with what to check."""
     cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word]
@@ -102,8 +126,11 @@ def speak(word: str, voice: str, speed: int, pitch: int, attempts: int = 3, time
         if proc.returncode != 0 or not proc.stdout:
             raise DataError(where, f"failed for {word!r} in voice {voice}: {proc.stderr.decode()[-200:]}")
         return read_wav(proc.stdout, f"espeak-ng {voice} {word}")
-    raise DataError(where, f"did not finish {word!r} in voice {voice} within {timeout:.0f} s, {attempts} times: "
-                           f"check that `{' '.join(cmd)}` runs here")
+    raise DataError(
+        where,
+        f"did not finish {word!r} in voice {voice} within {timeout:.0f} s, {attempts} times: "
+        f"check that `{' '.join(cmd)}` runs here",
+    )
 
 
 def generate(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +147,7 @@ def generate(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
             voice = VOICES[rng.integers(len(VOICES))]
             speech, rate = speak(word, voice, int(rng.integers(110, 210)), int(rng.integers(20, 85)))
             audio = fit_second(speech, rate, shift=int(rng.integers(-2000, 2000)))
-            power = max(float(np.mean(audio ** 2)), 1e-10)
+            power = max(float(np.mean(audio**2)), 1e-10)
             snr_db = rng.uniform(0, 25)
             audio = audio + noise * np.sqrt(power / 10 ** (snr_db / 10))
         features[i] = log_mel(audio)
@@ -135,8 +162,11 @@ def read_speech_commands(root: Path, split: str) -> tuple[np.ndarray, np.ndarray
     if not listed.exists():
         raise DataError(listed, "file not found (the Speech Commands folder has testing_list.txt)")
     test = set(listed.read_text().split())
-    held = test | (set((root / "validation_list.txt").read_text().split())
-                   if (root / "validation_list.txt").exists() else set())
+    held = test | (
+        set((root / "validation_list.txt").read_text().split())
+        if (root / "validation_list.txt").exists()
+        else set()
+    )
     files = sorted(p for p in root.glob("*/*.wav") if not p.parent.name.startswith("_"))
     if not files:
         raise DataError(root, "no word folders of .wav files")

@@ -12,6 +12,7 @@ Generated data (deterministic from the seed) mixes GLUE's two input kinds:
 Token ids: 0 [PAD], 1 [CLS], 2 [SEP], 3 [UNK], then words; an input is
 [CLS] sentence [SEP] (second sentence [SEP]) padded to a fixed length.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,13 +30,39 @@ POSITIVE = ["good", "great", "superb", "charming", "moving", "clever", "lovely",
 NEGATIVE = ["bad", "dull", "awful", "clumsy", "tedious", "bland", "messy", "shallow", "stale", "weak"]
 NEGATORS = ["not", "never", "hardly"]
 INTENSIFIERS = ["very", "quite", "really", "so", "rather"]
-SUBJECTS = ["the film", "the plot", "the music", "the cast", "the ending", "the script", "the story", "the show"]
+SUBJECTS = [
+    "the film",
+    "the plot",
+    "the music",
+    "the cast",
+    "the ending",
+    "the script",
+    "the story",
+    "the show",
+]
 PEOPLE = ["the critic", "my friend", "the audience", "a reviewer", "the director", "my sister"]
 SAY = ["said", "thought", "felt", "claimed", "wrote"]
 # (agent, verb, its synonym, patient) slots of the paraphrase pairs
-AGENTS = ["the cat", "the dog", "the teacher", "the farmer", "the pilot", "the doctor", "the child", "the guard"]
-VERBS = [("chased", "pursued"), ("helped", "assisted"), ("called", "phoned"), ("saw", "noticed"),
-         ("met", "encountered"), ("followed", "tracked"), ("praised", "commended"), ("warned", "alerted")]
+AGENTS = [
+    "the cat",
+    "the dog",
+    "the teacher",
+    "the farmer",
+    "the pilot",
+    "the doctor",
+    "the child",
+    "the guard",
+]
+VERBS = [
+    ("chased", "pursued"),
+    ("helped", "assisted"),
+    ("called", "phoned"),
+    ("saw", "noticed"),
+    ("met", "encountered"),
+    ("followed", "tracked"),
+    ("praised", "commended"),
+    ("warned", "alerted"),
+]
 PLACES = ["in the park", "at noon", "near the river", "after lunch", "on monday", "by the station"]
 
 
@@ -125,16 +152,18 @@ def encode(firsts: list[str], seconds: list[str], vocab: dict[str, int], length:
             else:
                 tb.pop()
         ids = [CLS, *ta, SEP] + ([*tb, SEP] if tb else [])
-        out[i, :len(ids)] = ids
+        out[i, : len(ids)] = ids
     return out
 
 
 # GLUE tasks this reader knows: folder -> (train file, held-out file, first col, second col, label col)
-GLUE = {"SST-2": ("train.tsv", "dev.tsv", "sentence", None, "label"),
-        "CoLA": ("train.tsv", "dev.tsv", 3, None, 1),  # CoLA has no header row
-        "MRPC": ("train.tsv", "dev.tsv", "#1 String", "#2 String", "Quality"),
-        "QQP": ("train.tsv", "dev.tsv", "question1", "question2", "is_duplicate"),
-        "RTE": ("train.tsv", "dev.tsv", "sentence1", "sentence2", "label")}
+GLUE = {
+    "SST-2": ("train.tsv", "dev.tsv", "sentence", None, "label"),
+    "CoLA": ("train.tsv", "dev.tsv", 3, None, 1),  # CoLA has no header row
+    "MRPC": ("train.tsv", "dev.tsv", "#1 String", "#2 String", "Quality"),
+    "QQP": ("train.tsv", "dev.tsv", "question1", "question2", "is_duplicate"),
+    "RTE": ("train.tsv", "dev.tsv", "sentence1", "sentence2", "label"),
+}
 
 
 def read_glue(folder: Path, split: str) -> tuple[list[str], list[str], np.ndarray]:
@@ -164,8 +193,9 @@ def read_glue(folder: Path, split: str) -> tuple[list[str], list[str], np.ndarra
             firsts.append(row[i1])
             seconds.append(row[i2] if i2 is not None else "")
         except (IndexError, KeyError):
-            raise DataError(path, f"line {n}: expected {max(i1, il, i2 or 0) + 1} tab-separated columns "
-                                  "with a 0/1 label") from None
+            raise DataError(
+                path, f"line {n}: expected {max(i1, il, i2 or 0) + 1} tab-separated columns with a 0/1 label"
+            ) from None
         labels.append(label)
     if not labels:
         raise DataError(path, "no examples")

@@ -3,9 +3,10 @@
 An exporter either produces a valid artifact or raises `ExportError` naming the operator
 it cannot express; it never writes a partial file.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -33,9 +34,9 @@ def export(model: nn.Module, format: str, example_input: Tensor) -> bytes:
     return EXPORTERS.get(format)(model, example_input)
 
 
-from . import onnx as _onnx  # noqa: E402,F401  (registers "onnx")
 from . import custom as _custom  # noqa: E402,F401  (registers "custom")
 from . import dabnn as _dabnn  # noqa: E402,F401  (registers "dabnn")
 from . import lce as _lce  # noqa: E402,F401  (registers "lce")
+from . import onnx as _onnx  # noqa: E402,F401  (registers "onnx")
 
 __all__ = ["EXPORTERS", "ExportError", "export", "list_formats", "register_exporter"]

@@ -92,6 +92,7 @@ spatial axis, ``stride``/``dilation``/``kernel`` = one int per spatial axis):
 A reader must reject an unknown format name, version or op, a missing tensor, a tensor of
 the wrong dtype or shape, and a graph whose shapes do not chain.
 """
+
 from __future__ import annotations
 
 import io
@@ -190,7 +191,9 @@ class _Builder:
     def what(self, node: fx.Node) -> str:
         if node.op == "call_module":
             m = type(self.gm.get_submodule(node.target))
-            return f"{m.__module__}.{m.__name__}".replace("torch.nn.modules.", "torch.nn.").replace("bimodels.layers.", "")
+            return f"{m.__module__}.{m.__name__}".replace("torch.nn.modules.", "torch.nn.").replace(
+                "bimodels.layers.", ""
+            )
         return _target_name(node)
 
     def tensor(self, key: str, arr: np.ndarray | None) -> str | None:
@@ -200,7 +203,9 @@ class _Builder:
         return key
 
     def emit(self, node: fx.Node, op: str, inputs: list[str], **attrs: Any) -> None:
-        self.nodes.append({"op": op, "name": node.name, "inputs": inputs, "outputs": [node.name], "attrs": attrs})
+        self.nodes.append(
+            {"op": op, "name": node.name, "inputs": inputs, "outputs": [node.name], "attrs": attrs}
+        )
         self.alias[node.name] = node.name
 
     @staticmethod
@@ -257,31 +262,49 @@ class _Builder:
         x = node.args[0] if node.args else None
         if isinstance(m, DeployedBinaryLayer):
             return self.binary(node, m)
-        if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)):
+        if isinstance(
+            m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+        ):
             self.alias[node.name] = self.value(x, node)
             return None
         if type(m) in (nn.Conv1d, nn.Conv2d):
             return self.conv(node, m)
         if type(m) is nn.Linear:
-            return self.emit(node, "linear", [self.value(x, node)], weight=self.tensor(f"{node.name}.weight", _f32(m.weight)),
-                             bias=self.tensor(f"{node.name}.bias", _f32(m.bias)))
+            return self.emit(
+                node,
+                "linear",
+                [self.value(x, node)],
+                weight=self.tensor(f"{node.name}.weight", _f32(m.weight)),
+                bias=self.tensor(f"{node.name}.bias", _f32(m.bias)),
+            )
         if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d):
             return self.batch_norm(node, m)
         if type(m) is nn.ReLU:
             return self.emit(node, "relu", [self.value(x, node)])
         if type(m) is nn.Hardtanh:
-            return self.emit(node, "hardtanh", [self.value(x, node)], min_val=float(m.min_val), max_val=float(m.max_val))
+            return self.emit(
+                node, "hardtanh", [self.value(x, node)], min_val=float(m.min_val), max_val=float(m.max_val)
+            )
         if type(m) is nn.PReLU:
-            return self.emit(node, "prelu", [self.value(x, node)], weight=self.tensor(f"{node.name}.weight", _f32(m.weight).reshape(-1)))
+            return self.emit(
+                node,
+                "prelu",
+                [self.value(x, node)],
+                weight=self.tensor(f"{node.name}.weight", _f32(m.weight).reshape(-1)),
+            )
         if type(m) in (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d):
             return self.pool(node, m)
         if type(m) in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d):
             nd = 1 if type(m) is nn.AdaptiveAvgPool1d else 2
             size = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * nd
             if any(s != 1 for s in size):
-                raise _Unsupported(f"{type(m).__name__}(output_size={m.output_size}) (only global pooling, output size 1)")
+                raise _Unsupported(
+                    f"{type(m).__name__}(output_size={m.output_size}) (only global pooling, output size 1)"
+                )
             r = self.rank(node.args[0])
-            return self.emit(node, "reduce_mean", [self.value(x, node)], axes=list(range(r - nd, r)), keepdims=True)
+            return self.emit(
+                node, "reduce_mean", [self.value(x, node)], axes=list(range(r - nd, r)), keepdims=True
+            )
         if type(m) is nn.Flatten:
             return self.flatten(node, x, m.start_dim, m.end_dim)
         raise _Unsupported(self.what(node))
@@ -297,10 +320,17 @@ class _Builder:
                 pads.append([total // 2, total - total // 2])
         else:
             pads = [[int(p), int(p)] for p in m.padding]
-        self.emit(node, "conv", [self.value(node.args[0], node)],
-                  weight=self.tensor(f"{node.name}.weight", _f32(m.weight)),
-                  bias=self.tensor(f"{node.name}.bias", _f32(m.bias)),
-                  stride=list(m.stride)[:nd], dilation=list(m.dilation)[:nd], pads=pads, groups=int(m.groups))
+        self.emit(
+            node,
+            "conv",
+            [self.value(node.args[0], node)],
+            weight=self.tensor(f"{node.name}.weight", _f32(m.weight)),
+            bias=self.tensor(f"{node.name}.bias", _f32(m.bias)),
+            stride=list(m.stride)[:nd],
+            dilation=list(m.dilation)[:nd],
+            pads=pads,
+            groups=int(m.groups),
+        )
 
     def binary(self, node: fx.Node, m: DeployedBinaryLayer) -> None:
         form = m.form
@@ -322,8 +352,13 @@ class _Builder:
         if m.kind != "linear":
             nd = signs.ndim - 2
             pads = [[int(m.pads[2 * (nd - 1 - i)]), int(m.pads[2 * (nd - 1 - i) + 1])] for i in range(nd)]
-            attrs.update(stride=[int(s) for s in m.stride], dilation=[int(d) for d in m.dilation], pads=pads,
-                         groups=int(m.groups), pad_value=int(m.pad_value))
+            attrs.update(
+                stride=[int(s) for s in m.stride],
+                dilation=[int(d) for d in m.dilation],
+                pads=pads,
+                groups=int(m.groups),
+                pad_value=int(m.pad_value),
+            )
         flat = lambda t: None if t is None else _f32(t).reshape(-1)  # noqa: E731
         attrs.update(
             input_shift=self.tensor(f"{name}.input_shift", flat(m.input_shift)),
@@ -347,8 +382,13 @@ class _Builder:
         invstd = np.float32(1) / np.sqrt(var + np.float32(m.eps))
         scale = (invstd * weight).astype(np.float32)
         shift = (bias.astype(np.float64) - mean.astype(np.float64) * scale).astype(np.float32)
-        self.emit(node, "channel_affine", [self.value(node.args[0], node)],
-                  scale=self.tensor(f"{node.name}.scale", scale), shift=self.tensor(f"{node.name}.shift", shift))
+        self.emit(
+            node,
+            "channel_affine",
+            [self.value(node.args[0], node)],
+            scale=self.tensor(f"{node.name}.scale", scale),
+            shift=self.tensor(f"{node.name}.shift", shift),
+        )
 
     def pool(self, node: fx.Node, m: nn.Module) -> None:
         nd = 2 if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) else 1
@@ -361,11 +401,20 @@ class _Builder:
         if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
             if m.return_indices:
                 raise _Unsupported(f"{type(m).__name__} with return_indices=True")
-            return self.emit(node, "max_pool", x, kernel=kernel, stride=stride, pads=pads, dilation=tup(m.dilation))
+            return self.emit(
+                node, "max_pool", x, kernel=kernel, stride=stride, pads=pads, dilation=tup(m.dilation)
+            )
         if getattr(m, "divisor_override", None):
             raise _Unsupported(f"{type(m).__name__} with divisor_override")
-        return self.emit(node, "avg_pool", x, kernel=kernel, stride=stride, pads=pads,
-                         count_include_pad=bool(m.count_include_pad))
+        return self.emit(
+            node,
+            "avg_pool",
+            x,
+            kernel=kernel,
+            stride=stride,
+            pads=pads,
+            count_include_pad=bool(m.count_include_pad),
+        )
 
     def flatten(self, node: fx.Node, x: fx.Node, start: Any, end: Any) -> None:
         start, end = self.axes(start, node, x)[0], self.axes(end, node, x)[0]
@@ -390,7 +439,9 @@ class _Builder:
             if not isinstance(first, fx.Node):
                 raise _Unsupported(f"{_target_name(node)} of {tensors!r}")
             dim = self.arg(node, 1, "dim", self.arg(node, 1, "axis", 0))
-            return self.emit(node, "concat", [self.value(v, node) for v in tensors], axis=self.axes(dim, node, first)[0])
+            return self.emit(
+                node, "concat", [self.value(v, node) for v in tensors], axis=self.axes(dim, node, first)[0]
+            )
         if t is torch.flatten or meth == "flatten":
             return self.flatten(node, x, self.arg(node, 1, "start_dim", 0), self.arg(node, 2, "end_dim", -1))
         if t in (torch.relu, F.relu) or meth == "relu":
@@ -405,16 +456,32 @@ class _Builder:
             if node.kwargs.get("dtype") is not None:
                 raise _Unsupported(f"{_target_name(node)} with dtype")
             dims = self.axes(self.arg(node, 1, "dim"), node, x)
-            return self.emit(node, "reduce_mean", [self.value(x, node)], axes=dims, keepdims=bool(self.arg(node, 2, "keepdim", False)))
+            return self.emit(
+                node,
+                "reduce_mean",
+                [self.value(x, node)],
+                axes=dims,
+                keepdims=bool(self.arg(node, 2, "keepdim", False)),
+            )
         if t is torch.amax or meth == "amax":
             dim = self.arg(node, 1, "dim", ())
             dims = self.axes(None if dim in ((), []) else dim, node, x)
-            return self.emit(node, "reduce_max", [self.value(x, node)], axes=dims, keepdims=bool(self.arg(node, 2, "keepdim", False)))
+            return self.emit(
+                node,
+                "reduce_max",
+                [self.value(x, node)],
+                axes=dims,
+                keepdims=bool(self.arg(node, 2, "keepdim", False)),
+            )
         if t is torch.max or meth == "max":
             return self.max_over_dim(node, x)
         if t is operator.getitem or (t is getattr and len(node.args) > 1 and node.args[1] == "values"):
             src = node.args[0]
-            if isinstance(src, fx.Node) and src.meta.get("custom_max_values") and (t is getattr or node.args[1] == 0):
+            if (
+                isinstance(src, fx.Node)
+                and src.meta.get("custom_max_values")
+                and (t is getattr or node.args[1] == 0)
+            ):
                 self.alias[node.name] = self.value(src, node)
                 return None
         raise _Unsupported(_target_name(node))
@@ -424,10 +491,20 @@ class _Builder:
         if not isinstance(dim, int):
             raise _Unsupported(f"{_target_name(node)} other than a reduction over one dim")
         users = list(node.users)
-        if not all((u.target is operator.getitem and u.args[1] == 0) or (u.target is getattr and u.args[1] == "values") for u in users):
+        if not all(
+            (u.target is operator.getitem and u.args[1] == 0)
+            or (u.target is getattr and u.args[1] == "values")
+            for u in users
+        ):
             raise _Unsupported(f"{_target_name(node)} whose indices are used")
         node.meta["custom_max_values"] = True
-        self.emit(node, "reduce_max", [self.value(x, node)], axes=self.axes(dim, node, x), keepdims=bool(self.arg(node, 2, "keepdim", False)))
+        self.emit(
+            node,
+            "reduce_max",
+            [self.value(x, node)],
+            axes=self.axes(dim, node, x),
+            keepdims=bool(self.arg(node, 2, "keepdim", False)),
+        )
 
 
 def _rename(nodes: list[dict], old: str, new: str) -> None:
@@ -439,7 +516,9 @@ def _rename(nodes: list[dict], old: str, new: str) -> None:
 class IR:
     """The traced graph in the format above, before serialisation; other exporters lower it further."""
 
-    def __init__(self, inputs: list[dict], outputs: list[str], nodes: list[dict], tensors: dict[str, np.ndarray]):
+    def __init__(
+        self, inputs: list[dict], outputs: list[str], nodes: list[dict], tensors: dict[str, np.ndarray]
+    ):
         self.inputs, self.outputs, self.nodes, self.tensors = inputs, outputs, nodes, tensors
 
 
@@ -450,7 +529,9 @@ def trace_ir(model: nn.Module, example_input: Tensor, runtime: str = "custom run
     """
     if not isinstance(example_input, Tensor) or example_input.dtype != torch.float32:
         dtype = getattr(example_input, "dtype", type(example_input).__name__)
-        raise ExportError(f"{runtime} takes one float32 input tensor; the example input for {type(model).__name__} is {dtype}")
+        raise ExportError(
+            f"{runtime} takes one float32 input tensor; the example input for {type(model).__name__} is {dtype}"
+        )
     if example_input.dim() < 1:
         raise ExportError(f"{runtime} needs an input with a batch axis")
     deployed = to_deploy(model)
@@ -466,7 +547,9 @@ def trace_ir(model: nn.Module, example_input: Tensor, runtime: str = "custom run
         with torch.no_grad():
             ShapeProp(gm).propagate(example_input)
     except Exception as exc:
-        raise ExportError(f"{runtime} could not run {type(model).__name__} on the example input: {exc}") from exc
+        raise ExportError(
+            f"{runtime} could not run {type(model).__name__} on the example input: {exc}"
+        ) from exc
     builder = _Builder(gm)
     inputs, outputs = builder.run()
     if builder.errors:
@@ -474,12 +557,22 @@ def trace_ir(model: nn.Module, example_input: Tensor, runtime: str = "custom run
         more = f"; also: {'; '.join(builder.errors[1:])}" if len(builder.errors) > 1 else ""
         raise ExportError(f"{runtime} cannot express {builder.errors[0]}{more}")
     if len(inputs) != 1:
-        raise ExportError(f"{runtime} exports models with exactly one input, {type(model).__name__} has {len(inputs)}")
+        raise ExportError(
+            f"{runtime} exports models with exactly one input, {type(model).__name__} has {len(inputs)}"
+        )
     nodes = builder.nodes
     produced = {n["outputs"][0] for n in nodes}
     for i, out in enumerate(outputs):  # an output that is an input (or repeated) gets its own node
         if out not in produced or outputs.index(out) != i:
-            nodes.append({"op": "identity", "name": f"output_{i}", "inputs": [out], "outputs": [f"output_{i}"], "attrs": {}})
+            nodes.append(
+                {
+                    "op": "identity",
+                    "name": f"output_{i}",
+                    "inputs": [out],
+                    "outputs": [f"output_{i}"],
+                    "attrs": {},
+                }
+            )
             outputs[i] = f"output_{i}"
     names = {n["name"] for n in nodes} | {v for n in nodes for v in n["outputs"]}
     if "input" not in names:
@@ -505,9 +598,24 @@ def unpack_sign_rows(bits: np.ndarray, k: int) -> np.ndarray:
 @register_exporter("custom")
 def export_custom(model: nn.Module, example_input: Tensor) -> bytes:
     ir = trace_ir(model, example_input)
-    doc = {"format": FORMAT, "version": VERSION, "inputs": ir.inputs, "outputs": ir.outputs, "nodes": ir.nodes}
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "inputs": ir.inputs,
+        "outputs": ir.outputs,
+        "nodes": ir.nodes,
+    }
     graph_json = json.dumps(doc, indent=1, sort_keys=False).encode("utf-8")
     return write_zip([("graph.json", graph_json), ("tensors.npz", _npz(ir.tensors))])
 
 
-__all__ = ["FORMAT", "IR", "VERSION", "export_custom", "pack_sign_rows", "trace_ir", "unpack_sign_rows", "write_zip"]
+__all__ = [
+    "FORMAT",
+    "IR",
+    "VERSION",
+    "export_custom",
+    "pack_sign_rows",
+    "trace_ir",
+    "unpack_sign_rows",
+    "write_zip",
+]

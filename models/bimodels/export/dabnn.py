@@ -61,6 +61,7 @@ Semantics and refusals (an ExportError names the operator and the node)
   64-channel binary convs need an even map width; the aarch64 3x3 direct kernel's channel
   asserts; the BGEMM buffer size; the im2col size.
 """
+
 from __future__ import annotations
 
 import struct
@@ -74,8 +75,8 @@ from flatbuffers import number_types as N
 from flatbuffers.table import Table
 from torch import Tensor, nn
 
-from . import ExportError, register_exporter
 from ..layers import DeployedBinaryLayer, is_binary
+from . import ExportError, register_exporter
 from .custom import trace_ir, unpack_sign_rows
 
 RUNTIME = "daBNN"
@@ -84,24 +85,61 @@ INPUT_NAME = "input"
 
 DATA_TYPES = {"Float32": 0, "Bit": 1}
 LAYER_TYPES = {
-    "FpConv2D": 0, "AvePool": 1, "MaxPool": 2, "Relu": 3, "Softmax": 4, "FC": 5, "Add": 6, "Concat": 7,
-    "BinConv2D": 8, "Affine": 9, "Binarize": 10, "Split": 11, "Shuffle": 12, "PRelu": 13,
+    "FpConv2D": 0,
+    "AvePool": 1,
+    "MaxPool": 2,
+    "Relu": 3,
+    "Softmax": 4,
+    "FC": 5,
+    "Add": 6,
+    "Concat": 7,
+    "BinConv2D": 8,
+    "Affine": 9,
+    "Binarize": 10,
+    "Split": 11,
+    "Shuffle": 12,
+    "PRelu": 13,
 }
 # Layer table: the slot of each layer type's parameter sub-table; slot 14 is the layer name.
 PARAM_SLOTS = {
-    "FpConv2D": 1, "BinConv2D": 2, "AvePool": 3, "MaxPool": 4, "Relu": 5, "Softmax": 6, "FC": 7,
-    "Add": 8, "Concat": 9, "Affine": 10, "Binarize": 11, "Split": 12, "Shuffle": 13, "PRelu": 15,
+    "FpConv2D": 1,
+    "BinConv2D": 2,
+    "AvePool": 3,
+    "MaxPool": 4,
+    "Relu": 5,
+    "Softmax": 6,
+    "FC": 7,
+    "Add": 8,
+    "Concat": 9,
+    "Affine": 10,
+    "Binarize": 11,
+    "Split": 12,
+    "Shuffle": 13,
+    "PRelu": 15,
 }
 LAYER_NAME_SLOT, LAYER_SLOTS = 14, 16
 
-_CONV = [("input", "str"), ("weight", "str"), ("bias", "str"), ("pads", "i32v"), ("strides", "i32v"),
-         ("dilations", "i32v"), ("output", "str")]
+_CONV = [
+    ("input", "str"),
+    ("weight", "str"),
+    ("bias", "str"),
+    ("pads", "i32v"),
+    ("strides", "i32v"),
+    ("dilations", "i32v"),
+    ("output", "str"),
+]
 _POOL = [("input", "str"), ("kernel_shape", "i32v"), ("pads", "i32v"), ("strides", "i32v"), ("output", "str")]
 _UNARY = [("input", "str"), ("output", "str")]
 #: per parameter table, its fields in slot order: (name, kind)
 PARAM_FIELDS: dict[str, list[tuple[str, str]]] = {
-    "FpConv2D": _CONV, "BinConv2D": _CONV, "AvePool": _POOL, "MaxPool": _POOL,
-    "Relu": _UNARY, "Softmax": _UNARY, "Binarize": _UNARY, "Shuffle": _UNARY,
+    "FpConv2D": _CONV,
+    "BinConv2D": _CONV,
+    "AvePool": _POOL,
+    "MaxPool": _POOL,
+    "Relu": _UNARY,
+    "Softmax": _UNARY,
+    "Binarize": _UNARY,
+    "Shuffle": _UNARY,
     "FC": [("input", "str"), ("weight", "str"), ("bias", "str"), ("output", "str")],
     "Add": [("input1", "str"), ("input2", "str"), ("output", "str")],
     "Concat": [("inputs", "strv"), ("axis", "i32"), ("output", "str")],
@@ -109,8 +147,14 @@ PARAM_FIELDS: dict[str, list[tuple[str, str]]] = {
     "Affine": [("input", "str"), ("a", "str"), ("b", "str"), ("output", "str")],
     "PRelu": [("input", "str"), ("slope", "str"), ("output", "str")],
 }
-TENSOR_FIELDS = [("data_type", "u8"), ("bin_data", "u64v"), ("float32_data", "f32v"), ("shape", "u32v"),
-                 ("name", "str"), ("align_hwc_to_128", "bool")]
+TENSOR_FIELDS = [
+    ("data_type", "u8"),
+    ("bin_data", "u64v"),
+    ("float32_data", "f32v"),
+    ("shape", "u32v"),
+    ("name", "str"),
+    ("align_hwc_to_128", "bool"),
+]
 INPUT_FIELDS = [("shape", "u32v"), ("name", "str")]
 #: names daBNN derives from layer outputs / weights for its own buffers
 _RESERVED_PREFIXES = ("binaized_for_", "pad_for_", "col_for_", "trans_")
@@ -173,19 +217,25 @@ class DabTensor:
         return "Bit" if self.bin_data is not None else "Float32"
 
 
-def write_dab(layers: list[DabLayer], initializers: list[DabTensor], input_name: str, input_shape: list[int]) -> bytes:
+def write_dab(
+    layers: list[DabLayer], initializers: list[DabTensor], input_name: str, input_shape: list[int]
+) -> bytes:
     """Serialise a daBNN model (version 2, no file identifier)."""
     b = flatbuffers.Builder(1 << 16)
     b.ForceDefaults(True)  # every scalar explicit (LayerType FpConv2D and DataType Float32 are 0)
     tensors = [
-        _table(b, len(TENSOR_FIELDS), [
-            (0, "u8", DATA_TYPES[t.data_type]),
-            (1, "u64v", t.bin_data),
-            (2, "f32v", t.float32_data),
-            (3, "u32v", t.shape),
-            (4, "str", t.name),
-            (5, "bool", t.align_hwc_to_128),
-        ])
+        _table(
+            b,
+            len(TENSOR_FIELDS),
+            [
+                (0, "u8", DATA_TYPES[t.data_type]),
+                (1, "u64v", t.bin_data),
+                (2, "f32v", t.float32_data),
+                (3, "u32v", t.shape),
+                (4, "str", t.name),
+                (5, "bool", t.align_hwc_to_128),
+            ],
+        )
         for t in initializers
     ]
     layer_offsets = []
@@ -195,13 +245,21 @@ def write_dab(layers: list[DabLayer], initializers: list[DabTensor], input_name:
         if unknown:
             raise ValueError(f"{layer.type} has no field(s) {sorted(unknown)}")
         param = _table(b, len(fields), [(i, kind, layer.params.get(f)) for i, (f, kind) in enumerate(fields)])
-        layer_offsets.append(_table(b, LAYER_SLOTS, [
-            (0, "u8", LAYER_TYPES[layer.type]),
-            (PARAM_SLOTS[layer.type], "tab", param),
-            (LAYER_NAME_SLOT, "str", layer.name),
-        ]))
+        layer_offsets.append(
+            _table(
+                b,
+                LAYER_SLOTS,
+                [
+                    (0, "u8", LAYER_TYPES[layer.type]),
+                    (PARAM_SLOTS[layer.type], "tab", param),
+                    (LAYER_NAME_SLOT, "str", layer.name),
+                ],
+            )
+        )
     inp = _table(b, len(INPUT_FIELDS), [(0, "u32v", input_shape), (1, "str", input_name)])
-    model = _table(b, 4, [(0, "tabv", layer_offsets), (1, "tabv", tensors), (2, "tabv", [inp]), (3, "u32", VERSION)])
+    model = _table(
+        b, 4, [(0, "tabv", layer_offsets), (1, "tabv", tensors), (2, "tabv", [inp]), (3, "u32", VERSION)]
+    )
     b.Finish(model)  # no file identifier: daBNN's schema declares none
     return bytes(b.Output())
 
@@ -225,8 +283,11 @@ def _read_table(buf: bytes, pos: int, fields: list[tuple[str, str]]) -> dict[str
         elif kind in ("strv", "tabv"):
             start, n = tab.Vector(o), tab.VectorLen(o)
             items = [start + 4 * i for i in range(n)]
-            out[name] = ([tab.String(p).decode("utf-8") for p in items] if kind == "strv"
-                         else [tab.Indirect(p) for p in items])
+            out[name] = (
+                [tab.String(p).decode("utf-8") for p in items]
+                if kind == "strv"
+                else [tab.Indirect(p) for p in items]
+            )
         elif kind == "tab":
             out[name] = tab.Indirect(o + tab.Pos)
         else:
@@ -249,7 +310,9 @@ def read_dab(data: bytes) -> dict[str, Any]:
         raise ValueError("not a daBNN model: shorter than a FlatBuffers header")
     try:
         root = flatbuffers.encode.Get(N.UOffsetTFlags.packer_type, buf, 0)
-        model = _read_table(buf, root, [("layers", "tabv"), ("initializers", "tabv"), ("inputs", "tabv"), ("version", "u32")])
+        model = _read_table(
+            buf, root, [("layers", "tabv"), ("initializers", "tabv"), ("inputs", "tabv"), ("version", "u32")]
+        )
         for key in ("layers", "initializers", "inputs"):
             if model[key] is None:
                 raise ValueError(f"Model.{key} is missing (daBNN requires it)")
@@ -265,21 +328,31 @@ def read_dab(data: bytes) -> dict[str, Any]:
         inputs = []
         for pos in model["inputs"]:
             i = _read_table(buf, pos, INPUT_FIELDS)
-            inputs.append({"name": i["name"], "shape": None if i["shape"] is None else [int(s) for s in i["shape"]]})
+            inputs.append(
+                {"name": i["name"], "shape": None if i["shape"] is None else [int(s) for s in i["shape"]]}
+            )
         layers = []
         slot_names = {slot: name for name, slot in PARAM_SLOTS.items()}
         for pos in model["layers"]:
-            fields: list[tuple[str, str]] = [("type", "u8")] + [(f"_{i}", "tab") for i in range(1, LAYER_SLOTS)]
+            fields: list[tuple[str, str]] = [("type", "u8")] + [
+                (f"_{i}", "tab") for i in range(1, LAYER_SLOTS)
+            ]
             fields[LAYER_NAME_SLOT] = ("name", "str")
             raw = _read_table(buf, pos, fields)
             ltype = by_type.get(raw["type"])
             if ltype is None:
                 raise ValueError(f"unknown LayerType {raw['type']}")
-            present = [slot_names[i] for i in range(1, LAYER_SLOTS) if i != LAYER_NAME_SLOT and raw[f"_{i}"] is not None]
+            present = [
+                slot_names[i]
+                for i in range(1, LAYER_SLOTS)
+                if i != LAYER_NAME_SLOT and raw[f"_{i}"] is not None
+            ]
             ppos = raw[f"_{PARAM_SLOTS[ltype]}"]
             params = None if ppos is None else _read_table(buf, ppos, PARAM_FIELDS[ltype])
             if params:
-                params = {k: ([int(x) for x in v] if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+                params = {
+                    k: ([int(x) for x in v] if isinstance(v, np.ndarray) else v) for k, v in params.items()
+                }
             layers.append({"type": ltype, "name": raw["name"], "params": params, "param_slots": present})
     except (IndexError, UnicodeDecodeError, TypeError, struct.error) as exc:  # offsets out of the buffer
         raise ValueError(f"not a daBNN model: {type(exc).__name__}: {exc}") from None
@@ -288,7 +361,18 @@ def read_dab(data: bytes) -> dict[str, Any]:
 
 # -- lowering --------------------------------------------------------------------------------
 #: refusals that a refused node upstream may have caused (its placeholder has a guessed shape)
-_SECONDARY = {"shape", "broadcast", "concat", "align", "nonsquare-map", "flatten", "linear", "pool", "reduce", "limits"}
+_SECONDARY = {
+    "shape",
+    "broadcast",
+    "concat",
+    "align",
+    "nonsquare-map",
+    "flatten",
+    "linear",
+    "pool",
+    "reduce",
+    "limits",
+}
 
 
 class _Refuse(Exception):
@@ -335,16 +419,21 @@ class _Group:
 
 def _square(node: str, what: str, pair: list[int] | tuple[int, ...]) -> int:
     if len(pair) != 2 or pair[0] != pair[1]:
-        raise _Refuse(f"nonsquare-{what}", f"a non-square {what} {list(pair)} (node {node}): daBNN swaps H and W internally, "
-                      "so only square maps, kernels, strides and symmetric pads are exact")
+        raise _Refuse(
+            f"nonsquare-{what}",
+            f"a non-square {what} {list(pair)} (node {node}): daBNN swaps H and W internally, "
+            "so only square maps, kernels, strides and symmetric pads are exact",
+        )
     return int(pair[0])
 
 
 def _sym_pad(node: str, pads: list[list[int]]) -> int:
     flat = [int(p) for pair in pads for p in pair]
     if len(pads) != 2 or len(set(flat)) != 1:
-        raise _Refuse("nonsquare-pads", f"asymmetric padding {pads} (node {node}): daBNN supports only one pad "
-                      "value on every side")
+        raise _Refuse(
+            "nonsquare-pads",
+            f"asymmetric padding {pads} (node {node}): daBNN supports only one pad value on every side",
+        )
     return flat[0]
 
 
@@ -370,7 +459,9 @@ class _Lowering:
         self.problems: dict[str, list[str]] = {}  # kind -> messages, in IR order
         self.readers: dict[str, list[str]] = {}  # IR value -> IR nodes reading it
         self.skip: set[str] = set()  # IR nodes folded into an earlier group
-        self.extra: Counter[str] = Counter()  # what had to be composed of several daBNN layers -> how many times
+        self.extra: Counter[str] = (
+            Counter()
+        )  # what had to be composed of several daBNN layers -> how many times
         for n in ir.nodes:
             for v in n["inputs"]:
                 self.readers.setdefault(v, []).append(n["name"])
@@ -412,8 +503,11 @@ class _Lowering:
         v = self.vals[name]
         if v.flat_of is not None and not flat_ok:
             c, h, w = v.flat_of
-            raise _Refuse("flatten", f"an op other than linear on a flattened {h}x{w} map (node {node}): daBNN keeps "
-                          "maps NHWC, so only a linear (a conv covering the map) may read a flattened map")
+            raise _Refuse(
+                "flatten",
+                f"an op other than linear on a flattened {h}x{w} map (node {node}): daBNN keeps "
+                "maps NHWC, so only a linear (a conv covering the map) may read a flattened map",
+            )
         return v
 
     def define(self, name: str, shape: tuple[int, ...], dab: str | None = None, **kw: Any) -> _Val:
@@ -424,11 +518,21 @@ class _Lowering:
     def aligned_rows(self, v: _Val, node: str, layer: str) -> None:
         h, w, c = v.hwc
         if (w * c) % 4 and w * c != 1:
-            raise _Refuse("align", f"{layer} reading a map of width {w} with {c} channels (node {node}): daBNN asserts "
-                          "'Not align' unless width * channels is a multiple of 4")
+            raise _Refuse(
+                "align",
+                f"{layer} reading a map of width {w} with {c} channels (node {node}): daBNN asserts "
+                "'Not align' unless width * channels is a multiple of 4",
+            )
 
-    def group(self, node: str, reads: list[str], writes: str, layers: list[DabLayer],
-              clobbers: str | None = None, clobber_op: str = "") -> None:
+    def group(
+        self,
+        node: str,
+        reads: list[str],
+        writes: str,
+        layers: list[DabLayer],
+        clobbers: str | None = None,
+        clobber_op: str = "",
+    ) -> None:
         self.groups.append(_Group(node, reads, writes, layers, clobbers, clobber_op))
 
     # the walk ------------------------------------------------------------------------------
@@ -436,18 +540,25 @@ class _Lowering:
         spec = self.ir.inputs[0]
         shape = spec["shape"]
         if len(shape) != 4:
-            raise ExportError(f"{RUNTIME} takes one image input [1, C, H, W] (NCHW, fed as NHWC); this model's input "
-                              f"has shape {shape}")
+            raise ExportError(
+                f"{RUNTIME} takes one image input [1, C, H, W] (NCHW, fed as NHWC); this model's input "
+                f"has shape {shape}"
+            )
         if shape[0] != 1:
-            raise ExportError(f"{RUNTIME} runs batch 1 only (its input is [1, H, W, C] and it has no batch axis); "
-                              f"the example input has batch {shape[0]}: export with a batch-1 example input")
+            raise ExportError(
+                f"{RUNTIME} runs batch 1 only (its input is [1, H, W, C] and it has no batch axis); "
+                f"the example input has batch {shape[0]}: export with a batch-1 example input"
+            )
         _, c, h, w = shape
         if h != w:
-            raise ExportError(f"{RUNTIME} needs a square input map (daBNN swaps H and W internally); the input is "
-                              f"{h}x{w}")
+            raise ExportError(
+                f"{RUNTIME} needs a square input map (daBNN swaps H and W internally); the input is {h}x{w}"
+            )
         if (w * c) % 4:
-            raise ExportError(f"{RUNTIME} pads input rows of width*channels ({w}*{c}) to a multiple of 4 floats; "
-                              "the caller's NHWC buffer would be misread")
+            raise ExportError(
+                f"{RUNTIME} pads input rows of width*channels ({w}*{c}) to a multiple of 4 floats; "
+                "the caller's NHWC buffer would be misread"
+            )
         self.input_dab = self.define(spec["name"], tuple(shape)).dab
         for i, n in enumerate(self.ir.nodes):
             if n["name"] in self.skip:
@@ -483,7 +594,9 @@ class _Lowering:
         raise _Refuse(f"op-{n['op']}", f"the op {n['op']} (node {n['name']}): daBNN has no such layer")
 
     # aliases -----------------------------------------------------------------------------
-    def alias(self, n: dict, src: _Val, shape: tuple[int, ...], flat_of: tuple[int, int, int] | None = None) -> None:
+    def alias(
+        self, n: dict, src: _Val, shape: tuple[int, ...], flat_of: tuple[int, int, int] | None = None
+    ) -> None:
         out = n["outputs"][0]
         self.vals[out] = _Val(src.dab, tuple(shape), src.root, flat_of, src.relu_of)
 
@@ -498,8 +611,11 @@ class _Lowering:
         if start == end:
             return self.alias(n, src, src.shape)
         if rank != 4 or start != 1 or end != 3:
-            raise _Refuse("flatten", f"flatten of axes {start}..{end} of a rank-{rank} tensor (node {n['name']}): only "
-                          "flattening a whole [1, C, H, W] map is a daBNN no-op")
+            raise _Refuse(
+                "flatten",
+                f"flatten of axes {start}..{end} of a rank-{rank} tensor (node {n['name']}): only "
+                "flattening a whole [1, C, H, W] map is a daBNN no-op",
+            )
         _, c, h, w = src.shape
         self.alias(n, src, (1, c * h * w), None if h * w == 1 else (c, h, w))
 
@@ -508,17 +624,31 @@ class _Lowering:
         a, node = n["attrs"], n["name"]
         weight = self.tensor(a["weight"])
         if weight.ndim != 4:
-            raise _Refuse("conv1d", f"a {weight.ndim - 2}-D convolution (node {node}): daBNN runs 2-D image convs only")
+            raise _Refuse(
+                "conv1d", f"a {weight.ndim - 2}-D convolution (node {node}): daBNN runs 2-D image convs only"
+            )
         x = self.val(n["inputs"][0], node)
         if a["groups"] != 1:
-            raise _Refuse("groups", f"a grouped convolution (groups={a['groups']}, node {node}): daBNN has no groups")
+            raise _Refuse(
+                "groups", f"a grouped convolution (groups={a['groups']}, node {node}): daBNN has no groups"
+            )
         if list(a["dilation"]) != [1, 1]:
-            raise _Refuse("dilation", f"a dilated convolution (dilation={a['dilation']}, node {node}): daBNN's FpConv2D "
-                          "ignores dilation")
+            raise _Refuse(
+                "dilation",
+                f"a dilated convolution (dilation={a['dilation']}, node {node}): daBNN's FpConv2D "
+                "ignores dilation",
+            )
         self.fp_conv(n, x, weight, self.tensor(a["bias"]), a["stride"], a["pads"])
 
-    def fp_conv(self, n: dict, x: _Val, weight: np.ndarray, bias: np.ndarray | None, stride: list[int],
-                pads: list[list[int]]) -> None:
+    def fp_conv(
+        self,
+        n: dict,
+        x: _Val,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        stride: list[int],
+        pads: list[list[int]],
+    ) -> None:
         node = n["name"]
         o, _, kh, kw = weight.shape
         k = _square(node, "kernel", (kh, kw))
@@ -527,27 +657,51 @@ class _Lowering:
         h, w, c = x.hwc
         _square(node, "map", (h, w))
         if weight.shape[1] != c:
-            raise _Refuse("shape", f"a conv with {weight.shape[1]} input channels on a {c}-channel map (node {node})")
+            raise _Refuse(
+                "shape", f"a conv with {weight.shape[1]} input channels on a {c}-channel map (node {node})"
+            )
         oh = (h + 2 * p - k) // s + 1
         wname = self.const(f"{node}.weight", weight.transpose(0, 2, 3, 1), [o, k, k, c])
         bname = self.const(f"{node}.bias", np.zeros(o, np.float32) if bias is None else bias.reshape(-1))
         out = n["outputs"][0]
         shape = (1, o) if len(self.vals[n["inputs"][0]].shape) == 2 else (1, o, oh, oh)
         v = self.define(out, shape)
-        self.group(node, [n["inputs"][0]], out, [DabLayer("FpConv2D", {
-            "input": x.dab, "weight": wname, "bias": bname, "pads": [p, p, p, p], "strides": [s, s],
-            "dilations": [1, 1], "output": v.dab}, node)])
+        self.group(
+            node,
+            [n["inputs"][0]],
+            out,
+            [
+                DabLayer(
+                    "FpConv2D",
+                    {
+                        "input": x.dab,
+                        "weight": wname,
+                        "bias": bname,
+                        "pads": [p, p, p, p],
+                        "strides": [s, s],
+                        "dilations": [1, 1],
+                        "output": v.dab,
+                    },
+                    node,
+                )
+            ],
+        )
 
     def op_linear(self, n: dict, i: int) -> None:
         node = n["name"]
         x = self.val(n["inputs"][0], node, flat_ok=True)
         if len(x.shape) != 2:
-            raise _Refuse("linear", f"a linear layer on a rank-{len(x.shape)} tensor (node {node}): daBNN can express a "
-                          "linear only on a flattened map (as a conv covering it)")
+            raise _Refuse(
+                "linear",
+                f"a linear layer on a rank-{len(x.shape)} tensor (node {node}): daBNN can express a "
+                "linear only on a flattened map (as a conv covering it)",
+            )
         weight = self.tensor(n["attrs"]["weight"])
         h, w, c = x.hwc
         if weight.shape[1] != h * w * c:
-            raise _Refuse("shape", f"a linear with {weight.shape[1]} inputs on {h * w * c} features (node {node})")
+            raise _Refuse(
+                "shape", f"a linear with {weight.shape[1]} inputs on {h * w * c} features (node {node})"
+            )
         if x.flat_of is not None:
             wt = weight.reshape(weight.shape[0], c, h, w)  # torch flattens (C, H, W)
         else:
@@ -561,8 +715,14 @@ class _Lowering:
         x = self.val(x_name, node)
         out = n["outputs"][0]
         v = self.define(out, x.shape, **kw)
-        self.group(node, list(n["inputs"]), out, [DabLayer(ltype, {**params, "output": v.dab}, node)],
-                   clobbers=x_name, clobber_op=ltype)
+        self.group(
+            node,
+            list(n["inputs"]),
+            out,
+            [DabLayer(ltype, {**params, "output": v.dab}, node)],
+            clobbers=x_name,
+            clobber_op=ltype,
+        )
         return v
 
     def op_channel_affine(self, n: dict, i: int) -> None:
@@ -571,19 +731,32 @@ class _Lowering:
         scale, shift = self.tensor(n["attrs"]["scale"]), self.tensor(n["attrs"]["shift"])
         self.channels(node, x, scale, "channel_affine")
         self.aligned_rows(x, node, "Affine")
-        self.in_place(n, n["inputs"][0], "Affine", {
-            "input": x.dab, "a": self.const(f"{node}.a", scale.reshape(-1)), "b": self.const(f"{node}.b", shift.reshape(-1))})
+        self.in_place(
+            n,
+            n["inputs"][0],
+            "Affine",
+            {
+                "input": x.dab,
+                "a": self.const(f"{node}.a", scale.reshape(-1)),
+                "b": self.const(f"{node}.b", shift.reshape(-1)),
+            },
+        )
 
     def channels(self, node: str, x: _Val, arr: np.ndarray, what: str) -> None:
         if len(x.shape) not in (2, 4) or arr.size != x.shape[1]:
-            raise _Refuse("shape", f"a {what} of {arr.size} channels on a tensor of shape {list(x.shape)} (node {node})")
+            raise _Refuse(
+                "shape", f"a {what} of {arr.size} channels on a tensor of shape {list(x.shape)} (node {node})"
+            )
 
     def op_relu(self, n: dict, i: int) -> None:
         x = self.val(n["inputs"][0], n["name"])
         total = int(np.prod(x.shape))
         if total % 4:
-            raise _Refuse("align", f"a ReLU on {total} values (node {n['name']}): daBNN's NEON ReLU skips the last "
-                          "total % 4 values")
+            raise _Refuse(
+                "align",
+                f"a ReLU on {total} values (node {n['name']}): daBNN's NEON ReLU skips the last "
+                "total % 4 values",
+            )
         self.in_place(n, n["inputs"][0], "Relu", {"input": x.dab}, relu_of=n["name"])
 
     def op_prelu(self, n: dict, i: int) -> None:
@@ -592,7 +765,9 @@ class _Lowering:
         slope = self.tensor(n["attrs"]["weight"]).reshape(-1)
         if slope.size != 1:
             self.channels(node, x, slope, "PReLU")
-        self.in_place(n, n["inputs"][0], "PRelu", {"input": x.dab, "slope": self.const(f"{node}.slope", slope)})
+        self.in_place(
+            n, n["inputs"][0], "PRelu", {"input": x.dab, "slope": self.const(f"{node}.slope", slope)}
+        )
 
     def op_hardtanh(self, n: dict, i: int) -> None:
         node, out = n["name"], n["outputs"][0]
@@ -613,19 +788,29 @@ class _Lowering:
             raise _Refuse("hardtanh", f"hardtanh on a tensor of shape {list(x.shape)} (node {node})")
         total, c = int(np.prod(x.shape)), x.shape[1]
         if total % 4:
-            raise _Refuse("align", f"a hardtanh on {total} values (node {node}): its ReLUs would skip the last "
-                          "total % 4 values on NEON")
+            raise _Refuse(
+                "align",
+                f"a hardtanh on {total} values (node {node}): its ReLUs would skip the last "
+                "total % 4 values on NEON",
+            )
         self.aligned_rows(x, node, "Affine")
         v = self.define(out, x.shape)
-        steps = [("Affine", 1.0, -lo), ("Relu", None, None), ("Affine", -1.0, hi - lo), ("Relu", None, None),
-                 ("Affine", -1.0, hi)]
+        steps = [
+            ("Affine", 1.0, -lo),
+            ("Relu", None, None),
+            ("Affine", -1.0, hi - lo),
+            ("Relu", None, None),
+            ("Affine", -1.0, hi),
+        ]
         layers, src = [], x.dab
         for k, (ltype, a, b) in enumerate(steps):
             dst = v.dab if k == len(steps) - 1 else self.fresh(f"{node}_clip{k}")
             params: dict[str, Any] = {"input": src, "output": dst}
             if ltype == "Affine":
-                params |= {"a": self.const(f"{node}.clip{k}_a", np.full(c, a, np.float32)),
-                           "b": self.const(f"{node}.clip{k}_b", np.full(c, b, np.float32))}
+                params |= {
+                    "a": self.const(f"{node}.clip{k}_a", np.full(c, a, np.float32)),
+                    "b": self.const(f"{node}.clip{k}_b", np.full(c, b, np.float32)),
+                }
             layers.append(DabLayer(ltype, params, node))
             src = dst
         self.extra["Hardtanh as Affine/Relu/Affine/Relu/Affine"] += 1
@@ -636,14 +821,22 @@ class _Lowering:
         a_name, b_name = n["inputs"]
         a, b = self.val(a_name, node), self.val(b_name, node)
         if a.shape != b.shape:
-            raise _Refuse("broadcast", f"an add of shapes {list(a.shape)} and {list(b.shape)} (node {node}): daBNN's Add "
-                          "does not broadcast")
+            raise _Refuse(
+                "broadcast",
+                f"an add of shapes {list(a.shape)} and {list(b.shape)} (node {node}): daBNN's Add "
+                "does not broadcast",
+            )
         self.aligned_rows(a, node, "Add")
 
         def free(name: str) -> bool:  # nobody else reads it: safe to overwrite in place
             v = self.vals[name]
-            others = [r for alias, av in self.vals.items() if av.root == v.root for r in self.readers.get(alias, [])
-                      if r != node]
+            others = [
+                r
+                for alias, av in self.vals.items()
+                if av.root == v.root
+                for r in self.readers.get(alias, [])
+                if r != node
+            ]
             return not others and v.root not in self.protected()
 
         first, second = (a_name, b_name) if free(a_name) or not free(b_name) else (b_name, a_name)
@@ -660,34 +853,65 @@ class _Lowering:
     def op_concat(self, n: dict, i: int) -> None:
         node = n["name"]
         if len(n["inputs"]) != 2:
-            raise _Refuse("concat", f"a concat of {len(n['inputs'])} tensors (node {node}): daBNN's Concat takes exactly 2")
+            raise _Refuse(
+                "concat",
+                f"a concat of {len(n['inputs'])} tensors (node {node}): daBNN's Concat takes exactly 2",
+            )
         a, b = (self.val(v, node) for v in n["inputs"])
         if len(a.shape) not in (2, 4) or n["attrs"]["axis"] != 1 or a.shape != b.shape:
-            raise _Refuse("concat", f"a concat of shapes {list(a.shape)} and {list(b.shape)} on axis {n['attrs']['axis']} "
-                          f"(node {node}): daBNN concatenates two tensors of equal channel count on the channel axis only")
+            raise _Refuse(
+                "concat",
+                f"a concat of shapes {list(a.shape)} and {list(b.shape)} on axis {n['attrs']['axis']} "
+                f"(node {node}): daBNN concatenates two tensors of equal channel count on the channel axis only",
+            )
         shape = (1, 2 * a.shape[1], *a.shape[2:])
         v = self.define(n["outputs"][0], shape, relu_of=a.relu_of or b.relu_of)
-        self.group(node, list(n["inputs"]), n["outputs"][0],
-                   [DabLayer("Concat", {"inputs": [a.dab, b.dab], "axis": 3, "output": v.dab}, node)])
+        self.group(
+            node,
+            list(n["inputs"]),
+            n["outputs"][0],
+            [DabLayer("Concat", {"inputs": [a.dab, b.dab], "axis": 3, "output": v.dab}, node)],
+        )
 
     def pool(self, n: dict, ltype: str, kernel: list[int], stride: list[int], pad: int) -> None:
         node = n["name"]
         x = self.val(n["inputs"][0], node)
         if len(x.shape) != 4:
-            raise _Refuse("pool", f"a pool on a rank-{len(x.shape)} tensor (node {node}): daBNN pools 2-D maps only")
+            raise _Refuse(
+                "pool", f"a pool on a rank-{len(x.shape)} tensor (node {node}): daBNN pools 2-D maps only"
+            )
         h, w, c = x.hwc
         _square(node, "map", (h, w))
         k, s = _square(node, "kernel", kernel), _square(node, "stride", stride)
         self.aligned_rows(x, node, ltype)
         if ltype == "MaxPool" and k in (2, 3) and (c % 4 or c < 4):
-            raise _Refuse("align", f"a {k}x{k} max pool on {c} channels (node {node}): daBNN's NEON max pool needs a "
-                          "multiple of 4 channels")
+            raise _Refuse(
+                "align",
+                f"a {k}x{k} max pool on {c} channels (node {node}): daBNN's NEON max pool needs a "
+                "multiple of 4 channels",
+            )
         oh = (h + 2 * pad - k) // s + 1
         keep = n["attrs"].get("keepdims", True)
         shape = (1, c, oh, oh) if keep else (1, c)
         v = self.define(n["outputs"][0], shape, relu_of=x.relu_of)
-        self.group(node, [n["inputs"][0]], n["outputs"][0], [DabLayer(ltype, {
-            "input": x.dab, "kernel_shape": [k, k], "pads": [pad, pad, pad, pad], "strides": [s, s], "output": v.dab}, node)])
+        self.group(
+            node,
+            [n["inputs"][0]],
+            n["outputs"][0],
+            [
+                DabLayer(
+                    ltype,
+                    {
+                        "input": x.dab,
+                        "kernel_shape": [k, k],
+                        "pads": [pad, pad, pad, pad],
+                        "strides": [s, s],
+                        "output": v.dab,
+                    },
+                    node,
+                )
+            ],
+        )
 
     def op_max_pool(self, n: dict, i: int) -> None:
         a = n["attrs"]
@@ -702,15 +926,21 @@ class _Lowering:
         if len(a["kernel"]) != 2:
             raise _Refuse("conv1d", f"a 1-D pool (node {n['name']}): daBNN pools 2-D maps only")
         if _sym_pad(n["name"], a["pads"]):
-            raise _Refuse("avgpad", f"a padded average pool (node {n['name']}): daBNN's AvePool kernels disagree on "
-                          "padded windows (one divides by the valid cells, the NEON 2x2 one by 4); use padding=0")
+            raise _Refuse(
+                "avgpad",
+                f"a padded average pool (node {n['name']}): daBNN's AvePool kernels disagree on "
+                "padded windows (one divides by the valid cells, the NEON 2x2 one by 4); use padding=0",
+            )
         self.pool(n, "AvePool", a["kernel"], a["stride"], 0)
 
     def reduce(self, n: dict, ltype: str) -> None:
         x = self.val(n["inputs"][0], n["name"])
         if len(x.shape) != 4 or list(n["attrs"]["axes"]) != [2, 3]:
-            raise _Refuse("reduce", f"a reduction over axes {n['attrs']['axes']} of a rank-{len(x.shape)} tensor "
-                          f"(node {n['name']}): daBNN can only pool a map over H and W")
+            raise _Refuse(
+                "reduce",
+                f"a reduction over axes {n['attrs']['axes']} of a rank-{len(x.shape)} tensor "
+                f"(node {n['name']}): daBNN can only pool a map over H and W",
+            )
         h, w, _ = x.hwc
         self.pool(n, ltype, [h, w], [1, 1], 0)
 
@@ -725,15 +955,23 @@ class _Lowering:
         a, node = n["attrs"], n["name"]
         algo = self.ir_algorithm(node)
         if a["kind"] != "conv2d":
-            raise _Refuse("binary-kind", f"a binary {a['kind']} (node {node}): daBNN's BinConv2D binarizes 2-D convs only; "
-                          "keep that layer full precision")
+            raise _Refuse(
+                "binary-kind",
+                f"a binary {a['kind']} (node {node}): daBNN's BinConv2D binarizes 2-D convs only; "
+                "keep that layer full precision",
+            )
         x_name = n["inputs"][0]
         x = self.val(x_name, node)
         if a["groups"] != 1:
-            raise _Refuse("groups", f"a grouped binary conv (groups={a['groups']}, node {node}): daBNN has no groups")
+            raise _Refuse(
+                "groups", f"a grouped binary conv (groups={a['groups']}, node {node}): daBNN has no groups"
+            )
         if list(a["dilation"]) != [1, 1]:
-            raise _Refuse("dilation", f"a dilated binary conv (dilation={a['dilation']}, node {node}): daBNN's BinConv2D "
-                          "ignores dilation")
+            raise _Refuse(
+                "dilation",
+                f"a dilated binary conv (dilation={a['dilation']}, node {node}): daBNN's BinConv2D "
+                "ignores dilation",
+            )
         o, cin, kh, kw = a["weight_shape"]
         k = _square(node, "kernel", (kh, kw))
         s = _square(node, "stride", a["stride"])
@@ -742,21 +980,35 @@ class _Lowering:
         _square(node, "map", (h, w))
         if p and a["pad_value"] != -1:
             what = "zero padding (the reference)" if a["pad_value"] == 0 else "+1 padding"
-            raise _Refuse("padding", f"a padded binary conv with {what} (node {node}): daBNN pads binarized inputs with "
-                          "-1; binarize the model with pad_value=-1 (bimodels.binarize(model, algo, pad_value=-1)), which "
-                          "daBNN runs exactly")
+            raise _Refuse(
+                "padding",
+                f"a padded binary conv with {what} (node {node}): daBNN pads binarized inputs with "
+                "-1; binarize the model with pad_value=-1 (bimodels.binarize(model, algo, pad_value=-1)), which "
+                "daBNN runs exactly",
+            )
         if a["input_scale"] is not None:
-            raise _Refuse("input_scale", f"input_scale={a['input_scale']!r} (XNOR-Net's activation scale beta, algorithm "
-                          f"{algo}, node {node}): daBNN has no layer that scales a binary conv by mean|x| of its input")
+            raise _Refuse(
+                "input_scale",
+                f"input_scale={a['input_scale']!r} (XNOR-Net's activation scale beta, algorithm "
+                f"{algo}, node {node}): daBNN has no layer that scales a binary conv by mean|x| of its input",
+            )
         gain = self.tensor(a["output_gain"])
         if gain is not None and (gain.ndim > 3 or ((1,) * (3 - gain.ndim) + gain.shape)[1:] != (1, 1)):
-            raise _Refuse("output_gain", f"output_gain of shape {list(gain.shape)} (XNOR-Net++'s spatial scale Gamma, "
-                          f"algorithm {algo}, node {node}): it varies over H and W, and daBNN's Affine is per channel only")
+            raise _Refuse(
+                "output_gain",
+                f"output_gain of shape {list(gain.shape)} (XNOR-Net++'s spatial scale Gamma, "
+                f"algorithm {algo}, node {node}): it varies over H and W, and daBNN's Affine is per channel only",
+            )
         if x.relu_of is not None:
-            raise _Refuse("relu-sign", f"a binary conv reading the output of ReLU {x.relu_of} (node {node}): our sign maps "
-                          "the ReLU's zeros to +1, daBNN's x > 0 binarization to -1, so the results would differ")
+            raise _Refuse(
+                "relu-sign",
+                f"a binary conv reading the output of ReLU {x.relu_of} (node {node}): our sign maps "
+                "the ReLU's zeros to +1, daBNN's x > 0 binarization to -1, so the results would differ",
+            )
         if c != cin:
-            raise _Refuse("shape", f"a binary conv with {cin} input channels on a {c}-channel map (node {node})")
+            raise _Refuse(
+                "shape", f"a binary conv with {cin} input channels on a {c}-channel map (node {node})"
+            )
         self.check_binconv(node, c, o, k, s, p, h)
         kk = cin * k * k
         # the IR's rows are (c, kh, kw) with bit 1 = -1; daBNN wants (kh, kw, c) with bit 1 = +1
@@ -775,8 +1027,18 @@ class _Lowering:
             self.channels(node, x, shift.reshape(-1), "input_shift")
             self.aligned_rows(x, node, "Affine")
             src = self.fresh(f"{node}_shifted")
-            layers.append(DabLayer("Affine", {"input": x.dab, "a": self.const(f"{node}.shift_a", np.ones(cin, np.float32)),
-                                              "b": self.const(f"{node}.shift_b", shift.reshape(-1)), "output": src}, node))
+            layers.append(
+                DabLayer(
+                    "Affine",
+                    {
+                        "input": x.dab,
+                        "a": self.const(f"{node}.shift_a", np.ones(cin, np.float32)),
+                        "b": self.const(f"{node}.shift_b", shift.reshape(-1)),
+                        "output": src,
+                    },
+                    node,
+                )
+            )
             clobbers, clobber_op = x_name, f"Affine (the input_shift of algorithm {algo})"
 
         g = np.ones(o, np.float64)
@@ -793,31 +1055,70 @@ class _Lowering:
         s_bn, t_bn, final, final_node = np.ones(o), np.zeros(o), out, node
         readers = self.readers.get(out, [])
         nxt = self.ir.nodes[i + 1] if i + 1 < len(self.ir.nodes) else None
-        if (nxt is not None and nxt["op"] == "channel_affine" and readers == [nxt["name"]]
-                and nxt["inputs"] == [out] and out != self.output):
+        if (
+            nxt is not None
+            and nxt["op"] == "channel_affine"
+            and readers == [nxt["name"]]
+            and nxt["inputs"] == [out]
+            and out != self.output
+        ):
             s_bn = self.tensor(nxt["attrs"]["scale"]).reshape(-1).astype(np.float64)
             t_bn = self.tensor(nxt["attrs"]["shift"]).reshape(-1).astype(np.float64)
             final, final_node = nxt["outputs"][0], nxt["name"]
             self.skip.add(nxt["name"])
         oh = (h + 2 * p - k) // s + 1
         raw = self.fresh(f"{node}_mismatches")
-        layers.append(DabLayer("BinConv2D", {
-            "input": src, "weight": wname, "pads": [p, p, p, p], "strides": [s, s], "dilations": [1, 1], "output": raw}, node))
+        layers.append(
+            DabLayer(
+                "BinConv2D",
+                {
+                    "input": src,
+                    "weight": wname,
+                    "pads": [p, p, p, p],
+                    "strides": [s, s],
+                    "dilations": [1, 1],
+                    "output": raw,
+                },
+                node,
+            )
+        )
         v = self.define(final, (1, o, oh, oh))
         self.aligned_rows(v, node, "Affine")
         # Two affines, not one: K - 2m first, an integer float32 holds exactly, then the float
         # scale and shift. Folded into one a*m + b, a large b cancels against a*m and the
         # rounding can flip the sign the next binary layer takes of a value near zero.
         dot = self.fresh(f"{node}_dot")
-        layers.append(DabLayer("Affine", {
-            "input": raw, "a": self.const(f"{node}.dot_a", np.full(o, -2.0, np.float32)),
-            "b": self.const(f"{node}.dot_b", np.full(o, float(kk), np.float32)), "output": dot}, node))
-        layers.append(DabLayer("Affine", {
-            "input": dot, "a": self.const(f"{final_node}.a", s_bn * g),
-            "b": self.const(f"{final_node}.b", t_bn + s_bn * bias), "output": v.dab}, final_node))
-        self.group(node if final_node == node else f"{node}+{final_node}", reads, final, layers, clobbers, clobber_op)
+        layers.append(
+            DabLayer(
+                "Affine",
+                {
+                    "input": raw,
+                    "a": self.const(f"{node}.dot_a", np.full(o, -2.0, np.float32)),
+                    "b": self.const(f"{node}.dot_b", np.full(o, float(kk), np.float32)),
+                    "output": dot,
+                },
+                node,
+            )
+        )
+        layers.append(
+            DabLayer(
+                "Affine",
+                {
+                    "input": dot,
+                    "a": self.const(f"{final_node}.a", s_bn * g),
+                    "b": self.const(f"{final_node}.b", t_bn + s_bn * bias),
+                    "output": v.dab,
+                },
+                final_node,
+            )
+        )
+        self.group(
+            node if final_node == node else f"{node}+{final_node}", reads, final, layers, clobbers, clobber_op
+        )
 
-    def blocked(self, pending: list[_Group], readers_of_root: dict[str, list[int]], done: set[int]) -> tuple[_Group, list[str]]:
+    def blocked(
+        self, pending: list[_Group], readers_of_root: dict[str, list[int]], done: set[int]
+    ) -> tuple[_Group, list[str]]:
         """The in-place group that can never run: another reader of its input depends on it."""
         groups = self.groups
         data_deps = {g.index: {producer for producer in g.deps} for g in groups}
@@ -836,12 +1137,18 @@ class _Lowering:
         for g in pending:
             if g.clobbers is None:
                 continue
-            others = [j for j in readers_of_root[self.vals[g.clobbers].root] if j != g.index and j not in done]
+            others = [
+                j for j in readers_of_root[self.vals[g.clobbers].root] if j != g.index and j not in done
+            ]
             late = [groups[j].node for j in others if depends_on(j, g.index)]
             if late:
                 return g, late
         g = next(g for g in pending if g.clobbers is not None)
-        return g, [groups[j].node for j in readers_of_root[self.vals[g.clobbers].root] if j != g.index and j not in done]
+        return g, [
+            groups[j].node
+            for j in readers_of_root[self.vals[g.clobbers].root]
+            if j != g.index and j not in done
+        ]
 
     def ir_algorithm(self, node: str) -> str:
         return self.algos.get(node, "?") if hasattr(self, "algos") else "?"
@@ -850,21 +1157,36 @@ class _Lowering:
         kk = cin * k * k
         out = (width + 2 * p - k) // s + 1
         if kk >= 60000:
-            raise _Refuse("limits", f"a binary conv with {kk} bits per filter (node {node}): daBNN's im2col asserts "
-                          "KH*KW*Cin < 60000")
+            raise _Refuse(
+                "limits",
+                f"a binary conv with {kk} bits per filter (node {node}): daBNN's im2col asserts "
+                "KH*KW*Cin < 60000",
+            )
         if cin == 64 and width % 2:
-            raise _Refuse("limits", f"a 64-channel binary conv on a map of odd width {width} (node {node}): daBNN's "
-                          "64-channel kernels pack rows of an even width only")
+            raise _Refuse(
+                "limits",
+                f"a 64-channel binary conv on a map of odd width {width} (node {node}): daBNN's "
+                "64-channel kernels pack rows of an even width only",
+            )
         direct = k == 3 and cin in (64, 128, 256, 512, 1024)
         if direct and cin == 64 and ((out * out) % 2 or cout % 2):
-            raise _Refuse("limits", f"a 3x3 64-channel binary conv with {cout} outputs on a {out}x{out} output (node "
-                          f"{node}): daBNN's aarch64 direct kernel asserts an even output size and an even Cout")
+            raise _Refuse(
+                "limits",
+                f"a 3x3 64-channel binary conv with {cout} outputs on a {out}x{out} output (node "
+                f"{node}): daBNN's aarch64 direct kernel asserts an even output size and an even Cout",
+            )
         if direct and cin != 64 and not (cin == 128 and cout == 128) and cout % 128:
-            raise _Refuse("limits", f"a 3x3 binary conv {cin} -> {cout} channels (node {node}): daBNN's aarch64 direct "
-                          "kernel asserts Cout % 128 == 0 for this input width")
+            raise _Refuse(
+                "limits",
+                f"a 3x3 binary conv {cin} -> {cout} channels (node {node}): daBNN's aarch64 direct "
+                "kernel asserts Cout % 128 == 0 for this input width",
+            )
         if not (cin == 64 and k == 3) and out * out * min(2 * -(-kk // 128), 32) > 128000:
-            raise _Refuse("limits", f"a binary conv with a {out}x{out} output and {kk}-bit filters (node {node}): it "
-                          "overflows daBNN's static BGEMM buffer (out_H*out_W*min(words, 32) must be <= 128000)")
+            raise _Refuse(
+                "limits",
+                f"a binary conv with a {out}x{out} output and {kk}-bit filters (node {node}): it "
+                "overflows daBNN's static BGEMM buffer (out_H*out_W*min(words, 32) must be <= 128000)",
+            )
 
     # scheduling -------------------------------------------------------------------------------
     def schedule(self) -> list[DabLayer]:
@@ -895,9 +1217,14 @@ class _Lowering:
                 continue
             root = self.vals[g.clobbers].root
             if root in protected:
-                what = "the model's input (the caller's buffer)" if root == self.ir.inputs[0]["name"] else "the model's output"
+                what = (
+                    "the model's input (the caller's buffer)"
+                    if root == self.ir.inputs[0]["name"]
+                    else "the model's output"
+                )
                 self.problems.setdefault("in-place", []).append(
-                    f"an in-place {g.clobber_op} (node {g.node}) that would overwrite {what}: daBNN has no copy op")
+                    f"an in-place {g.clobber_op} (node {g.node}) that would overwrite {what}: daBNN has no copy op"
+                )
                 continue
             g.deps |= {j for j in readers_of_root.get(root, []) if j != g.index}
         self.raise_problems()
@@ -911,21 +1238,27 @@ class _Lowering:
                 raise ExportError(
                     f"{RUNTIME} cannot express an in-place {g.clobber_op} (node {g.node}) on '{g.clobbers}': daBNN "
                     f"overwrites its input, which {', '.join(others)} also read(s) after it; daBNN has no copy op and "
-                    "the export inserts none")
+                    "the export inserts none"
+                )
             order.append(ready)
             done.add(ready.index)
             pending.remove(ready)
         layers = [layer for g in order for layer in g.layers]
         last = layers[-1].params["output"]
         if last != self.vals[self.output].dab:
-            raise ExportError(f"{RUNTIME} reads the last layer's output, but the model's output is written earlier")
+            raise ExportError(
+                f"{RUNTIME} reads the last layer's output, but the model's output is written earlier"
+            )
         return layers
 
 
 def _algorithms(model: nn.Module) -> dict[str, str]:
     """fx node name of each binary layer -> its algorithm (for messages)."""
-    return {name.replace(".", "_"): m.algorithm for name, m in model.named_modules()
-            if is_binary(m) or isinstance(m, DeployedBinaryLayer)}
+    return {
+        name.replace(".", "_"): m.algorithm
+        for name, m in model.named_modules()
+        if is_binary(m) or isinstance(m, DeployedBinaryLayer)
+    }
 
 
 def lower(model: nn.Module, example_input: Tensor) -> tuple[list[DabLayer], list[DabTensor], list[int], str]:
@@ -936,8 +1269,10 @@ def lower(model: nn.Module, example_input: Tensor) -> tuple[list[DabLayer], list
 
 def _lower(model: nn.Module, example_input: Tensor):
     if isinstance(example_input, Tensor) and example_input.dim() >= 1 and example_input.shape[0] != 1:
-        raise ExportError(f"{RUNTIME} runs batch 1 only (its input is [1, H, W, C] and it has no batch axis); the "
-                          f"example input has batch {example_input.shape[0]}: export with a batch-1 example input")
+        raise ExportError(
+            f"{RUNTIME} runs batch 1 only (its input is [1, H, W, C] and it has no batch axis); the "
+            f"example input has batch {example_input.shape[0]}: export with a batch-1 example input"
+        )
     ir = trace_ir(model, example_input, runtime=RUNTIME)
     lowering = _Lowering(ir)
     lowering.algos = _algorithms(model)
@@ -958,5 +1293,15 @@ def export_dabnn(model: nn.Module, example_input: Tensor) -> bytes:
     return export_dabnn_with_report(model, example_input)[0]
 
 
-__all__ = ["DabLayer", "DabTensor", "LAYER_TYPES", "PARAM_FIELDS", "VERSION", "export_dabnn", "export_dabnn_with_report",
-           "lower", "read_dab", "write_dab"]
+__all__ = [
+    "DabLayer",
+    "DabTensor",
+    "LAYER_TYPES",
+    "PARAM_FIELDS",
+    "VERSION",
+    "export_dabnn",
+    "export_dabnn_with_report",
+    "lower",
+    "read_dab",
+    "write_dab",
+]

@@ -20,6 +20,7 @@ What LCE has no op for is emitted as builtin float ops where that is exact, and 
 Facts about the ops: docs/lce-format.md (bit 1 = -1, LSB first along channels; 5 inputs;
 8 required option keys; TFL3 identifier; version 3; buffer 0 empty).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,7 +44,9 @@ def tflite_schema():
     """The TFLite schema module (object API) shipped in larq-compute-engine's wheel."""
     spec = importlib.util.find_spec("larq_compute_engine")
     if spec is None or not spec.submodule_search_locations:
-        raise ExportError("LCE export needs the TFLite schema shipped with larq-compute-engine: pip install '.[larq]'")
+        raise ExportError(
+            "LCE export needs the TFLite schema shipped with larq-compute-engine: pip install '.[larq]'"
+        )
     path = Path(spec.submodule_search_locations[0]) / "mlir" / "python" / "tflite_schema.py"
     mod_spec = importlib.util.spec_from_file_location("bimodels_lce_tflite_schema", path)
     module = importlib.util.module_from_spec(mod_spec)
@@ -107,13 +110,22 @@ class _Writer:
         return self._tensor(name, arr.shape, ttype, arr)
 
     def act(self, name: str, shape, int32: bool = False) -> int:
-        return self._tensor(name, shape, self.s.TensorType.INT32 if int32 else self.s.TensorType.FLOAT32, None)
+        return self._tensor(
+            name, shape, self.s.TensorType.INT32 if int32 else self.s.TensorType.FLOAT32, None
+        )
 
     def shape(self, index: int) -> list[int]:
         return list(self.tensors[index].shape)
 
-    def op(self, code, inputs: list[int], outputs: list[int], options_type: int = 0, options=None,
-           custom: bytes | None = None) -> None:
+    def op(
+        self,
+        code,
+        inputs: list[int],
+        outputs: list[int],
+        options_type: int = 0,
+        options=None,
+        custom: bytes | None = None,
+    ) -> None:
         key = code
         if key not in self.opcodes:
             oc = self.s.OperatorCodeT()
@@ -171,7 +183,11 @@ class _Lowering:
 
     def binary_op(self, code: int, a: int, b: int, name: str) -> int:
         shape = np.broadcast_shapes(tuple(self.w.shape(a)), tuple(self.w.shape(b)))
-        opt_type = self.s.BuiltinOptions.AddOptions if code == self.s.BuiltinOperator.ADD else self.s.BuiltinOptions.MulOptions
+        opt_type = (
+            self.s.BuiltinOptions.AddOptions
+            if code == self.s.BuiltinOperator.ADD
+            else self.s.BuiltinOptions.MulOptions
+        )
         opt = self.s.AddOptionsT() if code == self.s.BuiltinOperator.ADD else self.s.MulOptionsT()
         return self.builtin(code, [a, b], shape, name, opt_type, opt)
 
@@ -183,11 +199,23 @@ class _Lowering:
         paddings = self.w.const(f"{name}/paddings", np.array([[0, 0], [pt, pb], [pl, pr], [0, 0]], np.int32))
         out_shape = [n, h + pt + pb, w + pl + pr, c]
         if value == 0.0:
-            return self.builtin(self.s.BuiltinOperator.PAD, [x, paddings], out_shape, name,
-                                self.s.BuiltinOptions.PadOptions, self.s.PadOptionsT())
+            return self.builtin(
+                self.s.BuiltinOperator.PAD,
+                [x, paddings],
+                out_shape,
+                name,
+                self.s.BuiltinOptions.PadOptions,
+                self.s.PadOptionsT(),
+            )
         cval = self.w.const(f"{name}/value", np.array(value, np.float32))
-        return self.builtin(self.s.BuiltinOperator.PADV2, [x, paddings, cval], out_shape, name,
-                            self.s.BuiltinOptions.PadV2Options, self.s.PadV2OptionsT())
+        return self.builtin(
+            self.s.BuiltinOperator.PADV2,
+            [x, paddings, cval],
+            out_shape,
+            name,
+            self.s.BuiltinOptions.PadV2Options,
+            self.s.PadV2OptionsT(),
+        )
 
     # -- the walk ---------------------------------------------------------------------
     def run(self) -> bytes:
@@ -198,8 +226,14 @@ class _Lowering:
         x = self.w.act("input", shape)
         perm = self.w.const("input/perm", np.array([0, 2, 3, 1], np.int32))
         n, c, h, w = shape
-        self.values[spec["name"]] = self.builtin(self.s.BuiltinOperator.TRANSPOSE, [x, perm], [n, h, w, c], "input_nhwc",
-                                                 self.s.BuiltinOptions.TransposeOptions, self.s.TransposeOptionsT())
+        self.values[spec["name"]] = self.builtin(
+            self.s.BuiltinOperator.TRANSPOSE,
+            [x, perm],
+            [n, h, w, c],
+            "input_nhwc",
+            self.s.BuiltinOptions.TransposeOptions,
+            self.s.TransposeOptionsT(),
+        )
         for node in self.ir.nodes:
             if node["name"] in self.folded:
                 continue
@@ -220,12 +254,19 @@ class _Lowering:
         self.set(node, self.x(node))
 
     def op_relu(self, node):
-        self.set(node, self.builtin(self.s.BuiltinOperator.RELU, [self.x(node)], self.w.shape(self.x(node)), node["name"]))
+        self.set(
+            node,
+            self.builtin(
+                self.s.BuiltinOperator.RELU, [self.x(node)], self.w.shape(self.x(node)), node["name"]
+            ),
+        )
 
     def op_hardtanh(self, node):
         a = node["attrs"]
         if (a["min_val"], a["max_val"]) != (-1.0, 1.0):
-            raise ExportError(f"{RUNTIME}: Hardtanh({a['min_val']}, {a['max_val']}) has no TFLite op (node {node['name']})")
+            raise ExportError(
+                f"{RUNTIME}: Hardtanh({a['min_val']}, {a['max_val']}) has no TFLite op (node {node['name']})"
+            )
         x = self.x(node)
         self.set(node, self.builtin(self.s.BuiltinOperator.RELU_N1_TO_1, [x], self.w.shape(x), node["name"]))
 
@@ -237,7 +278,9 @@ class _Lowering:
         self.set(node, self.builtin(self.s.BuiltinOperator.PRELU, [x, alpha], self.w.shape(x), node["name"]))
 
     def op_add(self, node):
-        self.set(node, self.binary_op(self.s.BuiltinOperator.ADD, self.x(node, 0), self.x(node, 1), node["name"]))
+        self.set(
+            node, self.binary_op(self.s.BuiltinOperator.ADD, self.x(node, 0), self.x(node, 1), node["name"])
+        )
 
     def op_concat(self, node):
         ins = [self.values[v] for v in node["inputs"]]
@@ -247,8 +290,17 @@ class _Lowering:
         out = shapes[0][:3] + [sum(s[3] for s in shapes)]
         opt = self.s.ConcatenationOptionsT()
         opt.axis = 3
-        self.set(node, self.builtin(self.s.BuiltinOperator.CONCATENATION, ins, out, node["name"],
-                                    self.s.BuiltinOptions.ConcatenationOptions, opt))
+        self.set(
+            node,
+            self.builtin(
+                self.s.BuiltinOperator.CONCATENATION,
+                ins,
+                out,
+                node["name"],
+                self.s.BuiltinOptions.ConcatenationOptions,
+                opt,
+            ),
+        )
 
     def op_channel_affine(self, node):
         x = self.x(node)
@@ -266,7 +318,13 @@ class _Lowering:
         kh, kw = a["kernel"]
         sh, sw = a["stride"]
         opt = self.s.Pool2DOptionsT()
-        opt.padding, opt.strideH, opt.strideW, opt.filterHeight, opt.filterWidth = self.s.Padding.VALID, sh, sw, kh, kw
+        opt.padding, opt.strideH, opt.strideW, opt.filterHeight, opt.filterWidth = (
+            self.s.Padding.VALID,
+            sh,
+            sw,
+            kh,
+            kw,
+        )
         out = [n, (h - kh) // sh + 1, (w - kw) // sw + 1, c]
         self.set(node, self.builtin(code, [x], out, node["name"], self.s.BuiltinOptions.Pool2DOptions, opt))
 
@@ -288,8 +346,17 @@ class _Lowering:
         opt = self.s.ReducerOptionsT()
         opt.keepDims = bool(a["keepdims"])
         out = [n, 1, 1, c] if a["keepdims"] else [n, c]
-        self.set(node, self.builtin(self.s.BuiltinOperator.MEAN, [x, axes], out, node["name"],
-                                    self.s.BuiltinOptions.ReducerOptions, opt))
+        self.set(
+            node,
+            self.builtin(
+                self.s.BuiltinOperator.MEAN,
+                [x, axes],
+                out,
+                node["name"],
+                self.s.BuiltinOptions.ReducerOptions,
+                opt,
+            ),
+        )
 
     def op_flatten(self, node):
         x = self.x(node)
@@ -300,26 +367,51 @@ class _Lowering:
         if len(shape) == 4 and (shape[1] != 1 or shape[2] != 1):  # back to torch's C, H, W order
             perm = self.w.const(f"{node['name']}/perm", np.array([0, 3, 1, 2], np.int32))
             n, h, w, c = shape
-            x = self.builtin(self.s.BuiltinOperator.TRANSPOSE, [x, perm], [n, c, h, w], f"{node['name']}/nchw",
-                             self.s.BuiltinOptions.TransposeOptions, self.s.TransposeOptionsT())
+            x = self.builtin(
+                self.s.BuiltinOperator.TRANSPOSE,
+                [x, perm],
+                [n, c, h, w],
+                f"{node['name']}/nchw",
+                self.s.BuiltinOptions.TransposeOptions,
+                self.s.TransposeOptionsT(),
+            )
         new_shape = [shape[0], int(np.prod(shape[1:]))]
         target = self.w.const(f"{node['name']}/shape", np.array(new_shape, np.int32))
         opt = self.s.ReshapeOptionsT()
         opt.newShape = new_shape
-        self.set(node, self.builtin(self.s.BuiltinOperator.RESHAPE, [x, target], new_shape, node["name"],
-                                    self.s.BuiltinOptions.ReshapeOptions, opt))
+        self.set(
+            node,
+            self.builtin(
+                self.s.BuiltinOperator.RESHAPE,
+                [x, target],
+                new_shape,
+                node["name"],
+                self.s.BuiltinOptions.ReshapeOptions,
+                opt,
+            ),
+        )
 
     def op_linear(self, node):
         x = self.x(node)
         if len(self.w.shape(x)) != 2:
-            raise ExportError(f"{RUNTIME}: linear on a rank-{len(self.w.shape(x))} tensor (node {node['name']})")
+            raise ExportError(
+                f"{RUNTIME}: linear on a rank-{len(self.w.shape(x))} tensor (node {node['name']})"
+            )
         wt = self.t(node["attrs"]["weight"])
         bias = self.t(node["attrs"]["bias"])
         bias = np.zeros(wt.shape[0], np.float32) if bias is None else bias
         ins = [x, self.w.const(f"{node['name']}/weight", wt), self.w.const(f"{node['name']}/bias", bias)]
-        self.set(node, self.builtin(self.s.BuiltinOperator.FULLY_CONNECTED, ins, [self.w.shape(x)[0], wt.shape[0]],
-                                    node["name"], self.s.BuiltinOptions.FullyConnectedOptions,
-                                    self.s.FullyConnectedOptionsT()))
+        self.set(
+            node,
+            self.builtin(
+                self.s.BuiltinOperator.FULLY_CONNECTED,
+                ins,
+                [self.w.shape(x)[0], wt.shape[0]],
+                node["name"],
+                self.s.BuiltinOptions.FullyConnectedOptions,
+                self.s.FullyConnectedOptionsT(),
+            ),
+        )
 
     def op_conv(self, node):
         a = node["attrs"]
@@ -327,7 +419,9 @@ class _Lowering:
         if wt.ndim != 4:
             raise ExportError(f"{RUNTIME}: 1-D convolution (node {node['name']})")
         if a["groups"] != 1:
-            raise ExportError(f"{RUNTIME} export: grouped full-precision conv (groups={a['groups']}, node {node['name']})")
+            raise ExportError(
+                f"{RUNTIME} export: grouped full-precision conv (groups={a['groups']}, node {node['name']})"
+            )
         x = self.pad(self.x(node), a["pads"], 0.0, f"{node['name']}/pad")
         n, h, w, _ = self.w.shape(x)
         cout, _, kh, kw = wt.shape
@@ -335,16 +429,39 @@ class _Lowering:
         bias = self.t(a["bias"])
         bias = np.zeros(cout, np.float32) if bias is None else bias
         opt = self.s.Conv2DOptionsT()
-        opt.padding, opt.strideH, opt.strideW, opt.dilationHFactor, opt.dilationWFactor = self.s.Padding.VALID, sh, sw, dh, dw
+        opt.padding, opt.strideH, opt.strideW, opt.dilationHFactor, opt.dilationWFactor = (
+            self.s.Padding.VALID,
+            sh,
+            sw,
+            dh,
+            dw,
+        )
         out = [n, (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1, cout]
-        ins = [x, self.w.const(f"{node['name']}/filter", wt.transpose(0, 2, 3, 1)), self.w.const(f"{node['name']}/bias", bias)]
-        self.set(node, self.builtin(self.s.BuiltinOperator.CONV_2D, ins, out, node["name"],
-                                    self.s.BuiltinOptions.Conv2DOptions, opt))
+        ins = [
+            x,
+            self.w.const(f"{node['name']}/filter", wt.transpose(0, 2, 3, 1)),
+            self.w.const(f"{node['name']}/bias", bias),
+        ]
+        self.set(
+            node,
+            self.builtin(
+                self.s.BuiltinOperator.CONV_2D,
+                ins,
+                out,
+                node["name"],
+                self.s.BuiltinOptions.Conv2DOptions,
+                opt,
+            ),
+        )
 
     # -- binary conv ------------------------------------------------------------------
     def _next_affine(self, node: dict) -> dict | None:
         users = self.consumers.get(node["outputs"][0], [])
-        if len(users) == 1 and users[0]["op"] == "channel_affine" and node["outputs"][0] not in self.ir.outputs:
+        if (
+            len(users) == 1
+            and users[0]["op"] == "channel_affine"
+            and node["outputs"][0] not in self.ir.outputs
+        ):
             return users[0]
         return None
 
@@ -354,11 +471,15 @@ class _Lowering:
         a, name = node["attrs"], node["name"]
         path = LayerPath(name)
         if a["kind"] != "conv2d":
-            raise ExportError(f"{RUNTIME} has no binary {'fully-connected' if a['kind'] == 'linear' else '1-D conv'} op "
-                              f"(node {name})")
+            raise ExportError(
+                f"{RUNTIME} has no binary {'fully-connected' if a['kind'] == 'linear' else '1-D conv'} op "
+                f"(node {name})"
+            )
         if a["groups"] != 1:
-            raise ExportError(f"{RUNTIME} export: grouped binary conv (groups={a['groups']}, node {name}); LCE's default "
-                              "ARM kernel rejects them")
+            raise ExportError(
+                f"{RUNTIME} export: grouped binary conv (groups={a['groups']}, node {name}); LCE's default "
+                "ARM kernel rejects them"
+            )
         cout, cin_g, kh, kw = a["weight_shape"]
         signs = unpack_sign_rows(self.ir.tensors[a["weight_bits"]], a["k"]).reshape(cout, cin_g, kh, kw)
         x = self.x(node)
@@ -398,24 +519,44 @@ class _Lowering:
         ones, zeros = np.ones(cout, np.float32), np.zeros(cout, np.float32)
         ins = [q, filt, self.w.const(f"{name}/multiplier", ones), self.w.const(f"{name}/bias", zeros), -1]
         y = self.w.act(f"{name}/conv", [n, oh, ow, cout])
-        options = flex.Dumps({
-            "channels_in": int(c), "dilation_height_factor": int(dh), "dilation_width_factor": int(dw),
-            "fused_activation_function": 0, "pad_values": 1 if pad_value == 1 else 0, "padding": 1,
-            "stride_height": int(sh), "stride_width": int(sw),
-        })
+        options = flex.Dumps(
+            {
+                "channels_in": int(c),
+                "dilation_height_factor": int(dh),
+                "dilation_width_factor": int(dw),
+                "fused_activation_function": 0,
+                "pad_values": 1 if pad_value == 1 else 0,
+                "padding": 1,
+                "stride_height": int(sh),
+                "stride_width": int(sw),
+            }
+        )
         self.w.op("LceBconv2d", ins, [y], custom=bytes(options))
 
         if padded and pad_value == 0:  # +1 was computed at padded taps; true zero padding wants 0
-            corr = _padding_correction(signs, pads, (h - pads[0][0] - pads[0][1], w - pads[1][0] - pads[1][1]),
-                                       (sh, sw), (dh, dw))
-            y = self.binary_op(self.s.BuiltinOperator.ADD, y, self.w.const(f"{name}/padfix", -corr.astype(np.float32)),
-                               f"{name}/padfix")  # integers: exact
+            corr = _padding_correction(
+                signs, pads, (h - pads[0][0] - pads[0][1], w - pads[1][0] - pads[1][1]), (sh, sw), (dh, dw)
+            )
+            y = self.binary_op(
+                self.s.BuiltinOperator.ADD,
+                y,
+                self.w.const(f"{name}/padfix", -corr.astype(np.float32)),
+                f"{name}/padfix",
+            )  # integers: exact
             path.extra_ops.append("ADD (zero-padding correction)")
         if np.any(m != 1):  # the per-channel affine every binary conv has (scales and batch norm)
-            y = self.binary_op(self.s.BuiltinOperator.MUL, y, self.w.const(f"{name}/scale", m), f"{name}/scale")
+            y = self.binary_op(
+                self.s.BuiltinOperator.MUL, y, self.w.const(f"{name}/scale", m), f"{name}/scale"
+            )
         if a["input_scale"] is not None:
-            absx = self.builtin(self.s.BuiltinOperator.ABS, [raw_input], self.w.shape(raw_input), f"{name}/abs",
-                                self.s.BuiltinOptions.AbsOptions, self.s.AbsOptionsT())
+            absx = self.builtin(
+                self.s.BuiltinOperator.ABS,
+                [raw_input],
+                self.w.shape(raw_input),
+                f"{name}/abs",
+                self.s.BuiltinOptions.AbsOptions,
+                self.s.AbsOptionsT(),
+            )
             # Mean over W, then H, then C: TFLite's MEAN sums in float32 in one pass, which
             # over 56*56*64 inputs drifts by ~1e-4 relative and flips signs downstream.
             beta, shape = absx, list(self.w.shape(raw_input))
@@ -423,17 +564,26 @@ class _Lowering:
                 opt = self.s.ReducerOptionsT()
                 opt.keepDims = True
                 shape[axis] = 1
-                beta = self.builtin(self.s.BuiltinOperator.MEAN,
-                                    [beta, self.w.const(f"{name}/beta_axis{axis}", np.array([axis], np.int32))],
-                                    list(shape), f"{name}/beta{axis}", self.s.BuiltinOptions.ReducerOptions, opt)
+                beta = self.builtin(
+                    self.s.BuiltinOperator.MEAN,
+                    [beta, self.w.const(f"{name}/beta_axis{axis}", np.array([axis], np.int32))],
+                    list(shape),
+                    f"{name}/beta{axis}",
+                    self.s.BuiltinOptions.ReducerOptions,
+                    opt,
+                )
             y = self.binary_op(self.s.BuiltinOperator.MUL, y, beta, f"{name}/scale_beta")
             path.extra_ops += ["ABS (XNOR beta)", "MEAN x3 (XNOR beta)", "MUL (XNOR beta)"]
         if a["output_gain"] is not None:
             gain = np.moveaxis(self.t(a["output_gain"]), 0, -1)  # (1, OH, OW) -> (OH, OW, 1)
-            y = self.binary_op(self.s.BuiltinOperator.MUL, y, self.w.const(f"{name}/gamma", gain), f"{name}/gamma")
+            y = self.binary_op(
+                self.s.BuiltinOperator.MUL, y, self.w.const(f"{name}/gamma", gain), f"{name}/gamma"
+            )
             path.extra_ops.append("MUL (XNOR++ spatial Gamma)")
         if np.any(bias != 0):
-            y = self.binary_op(self.s.BuiltinOperator.ADD, y, self.w.const(f"{name}/shift", bias), f"{name}/shift")
+            y = self.binary_op(
+                self.s.BuiltinOperator.ADD, y, self.w.const(f"{name}/shift", bias), f"{name}/shift"
+            )
         self.set(affine if affine is not None else node, y)
         if affine is not None:
             self.values[node["outputs"][0]] = y  # nothing else reads it (checked in _next_affine)

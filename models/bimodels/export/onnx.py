@@ -4,6 +4,7 @@ The model is reduced to its deploy form first (constant +/-1 weights, per-channe
 so the graph holds only Where/Conv/Mul/Add-style standard ops (opset 17) and onnxruntime
 runs it as it is. The batch axis is dynamic.
 """
+
 from __future__ import annotations
 
 import io

@@ -6,13 +6,14 @@ with their role; the trainer takes only a "train" split (`Split.require("train")
 training step can see the test split. `version` is a hash of the data actually loaded: it
 goes into every stored row, so numbers from different data never mix.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def require(self, role: str) -> "Split":
+    def require(self, role: str) -> Split:
         if self.role != role:
             raise TaskError(f"this step takes the {role} split, not the {self.role} split")
         return self
@@ -91,7 +92,7 @@ class TaskData:
     notes: tuple[str, ...] = ()  # said to the user: fallbacks, resizes
     metric: str = ""  # the metric's name when this data has its own (GLUE's CoLA: Matthews); "" = the task's
 
-    def metric_name(self, task: "Task") -> str:
+    def metric_name(self, task: Task) -> str:
         return self.metric or task.metric
 
 
@@ -122,7 +123,9 @@ class Task:
         from ..architectures import create_model
 
         if arch not in self.archs:
-            raise TaskError(f"architecture {arch!r} does not fit task {self.name}; it takes: {', '.join(self.archs)}")
+            raise TaskError(
+                f"architecture {arch!r} does not fit task {self.name}; it takes: {', '.join(self.archs)}"
+            )
         return create_model(arch, num_classes=num_classes or self.num_classes)
 
     num_classes: int = 0  # of the default data

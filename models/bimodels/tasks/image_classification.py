@@ -12,6 +12,7 @@ Data, in order of preference:
   run says so: numbers from it are not comparable with Fashion-MNIST's (the data version
   differs, so they never mix in a table).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,10 @@ from ..data.imagefolder import decode_center_crop, find_image_folder, read_image
 from .base import Split, Task, TaskData, TaskError, TrainConfig, data_version, register_task
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 # Samples per split a scale uses (None: all): quick is a smoke run, default converges.
 SUBSETS = {"quick": (512, 256), "default": (10000, None), "paper": (None, None)}
 
@@ -40,7 +43,9 @@ def _read_fashion(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images_file, labels_file = (folder / f for f in FASHION_FILES[split])
     images, labels = read_idx(images_file), read_idx(labels_file)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataError(images_file, f"expected N x rows x cols uint8 images, got {images.shape} {images.dtype}")
+        raise DataError(
+            images_file, f"expected N x rows x cols uint8 images, got {images.shape} {images.dtype}"
+        )
     if labels.shape != (len(images),) or (labels.size and labels.max() > 9):
         raise DataError(labels_file, f"expected {len(images)} labels in 0..9, got shape {labels.shape}")
     return images[:, None], labels.astype(np.int64)  # N x 1 x H x W
@@ -111,8 +116,10 @@ class ImageClassification(Task):
             (xtr, ytr), (xte, yte) = read_cifar10(cifar, "train"), read_cifar10(cifar, "test")
             source = f"cifar-10 ({cifar})"
         elif scale == "paper":
-            raise TaskError("the paper scale trains on CIFAR-10 or ImageNet: give --data-root with "
-                            "cifar-10-batches-py in it, or train/ and val/ class-folder trees")
+            raise TaskError(
+                "the paper scale trains on CIFAR-10 or ImageNet: give --data-root with "
+                "cifar-10-batches-py in it, or train/ and val/ class-folder trees"
+            )
         elif (_fashion_dir() / FASHION_FILES["train"][0]).exists():
             folder = _fashion_dir()
             (xtr, ytr), (xte, yte) = _read_fashion(folder, "train"), _read_fashion(folder, "test")
@@ -120,19 +127,30 @@ class ImageClassification(Task):
         else:
             (xtr, ytr), (xte, yte) = _digits()
             source = "scikit-learn digits"
-            notes.append(f"Fashion-MNIST not found at {_fashion_dir()} (apt-get install dataset-fashion-mnist): "
-                         "using scikit-learn's 1,797 digits instead; not comparable with Fashion-MNIST results")
+            notes.append(
+                f"Fashion-MNIST not found at {_fashion_dir()} (apt-get install dataset-fashion-mnist): "
+                "using scikit-learn's 1,797 digits instead; not comparable with Fashion-MNIST results"
+            )
         xte_all = xte
         train_pick, test_pick = _pick(len(xtr), n_train, seed), _pick(len(xte), n_test, seed + 1)
         xtr, ytr, xte, yte = xtr[train_pick], ytr[train_pick], xte[test_pick], yte[test_pick]
         scaled = xtr.astype(np.float64) / 255.0
         prepare = _Prepare(float(scaled.mean()), float(scaled.std()) or 1.0, xtr.shape[1], xtr.shape[-1])
         version = data_version(xtr, ytr, xte, yte)
-        return TaskData(Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), prepare),
-                        Split("test", torch.from_numpy(xte), torch.from_numpy(yte), prepare,
-                              meta={"source_index": test_pick, "source_count": len(xte_all)}),  # for CIFAR-10-C
-                        source, version, self.num_classes, tuple(notes))
-
+        return TaskData(
+            Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), prepare),
+            Split(
+                "test",
+                torch.from_numpy(xte),
+                torch.from_numpy(yte),
+                prepare,
+                meta={"source_index": test_pick, "source_count": len(xte_all)},
+            ),  # for CIFAR-10-C
+            source,
+            version,
+            self.num_classes,
+            tuple(notes),
+        )
 
     def _image_folder(self, folder: Path, n_train: int | None, n_test: int | None, seed: int) -> TaskData:
         train_files, ytr, classes = read_image_folder(folder / "train")
@@ -143,11 +161,23 @@ class ImageClassification(Task):
         test_files, yte = tuple(test_files[i] for i in rte), yte[rte]
         names = "\n".join(str(p) for p in train_files + test_files)
         version = data_version(np.frombuffer(names.encode(), dtype=np.uint8), ytr, yte)
-        return TaskData(Split("train", torch.arange(len(train_files)), torch.from_numpy(ytr),
-                              _DecodeFolder(train_files, IMAGENET_SIZE)),
-                        Split("test", torch.arange(len(test_files)), torch.from_numpy(yte),
-                              _DecodeFolder(test_files, IMAGENET_SIZE)),
-                        f"image folders ({folder}, {len(classes)} classes)", version, len(classes))
+        return TaskData(
+            Split(
+                "train",
+                torch.arange(len(train_files)),
+                torch.from_numpy(ytr),
+                _DecodeFolder(train_files, IMAGENET_SIZE),
+            ),
+            Split(
+                "test",
+                torch.arange(len(test_files)),
+                torch.from_numpy(yte),
+                _DecodeFolder(test_files, IMAGENET_SIZE),
+            ),
+            f"image folders ({folder}, {len(classes)} classes)",
+            version,
+            len(classes),
+        )
 
 
 def _find_cifar(root: Path) -> Path | None:
@@ -165,8 +195,10 @@ def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise TaskError("no image data here: install Debian's dataset-fashion-mnist (or scikit-learn for its "
-                        "bundled digits), or give --data-root with CIFAR-10") from None
+        raise TaskError(
+            "no image data here: install Debian's dataset-fashion-mnist (or scikit-learn for its "
+            "bundled digits), or give --data-root with CIFAR-10"
+        ) from None
     digits = load_digits()
     x = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None]
     y = digits.target.astype(np.int64)

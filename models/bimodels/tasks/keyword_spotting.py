@@ -5,6 +5,7 @@ otherwise keywords spoken by espeak-ng (Debian's `espeak-ng`) in 8 voices at ran
 pitches, time shifts and noise levels. Features: 40 log-mel bands x 98 frames, normalised
 with the training split's mean and deviation.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,12 +34,15 @@ class KeywordSpotting(Task):
     num_classes = len(speech.LABELS)
     archs = ("dfsmn",)
     configs = {
-        "quick": TrainConfig(fp_epochs=3, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=1, batch_size=64,
-                             weight_decay=0.0),
-        "default": TrainConfig(fp_epochs=12, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=3, batch_size=64,
-                               weight_decay=0.0),
-        "paper": TrainConfig(fp_epochs=100, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=100, batch_size=128,
-                             weight_decay=0.0),
+        "quick": TrainConfig(
+            fp_epochs=3, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=1, batch_size=64, weight_decay=0.0
+        ),
+        "default": TrainConfig(
+            fp_epochs=12, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=3, batch_size=64, weight_decay=0.0
+        ),
+        "paper": TrainConfig(
+            fp_epochs=100, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=100, batch_size=128, weight_decay=0.0
+        ),
     }
 
     def load(self, scale: str, data_root: Path | None, seed: int) -> TaskData:
@@ -48,20 +52,28 @@ class KeywordSpotting(Task):
             (xtr, ytr), (xte, yte) = (speech.read_speech_commands(folder, s) for s in ("train", "test"))
             source = f"speech commands ({folder})"
         elif scale == "paper":
-            raise TaskError("the paper scale trains on Speech Commands: give --data-root with its folder "
-                            "(word folders of .wav files and testing_list.txt)")
+            raise TaskError(
+                "the paper scale trains on Speech Commands: give --data-root with its folder "
+                "(word folders of .wav files and testing_list.txt)"
+            )
         elif not speech.espeak_available():
-            raise TaskError("keyword spotting needs espeak-ng to speak its keywords (apt-get install espeak-ng), "
-                            "or --data-root with Speech Commands; leave it out with --task")
+            raise TaskError(
+                "keyword spotting needs espeak-ng to speak its keywords (apt-get install espeak-ng), "
+                "or --data-root with Speech Commands; leave it out with --task"
+            )
         else:
             xtr, ytr = speech.generate(n_train, seed * 2 + 1)
             xte, yte = speech.generate(n_test, seed * 2 + 2)
             source = f"espeak-ng keywords ({len(speech.VOICES)} voices, 12 classes)"
         prepare = _Normalise(float(xtr.mean()), float(xtr.std()) or 1.0)
         version = data_version(xtr, ytr, xte, yte)
-        return TaskData(Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), prepare),
-                        Split("test", torch.from_numpy(xte), torch.from_numpy(yte), prepare),
-                        source, version, len(speech.LABELS))
+        return TaskData(
+            Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), prepare),
+            Split("test", torch.from_numpy(xte), torch.from_numpy(yte), prepare),
+            source,
+            version,
+            len(speech.LABELS),
+        )
 
 
 def _find(root: Path) -> Path | None:

@@ -5,13 +5,14 @@ found, in that order; its dev split is the held-out test split), with a word voc
 from its training split; otherwise the generated corpus of `bimodels.data.text`. Metric:
 accuracy, or Matthews correlation for CoLA (GLUE's own).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..data import text
 from .base import Split, Task, TaskData, TaskError, TrainConfig, data_version, register_task
@@ -36,12 +37,33 @@ class LanguageUnderstanding(Task):
     # (or 5 of 400 at batch 16) the cosine had decayed before the escape and the loss stayed
     # at 0.694; with these, it left the plateau in epoch 5 (0.694 -> 0.374).
     configs = {
-        "quick": TrainConfig(fp_epochs=2, fp_optimizer="adam", fp_lr=1e-4, bin_epochs=1, bin_lr=1e-4, batch_size=32,
-                             weight_decay=0.0),
-        "default": TrainConfig(fp_epochs=16, fp_optimizer="adam", fp_lr=1e-4, bin_epochs=2, bin_lr=1e-4,
-                               batch_size=32, weight_decay=0.0),
-        "paper": TrainConfig(fp_epochs=3, fp_optimizer="adam", fp_lr=2e-5, bin_epochs=50, bin_lr=2e-4,
-                             batch_size=32, weight_decay=0.0),
+        "quick": TrainConfig(
+            fp_epochs=2,
+            fp_optimizer="adam",
+            fp_lr=1e-4,
+            bin_epochs=1,
+            bin_lr=1e-4,
+            batch_size=32,
+            weight_decay=0.0,
+        ),
+        "default": TrainConfig(
+            fp_epochs=16,
+            fp_optimizer="adam",
+            fp_lr=1e-4,
+            bin_epochs=2,
+            bin_lr=1e-4,
+            batch_size=32,
+            weight_decay=0.0,
+        ),
+        "paper": TrainConfig(
+            fp_epochs=3,
+            fp_optimizer="adam",
+            fp_lr=2e-5,
+            bin_epochs=50,
+            bin_lr=2e-4,
+            batch_size=32,
+            weight_decay=0.0,
+        ),
     }
 
     def load(self, scale: str, data_root: Path | None, seed: int) -> TaskData:
@@ -54,8 +76,10 @@ class LanguageUnderstanding(Task):
             source = f"glue {folder.name} ({folder})"
             metric = "matthews_corr" if folder.name == "CoLA" else "accuracy"
         elif scale == "paper":
-            raise TaskError("the paper scale trains on GLUE: give --data-root with a GLUE task folder "
-                            f"({', '.join(text.GLUE)}) holding train.tsv and dev.tsv")
+            raise TaskError(
+                "the paper scale trains on GLUE: give --data-root with a GLUE task folder "
+                f"({', '.join(text.GLUE)}) holding train.tsv and dev.tsv"
+            )
         else:  # disjoint seeds; the generator's space is large enough that repeats across splits are rare
             a_tr, b_tr, ytr = text.generate(n_train, seed * 2 + 1)
             a_te, b_te, yte = text.generate(n_test, seed * 2 + 2)
@@ -70,17 +94,28 @@ class LanguageUnderstanding(Task):
             xte, yte = xte[fresh], yte[fresh]
         version = data_version(xtr, ytr, xte, yte)
         meta = {"metric": metric}
-        return TaskData(Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), meta=meta),
-                        Split("test", torch.from_numpy(xte), torch.from_numpy(yte), meta=meta),
-                        source, version, 2, metric=metric)
+        return TaskData(
+            Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), meta=meta),
+            Split("test", torch.from_numpy(xte), torch.from_numpy(yte), meta=meta),
+            source,
+            version,
+            2,
+            metric=metric,
+        )
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: Split, batch_size: int, device: torch.device) -> float:
         if split.meta.get("metric", self.metric) == "accuracy":
             return super().evaluate(model, split, batch_size, device)
         model.eval()
-        preds = torch.cat([model(split.batch(torch.arange(s, min(s + batch_size, len(split))))[0].to(device))
-                           .argmax(1).cpu() for s in range(0, len(split), batch_size)])
+        preds = torch.cat(
+            [
+                model(split.batch(torch.arange(s, min(s + batch_size, len(split))))[0].to(device))
+                .argmax(1)
+                .cpu()
+                for s in range(0, len(split), batch_size)
+            ]
+        )
         return matthews_corr(preds.numpy(), split.y.numpy())
 
 

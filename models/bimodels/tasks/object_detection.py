@@ -13,6 +13,7 @@ image), non-maximum suppression at IoU 0.45, the best 100 kept; mAP@0.5 from pyc
 COCOeval (COCO's own implementation: 101-point interpolated precision, averaged over
 classes that have ground truth).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -87,10 +88,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     for i in range(len(order)):
         if not keep[i]:
             continue
-        w = np.clip(np.minimum(x1[i], x1[i + 1:]) - np.maximum(x0[i], x0[i + 1:]), 0, None)
-        h = np.clip(np.minimum(y1[i], y1[i + 1:]) - np.maximum(y0[i], y0[i + 1:]), 0, None)
+        w = np.clip(np.minimum(x1[i], x1[i + 1 :]) - np.maximum(x0[i], x0[i + 1 :]), 0, None)
+        h = np.clip(np.minimum(y1[i], y1[i + 1 :]) - np.maximum(y0[i], y0[i + 1 :]), 0, None)
         inter = w * h
-        keep[i + 1:] &= inter / np.maximum(area[i] + area[i + 1:] - inter, 1e-9) <= threshold
+        keep[i + 1 :] &= inter / np.maximum(area[i] + area[i + 1 :] - inter, 1e-9) <= threshold
     return order[keep]
 
 
@@ -111,8 +112,12 @@ def detect(output: Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return results
 
 
-def map50(detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]], targets: np.ndarray, num_classes: int,
-          image_side: int) -> float:
+def map50(
+    detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    targets: np.ndarray,
+    num_classes: int,
+    image_side: int,
+) -> float:
     """mAP at IoU 0.5 by pycocotools' COCOeval; boxes are scaled to `image_side` pixels so COCO's
     area ranges see pixel areas."""
     try:
@@ -130,17 +135,30 @@ def map50(detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]], targets: 
         images.append({"id": i, "width": image_side, "height": image_side})
         for row in rows[rows[:, 0] >= 0]:
             box = xywh(row[1:])
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(row[0]),
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
-    results = [{"image_id": i, "category_id": int(c), "bbox": xywh(box), "score": float(s)}
-               for i, (boxes, scores, classes) in enumerate(detections)
-               for box, s, c in zip(boxes, scores, classes)]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": int(row[0]),
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
+    results = [
+        {"image_id": i, "category_id": int(c), "bbox": xywh(box), "score": float(s)}
+        for i, (boxes, scores, classes) in enumerate(detections)
+        for box, s, c in zip(boxes, scores, classes)
+    ]
     if not annotations or not results:
         return 0.0
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every step
         truth = COCO()
-        truth.dataset = {"images": images, "annotations": annotations,
-                         "categories": [{"id": c, "name": str(c)} for c in range(num_classes)]}
+        truth.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": c, "name": str(c)} for c in range(num_classes)],
+        }
         truth.createIndex()
         evaluator = COCOeval(truth, truth.loadRes(results), "bbox")
         evaluator.evaluate()
@@ -157,12 +175,33 @@ class ObjectDetection(Task):
     num_classes = len(scenes.CLASSES)
     archs = ("ssd_resnet",)
     configs = {
-        "quick": TrainConfig(fp_epochs=3, fp_optimizer="adam", fp_lr=2e-3, bin_epochs=1, batch_size=32,
-                             weight_decay=0.0, eval_batch_size=128),
-        "default": TrainConfig(fp_epochs=24, fp_optimizer="adam", fp_lr=2e-3, bin_epochs=5, batch_size=64,
-                               weight_decay=0.0, eval_batch_size=256),
-        "paper": TrainConfig(fp_epochs=120, fp_optimizer="sgd", fp_lr=1e-3, bin_epochs=120, batch_size=32,
-                             weight_decay=5e-4, eval_batch_size=64),
+        "quick": TrainConfig(
+            fp_epochs=3,
+            fp_optimizer="adam",
+            fp_lr=2e-3,
+            bin_epochs=1,
+            batch_size=32,
+            weight_decay=0.0,
+            eval_batch_size=128,
+        ),
+        "default": TrainConfig(
+            fp_epochs=24,
+            fp_optimizer="adam",
+            fp_lr=2e-3,
+            bin_epochs=5,
+            batch_size=64,
+            weight_decay=0.0,
+            eval_batch_size=256,
+        ),
+        "paper": TrainConfig(
+            fp_epochs=120,
+            fp_optimizer="sgd",
+            fp_lr=1e-3,
+            bin_epochs=120,
+            batch_size=32,
+            weight_decay=5e-4,
+            eval_batch_size=64,
+        ),
     }
 
     def load(self, scale: str, data_root: Path | None, seed: int) -> TaskData:
@@ -174,28 +213,44 @@ class ObjectDetection(Task):
             train, test = reader(folder, "train"), reader(folder, "test")
             return self._files(train, test, side, f"{'voc' if voc else 'coco'} ({folder})")
         if scale == "paper":
-            raise TaskError("the paper scale trains on PASCAL VOC or COCO: give --data-root with VOCdevkit/VOC2007 "
-                            "(Annotations, JPEGImages, ImageSets/Main) or COCO's annotations/instances_*.json")
+            raise TaskError(
+                "the paper scale trains on PASCAL VOC or COCO: give --data-root with VOCdevkit/VOC2007 "
+                "(Annotations, JPEGImages, ImageSets/Main) or COCO's annotations/instances_*.json"
+            )
         xtr, ttr = scenes.generate(n_train, side, seed=seed * 2 + 1)  # disjoint seeds: no shared scene
         xte, tte = scenes.generate(n_test, side, seed=seed * 2 + 2)
         for t in (ttr, tte):
             t[..., 1:] = np.where(t[..., :1] >= 0, t[..., 1:] / side, -1.0)
-        return TaskData(Split("train", torch.from_numpy(xtr), torch.from_numpy(ttr), _normalise),
-                        Split("test", torch.from_numpy(xte), torch.from_numpy(tte), _normalise),
-                        f"generated scenes ({len(scenes.CLASSES)} shape classes, {side}x{side})",
-                        data_version(xtr, ttr, xte, tte), len(scenes.CLASSES))
+        return TaskData(
+            Split("train", torch.from_numpy(xtr), torch.from_numpy(ttr), _normalise),
+            Split("test", torch.from_numpy(xte), torch.from_numpy(tte), _normalise),
+            f"generated scenes ({len(scenes.CLASSES)} shape classes, {side}x{side})",
+            data_version(xtr, ttr, xte, tte),
+            len(scenes.CLASSES),
+        )
 
     def _files(self, train: DetectionSet, test: DetectionSet, side: int, source: str) -> TaskData:
         rows = max(train.targets.shape[1], test.targets.shape[1])
-        targets = [np.pad(s.targets, ((0, 0), (0, rows - s.targets.shape[1]), (0, 0)), constant_values=-1.0)
-                   for s in (train, test)]
+        targets = [
+            np.pad(s.targets, ((0, 0), (0, rows - s.targets.shape[1]), (0, 0)), constant_values=-1.0)
+            for s in (train, test)
+        ]
         names = [str(p) for p in train.files + test.files]
         version = data_version(np.frombuffer("\n".join(names).encode(), dtype=np.uint8), *targets)
-        return TaskData(Split("train", torch.arange(len(train.files)), torch.from_numpy(targets[0]),
-                              _Decode(train.files, side)),
-                        Split("test", torch.arange(len(test.files)), torch.from_numpy(targets[1]),
-                              _Decode(test.files, side)),
-                        source, version, len(train.classes))
+        return TaskData(
+            Split(
+                "train",
+                torch.arange(len(train.files)),
+                torch.from_numpy(targets[0]),
+                _Decode(train.files, side),
+            ),
+            Split(
+                "test", torch.arange(len(test.files)), torch.from_numpy(targets[1]), _Decode(test.files, side)
+            ),
+            source,
+            version,
+            len(train.classes),
+        )
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         anchors = anchors_for_output(output.shape[1]).to(output.device)

@@ -10,6 +10,7 @@ test time); per part of that category, IoU = |predicted & true| / |predicted | t
 counted as 1 when the part is neither present nor predicted; the shape's IoU is the mean
 over its category's parts, and mIoU is the mean over shapes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,12 +52,33 @@ class PartSegmentation(Task):
     num_classes = len(parts.PART_NAMES)
     archs = ("pointnet_part_seg",)
     configs = {
-        "quick": TrainConfig(fp_epochs=3, fp_optimizer="adam", fp_lr=2e-3, bin_epochs=1, batch_size=32,
-                             weight_decay=0.0, eval_batch_size=128),
-        "default": TrainConfig(fp_epochs=12, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=3, batch_size=32,
-                               weight_decay=0.0, eval_batch_size=128),
-        "paper": TrainConfig(fp_epochs=200, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=200, batch_size=32,
-                             weight_decay=0.0, eval_batch_size=64),
+        "quick": TrainConfig(
+            fp_epochs=3,
+            fp_optimizer="adam",
+            fp_lr=2e-3,
+            bin_epochs=1,
+            batch_size=32,
+            weight_decay=0.0,
+            eval_batch_size=128,
+        ),
+        "default": TrainConfig(
+            fp_epochs=12,
+            fp_optimizer="adam",
+            fp_lr=1e-3,
+            bin_epochs=3,
+            batch_size=32,
+            weight_decay=0.0,
+            eval_batch_size=128,
+        ),
+        "paper": TrainConfig(
+            fp_epochs=200,
+            fp_optimizer="adam",
+            fp_lr=1e-3,
+            bin_epochs=200,
+            batch_size=32,
+            weight_decay=0.0,
+            eval_batch_size=64,
+        ),
     }
 
     def load(self, scale: str, data_root: Path | None, seed: int) -> TaskData:
@@ -67,8 +89,10 @@ class PartSegmentation(Task):
             xte, yte = read_shapenet_part(folder, "test", points, seed + 1)
             source, groups = f"shapenet-part ({folder})", shapenet_part_groups()
         elif scale == "paper":
-            raise TaskError("the paper scale trains on ShapeNet-part: give --data-root with "
-                            "shapenetcore_partanno_segmentation_benchmark_v0_normal (its .txt point files)")
+            raise TaskError(
+                "the paper scale trains on ShapeNet-part: give --data-root with "
+                "shapenetcore_partanno_segmentation_benchmark_v0_normal (its .txt point files)"
+            )
         else:  # disjoint seeds: no generated test object equals a training one
             xtr, ytr = parts.generate(n_train, points, seed=seed * 2 + 1)
             xte, yte = parts.generate(n_test, points, seed=seed * 2 + 2)
@@ -77,9 +101,13 @@ class PartSegmentation(Task):
         num_parts = groups[-1][-1] + 1
         version = data_version(xtr, ytr, xte, yte)
         meta = {"part_groups": groups}
-        return TaskData(Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), normalise, meta=meta),
-                        Split("test", torch.from_numpy(xte), torch.from_numpy(yte), normalise, meta=meta),
-                        source, version, num_parts)
+        return TaskData(
+            Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), normalise, meta=meta),
+            Split("test", torch.from_numpy(xte), torch.from_numpy(yte), normalise, meta=meta),
+            source,
+            version,
+            num_parts,
+        )
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return nn.functional.cross_entropy(output, target)  # (B, parts, N) against (B, N)

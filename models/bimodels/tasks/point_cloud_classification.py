@@ -5,11 +5,11 @@ otherwise 12 classes of generated shapes (`bimodels.data.shapes`) with random si
 rotation, noise and outliers. Every cloud is centred and scaled into the unit sphere, as
 PointNet's ModelNet pipeline does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,30 +39,44 @@ class PointCloudClassification(Task):
     # alone would take 3.5 hours on 2 cores; --arch pointnet adds it
     scale_archs = {"quick": ("pointnet_vanilla",), "default": ("pointnet_vanilla",)}
     configs = {
-        "quick": TrainConfig(fp_epochs=3, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=2, batch_size=64,
-                             weight_decay=0.0),
-        "default": TrainConfig(fp_epochs=20, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=5, batch_size=64,
-                               weight_decay=0.0),
-        "paper": TrainConfig(fp_epochs=200, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=200, batch_size=32,
-                             weight_decay=0.0),
+        "quick": TrainConfig(
+            fp_epochs=3, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=2, batch_size=64, weight_decay=0.0
+        ),
+        "default": TrainConfig(
+            fp_epochs=20, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=5, batch_size=64, weight_decay=0.0
+        ),
+        "paper": TrainConfig(
+            fp_epochs=200, fp_optimizer="adam", fp_lr=1e-3, bin_epochs=200, batch_size=32, weight_decay=0.0
+        ),
     }
 
     def load(self, scale: str, data_root: Path | None, seed: int) -> TaskData:
         n_train, n_test, points = SIZES[scale]
-        if data_root is not None and any(Path(data_root).glob("**/*.off")) or (
-                data_root is not None and any(Path(data_root).glob("**/ply_data_*.h5"))):
+        if (
+            data_root is not None
+            and any(Path(data_root).glob("**/*.off"))
+            or (data_root is not None and any(Path(data_root).glob("**/ply_data_*.h5")))
+        ):
             xtr, ytr, classes = read_modelnet(data_root, "train", points, seed)
             xte, yte, _ = read_modelnet(data_root, "test", points, seed + 1)
             source, num_classes = f"modelnet40 ({data_root})", len(classes)
         elif scale == "paper":
-            raise TaskError("the paper scale trains on ModelNet40: give --data-root with ModelNet40/ (.off meshes) "
-                            "or its ply_data_*.h5 files")
+            raise TaskError(
+                "the paper scale trains on ModelNet40: give --data-root with ModelNet40/ (.off meshes) "
+                "or its ply_data_*.h5 files"
+            )
         else:  # disjoint seeds: no generated test cloud can equal a training one
             xtr, ytr = shapes.generate(n_train, points, seed=seed * 2 + 1)
             xte, yte = shapes.generate(n_test, points, seed=seed * 2 + 2)
-            source, num_classes = f"generated shapes ({len(shapes.CLASSES)} classes, {points} points)", \
-                len(shapes.CLASSES)
+            source, num_classes = (
+                f"generated shapes ({len(shapes.CLASSES)} classes, {points} points)",
+                len(shapes.CLASSES),
+            )
         version = data_version(xtr, ytr, xte, yte)
-        return TaskData(Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), normalise),
-                        Split("test", torch.from_numpy(xte), torch.from_numpy(yte), normalise),
-                        source, version, num_classes)
+        return TaskData(
+            Split("train", torch.from_numpy(xtr), torch.from_numpy(ytr), normalise),
+            Split("test", torch.from_numpy(xte), torch.from_numpy(yte), normalise),
+            source,
+            version,
+            num_classes,
+        )
