@@ -1,3 +1,5 @@
 """bihost: the host controller of BiBench Farm (CLI, inventory, deploy, tracks, reports)."""
 
-__version__ = "0.1.0"
+from biagent import __version__
+
+__all__ = ["__version__"]
