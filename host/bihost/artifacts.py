@@ -11,12 +11,9 @@ import threading
 from dataclasses import dataclass, field
 
 from biagent.numerics import Case
+from biagent.runtimes import get_runtime
+from biformats import get_format
 
-#: the artifact format each runtime loads (the exporter registry names these)
-RUNTIME_FORMATS = {"custom": "custom", "larq": "lce", "dabnn": "dabnn", "onnxruntime": "onnx"}
-#: what a binarized conv pads with for each runtime: daBNN's binary convs pad with -1 and
-#: it has no way to correct for another value; the others take PyTorch's zero padding.
-RUNTIME_PAD_VALUE = {"dabnn": -1.0}
 FP32 = "fp32"  # the algorithm label of the full-precision baseline
 CHECK_CASES = 3
 
@@ -31,8 +28,16 @@ def check_cases(model, seed: int) -> list[Case]:
     )
 
 
+def export_format(runtime: str) -> str:
+    """The artifact format the host exports for `runtime`: the first it lists (its registry
+    entry in biagent.runtimes), by its canonical name in biformats. UnknownRuntime if none."""
+    return get_format(get_runtime(runtime).formats[0]).name
+
+
 def pad_value_for(runtime: str, algorithm: str) -> float:
-    return 0.0 if algorithm == FP32 else RUNTIME_PAD_VALUE.get(runtime, 0.0)
+    """What a binary conv pads with for `runtime`: its format's (daBNN pads with -1 and
+    cannot correct for another value; the others take PyTorch's zero padding)."""
+    return 0.0 if algorithm == FP32 else get_format(export_format(runtime)).binary_pad_value
 
 
 class NoExporter(Exception):
@@ -102,7 +107,7 @@ class ArtifactCache:
 
         from .deployability import export_for
 
-        fmt = RUNTIME_FORMATS[runtime]
+        fmt = export_format(runtime)
         case = self.case(arch, algorithm, pad_value_for(runtime, algorithm))
         with self._lock:
             if fmt not in case.artifacts:

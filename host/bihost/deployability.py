@@ -20,7 +20,7 @@ import numpy as np
 from biagent import numerics
 from biagent.numerics import Case, CheckResult
 
-from .artifacts import RUNTIME_FORMATS, NoExporter, check_cases
+from .artifacts import NoExporter, check_cases, export_format
 
 
 @dataclass
@@ -42,7 +42,7 @@ def export_for(runtime: str, model, example) -> tuple[bytes, dict[str, int]]:
     """The artifact `runtime` loads, and the extra float ops it needed (op -> layer count)."""
     import bimodels
 
-    fmt = RUNTIME_FORMATS[runtime]
+    fmt = export_format(runtime)
     if fmt not in bimodels.list_formats():
         raise NoExporter(f"no exporter writes {fmt!r} (the {runtime} format) yet")
     if fmt == "lce":
@@ -114,7 +114,7 @@ def cell(
         result.unchecked = f"{runtime} is not usable here: {info.detail}"
         return result
     cases = check_cases(model, seed)
-    outcome = check_artifact(runtime, RUNTIME_FORMATS[runtime], data, model, cases)
+    outcome = check_artifact(runtime, export_format(runtime), data, model, cases)
     errors = [
         v.error / max(float(np.abs(c.expected[0]).max()), 1e-12) for v, c in zip(outcome.verdicts, cases)
     ]

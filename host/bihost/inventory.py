@@ -22,10 +22,11 @@ from typing import Any
 
 import yaml
 
+from biagent.runtimes import list_runtimes
+
 from .errors import UserError
 
 VERSION = 1
-RUNTIMES = ("custom", "larq", "dabnn", "onnxruntime")
 ARCHES = ("arm64", "armv7", "x86_64", "native")
 TRANSPORTS = ("grpc", "ssh")
 EMBEDDED = "embedded"  # address of the board served by an agent the host starts itself
@@ -141,7 +142,8 @@ class Board:
                 )
         object.__setattr__(self, "runtimes", _str_list(name, "runtimes", self.runtimes))
         for rt in self.runtimes:
-            _choice(name, "runtimes", rt, RUNTIMES, what="runtime")
+            # the agent's registry, BIAGENT_RUNTIMES plugins included (read now, not at import)
+            _choice(name, "runtimes", rt, tuple(list_runtimes()), what="runtime")
         if self.address is not None:
             _need(name, "address", self.address, str, "a string HOST:PORT")
             if self.address != EMBEDDED:

@@ -18,6 +18,7 @@ import torch
 
 import bimodels
 from biagent.runtimes import get_runtime
+from bihost.artifacts import export_format
 from bihost.client import AgentClient, BenchmarkSettings
 from bihost.deployability import export_for
 from bimodels.binarize import to_deploy
@@ -74,7 +75,6 @@ RUNTIMES = [
     "onnxruntime",
     pytest.param("larq", marks=pytest.mark.skipif(not LARQ, reason="larq runtime not installed")),
 ]
-FORMATS = {"custom": "custom", "onnxruntime": "onnx", "larq": "lce"}
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -82,8 +82,8 @@ def test_a_rounding_flip_is_explained_and_a_real_margin_is_not(agent, runtime):
     net = model()
     x = bimodels.example_input(net, 1, seed=5)
     artifact, _ = export_for(runtime, net, x)
-    rounding = run(agent, artifact, runtime, FORMATS[runtime], staged_case(net, x, fragile=True))
-    real = run(agent, artifact, runtime, FORMATS[runtime], staged_case(net, x, fragile=False))
+    rounding = run(agent, artifact, runtime, export_format(runtime), staged_case(net, x, fragile=True))
+    real = run(agent, artifact, runtime, export_format(runtime), staged_case(net, x, fragile=False))
     assert rounding.max_abs_errors[0] > 1e-3 and real.max_abs_errors[0] > 1e-3  # the outputs do differ
     assert rounding.status == "ok", rounding.reason
     if runtime == "larq":  # LCE's interpreter cannot show its sign inputs: torch's alternatives explain it
@@ -106,7 +106,7 @@ def test_a_flipped_weight_channel_fails_with_margin(agent, runtime):
     with torch.no_grad():
         layer.weight[0] = -layer.weight[0]
     artifact, _ = export_for(runtime, broken, x)
-    out = run(agent, artifact, runtime, FORMATS[runtime], case)
+    out = run(agent, artifact, runtime, export_format(runtime), case)
     assert out.status == "numerics_error" and "not rounding" in out.reason, out.reason
     margin = float(re.search(r"one at ([0-9.e+-]+) of the layer's range", out.reason).group(1))
     assert margin > 1e-3, out.reason  # far beyond the 1e-5 rounding margin

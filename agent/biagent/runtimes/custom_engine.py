@@ -1,4 +1,4 @@
-"""Load and run "custom" artifacts (format: bimodels/export/custom.py's docstring), numpy only.
+"""Load and run "custom" artifacts (the format: `biformats.custom`), numpy only.
 
 `load_artifact(bytes)` validates everything before anything runs: the zip, graph.json, the
 format name and version, every op, attr and tensor (dtype and shape), and that the shapes
@@ -9,21 +9,19 @@ accepts any batch size; a failure while running is an `InvokeError` naming the n
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from biformats import FormatError
+from biformats import custom as custom_format
+
 from . import custom_fusion
 from . import custom_ops as ops
 from .base import InvokeError, ModelLoadError
-
-FORMAT, VERSION = "bibench-custom", 1
 
 
 @dataclass
@@ -96,54 +94,16 @@ def load_artifact(data: bytes, fuse: bool = True) -> Graph:
 
 
 def _load(data: bytes, fuse: bool) -> Graph:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ModelLoadError(f"custom artifact must be bytes, got {type(data).__name__}")
     try:
-        with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
-            names = set(zf.namelist())
-            for member in ("graph.json", "tensors.npz"):
-                if member not in names:
-                    raise ModelLoadError(f"custom artifact has no {member} (members: {sorted(names)})")
-            graph_bytes, npz_bytes = zf.read("graph.json"), zf.read("tensors.npz")
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # BadZipFile, truncated data, CRC errors, ...
-        raise ModelLoadError(
-            f"custom artifact is not a readable zip archive: {type(exc).__name__}: {exc}"
-        ) from exc
-    try:
-        doc = json.loads(graph_bytes.decode("utf-8"))
-    except Exception as exc:
-        raise ModelLoadError(f"graph.json is not valid UTF-8 JSON: {exc}") from exc
-    _check_header(doc)  # a newer version may store its tensors differently: say so first
-    tensors = _read_npz(npz_bytes)
-    return _build(doc, tensors, fuse)
-
-
-def _read_npz(data: bytes) -> dict[str, np.ndarray]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            tensors = {key: npz[key] for key in npz.files}
-    except Exception as exc:
-        raise ModelLoadError(
-            f"tensors.npz is not a readable npz archive: {type(exc).__name__}: {exc}"
-        ) from exc
-    return tensors
+        artifact = custom_format.read_artifact(data)
+    except FormatError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    return _build(artifact.doc, artifact.tensors, fuse)
 
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ModelLoadError(msg)
-
-
-def _check_header(doc: Any) -> None:
-    _check(isinstance(doc, dict), "graph.json must hold a JSON object")
-    _check(doc.get("format") == FORMAT, f"graph.json format must be {FORMAT!r}, got {doc.get('format')!r}")
-    version = doc.get("version")
-    _check(
-        version == VERSION and type(version) is int,
-        f"unsupported custom format version {version!r}; this runtime reads version {VERSION}",
-    )
 
 
 def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:

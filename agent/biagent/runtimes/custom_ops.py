@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from biformats.bits import n_words, pack_rows, unpack_signs
+
 from ..kernels import _xnor
 
 CHUNK_BYTES = 1 << 25  # ~32 MB per temporary
@@ -64,30 +66,6 @@ LUT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
 # -- bits ------------------------------------------------------------------------------
-def n_words(k: int) -> int:
-    return max(1, -(-k // 64))
-
-
-def pack_rows(neg: np.ndarray) -> np.ndarray:
-    """(rows, K) bool, True meaning -1 -> (rows, ceil(K/64)) uint64, bit i in word i//64 at i%64."""
-    rows, k = neg.shape
-    packed = np.packbits(neg, axis=1, bitorder="little")
-    nbytes = n_words(k) * 8
-    if packed.shape[1] != nbytes:
-        buf = np.zeros((rows, nbytes), np.uint8)
-        buf[:, : packed.shape[1]] = packed
-        packed = buf
-    return np.ascontiguousarray(packed).view("<u8")
-
-
-def unpack_signs(words: np.ndarray, k: int) -> np.ndarray:
-    """(rows, W) uint64 -> (rows, K) int8 of +/-1 (the inverse of pack_rows)."""
-    bits = np.unpackbits(np.ascontiguousarray(words.astype("<u8")).view(np.uint8), axis=1, bitorder="little")[
-        :, :k
-    ]
-    return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
-
-
 def popcount_lut8(words: np.ndarray) -> np.ndarray:
     """Popcount of each uint64 (reference implementation: an 8-bit lookup table)."""
     w = np.ascontiguousarray(words.astype("<u8"))

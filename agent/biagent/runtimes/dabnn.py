@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from biformats.dabnn import inspect_dab
+
 from .base import (
     InvokeError,
     LoadedModel,
@@ -63,121 +65,8 @@ _cache: dict[tuple, _Probe] = {}
 _RETRY_S = 60.0
 
 
-# -- the .dab, read without flatbuffers (the agent's base install has no flatbuffers) -------
-_LAYER_TYPES = {
-    0: "FpConv2D",
-    1: "AvePool",
-    2: "MaxPool",
-    3: "Relu",
-    4: "Softmax",
-    5: "FC",
-    6: "Add",
-    7: "Concat",
-    8: "BinConv2D",
-    9: "Affine",
-    10: "Binarize",
-    11: "Split",
-    12: "Shuffle",
-    13: "PRelu",
-}
-# LayerType -> (slot of its parameter table in Layer, slot of "output" in that table)
-_OUTPUT_SLOTS = {
-    "FpConv2D": (1, 6),
-    "BinConv2D": (2, 6),
-    "AvePool": (3, 4),
-    "MaxPool": (4, 4),
-    "Relu": (5, 1),
-    "Softmax": (6, 1),
-    "FC": (7, 3),
-    "Add": (8, 2),
-    "Concat": (9, 2),
-    "Affine": (10, 3),
-    "Binarize": (11, 1),
-    "Shuffle": (13, 1),
-    "PRelu": (15, 2),
-}
+#: layer types daBNN refuses when it prepares a model (an FC is written as an FpConv2D instead)
 _UNSUPPORTED = ("Softmax", "FC", "Binarize")
-
-
-class _Flat:
-    """Bounds-checked reads of a FlatBuffers buffer."""
-
-    def __init__(self, buf: bytes):
-        self.buf = buf
-
-    def u(self, fmt: str, pos: int) -> int:
-        if pos < 0 or pos + struct.calcsize(fmt) > len(self.buf):
-            raise ValueError("offset outside the file")
-        return struct.unpack_from(fmt, self.buf, pos)[0]
-
-    def field(self, table: int, slot: int) -> int:
-        """Absolute position of a field, or 0 when absent."""
-        vtable = table - self.u("<i", table)
-        size = self.u("<H", vtable)
-        at = 4 + 2 * slot
-        if at + 2 > size:
-            return 0
-        rel = self.u("<H", vtable + at)
-        return table + rel if rel else 0
-
-    def ref(self, pos: int) -> int:
-        return pos + self.u("<I", pos)
-
-    def string(self, table: int, slot: int) -> str | None:
-        pos = self.field(table, slot)
-        if not pos:
-            return None
-        start = self.ref(pos)
-        n = self.u("<I", start)
-        if start + 4 + n > len(self.buf):
-            raise ValueError("string outside the file")
-        return self.buf[start + 4 : start + 4 + n].decode("utf-8")
-
-    def vector(self, table: int, slot: int) -> tuple[int, int] | None:
-        pos = self.field(table, slot)
-        if not pos:
-            return None
-        start = self.ref(pos)
-        return start + 4, self.u("<I", start)
-
-    def tables(self, table: int, slot: int) -> list[int] | None:
-        vec = self.vector(table, slot)
-        return None if vec is None else [self.ref(vec[0] + 4 * i) for i in range(vec[1])]
-
-
-def inspect_dab(data: bytes) -> dict:
-    """Version, input (name, NHWC shape) and the last layer's output name of a .dab; ValueError if malformed."""
-    f = _Flat(bytes(data))
-    try:
-        root = f.ref(0)
-        version_pos = f.field(root, 3)
-        version = f.u("<I", version_pos) if version_pos else 0
-        layers, inits, inputs = f.tables(root, 0), f.tables(root, 1), f.tables(root, 2)
-        if layers is None or inits is None or inputs is None:
-            raise ValueError("Model.layers, initializers and inputs are required")
-        if not inputs:
-            raise ValueError("the model has no input")
-        in_name = f.string(inputs[0], 1)
-        shape_vec = f.vector(inputs[0], 0)
-        shape = [] if shape_vec is None else [f.u("<I", shape_vec[0] + 4 * i) for i in range(shape_vec[1])]
-        types = []
-        for layer in layers:
-            pos = f.field(layer, 0)
-            types.append(_LAYER_TYPES.get(f.u("<B", pos) if pos else 0, "?"))
-        output = None
-        if layers and types[-1] in _OUTPUT_SLOTS:
-            pslot, oslot = _OUTPUT_SLOTS[types[-1]]
-            ppos = f.field(layers[-1], pslot)
-            output = f.string(f.ref(ppos), oslot) if ppos else None
-    except (ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise ValueError(f"not a daBNN model: {exc}") from None
-    return {
-        "version": version,
-        "input": in_name,
-        "input_shape": shape,
-        "layer_types": types,
-        "output": output,
-    }
 
 
 # -- finding daBNN and building the driver ------------------------------------------------------
@@ -650,7 +539,7 @@ class DabnnRuntime(Runtime):
         shape = meta["input_shape"]
         if len(shape) != 4 or shape[0] != 1 or not meta["input"]:
             raise ModelLoadError(f"daBNN needs one named input of shape [1, H, W, C], this file has {shape}")
-        bad = sorted(set(meta["layer_types"]) & set(_UNSUPPORTED + ("?",)))
+        bad = sorted(set(meta["layer_types"]) & set(_UNSUPPORTED))
         if bad:
             raise ModelLoadError(f"daBNN cannot run layer type(s) {', '.join(bad)}")
         if not meta["output"]:

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from biformats import FormatError
+from biformats.lce import check_tflite
+
 from .base import (
     InvokeError,
     LoadedModel,
@@ -121,8 +124,10 @@ class LarqRuntime(Runtime):
     def load(self, path: Path, threads: int) -> LoadedModel:
         wrapper = _wrapper()
         data = Path(path).read_bytes()
-        if len(data) < 8 or data[4:8] != b"TFL3":
-            raise ModelLoadError("not a TFLite flatbuffer (file identifier TFL3 missing)")
+        try:
+            check_tflite(data)  # the interpreter trusts its input: a damaged file would crash it
+        except FormatError as exc:
+            raise ModelLoadError(str(exc)) from None
         try:
             interpreter = wrapper.LiteInterpreter(data, threads, False, _x86(), False)
         except Exception as exc:

@@ -15,7 +15,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..inventory import ARCHES, RUNTIMES, TRANSPORTS, Board, Inventory, InventoryError, default_inventory_path
+from biagent.runtimes import list_runtimes
+
+from ..inventory import ARCHES, TRANSPORTS, Board, Inventory, InventoryError, default_inventory_path
 from ..output import console, print_json, print_table
 
 
@@ -89,7 +91,7 @@ def show(name: str, inventory_path: Path | None, as_json: bool) -> None:
 @click.option("--arch", type=click.Choice(ARCHES), default=None, help="CPU architecture (new board: native).")
 @click.option("--os", "os_name", default=None, help="Operating system, e.g. android, linux.")
 @click.option(
-    "--runtime", "runtimes", multiple=True, type=click.Choice(RUNTIMES), help="A runtime (repeatable)."
+    "--runtime", "runtimes", multiple=True, type=click.Choice(list_runtimes()), help="A runtime (repeatable)."
 )
 @click.option(
     "--cpu", "clusters", multiple=True, help="A CPU cluster, e.g. '4x Cortex-A73 @ 2.36' (repeatable)."

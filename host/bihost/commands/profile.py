@@ -7,16 +7,15 @@ from pathlib import Path
 
 import click
 
-from ..artifacts import RUNTIME_FORMATS
+from biagent.runtimes import list_runtimes
+
 from ..errors import UserError
 from ..output import console, print_json, print_table
 from .common import resolve_algorithms, resolve_names
 
-RUNTIMES = tuple(RUNTIME_FORMATS)  # every runtime the host can export for
-
 
 def _runtimes(spec: str) -> list[str]:
-    return resolve_names(spec, list(RUNTIMES), "runtime")
+    return resolve_names(spec, list_runtimes(), "runtime")  # the agent's registry, plugins included
 
 
 def _archs(spec: str) -> list[str]:
@@ -40,7 +39,7 @@ def _archs(spec: str) -> list[str]:
 )
 @click.option("--algo", default="all", show_default=True, help="Algorithm(s), comma-separated, or 'all'.")
 @click.option(
-    "--runtime", default="all", show_default=True, help=f"Runtime(s): {', '.join(RUNTIMES)} or 'all'."
+    "--runtime", default="all", show_default=True, help=f"Runtime(s): {', '.join(list_runtimes())} or 'all'."
 )
 @click.option("--runs", default=10, show_default=True, help="Minimum timed runs.")
 @click.option("--min-duration", default=1.0, show_default=True, help="Minimum timed seconds.")

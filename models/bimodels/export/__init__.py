@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from biformats import get_format
+
 from ..registry import Registry
 
 
@@ -22,6 +24,11 @@ EXPORTERS: Registry[Exporter] = Registry("export format")
 
 
 def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
+    """Register the exporter of a format that biformats defines (by its canonical name)."""
+    if get_format(name).name != name:
+        raise ValueError(
+            f"register the exporter under the format's name {get_format(name).name!r}, not {name!r}"
+        )
     return EXPORTERS.register(name)
 
 

@@ -1,12 +1,9 @@
 """Export to daBNN (JDAI-CV/dabnn): its FlatBuffers ``.dab`` model, written directly.
 
 The model is traced with `trace_ir(..., runtime="daBNN")` (the op list of
-`bimodels.export.custom`) and lowered op by op to daBNN layers. The file is a FlatBuffers
-buffer of namespace ``flatbnn`` (root table ``Model``, version 2, no file identifier),
-written with the ``flatbuffers`` package's Builder; `read_dab` parses one back into plain
-Python for tests and tools (the agent's runtime reads the few fields it needs with its own
-flatbuffers-free `biagent.runtimes.dabnn.inspect_dab`). The facts about the format and the
-runtime this relies on are in the project's daBNN fact sheet (docs/dabnn-format.md).
+`bimodels.export.custom`) and lowered op by op to daBNN layers. The file's tables, its
+writer and its reader are `biformats.dabnn`, shared with the agent's runtime. The facts
+about the format and the runtime this relies on are in docs/dabnn-format.md.
 
 Lowering (x = an IR value; daBNN activations are float32 NHWC with N = 1)
 -----------------------------------------------------------------------
@@ -64,299 +61,33 @@ Semantics and refusals (an ExportError names the operator and the node)
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import flatbuffers
 import numpy as np
-from flatbuffers import number_types as N
-from flatbuffers.table import Table
 from torch import Tensor, nn
+
+from biformats.bits import pack_dabnn_filters, unpack_sign_rows
+from biformats.dabnn import (
+    LAYER_TYPES,
+    PARAM_FIELDS,
+    VERSION,
+    DabLayer,
+    DabTensor,
+    read_dab,
+    write_dab,
+)
 
 from ..layers import DeployedBinaryLayer, is_binary
 from . import ExportError, register_exporter
-from .custom import trace_ir, unpack_sign_rows
+from .custom import trace_ir
 
 RUNTIME = "daBNN"
-VERSION = 2
-INPUT_NAME = "input"
 
-DATA_TYPES = {"Float32": 0, "Bit": 1}
-LAYER_TYPES = {
-    "FpConv2D": 0,
-    "AvePool": 1,
-    "MaxPool": 2,
-    "Relu": 3,
-    "Softmax": 4,
-    "FC": 5,
-    "Add": 6,
-    "Concat": 7,
-    "BinConv2D": 8,
-    "Affine": 9,
-    "Binarize": 10,
-    "Split": 11,
-    "Shuffle": 12,
-    "PRelu": 13,
-}
-# Layer table: the slot of each layer type's parameter sub-table; slot 14 is the layer name.
-PARAM_SLOTS = {
-    "FpConv2D": 1,
-    "BinConv2D": 2,
-    "AvePool": 3,
-    "MaxPool": 4,
-    "Relu": 5,
-    "Softmax": 6,
-    "FC": 7,
-    "Add": 8,
-    "Concat": 9,
-    "Affine": 10,
-    "Binarize": 11,
-    "Split": 12,
-    "Shuffle": 13,
-    "PRelu": 15,
-}
-LAYER_NAME_SLOT, LAYER_SLOTS = 14, 16
-
-_CONV = [
-    ("input", "str"),
-    ("weight", "str"),
-    ("bias", "str"),
-    ("pads", "i32v"),
-    ("strides", "i32v"),
-    ("dilations", "i32v"),
-    ("output", "str"),
-]
-_POOL = [("input", "str"), ("kernel_shape", "i32v"), ("pads", "i32v"), ("strides", "i32v"), ("output", "str")]
-_UNARY = [("input", "str"), ("output", "str")]
-#: per parameter table, its fields in slot order: (name, kind)
-PARAM_FIELDS: dict[str, list[tuple[str, str]]] = {
-    "FpConv2D": _CONV,
-    "BinConv2D": _CONV,
-    "AvePool": _POOL,
-    "MaxPool": _POOL,
-    "Relu": _UNARY,
-    "Softmax": _UNARY,
-    "Binarize": _UNARY,
-    "Shuffle": _UNARY,
-    "FC": [("input", "str"), ("weight", "str"), ("bias", "str"), ("output", "str")],
-    "Add": [("input1", "str"), ("input2", "str"), ("output", "str")],
-    "Concat": [("inputs", "strv"), ("axis", "i32"), ("output", "str")],
-    "Split": [("input", "str"), ("outputs", "strv")],
-    "Affine": [("input", "str"), ("a", "str"), ("b", "str"), ("output", "str")],
-    "PRelu": [("input", "str"), ("slope", "str"), ("output", "str")],
-}
-TENSOR_FIELDS = [
-    ("data_type", "u8"),
-    ("bin_data", "u64v"),
-    ("float32_data", "f32v"),
-    ("shape", "u32v"),
-    ("name", "str"),
-    ("align_hwc_to_128", "bool"),
-]
-INPUT_FIELDS = [("shape", "u32v"), ("name", "str")]
 #: names daBNN derives from layer outputs / weights for its own buffers
 _RESERVED_PREFIXES = ("binaized_for_", "pad_for_", "col_for_", "trans_")
 _IN_PLACE = {"Affine": "input", "Relu": "input", "PRelu": "input", "Add": "input1"}
-
-
-# -- FlatBuffers: writing -----------------------------------------------------------------
-_VECTOR_DTYPES = {"i32v": "<i4", "u32v": "<u4", "u64v": "<u8", "f32v": "<f4"}
-
-
-def _table(b: flatbuffers.Builder, nslots: int, fields: list[tuple[int, str, Any]]) -> int:
-    """One table: fields are (slot, kind, value); offsets are created before the table starts."""
-    ready = []
-    for slot, kind, value in fields:
-        if value is None:
-            continue
-        if kind == "str":
-            value = b.CreateString(value)
-        elif kind in _VECTOR_DTYPES:
-            value = b.CreateNumpyVector(np.ascontiguousarray(value, dtype=_VECTOR_DTYPES[kind]).reshape(-1))
-        elif kind in ("strv", "tabv"):
-            offsets = [b.CreateString(s) for s in value] if kind == "strv" else list(value)
-            b.StartVector(4, len(offsets), 4)
-            for off in reversed(offsets):
-                b.PrependUOffsetTRelative(off)
-            value = b.EndVector()
-        ready.append((slot, kind, value))
-    b.StartObject(nslots)
-    for slot, kind, value in ready:
-        if kind == "u8":
-            b.PrependUint8Slot(slot, int(value), 0)
-        elif kind == "bool":
-            b.PrependBoolSlot(slot, bool(value), False)
-        elif kind == "i32":
-            b.PrependInt32Slot(slot, int(value), 0)
-        elif kind == "u32":
-            b.PrependUint32Slot(slot, int(value), 0)
-        else:  # strings, vectors, sub-tables
-            b.PrependUOffsetTRelativeSlot(slot, value, 0)
-    return b.EndObject()
-
-
-@dataclass
-class DabLayer:
-    type: str
-    params: dict[str, Any]
-    name: str | None = None
-
-
-@dataclass
-class DabTensor:
-    name: str
-    shape: list[int]
-    float32_data: np.ndarray | None = None  # Float32
-    bin_data: np.ndarray | None = None  # Bit: uint64 words
-    align_hwc_to_128: bool = False
-
-    @property
-    def data_type(self) -> str:
-        return "Bit" if self.bin_data is not None else "Float32"
-
-
-def write_dab(
-    layers: list[DabLayer], initializers: list[DabTensor], input_name: str, input_shape: list[int]
-) -> bytes:
-    """Serialise a daBNN model (version 2, no file identifier)."""
-    b = flatbuffers.Builder(1 << 16)
-    b.ForceDefaults(True)  # every scalar explicit (LayerType FpConv2D and DataType Float32 are 0)
-    tensors = [
-        _table(
-            b,
-            len(TENSOR_FIELDS),
-            [
-                (0, "u8", DATA_TYPES[t.data_type]),
-                (1, "u64v", t.bin_data),
-                (2, "f32v", t.float32_data),
-                (3, "u32v", t.shape),
-                (4, "str", t.name),
-                (5, "bool", t.align_hwc_to_128),
-            ],
-        )
-        for t in initializers
-    ]
-    layer_offsets = []
-    for layer in layers:
-        fields = PARAM_FIELDS[layer.type]
-        unknown = set(layer.params) - {f for f, _ in fields}
-        if unknown:
-            raise ValueError(f"{layer.type} has no field(s) {sorted(unknown)}")
-        param = _table(b, len(fields), [(i, kind, layer.params.get(f)) for i, (f, kind) in enumerate(fields)])
-        layer_offsets.append(
-            _table(
-                b,
-                LAYER_SLOTS,
-                [
-                    (0, "u8", LAYER_TYPES[layer.type]),
-                    (PARAM_SLOTS[layer.type], "tab", param),
-                    (LAYER_NAME_SLOT, "str", layer.name),
-                ],
-            )
-        )
-    inp = _table(b, len(INPUT_FIELDS), [(0, "u32v", input_shape), (1, "str", input_name)])
-    model = _table(
-        b, 4, [(0, "tabv", layer_offsets), (1, "tabv", tensors), (2, "tabv", [inp]), (3, "u32", VERSION)]
-    )
-    b.Finish(model)  # no file identifier: daBNN's schema declares none
-    return bytes(b.Output())
-
-
-# -- FlatBuffers: reading -------------------------------------------------------------------
-_NUMPY_FLAGS = {"i32v": N.Int32Flags, "u32v": N.Uint32Flags, "u64v": N.Uint64Flags, "f32v": N.Float32Flags}
-
-
-def _read_table(buf: bytes, pos: int, fields: list[tuple[str, str]]) -> dict[str, Any]:
-    """Fields of the table at `pos` (slot = position in `fields`); absent fields read as None."""
-    tab = Table(buf, pos)
-    out: dict[str, Any] = {}
-    for slot, (name, kind) in enumerate(fields):
-        o = tab.Offset(4 + 2 * slot)
-        if o == 0:
-            out[name] = None
-        elif kind == "str":
-            out[name] = tab.String(o + tab.Pos).decode("utf-8")
-        elif kind in _NUMPY_FLAGS:
-            out[name] = tab.GetVectorAsNumpy(_NUMPY_FLAGS[kind], o).copy()
-        elif kind in ("strv", "tabv"):
-            start, n = tab.Vector(o), tab.VectorLen(o)
-            items = [start + 4 * i for i in range(n)]
-            out[name] = (
-                [tab.String(p).decode("utf-8") for p in items]
-                if kind == "strv"
-                else [tab.Indirect(p) for p in items]
-            )
-        elif kind == "tab":
-            out[name] = tab.Indirect(o + tab.Pos)
-        else:
-            flags = {"u8": N.Uint8Flags, "bool": N.BoolFlags, "i32": N.Int32Flags, "u32": N.Uint32Flags}[kind]
-            out[name] = tab.Get(flags, o + tab.Pos)
-    return out
-
-
-def read_dab(data: bytes) -> dict[str, Any]:
-    """Parse a ``.dab`` into plain Python (numpy arrays for vectors) with every field:
-
-    ``{"version", "inputs": [{"name", "shape"}], "initializers": [{"name", "data_type"
-    ("Float32" | "Bit"), "shape", "float32_data", "bin_data", "align_hwc_to_128"}],
-    "layers": [{"type", "name", "params": {field: value}, "param_slots": [names of every
-    parameter table present]}]}``. Absent fields are None. Raises ValueError on a buffer
-    that is not a daBNN model.
-    """
-    buf = bytes(data)
-    if len(buf) < 8:
-        raise ValueError("not a daBNN model: shorter than a FlatBuffers header")
-    try:
-        root = flatbuffers.encode.Get(N.UOffsetTFlags.packer_type, buf, 0)
-        model = _read_table(
-            buf, root, [("layers", "tabv"), ("initializers", "tabv"), ("inputs", "tabv"), ("version", "u32")]
-        )
-        for key in ("layers", "initializers", "inputs"):
-            if model[key] is None:
-                raise ValueError(f"Model.{key} is missing (daBNN requires it)")
-        by_type = {v: k for k, v in LAYER_TYPES.items()}
-        by_dtype = {v: k for k, v in DATA_TYPES.items()}
-        inits = []
-        for pos in model["initializers"]:
-            t = _read_table(buf, pos, TENSOR_FIELDS)
-            t["data_type"] = by_dtype.get(t["data_type"], t["data_type"])
-            t["shape"] = None if t["shape"] is None else [int(s) for s in t["shape"]]
-            t["align_hwc_to_128"] = bool(t["align_hwc_to_128"])
-            inits.append(t)
-        inputs = []
-        for pos in model["inputs"]:
-            i = _read_table(buf, pos, INPUT_FIELDS)
-            inputs.append(
-                {"name": i["name"], "shape": None if i["shape"] is None else [int(s) for s in i["shape"]]}
-            )
-        layers = []
-        slot_names = {slot: name for name, slot in PARAM_SLOTS.items()}
-        for pos in model["layers"]:
-            fields: list[tuple[str, str]] = [("type", "u8")] + [
-                (f"_{i}", "tab") for i in range(1, LAYER_SLOTS)
-            ]
-            fields[LAYER_NAME_SLOT] = ("name", "str")
-            raw = _read_table(buf, pos, fields)
-            ltype = by_type.get(raw["type"])
-            if ltype is None:
-                raise ValueError(f"unknown LayerType {raw['type']}")
-            present = [
-                slot_names[i]
-                for i in range(1, LAYER_SLOTS)
-                if i != LAYER_NAME_SLOT and raw[f"_{i}"] is not None
-            ]
-            ppos = raw[f"_{PARAM_SLOTS[ltype]}"]
-            params = None if ppos is None else _read_table(buf, ppos, PARAM_FIELDS[ltype])
-            if params:
-                params = {
-                    k: ([int(x) for x in v] if isinstance(v, np.ndarray) else v) for k, v in params.items()
-                }
-            layers.append({"type": ltype, "name": raw["name"], "params": params, "param_slots": present})
-    except (IndexError, UnicodeDecodeError, TypeError, struct.error) as exc:  # offsets out of the buffer
-        raise ValueError(f"not a daBNN model: {type(exc).__name__}: {exc}") from None
-    return {"version": model["version"], "inputs": inputs, "initializers": inits, "layers": layers}
 
 
 # -- lowering --------------------------------------------------------------------------------
@@ -435,16 +166,6 @@ def _sym_pad(node: str, pads: list[list[int]]) -> int:
             f"asymmetric padding {pads} (node {node}): daBNN supports only one pad value on every side",
         )
     return flat[0]
-
-
-def _pack_filters(signs: np.ndarray, aligned: bool) -> tuple[np.ndarray, int]:
-    """(O, K) array of +/-1 in daBNN's (kh, kw, c) order -> uint64 words, bit 1 = +1, LSB first."""
-    o, k = signs.shape
-    words = 2 * -(-k // 128) if aligned else k // 64
-    packed = np.packbits(signs > 0, axis=1, bitorder="little")
-    buf = np.zeros((o, words * 8), np.uint8)
-    buf[:, : packed.shape[1]] = packed
-    return buf.view("<u8").reshape(-1).copy(), words
 
 
 class _Lowering:
@@ -1015,7 +736,7 @@ class _Lowering:
         signs = unpack_sign_rows(self.tensor(a["weight_bits"]), a["k"]).reshape(o, cin, k, k)
         signs = signs.transpose(0, 2, 3, 1).reshape(o, kk)
         aligned = not (cin == 64 and k == 3)
-        bits, _ = _pack_filters(signs, aligned)
+        bits, _ = pack_dabnn_filters(signs, aligned)
         wname = self.fresh(f"{node}.weight")
         self.inits.append(DabTensor(wname, [o, k, k, cin], bin_data=bits, align_hwc_to_128=aligned))
 
