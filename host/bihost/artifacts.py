@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from biagent.numerics import Case
 from biagent.runtimes import get_runtime
 from biformats import get_format
+
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    from torch import nn
 
 FP32 = "fp32"  # the algorithm label of the full-precision baseline
 CHECK_CASES = 3
@@ -55,7 +59,7 @@ class Artifact:
 class ModelCase:
     arch: str
     algorithm: str
-    model: object  # torch.nn.Module, eval mode
+    model: nn.Module  # eval mode
     checks: list[Case] = field(default_factory=list)  # float64 torch references with sign decisions
     artifacts: dict[str, Artifact] = field(default_factory=dict)
 

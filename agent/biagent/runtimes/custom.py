@@ -62,7 +62,7 @@ class ProbingCustomModel(CustomModel):
         self._signs: list[np.ndarray] = []
         recorded: set[str] = set()
         for node in graph.nodes:
-            if node.op == "binary_conv":
+            if isinstance(node.fn, custom_ops.BinaryConv):
                 first = node.fn.shift is not None or node.inputs[0] not in recorded
                 recorded.add(node.inputs[0])
                 node.fn = self._recording(node.fn, first)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -107,7 +107,10 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
-    raw_inputs, raw_outputs, raw_nodes = doc.get("inputs"), doc.get("outputs"), doc.get("nodes")
+    # untrusted JSON: each value's type is checked below before it is used
+    raw_inputs: Any = doc.get("inputs")
+    raw_outputs: Any = doc.get("outputs")
+    raw_nodes: Any = doc.get("nodes")
     _check(
         isinstance(raw_inputs, list) and len(raw_inputs) >= 1, "graph.json 'inputs' must be a non-empty list"
     )
@@ -227,6 +230,16 @@ class _Ctx:
             f"attr 'axes' must be distinct axes of a rank-{rank} input, got {v!r}",
         )
         return v
+
+    @overload
+    def tensor(
+        self, key: str, dtype: str = ..., shape: tuple | None = ..., optional: Literal[False] = ...
+    ) -> np.ndarray: ...
+
+    @overload
+    def tensor(
+        self, key: str, dtype: str = ..., shape: tuple | None = ..., *, optional: Literal[True]
+    ) -> np.ndarray | None: ...
 
     def tensor(
         self, key: str, dtype: str = "float32", shape: tuple | None = None, optional: bool = False
@@ -389,7 +402,7 @@ def _op_hardtanh(ctx: _Ctx, ins):
         f"min_val/max_val must be finite float32, got {raw}",
     )
     lo, hi = (np.float32(v) for v in raw)
-    ctx.check(lo <= hi, f"min_val {lo} > max_val {hi}")
+    ctx.check(bool(lo <= hi), f"min_val {lo} > max_val {hi}")
     return ins[0], ops.Clamp(lo, hi)
 
 

@@ -61,7 +61,7 @@ class StemPost:
 
     def apply(self, y: np.ndarray) -> np.ndarray:
         """The same nodes one at a time (the reference the fused kernel must equal)."""
-        if self.scale is not None:
+        if self.scale is not None and self.shift is not None:  # an affine has both
             y = ops.channel_affine(y, self.scale, self.shift)
         if self.clamp is not None:
             y = ops.clamp(y, np.float32(self.clamp[0]), np.float32(self.clamp[1]))

@@ -204,6 +204,7 @@ def _probe() -> _Probe:
         return _Probe(
             False, f"{CONFIG_KEY}={root_s} is not a usable daBNN build: missing {'; '.join(missing)}"
         )
+    assert lib is not None  # else `missing` named it
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if not cxx:
         return _Probe(False, "no C++ compiler to build the daBNN driver (c++, g++ or clang++; or set CXX)")
@@ -389,6 +390,8 @@ class _ServerDriver:
         self.proc = subprocess.Popen(
             [str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
         try:
             self._call(b"C" + self._text(str(model).encode()))
         except Exception:
@@ -400,7 +403,7 @@ class _ServerDriver:
         return struct.pack("<I", len(b)) + b
 
     def _read(self, n: int) -> bytes:
-        data = self.proc.stdout.read(n) if n else b""
+        data = self._stdout.read(n) if n else b""
         if len(data) != n:
             code = self.proc.poll()
             raise DriverError(
@@ -414,8 +417,8 @@ class _ServerDriver:
         if self.proc.poll() is not None:
             raise DriverError(f"the daBNN driver process ended (exit code {self.proc.returncode})")
         try:
-            self.proc.stdin.write(request)
-            self.proc.stdin.flush()
+            self._stdin.write(request)
+            self._stdin.flush()
         except (BrokenPipeError, OSError):
             raise DriverError(f"the daBNN driver process ended (exit code {self.proc.wait()})") from None
         if self._read(1) != b"\0":
@@ -546,6 +549,7 @@ class DabnnRuntime(Runtime):
             raise ModelLoadError(
                 "the model's last layer has no single output (daBNN's output is the last layer's)"
             )
+        assert p.driver is not None  # an installed probe names its driver
         transport = _LibraryDriver if p.driver.suffix == ".so" else _ServerDriver
         try:
             driver = transport(p.driver, Path(path))

@@ -9,11 +9,13 @@ What LCE has no op for is emitted as builtin float ops where that is exact, and 
 - the per-channel affine (alpha, learnt scales, the next batch norm) is one MUL and one ADD
   after the op, not its fused multiplier/bias: the fused form loses precision (see
   op_binary_conv). It replaces the network's own batch norm, so it is not counted as extra.
-- zero padding: LCE's SAME is TensorFlow's asymmetric padding and its fast kernels take
-  zero padding only with float output and no activation. The input is padded with 0 (sign
-  +1) and a constant, input-independent correction (the sum of the weight signs over the
-  padded taps, per output position and channel) is added after the conv: +1 ADD.
-  A network binarized with pad_value=+1 needs no correction (native).
+- zero padding: where TensorFlow's SAME padding is PyTorch's (stride 1; stride 2 on odd
+  sizes), LCE pads natively (`padding` SAME, `pad_values` 0: true zero padding with float
+  output and no fused activation, which is how we use it). Elsewhere (stride 2 on even
+  sizes, where SAME puts the extra pad after) the input is padded with 0 (sign +1) and a
+  constant, input-independent correction (the sum of the weight signs over the padded taps,
+  per output position and channel) is added after the conv: +1 ADD and an OH x OW x C_out
+  constant. A network binarized with pad_value=+1 needs no correction (native).
 - ReActNet's threshold: +1 ADD before the quantize.
 - XNOR-Net's beta: ABS, MEAN, MUL (computed from every input).
 - XNOR-Net++'s spatial Gamma: +1 MUL (its per-channel factor folds into the multiplier).
@@ -33,8 +35,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from biformats.bits import pack_lce_bits, unpack_sign_rows
+
 from . import ExportError, register_exporter
-from .custom import IR, trace_ir, unpack_sign_rows
+from .custom import IR, trace_ir
 
 RUNTIME = "larq (LCE)"
 FLOAT_LOWEST = float(np.finfo(np.float32).min)
@@ -69,16 +73,6 @@ class LceReport:
     @property
     def native(self) -> bool:
         return all(not l.extra_ops for l in self.layers)
-
-
-def pack_lce_bits(signs: np.ndarray) -> np.ndarray:
-    """(..., C) +/-1 -> (..., ceil(C/32)) int32: bit 1 = -1, channel c at bit c % 32 of word c // 32."""
-    c = signs.shape[-1]
-    words = -(-c // 32)
-    bits = np.zeros(signs.shape[:-1] + (words * 32,), np.uint8)
-    bits[..., :c] = signs < 0
-    packed = np.packbits(bits, axis=-1, bitorder="little")  # 4 bytes per word, little-endian
-    return np.ascontiguousarray(packed).view("<i4").reshape(signs.shape[:-1] + (words,))
 
 
 class _Writer:
@@ -491,7 +485,18 @@ class _Lowering:
         pads = a["pads"]
         padded = any(p for pair in pads for p in pair)
         pad_value = a["pad_value"]
-        x = self.pad(x, pads, -1.0 if pad_value == -1 else 0.0, f"{name}/pad")  # sign(0) = +1
+        (sh, sw), (dh, dw) = a["stride"], a["dilation"]
+        # Where TF's SAME padding is PyTorch's (stride 1, or stride 2 on odd sizes), LCE pads
+        # natively: pad_values 0 is true zero padding (float output), 1 counts taps as +1.
+        # Elsewhere the float input is padded explicitly and a zero-padding correction map
+        # (OH x OW x C_out) is added after the conv.
+        native_same = (
+            padded
+            and pad_value in (0.0, 1.0)
+            and _same_is_torch(pads, self.w.shape(x)[1:3], (kh, kw), (sh, sw), (dh, dw))
+        )
+        if not native_same:
+            x = self.pad(x, pads, -1.0 if pad_value == -1 else 0.0, f"{name}/pad")  # sign(0) = +1
         n, h, w, c = self.w.shape(x)
         words = -(-c // 32)
         q = self.w.act(f"{name}/bits", [n, h, w, words], int32=True)
@@ -509,8 +514,10 @@ class _Lowering:
             scale, shift = self.t(affine["attrs"]["scale"]), self.t(affine["attrs"]["shift"])
             m, bias = m * scale, bias * scale + shift
             self.folded.add(affine["name"])
-        (sh, sw), (dh, dw) = a["stride"], a["dilation"]
-        oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+        if native_same:
+            oh, ow = -(-h // sh), -(-w // sw)
+        else:
+            oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
         filt = self.w.const(f"{name}/filter", pack_lce_bits(signs.transpose(0, 2, 3, 1)))
         # Multiplier 1 and bias 0 keep the op's output the exact integer dot. Folding the
         # scales in (as LCE's converter does) makes the kernel compute -m*2acc + (b + K*m),
@@ -526,14 +533,16 @@ class _Lowering:
                 "dilation_width_factor": int(dw),
                 "fused_activation_function": 0,
                 "pad_values": 1 if pad_value == 1 else 0,
-                "padding": 1,
+                "padding": 0 if native_same else 1,  # SAME, VALID
                 "stride_height": int(sh),
                 "stride_width": int(sw),
             }
         )
         self.w.op("LceBconv2d", ins, [y], custom=bytes(options))
 
-        if padded and pad_value == 0:  # +1 was computed at padded taps; true zero padding wants 0
+        if (
+            padded and pad_value == 0 and not native_same
+        ):  # +1 was computed at padded taps; zero padding wants 0
             corr = _padding_correction(
                 signs, pads, (h - pads[0][0] - pads[0][1], w - pads[1][0] - pads[1][1]), (sh, sw), (dh, dw)
             )
@@ -588,6 +597,19 @@ class _Lowering:
         if affine is not None:
             self.values[node["outputs"][0]] = y  # nothing else reads it (checked in _next_affine)
         self.report.layers.append(path)
+
+
+def _same_is_torch(pads, size, kernel, stride, dilation) -> bool:
+    """TF's SAME padding of an input of `size` gives PyTorch's result with `pads`: the same
+    output size and the same leading pad (TF puts an odd extra pad after). Trailing padding
+    no window reaches does not matter."""
+    for (before, after), n, k, s, d in zip(pads, size, kernel, stride, dilation):
+        reach = d * (k - 1) + 1
+        out = -(-n // s)
+        total = max((out - 1) * s + reach - n, 0)
+        if out != (n + before + after - reach) // s + 1 or total // 2 != before:
+            return False
+    return True
 
 
 def _padding_correction(signs: np.ndarray, pads, size, stride, dilation) -> np.ndarray:

@@ -30,7 +30,7 @@ def export_onnx(model: nn.Module, example_input: Tensor) -> bytes:
             torch.onnx.export(
                 deployed,
                 (example_input,),
-                buf,
+                buf,  # type: ignore[arg-type]  # torch's annotation omits the file objects it accepts
                 opset_version=OPSET,
                 dynamo=False,  # the TorchScript exporter: ~100x faster here and constant-folds
                 input_names=["input"],
