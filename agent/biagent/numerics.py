@@ -207,14 +207,14 @@ def judge(
         for alt in case.alternatives or []:
             alt_err, alt_scale, trouble = max_abs_error(outputs, alt.expected)
             if not trouble and alt_err <= atol + rtol * alt_scale:
-                flip = Flip(alt.layer, 1, int(np.prod(case.signs[alt.layer].shape)), alt.margin, True)
+                alt_flip = Flip(alt.layer, 1, int(np.prod(case.signs[alt.layer].shape)), alt.margin, True)
                 return Verdict(
                     True,
                     err,
                     f"{head}, explained by a rounding flip: torch (float64) with decision "
                     f"{alt.position} of binary layer {alt.layer} ({alt.margin:.1e} of its range) "
                     f"flipped reproduces the output to {alt_err:.2g} ({why})",
-                    flip,
+                    alt_flip,
                 )
         tried = (
             f"; none of the {len(case.alternatives)} single flips nearest zero reproduces it"
@@ -289,7 +289,7 @@ def check(
             model.set_inputs(case.inputs)
             model.invoke()
             outputs = model.get_outputs()
-            probe = None
+            probe: tuple[list[np.ndarray], list[np.ndarray]] | str | None = None
             err, scale, problem = max_abs_error(outputs, case.expected)
             if not problem and err > atol + rtol * scale and case.signs:
                 if probe_model is None and not probe_why:

@@ -65,6 +65,7 @@ class ServerTls:
 
 def load_token(token_file: str | None) -> str | None:
     """The bearer token from `token_file`, else from $BIAGENT_TOKEN, else None (no token)."""
+    token: str | None
     if token_file:
         token = _read(token_file, "token file").decode("utf-8", "replace").strip()
     else:

@@ -57,7 +57,7 @@ class IdleReader:
 
     _END = object()
 
-    def __init__(self, iterator):
+    def __init__(self, iterator) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: the network never outruns the disk
         self._closed = threading.Event()
         threading.Thread(target=self._pump, args=(iterator,), daemon=True, name="upload-reader").start()
@@ -360,13 +360,19 @@ class AgentServicer(pb_grpc.AgentServicer):
             shutil.rmtree(job_dir, ignore_errors=True)
 
     def _relay(self, proc: subprocess.Popen, context) -> Iterator[pb.BenchmarkEvent]:
+        stdout, stderr = proc.stdout, proc.stderr
+        assert stdout is not None and stderr is not None  # the worker runs with stdout=stderr=PIPE
         stderr_lines: list[str] = []
-        reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
+        reader = threading.Thread(target=lambda: stderr_lines.extend(stderr), daemon=True)
         reader.start()
         lines: queue.Queue = queue.Queue()
-        threading.Thread(
-            target=lambda: ([lines.put(l) for l in proc.stdout], lines.put(None)), daemon=True
-        ).start()
+
+        def pump_stdout() -> None:
+            for line in stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump_stdout, daemon=True).start()
         finished = False
         last_sent = time.monotonic()
         try:

@@ -99,10 +99,10 @@ def load_cases(path: str | None) -> tuple[list[numerics.Case], list[np.ndarray]]
     while f"case{i}_in0" in arrays:
         ins = [arrays[f"case{i}_in{j}"] for j in range(_count(arrays, f"case{i}_in"))]
         outs = [arrays[f"case{i}_out{j}"] for j in range(_count(arrays, f"case{i}_out"))]
-        signs = []
+        signs: list[numerics.SignReference] = []
         while f"case{i}_sign{len(signs)}_bits" in arrays:
             signs.append(numerics.SignReference.from_arrays(arrays, f"case{i}_sign{len(signs)}"))
-        alternatives = []
+        alternatives: list[numerics.Alternative] = []
         while f"case{i}_alt{len(alternatives)}_meta" in arrays:
             k = len(alternatives)
             layer, position, margin = arrays[f"case{i}_alt{k}_meta"].tolist()

@@ -14,11 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .records import TrainingRun
 from .tracks import BenchContext, TrackResult, get_track
 from .tracks.base import FP
+
+if TYPE_CHECKING:
+    from bimodels.tasks.base import Task
 
 # (message) for run-level events; (run label, epoch, epochs, batch, batches, loss) for bars.
 NoticeFn = Callable[[str], None]
@@ -58,7 +62,7 @@ def checkpoint_folder(
 class Recipe:
     """One (task, arch) of the plan: its store key, checkpoint folder and the runs already stored."""
 
-    task: object  # a bimodels Task
+    task: Task
     arch: str
     key: dict
     folder: Path

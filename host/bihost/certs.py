@@ -13,8 +13,12 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 
@@ -106,7 +110,11 @@ def issue(
         raise UserError("an agent certificate needs at least one --host (the address the host dials)")
     try:
         ca_cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
-        ca_key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), password=None)
+        # the key of the CA (`init_ca` writes an EC key), so one that can sign certificates
+        ca_key = cast(
+            "CertificateIssuerPrivateKeyTypes",
+            serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), password=None),
+        )
     except FileNotFoundError:
         raise UserError(f"no CA in {directory}: run `bihost certs init --dir {directory}` first") from None
     sans: list = []

@@ -56,7 +56,7 @@ def _read(board: str, path: str, what: str) -> bytes:
 def open_channel(address: str, board: str, security: ChannelSecurity | None, options: list) -> grpc.Channel:
     """A channel to `address` under `security`, or a BoardError saying why not."""
     sec = security or ChannelSecurity()
-    if sec.tls:
+    if sec.ca_file is not None:  # i.e. sec.tls
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(board, sec.ca_file, "TLS CA"),
             private_key=_read(board, sec.key_file, "client key") if sec.key_file else None,

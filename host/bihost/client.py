@@ -337,7 +337,7 @@ class AgentClient:
         runtime: str,
         settings: BenchmarkSettings,
         checks: Sequence[Case | tuple[list[np.ndarray], list[np.ndarray]]] = (),
-        timing_inputs: list[np.ndarray] = (),
+        timing_inputs: Sequence[np.ndarray] = (),
         on_progress: Callable[[str, int, int, str], None] | None = None,
         deadline_s: float | None = None,
     ) -> BenchmarkOutcome:

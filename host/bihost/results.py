@@ -20,6 +20,7 @@ from .records import BOARD_STATES, BoardState, CorruptionRun, GridRun, Measureme
 
 if TYPE_CHECKING:
     import pandas as pd
+    from _typeshed import DataclassInstance
 
 SCHEMA_VERSION = 2  # 2: measurements.pad_value
 FILENAME = "results.sqlite"
@@ -198,7 +199,7 @@ class ResultsStore:
         ]
 
     def _select_records(
-        self, table: str, record: type, kind: str, where: dict[str, Any]
+        self, table: str, record: type[DataclassInstance], kind: str, where: dict[str, Any]
     ) -> list[dict[str, Any]]:
         """Rows of a record table as dicts of the dataclass's fields, oldest first, filtered by equality."""
         fields = list(record.__dataclass_fields__)
@@ -301,7 +302,7 @@ class ResultsStore:
                 f"WHERE campaign = ? AND status IN ({marks})",
                 (campaign, *DONE_STATUSES),
             ).fetchall()
-        return {tuple(r) for r in found}  # type: ignore[misc]
+        return {tuple(r) for r in found}
 
     def rows(self, campaign: str | None = None, board: str | None = None) -> list[Measurement]:
         """Stored measurements, oldest first, optionally of one campaign and/or one board."""

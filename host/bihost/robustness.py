@@ -84,6 +84,7 @@ def run_robustness(
         pick = robustness_subset(len(test), plan.scale, plan.seed)
         images, labels = test.x[pick].numpy(), test.y[pick]
         folder_10c = find_cifar10c(plan.data_root) if data.source.startswith("cifar-10") else None
+        sets: Cifar10C | CorruptionCache
         try:
             if folder_10c is not None:
                 sets = Cifar10C(folder_10c).select(
@@ -102,7 +103,7 @@ def run_robustness(
             continue
         notes.append(f"{task_name}: {len(pick)} test images, {source}")
         config = task.config(plan.scale)
-        models: dict[tuple[str, str], object] = {}
+        models: dict[tuple[str, str], torch.nn.Module] = {}
         pending: dict[tuple[str, str], set[tuple[str, int]]] = {}
         wanted = [(CLEAN, 0)] + [(c, s) for c in CORRUPTIONS for s in SEVERITIES]
         task_runs = [r for r in runs if r.task == task_name]

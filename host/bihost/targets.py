@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
+from typing import overload
 
 from .channel import ChannelSecurity
 from .client import AgentClient
@@ -16,6 +18,10 @@ from .profile import Target
 def security_for(board, inventory_dir: Path, insecure: bool = False) -> ChannelSecurity:
     """The channel settings of a board: its `tls` files and token (paths relative to the inventory)."""
 
+    @overload
+    def path(p: str) -> str: ...
+    @overload
+    def path(p: None) -> None: ...
     def path(p: str | None) -> str | None:
         return None if p is None else str((inventory_dir / Path(p).expanduser()).resolve())
 
@@ -64,6 +70,7 @@ def resolve_targets(
         targets = []
         for b in boards:
             address = b.address
+            assert address is not None  # boards without an address raised above
             if address == "embedded":
                 local = local or LocalAgent(name=b.name).start()
                 address = local.address
@@ -74,7 +81,7 @@ def resolve_targets(
                     b.name,
                     b.soc,
                     address,
-                    lambda reported, b=b: identity_mismatch(b, reported),
+                    partial(identity_mismatch, b),
                     security=security_for(b, path.resolve().parent, insecure),
                 )
             )

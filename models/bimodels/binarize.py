@@ -26,7 +26,7 @@ from .layers import (
     is_binary,
 )
 
-_FP_TYPES: dict[type[nn.Module], type[nn.Module]] = {
+_FP_TYPES: dict[type[nn.Module], type[BinaryLayerMixin]] = {
     nn.Conv1d: BinaryConv1d,
     nn.Conv2d: BinaryConv2d,
     nn.Linear: BinaryLinear,
@@ -86,7 +86,8 @@ def binarize(
         _set_submodule(model, name, factory())
     if any(l.binarizer.needs_output_shape for l in binary_layers(model)):
         _size_outputs(model, example_input)
-    model.binarized_with = algorithm
+    # torch's stubs only allow Tensor | Module values for Module attributes
+    model.binarized_with = algorithm  # type: ignore[assignment]
     return model
 
 
@@ -113,6 +114,7 @@ def to_deploy(model: nn.Module) -> nn.Module:
 
 def _binary_copy(m: nn.Module, algorithm: str, pad_value: float) -> BinaryLayerMixin:
     factory = _FP_TYPES[type(m)]
+    assert isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))  # exactly the keys of _FP_TYPES
     with torch.device(m.weight.device):
         if isinstance(m, nn.Linear):
             new = factory(

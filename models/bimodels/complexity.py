@@ -104,12 +104,16 @@ def _extra_flops(layer: DeployedBinaryLayer, x: Tensor, y: Tensor) -> int:
     return flops
 
 
-def _weight_layer(name: str, m: nn.Module, x: Tensor, y: Tensor, binary: bool) -> LayerComplexity:
+def _weight_layer(
+    name: str, m: DeployedBinaryLayer | nn.Conv1d | nn.Conv2d | nn.Linear, x: Tensor, y: Tensor, binary: bool
+) -> LayerComplexity:
     weight = m.weight
     per_output = math.prod(weight.shape[1:])  # C_in / groups * kernel (in_features for linear)
     macs = (y[0].numel()) * per_output
-    bias = 0 if getattr(m, "bias", None) is None else m.bias.numel()
+    bias_t: Tensor | None = getattr(m, "bias", None)
+    bias = 0 if bias_t is None else bias_t.numel()
     if binary:
+        assert isinstance(m, DeployedBinaryLayer)  # binary=True is passed for exactly these
         extra_f, extra_p = _extra_flops(m, x, y), _extra_params(m)
         return LayerComplexity(
             name,
@@ -157,8 +161,9 @@ def complexity(model: nn.Module, example: Tensor | None = None) -> ComplexityRep
                 layers.append(_weight_layer(name, m, x, out, True))
             elif isinstance(m, _WEIGHT_LAYERS):
                 layers.append(_weight_layer(name, m, x, out, False))
-            elif callable(getattr(m, "attention_flops", None)):  # matmuls outside any Linear
-                macs = m.attention_flops(x.shape[1])
+            # matmuls outside any Linear
+            elif callable(attention_flops := getattr(m, "attention_flops", None)):
+                macs = attention_flops(x.shape[1])
                 layers.append(
                     LayerComplexity(name, "attention", False, tuple(out.shape[1:]), macs, 0, macs, 0, 0, 0, 0)
                 )

@@ -19,6 +19,7 @@ def trained_like_norms(model: nn.Module, seed: int = 0) -> nn.Module:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.normal_(0.0, 0.5, generator=g)
+                assert m.running_var is not None  # tracked together with running_mean
                 m.running_var.uniform_(0.5, 2.0, generator=g)
                 if m.affine:
                     m.weight.uniform_(0.5, 1.5, generator=g)

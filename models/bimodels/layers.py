@@ -9,7 +9,7 @@ A binary layer IS its full-precision class (isinstance still holds), with the sa
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, cast
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -24,13 +24,30 @@ class BinarizationError(ValueError):
     """A layer cannot be binarized as asked (unsupported padding mode, bad pad value...)."""
 
 
-class BinaryLayerMixin:
+if TYPE_CHECKING:
+    # The mixin is only ever combined with an nn.Module (Conv1d/Conv2d/Linear); telling the
+    # type checker so lets it see Module's API and `super().extra_repr()`.
+    _ModuleBase = nn.Module
+else:
+    _ModuleBase = object
+
+
+class BinaryLayerMixin(_ModuleBase):
     """Shared forward: binarize the input, binarize the weight, run the op, scale the output."""
 
     binarizer: Binarizer
     algorithm: str
     pad_value: float
     kind: LayerKind
+    # provided by the nn.Conv1d / nn.Conv2d / nn.Linear the mixin is combined with
+    weight: Tensor
+    bias: Tensor | None
+
+    if TYPE_CHECKING:
+        # implemented by _BinaryConvNd and BinaryLinear
+        def _in(self) -> int: ...
+        def _out(self) -> int: ...
+        def _op(self, s: Tensor, w: Tensor) -> Tensor: ...
 
     def _setup(self, algorithm: str, pad_value: float, **algo_kwargs: Any) -> None:
         if pad_value not in PAD_VALUES:
@@ -61,6 +78,16 @@ class BinaryLayerMixin:
 
 
 class _BinaryConvNd(BinaryLayerMixin):
+    # provided by nn.Conv1d / nn.Conv2d (declared as in torch's _ConvNd)
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: str | tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"]
+
     def _in(self) -> int:
         return self.in_channels
 
@@ -109,7 +136,8 @@ class BinaryConv2d(_BinaryConvNd, nn.Conv2d):
         self._setup(algorithm, pad_value)
 
 
-class BinaryLinear(BinaryLayerMixin, nn.Linear):
+# torch infers nn.Linear.bias as Parameter, but it is None for bias=False (as the mixin declares)
+class BinaryLinear(BinaryLayerMixin, nn.Linear):  # type: ignore[misc]
     kind = "linear"
 
     def __init__(
@@ -131,7 +159,7 @@ class BinaryLinear(BinaryLayerMixin, nn.Linear):
 BINARY_LAYERS = (BinaryConv1d, BinaryConv2d, BinaryLinear)
 
 
-def is_binary(module: nn.Module) -> bool:
+def is_binary(module: nn.Module) -> TypeGuard[BinaryLayerMixin]:
     return isinstance(module, BinaryLayerMixin)
 
 
@@ -142,15 +170,23 @@ class DeployedBinaryLayer(nn.Module):
     output equals the trained layer's eval output up to float rounding.
     """
 
+    # buffers registered in __init__ (the optional ones hold None when absent)
+    weight: Tensor
+    channel_scale: Tensor | None
+    input_shift: Tensor | None
+    output_gain: Tensor | None
+    bias: Tensor | None
+
     def __init__(self, layer: BinaryLayerMixin):
         super().__init__()
         form = layer.deploy_form()
         self.kind, self.algorithm, self.pad_value = layer.kind, layer.algorithm, layer.pad_value
         self.form = form
         if self.kind != "linear":
-            self.stride, self.dilation, self.groups = layer.stride, layer.dilation, layer.groups
-            self.padding = layer.padding
-            self.pads = layer.explicit_padding()
+            conv = cast(_BinaryConvNd, layer)  # every binary layer but BinaryLinear is a conv
+            self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
+            self.padding = conv.padding
+            self.pads = conv.explicit_padding()
         view = layer.binarizer.geometry.channel_view
         # alpha_c is folded into the constant weights exactly as training computes
         # alpha * sign(w), so the deployed layer repeats the trained layer's float ops.

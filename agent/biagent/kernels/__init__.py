@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+_xnor: Any  # the C extension (no stubs), or None
 try:
-    from . import _xnor
+    _xnor = importlib.import_module(f"{__name__}._xnor")
 except ImportError:  # not built: the custom runtime uses its numpy kernels
     _xnor = None
 

@@ -7,12 +7,16 @@ import io
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import UserError
 from ..output import console, print_json
 from .common import resolve_algorithms, resolve_names
+
+if TYPE_CHECKING:
+    from ..records import CorruptionRun, GridRun
 
 SCALES = ("quick", "default", "paper")
 
@@ -148,8 +152,8 @@ def command(
     from ..tracks import get_track, list_tracks
 
     plan = BenchPlan(
-        tracks=_names(tracks, list_tracks(), "track"),
-        tasks=_names(tasks, list_tasks(), "task"),
+        tracks=resolve_names(tracks, list_tracks(), "track"),  # --track and --task default to "all"
+        tasks=resolve_names(tasks, list_tasks(), "task"),
         algorithms=resolve_algorithms(algo),
         scale=scale,
         archs=_names(archs, bimodels.list_architectures(), "architecture"),
@@ -181,14 +185,15 @@ def command(
     measurements = (
         hardware_rows(plan, archs_scored, store, notice=_notice) if "hardware" in plan.tracks else []
     )
-    corruption_runs, notes = [], {}
+    corruption_runs: list[CorruptionRun] = []
+    notes: dict[str, list[str]] = {}
     if "robustness" in plan.tracks and runs:
         from ..robustness import run_robustness
 
         corruption_runs, notes["robustness"] = run_robustness(
             plan, runs, store, store.directory / "checkpoints", notice=_notice
         )
-    grid_runs = []
+    grid_runs: list[GridRun] = []
     if pool is not None:
         from ..consumption import run_grid
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -72,7 +73,7 @@ def command(
         ),
     )
     ident = report.identity
-    data = {
+    data: dict[str, Any] = {
         "board": name,
         "version": report.version,
         "changed": report.changed,

@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,7 +67,7 @@ def command(
     example = bimodels.example_input(model, batch_size=1, seed=seed)
     data = bimodels.export(model, fmt, example)
     _write_atomically(output, data)
-    summary = {
+    summary: dict[str, Any] = {
         "path": str(output),
         "format": fmt,
         "arch": arch,

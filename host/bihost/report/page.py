@@ -43,6 +43,7 @@ class Report:
 
 
 def png_bytes(drawn: Drawn) -> bytes:
+    assert drawn.figure is not None  # the caller skips figures that had nothing to draw
     buf = io.BytesIO()
     drawn.figure.savefig(buf, format="png", dpi=110)
     return buf.getvalue()

@@ -48,7 +48,7 @@ class ReportData:
         for t in self.tracks:
             values = {a: t.overall[a] for a in self.algorithms if not math.isnan(t.overall.get(a, math.nan))}
             if values:
-                out[t.track] = max(values, key=values.get)
+                out[t.track] = max(values, key=values.__getitem__)
         return out
 
 
@@ -70,6 +70,7 @@ def select(
 
     algorithms = algorithms or bimodels.list_algorithms()
     all_runs, all_grid = store.training_runs(), store.grid_runs()
+    every_run: list[TrainingRun | GridRun] = [*all_runs, *all_grid]
     measurements_all = store.rows()
     if not (all_runs or all_grid or measurements_all):
         raise UserError(
@@ -78,13 +79,13 @@ def select(
         )
     scales = {r.scale for r in all_runs} | {r.scale for r in all_grid}
     if scale is None and scales:
-        scale = max(all_runs + all_grid, key=lambda r: r.created_at).scale  # the newest row's scale
+        scale = max(every_run, key=lambda r: r.created_at).scale  # the newest row's scale
     elif scale is not None and scale not in scales:
         raise UserError(
             f"the results store holds no {scale}-scale run (it holds: {', '.join(sorted(scales)) or 'none'})"
         )
     left_out = []
-    others = sum(1 for r in all_runs + all_grid if (r.scale, r.seed) != (scale, seed))
+    others = sum(1 for r in every_run if (r.scale, r.seed) != (scale, seed))
     if others:
         left_out.append(
             f"{others} training/grid runs of another scale or seed (this report: {scale}, seed {seed})"

@@ -1,6 +1,6 @@
 """The track registry: `get_track(name)`, `list_tracks()`; one file per track."""
 
-from . import architecture, complexity, consumption, hardware, learning_task, robustness  # noqa: F401,E402  (registers, in table order)
+from . import learning_task, architecture, robustness, consumption, complexity, hardware  # noqa: F401,E402  # isort: skip  (registers, in table order)
 from .base import TRACKS, BenchContext, Track, TrackResult, quadratic_mean, register_track
 
 

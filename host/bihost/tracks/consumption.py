@@ -16,6 +16,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..grid import hardware_signature
+from ..records import GridRun
 from .base import FP, BenchContext, Track, TrackResult, mean, register_track
 
 STD_FLOOR = 0.001
@@ -29,7 +30,7 @@ class ConsumptionTrack(Track):
 
     def score(self, ctx: BenchContext) -> TrackResult:
         ok = [r for r in ctx.grid_runs if r.status == "ok"]
-        groups: dict[tuple, dict[str, dict[str, object]]] = defaultdict(lambda: defaultdict(dict))
+        groups: dict[tuple, dict[str, dict[str, GridRun]]] = defaultdict(lambda: defaultdict(dict))
         for r in ok:
             groups[(r.task, r.arch, r.scale, r.recipe_hash, r.data_version)][r.algorithm][r.setting] = r
         details, overall = [], {}
@@ -73,10 +74,15 @@ class ConsumptionTrack(Track):
                             "std_ratio": std_ratios[-1],
                         }
                     )
-            t, s = mean(time_ratios), mean(std_ratios)
-            overall[algo] = math.sqrt((t * t + s * s) / 2)
+            t, sd = mean(time_ratios), mean(std_ratios)
+            overall[algo] = math.sqrt((t * t + sd * sd) / 2)
             details.append(
-                {"algorithm": algo, "mean_time_ratio": t, "mean_std_ratio": s, "time_pairs": len(time_ratios)}
+                {
+                    "algorithm": algo,
+                    "mean_time_ratio": t,
+                    "mean_std_ratio": sd,
+                    "time_pairs": len(time_ratios),
+                }
             )
         notes = list(ctx.notes.get(self.name, []))
         if not ok:

@@ -4,6 +4,7 @@ the same board, from the farm's results store (`bihost profile`)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..records import Measurement
 from ..results import latest_rows
@@ -32,7 +33,7 @@ class HardwareTrack(Track):
             and m.speedup_vs_fp32
             and m.storage_ratio
         ]
-        details = [
+        details: list[dict[str, Any]] = [
             {
                 "algorithm": m.algorithm,
                 "board": m.board,

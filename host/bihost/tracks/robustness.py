@@ -28,7 +28,7 @@ def corruption_gaps(ctx: BenchContext) -> dict[tuple, dict[str, Any]]:
         if r.severity == 0:
             clean[model] = r.metric
         else:
-            corrupted[(*model, r.corruption)][r.severity] = r.metric
+            corrupted[model + (r.corruption,)][r.severity] = r.metric
     gaps = {}
     for key, by_severity in corrupted.items():
         if key[:4] in clean:

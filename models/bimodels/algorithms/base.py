@@ -73,6 +73,8 @@ class Binarizer(nn.Module):
     paper: ClassVar[str] = ""
     #: True when parameters depend on the layer's output size (XNOR-Net++'s Gamma).
     needs_output_shape: ClassVar[bool] = False
+    #: Set on every binarizer only while `binarize` runs its sizing forward pass; absent otherwise.
+    probing: bool
 
     def __init__(self, geometry: LayerGeometry):
         super().__init__()

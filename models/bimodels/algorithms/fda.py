@@ -49,6 +49,8 @@ class NoiseAdaptation(nn.Module):
 class FDA(Binarizer):
     name = "fda"
     paper = "Xu et al., FDA, NeurIPS 2021"
+    n: Tensor  # buffers
+    noise_weight: Tensor
 
     def __init__(self, geometry: LayerGeometry):
         super().__init__(geometry)

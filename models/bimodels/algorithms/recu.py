@@ -35,6 +35,7 @@ def tau_schedule(epoch: int, epochs: int) -> float:
 class ReCU(Binarizer):
     name = "recu"
     paper = "Xu et al., ReCU, ICCV 2021"
+    tau: Tensor  # buffer
 
     def __init__(self, geometry: LayerGeometry):
         super().__init__(geometry)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -31,6 +32,8 @@ from .registry import register_model
 
 
 class BertEmbeddings(nn.Module):
+    position_ids: torch.Tensor  # buffer
+
     def __init__(self, vocab_size: int, hidden: int, max_positions: int, type_vocab: int, dropout: float):
         super().__init__()
         self.word = nn.Embedding(vocab_size, hidden)
@@ -141,8 +144,19 @@ class BertClassifier(nn.Module):
         return {}
 
 
+class _ModelFacts(TypedDict):
+    """The `register_model` keyword arguments the BERT variants share."""
+
+    family: str
+    task: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    input_dtype: str
+    vocab_size: int
+
+
 # 128 token ids of BERT's uncased vocabulary, two classes
-TOKEN_CLASSIFIER = dict(
+TOKEN_CLASSIFIER: _ModelFacts = dict(
     family="transformer",
     task="text_classification",
     input_shape=(128,),

@@ -79,7 +79,8 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
     """
     info = ARCHITECTURES.get(name)
     model = info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **kwargs)
-    model.arch_info = info
+    # torch's stubs only allow Tensor | Module values for Module attributes
+    model.arch_info = info  # type: ignore[assignment]
     return model
 
 

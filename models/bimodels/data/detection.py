@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class DetectionSet:
     classes: tuple[str, ...]
 
 
-def _pad(per_image: list[list[tuple[float, ...]]]) -> np.ndarray:
+def _pad(per_image: Sequence[Sequence[tuple[float, ...]]]) -> np.ndarray:
     rows = max((len(b) for b in per_image), default=1) or 1
     out = np.full((len(per_image), rows, 5), -1.0, dtype=np.float32)
     for i, boxes in enumerate(per_image):
@@ -107,10 +108,10 @@ def read_voc(folder: Path, split: str) -> DetectionSet:
             raise DataError(xml_file, f"not valid XML ({e})") from None
         image = folder / "JPEGImages" / (root.findtext("filename") or f"{image_id}.jpg")
         width, height = image_size(image)
-        declared = (root.findtext("size/width"), root.findtext("size/height"))
-        if all(declared) and (int(declared[0]), int(declared[1])) != (width, height):
+        declared_w, declared_h = root.findtext("size/width"), root.findtext("size/height")
+        if declared_w and declared_h and (int(declared_w), int(declared_h)) != (width, height):
             raise DataError(
-                xml_file, f"declares {declared[0]}x{declared[1]} but {image.name} is {width}x{height}"
+                xml_file, f"declares {declared_w}x{declared_h} but {image.name} is {width}x{height}"
             )
         boxes = []
         for obj in root.iter("object"):
@@ -121,7 +122,8 @@ def read_voc(folder: Path, split: str) -> DetectionSet:
                 continue
             try:
                 x0, y0, x1, y1 = (
-                    float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")
+                    float(obj.findtext(f"bndbox/{k}") or "")  # a missing field: ValueError
+                    for k in ("xmin", "ymin", "xmax", "ymax")
                 )
             except (TypeError, ValueError):
                 raise DataError(
@@ -218,7 +220,9 @@ def decode_images(files: list[Path] | tuple[Path, ...], size: int) -> np.ndarray
     for i, path in enumerate(files):
         try:
             with Image.open(path) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+                out[i] = np.asarray(
+                    im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                ).transpose(2, 0, 1)
         except OSError as e:
             raise DataError(path, f"cannot decode image ({e})") from None
     return out

@@ -69,7 +69,9 @@ def decode_center_crop(files: list[Path] | tuple[Path, ...], size: int) -> np.nd
                 im = im.convert("RGB")
                 w, h = im.size
                 scale = short / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+                im = im.resize(
+                    (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR
+                )
                 left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
                 out[i] = np.asarray(im.crop((left, top, left + size, top + size))).transpose(2, 0, 1)
         except OSError as e:

@@ -16,6 +16,7 @@ perfect mIoU. Everything follows from the seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def _legs(rng, n, spread_x, spread_y, z0, z1, thick):
     return p + np.stack([sx, sy, np.full(n, (z0 + z1) / 2)], 1)
 
 
-def _parts(category: str, rng: np.random.Generator) -> list[tuple[float, callable]]:
+def _parts(category: str, rng: np.random.Generator) -> list[tuple[float, Callable[[int], np.ndarray]]]:
     """(relative surface area, sampler(n) -> points) per part, in the category's part order."""
     j = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731  (one random proportion)
     if category == "table":

@@ -157,7 +157,7 @@ def encode(firsts: list[str], seconds: list[str], vocab: dict[str, int], length:
 
 
 # GLUE tasks this reader knows: folder -> (train file, held-out file, first col, second col, label col)
-GLUE = {
+GLUE: dict[str, tuple[str, str, str | int, str | None, str | int]] = {
     "SST-2": ("train.tsv", "dev.tsv", "sentence", None, "label"),
     "CoLA": ("train.tsv", "dev.tsv", 3, None, 1),  # CoLA has no header row
     "MRPC": ("train.tsv", "dev.tsv", "#1 String", "#2 String", "Quality"),
@@ -185,6 +185,7 @@ def read_glue(folder: Path, split: str) -> tuple[list[str], list[str], np.ndarra
         i1, il = header.index(c1), header.index(cl)
         i2 = header.index(c2) if c2 else None
     else:
+        assert isinstance(cl, int)  # a task without a header row gives every column by index
         i1, il, i2 = c1, cl, None
     firsts, seconds, labels = [], [], []
     for n, row in enumerate(rows, start=2 if isinstance(c1, str) else 1):

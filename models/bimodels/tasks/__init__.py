@@ -1,12 +1,12 @@
 """Learning tasks: one file per task, each registering itself (see base.Task)."""
 
-from . import (  # noqa: F401,E402
+from . import (  # noqa: F401,E402  # isort: skip  (registration order)
     image_classification,
-    keyword_spotting,
+    point_cloud_classification,
     language_understanding,
+    keyword_spotting,
     object_detection,
     part_segmentation,
-    point_cloud_classification,
 )
 from .base import SCALES, Split, Task, TaskData, TaskError, TrainConfig, get_task, list_tasks, register_task
 

@@ -62,6 +62,7 @@ class KeywordSpotting(Task):
                 "or --data-root with Speech Commands; leave it out with --task"
             )
         else:
+            assert n_train is not None and n_test is not None  # only the paper scale has None; it raised
             xtr, ytr = speech.generate(n_train, seed * 2 + 1)
             xte, yte = speech.generate(n_test, seed * 2 + 2)
             source = f"espeak-ng keywords ({len(speech.VOICES)} voices, 12 classes)"

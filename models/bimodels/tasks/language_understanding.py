@@ -81,6 +81,7 @@ class LanguageUnderstanding(Task):
                 f"({', '.join(text.GLUE)}) holding train.tsv and dev.tsv"
             )
         else:  # disjoint seeds; the generator's space is large enough that repeats across splits are rare
+            assert n_train is not None and n_test is not None  # only the paper scale has None; it raised
             a_tr, b_tr, ytr = text.generate(n_train, seed * 2 + 1)
             a_te, b_te, yte = text.generate(n_test, seed * 2 + 2)
             words = text.vocabulary()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,7 +131,8 @@ def map50(
         x0, y0, x1, y1 = (float(v) * image_side for v in box)
         return [x0, y0, x1 - x0, y1 - y0]
 
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i, rows in enumerate(targets):
         images.append({"id": i, "width": image_side, "height": image_side})
         for row in rows[rows[:, 0] >= 0]:
@@ -208,8 +210,9 @@ class ObjectDetection(Task):
         n_train, n_test, side = SIZES[scale]
         voc = find_voc(data_root) if data_root is not None else None
         coco = find_coco(data_root) if data_root is not None and voc is None else None
-        if voc is not None or coco is not None:
-            reader, folder = (read_voc, voc) if voc is not None else (read_coco, coco)
+        folder = voc if voc is not None else coco
+        if folder is not None:
+            reader = read_voc if voc is not None else read_coco
             train, test = reader(folder, "train"), reader(folder, "test")
             return self._files(train, test, side, f"{'voc' if voc else 'coco'} ({folder})")
         if scale == "paper":
@@ -217,6 +220,7 @@ class ObjectDetection(Task):
                 "the paper scale trains on PASCAL VOC or COCO: give --data-root with VOCdevkit/VOC2007 "
                 "(Annotations, JPEGImages, ImageSets/Main) or COCO's annotations/instances_*.json"
             )
+        assert n_train is not None and n_test is not None  # only the paper scale has None; it raised
         xtr, ttr = scenes.generate(n_train, side, seed=seed * 2 + 1)  # disjoint seeds: no shared scene
         xte, tte = scenes.generate(n_test, side, seed=seed * 2 + 2)
         for t in (ttr, tte):

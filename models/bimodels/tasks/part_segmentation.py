@@ -94,6 +94,7 @@ class PartSegmentation(Task):
                 "shapenetcore_partanno_segmentation_benchmark_v0_normal (its .txt point files)"
             )
         else:  # disjoint seeds: no generated test object equals a training one
+            assert n_train is not None and n_test is not None  # only the paper scale has None; it raised
             xtr, ytr = parts.generate(n_train, points, seed=seed * 2 + 1)
             xte, yte = parts.generate(n_test, points, seed=seed * 2 + 2)
             source = f"generated parts ({len(parts.CATEGORIES)} categories, {len(parts.PART_NAMES)} parts, {points} points)"

@@ -66,6 +66,7 @@ class PointCloudClassification(Task):
                 "or its ply_data_*.h5 files"
             )
         else:  # disjoint seeds: no generated test cloud can equal a training one
+            assert n_train is not None and n_test is not None  # only the paper scale has None; it raised
             xtr, ytr = shapes.generate(n_train, points, seed=seed * 2 + 1)
             xte, yte = shapes.generate(n_test, points, seed=seed * 2 + 2)
             source, num_classes = (
