@@ -12,7 +12,7 @@ packing) is defined, written and read by `biformats.custom`.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, cast, overload
 
 import numpy as np
 import torch
@@ -36,6 +36,14 @@ class _Tracer(fx.Tracer):
 
 class _Unsupported(Exception):
     """One node the format cannot express (collected, then raised as one ExportError)."""
+
+
+@overload
+def _f32(t: Tensor) -> np.ndarray: ...
+
+
+@overload
+def _f32(t: None) -> None: ...
 
 
 def _f32(t: Tensor | None) -> np.ndarray | None:
@@ -69,7 +77,7 @@ class _Builder:
 
     def what(self, node: fx.Node) -> str:
         if node.op == "call_module":
-            m = type(self.gm.get_submodule(node.target))
+            m = type(self.gm.get_submodule(str(node.target)))
             return f"{m.__module__}.{m.__name__}".replace("torch.nn.modules.", "torch.nn.").replace(
                 "bimodels.layers.", ""
             )
@@ -88,13 +96,13 @@ class _Builder:
         self.alias[node.name] = node.name
 
     @staticmethod
-    def rank(node: fx.Node) -> int:
+    def rank(node: Any) -> int:  # an fx.Node; fx types arguments loosely
         meta = node.meta.get("tensor_meta")
         if meta is None or not hasattr(meta, "shape"):
             raise _Unsupported(f"node {node.name} whose result is not a single tensor")
         return len(meta.shape)
 
-    def axes(self, dims: Any, node: fx.Node, src: fx.Node) -> list[int]:
+    def axes(self, dims: Any, node: fx.Node, src: Any) -> list[int]:
         r = self.rank(src)
         if dims is None:
             return list(range(r))
@@ -146,8 +154,8 @@ class _Builder:
         ):
             self.alias[node.name] = self.value(x, node)
             return None
-        if type(m) in (nn.Conv1d, nn.Conv2d):
-            return self.conv(node, m)
+        if type(m) in (nn.Conv1d, nn.Conv2d):  # exact types: a subclass may compute otherwise
+            return self.conv(node, cast(nn.Conv1d | nn.Conv2d, m))
         if type(m) is nn.Linear:
             return self.emit(
                 node,
@@ -157,7 +165,7 @@ class _Builder:
                 bias=self.tensor(f"{node.name}.bias", _f32(m.bias)),
             )
         if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d):
-            return self.batch_norm(node, m)
+            return self.batch_norm(node, cast(nn.modules.batchnorm._BatchNorm, m))
         if type(m) is nn.ReLU:
             return self.emit(node, "relu", [self.value(x, node)])
         if type(m) is nn.Hardtanh:
@@ -295,7 +303,7 @@ class _Builder:
             count_include_pad=bool(m.count_include_pad),
         )
 
-    def flatten(self, node: fx.Node, x: fx.Node, start: Any, end: Any) -> None:
+    def flatten(self, node: fx.Node, x: Any, start: Any, end: Any) -> None:
         start, end = self.axes(start, node, x)[0], self.axes(end, node, x)[0]
         if start > end:
             raise _Unsupported(f"{self.what(node)} with start_dim > end_dim")

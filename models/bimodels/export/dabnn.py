@@ -63,7 +63,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from torch import Tensor, nn
@@ -169,8 +169,9 @@ def _sym_pad(node: str, pads: list[list[int]]) -> int:
 
 
 class _Lowering:
-    def __init__(self, ir):
+    def __init__(self, ir, algos: dict[str, str] | None = None):
         self.ir = ir
+        self.algos = algos or {}  # IR node -> the algorithm that binarized it (for messages)
         self.vals: dict[str, _Val] = {}
         self.groups: list[_Group] = []
         self.inits: list[DabTensor] = []
@@ -215,6 +216,12 @@ class _Lowering:
         name = self.fresh(base)
         self.inits.append(DabTensor(name, shape, float32_data=arr.reshape(-1)))
         return name
+
+    @overload
+    def tensor(self, key: str) -> np.ndarray: ...
+
+    @overload
+    def tensor(self, key: None) -> None: ...
 
     def tensor(self, key: str | None) -> np.ndarray | None:
         return None if key is None else np.asarray(self.ir.tensors[key])
@@ -865,14 +872,11 @@ class _Lowering:
             if late:
                 return g, late
         g = next(g for g in pending if g.clobbers is not None)
-        return g, [
-            groups[j].node
-            for j in readers_of_root[self.vals[g.clobbers].root]
-            if j != g.index and j not in done
-        ]
+        clobbered = self.vals[g.clobbers].root if g.clobbers is not None else ""  # (never "": found above)
+        return g, [groups[j].node for j in readers_of_root[clobbered] if j != g.index and j not in done]
 
     def ir_algorithm(self, node: str) -> str:
-        return self.algos.get(node, "?") if hasattr(self, "algos") else "?"
+        return self.algos.get(node, "?")
 
     def check_binconv(self, node: str, cin: int, cout: int, k: int, s: int, p: int, width: int) -> None:
         kk = cin * k * k
@@ -918,13 +922,14 @@ class _Lowering:
             g.index = j
             g.deps = {producer[self.vals[r].root] for r in g.reads if self.vals[r].root in producer}
         # drop groups nothing needs
-        needed, stack = set(), [producer.get(self.vals[self.output].root)]
+        needed: set[int] = set()
+        stack: list[int | None] = [producer.get(self.vals[self.output].root)]
         while stack:
-            j = stack.pop()
-            if j is None or j in needed:
+            top = stack.pop()
+            if top is None or top in needed:
                 continue
-            needed.add(j)
-            stack.extend(groups[j].deps)
+            needed.add(top)
+            stack.extend(groups[top].deps)
         if not needed:
             raise ExportError(f"{RUNTIME} has nothing to run: the model's output is its input")
         live = [g for g in groups if g.index in needed]
@@ -995,8 +1000,7 @@ def _lower(model: nn.Module, example_input: Tensor):
             f"example input has batch {example_input.shape[0]}: export with a batch-1 example input"
         )
     ir = trace_ir(model, example_input, runtime=RUNTIME)
-    lowering = _Lowering(ir)
-    lowering.algos = _algorithms(model)
+    lowering = _Lowering(ir, _algorithms(model))
     layers, inits, shape = lowering.run()
     return layers, inits, shape, lowering.input_dab, dict(lowering.extra)
 
