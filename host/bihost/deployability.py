@@ -11,7 +11,6 @@ Each (algorithm, runtime) cell is what an export attempt returns:
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,24 +40,13 @@ class Cell:
 def export_for(runtime: str, model, example) -> tuple[bytes, dict[str, int]]:
     """The artifact `runtime` loads, and the extra float ops it needed (op -> layer count)."""
     import bimodels
+    from bimodels.export import export_with_report
 
     fmt = export_format(runtime)
     if fmt not in bimodels.list_formats():
         raise NoExporter(f"no exporter writes {fmt!r} (the {runtime} format) yet")
-    if fmt == "lce":
-        from bimodels.export.lce import export_lce_with_report
-
-        data, report = export_lce_with_report(model, example)
-        return data, dict(Counter(op for layer in report.layers for op in layer.extra_ops))
-    if fmt == "dabnn":
-        from bimodels.export.dabnn import export_dabnn_with_report
-
-        return export_dabnn_with_report(model, example)
-    data = bimodels.export(model, fmt, example)
-    layers = len(bimodels.binary_layers(model))
-    if fmt == "onnx" and layers:  # no binary kernels at all: signs and convs in FP32
-        return data, {"Where (sign in FP32)": layers, "Conv/Gemm in FP32": layers}
-    return data, {}
+    result = export_with_report(model, fmt, example)
+    return result.data, dict(result.extra_ops)
 
 
 def check_artifact(runtime: str, fmt: str, data: bytes, model, cases: list[Case]) -> CheckResult:

@@ -19,6 +19,7 @@ import bimodels
 from biagent.runtimes import ModelLoadError, RuntimeInfo, get_runtime, list_runtimes
 from biformats import FORMATS, get_format
 from bihost.artifacts import export_format, pad_value_for
+from bimodels.export import ExportResult, export_with_report
 from tests.helpers import assert_numerics, randomize_norms
 
 PAIRS = [(rt, fmt) for rt in list_runtimes() for fmt in get_runtime(rt).formats]
@@ -37,6 +38,17 @@ def test_every_format_has_an_exporter_and_a_runtime():
     assert set(bimodels.list_formats()) == set(FORMATS)
     loaded = {get_format(f).name for rt in list_runtimes() for f in get_runtime(rt).formats}
     assert loaded == set(FORMATS)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_exporter_returns_the_artifact_and_what_it_added(fmt):
+    """The deployability matrix reads `extra_ops` the same way for every format."""
+    model = _model(get_format(fmt).binary_pad_value)
+    result = export_with_report(model, fmt, torch.zeros(1, 3, 8, 8))
+    assert isinstance(result, ExportResult) and result.data == bimodels.export(
+        model, fmt, torch.zeros(1, 3, 8, 8)
+    )
+    assert all(isinstance(op, str) and n >= 1 for op, n in result.extra_ops.items())
 
 
 @pytest.mark.parametrize("runtime", list_runtimes())

@@ -25,12 +25,16 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from biformats.bits import n_words, pack_rows, unpack_signs
 
 from ..kernels import _xnor
+
+if TYPE_CHECKING:  # custom_fusion imports this module
+    from .custom_fusion import StemPost
 
 CHUNK_BYTES = 1 << 25  # ~32 MB per temporary
 COLS_BYTES = 1 << 20  # FP conv columns per block: copied, then read by sgemm while still in L2
@@ -76,7 +80,7 @@ def popcount_lut8(words: np.ndarray) -> np.ndarray:
 # stays as the reference the tests compare it with, bit for bit.
 # BIAGENT_KERNEL_ISA forces one popcount path of the channel-packed conv (avx512, avx2, neon,
 # popcnt, portable) to compare them; "auto" takes the best this CPU runs.
-KERNEL = {
+KERNEL: dict[str, Any] = {
     "threads": 1,
     "use_c": os.environ.get("BIAGENT_CUSTOM_KERNELS", "c") != "numpy",
     "isa": os.environ.get("BIAGENT_KERNEL_ISA", "auto"),
@@ -179,9 +183,9 @@ def pad_spatial(x: np.ndarray, pads: list[list[int]], value) -> np.ndarray:
 def windows(xp: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
     """View (..., *out, *kernel) of a padded array's trailing spatial axes (no copy)."""
     nd = len(kernel)
-    eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    eff = tuple(int(d * (k - 1) + 1) for k, d in zip(kernel, dilation))
     axes = tuple(range(xp.ndim - nd, xp.ndim))
-    v = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=axes)
+    v = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=axes)  # type: ignore[call-overload]  # numpy 1's stub omits tuple axes
     index = (
         (Ellipsis,)
         + tuple(slice(0, o * s, s) for o, s in zip(out, stride))
@@ -290,7 +294,7 @@ class BinaryConv:
                 frozenset(t for t in range(k) if not before <= i * s + t * d < before + size)
                 for i in range(o)
             ]
-            uniq = [frozenset()] + sorted({key for key in keys if key}, key=sorted)
+            uniq: list[frozenset[int]] = [frozenset()] + sorted({key for key in keys if key}, key=sorted)
             ids.append(np.array([uniq.index(key) for key in keys], np.int32))
             sets.append(uniq)
         sums = self.tap_sums.reshape(self.cout, *kernel)
@@ -310,7 +314,7 @@ class BinaryConv:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.packed is not None and self.kind != "linear":
-            return self._conv_packed(x)
+            return cast(np.ndarray, self._conv_packed(x))  # float in, no bits_for: floats out
         if self.packed_linear is not None:
             return self._linear_packed(x)
         if self.kind == "linear":
@@ -404,7 +408,7 @@ class BinaryConv:
         )
         packed_in = isinstance(x, PackedActs)
         x4 = planes_in = beta = None
-        if packed_in:
+        if isinstance(x, PackedActs):
             if self.mean_abs or not two_d:
                 raise ValueError("packed input reached a conv that needs the float input")
             planes_in = (x.planes, *x.shape[1:])
@@ -424,12 +428,12 @@ class BinaryConv:
             planes = np.empty((n, n_words(self.cout), out[0] + npt + npb, out[1] + npl + npr), np.uint64)
             bits = (planes, bits_for.shift, npt, npl, int(bits_for.pad_value == -1))
             result = PackedActs(planes, (n, self.cout, *out))
-        extra = ()
+        extra: tuple[Any, ...] = ()
         if post is not None or packed_in or bits is not None:
             post = post or PostOps()
             if residual is not None:
                 if residual.shape != (n, self.cout, *out):  # a broadcasting add: the nodes one by one
-                    return post.apply(self._conv_packed(x), residual)
+                    return post.apply(cast(np.ndarray, self._conv_packed(x)), residual)
                 residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
             extra = ((post.scale, post.shift, residual, post.clamp, bits, planes_in),)
         _xnor.bconv2d(
@@ -516,10 +520,10 @@ class PostOps:
 
     def apply(self, y: np.ndarray, residual: np.ndarray | None) -> np.ndarray:
         """The same nodes one at a time (the reference the fused epilogue must equal)."""
-        if self.scale is not None:
+        if self.scale is not None and self.shift is not None:  # an affine has both
             y = channel_affine(y, self.scale, self.shift)
         if self.residual:
-            y = np.add(y, residual)
+            y = np.add(y, cast(np.ndarray, residual))
         if self.clamp is not None:
             y = clamp(y, np.float32(self.clamp[0]), np.float32(self.clamp[1]))
         return y
@@ -578,12 +582,13 @@ class Conv:
     def out_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         return out_spatial(x_shape[2:], self.pads, self.kernel, self.stride, self.dilation)
 
-    def direct_call(self, x: np.ndarray, post: StemPost | None = None) -> np.ndarray:  # noqa: F821 (custom_fusion)
+    def direct_call(self, x: np.ndarray, post: StemPost | None = None) -> np.ndarray:
         """The direct kernel, with the fused next nodes (`post`) in its epilogue."""
         n, out = x.shape[0], self.out_shape(x.shape)
         x = np.ascontiguousarray(x, dtype=np.float32)
         geom = geometry2d(self.kernel, self.stride, self.dilation, self.pads)
-        extra, final = (), out
+        extra: tuple[Any, ...] = ()
+        final = out
         if post is not None:
             pool = None
             if post.pool is not None:
@@ -755,19 +760,20 @@ class MaxPool:
 def max_pool(x: np.ndarray, kernel, stride, pads, dilation) -> np.ndarray:
     out = out_spatial(x.shape[2:], pads, kernel, stride, dilation)
     if KERNEL["use_c"] and _xnor is not None and x.ndim == 4:
-        y = np.empty(x.shape[:2] + out, np.float32)
+        pooled = np.empty(x.shape[:2] + out, np.float32)
         _xnor.max_pool2d(
             np.ascontiguousarray(x, dtype=np.float32),
-            y,
+            pooled,
             geometry2d(kernel, stride, dilation, pads),
             KERNEL["threads"],
             KERNEL["isa"],
         )
-        return y
+        return pooled
     xp = pad_spatial(x, pads, -np.inf)
-    y = None
+    y: np.ndarray | None = None
     for view in tap_slices(xp, kernel, stride, dilation, out):
         y = view.copy() if y is None else np.maximum(y, view, out=y)
+    assert y is not None  # a kernel has at least one tap
     return y
 
 

@@ -80,7 +80,7 @@ from biformats.dabnn import (
 )
 
 from ..layers import DeployedBinaryLayer, is_binary
-from . import ExportError, register_exporter
+from . import ExportError, ExportResult, register_exporter
 from .custom import trace_ir
 
 RUNTIME = "daBNN"
@@ -1012,10 +1012,14 @@ def export_dabnn_with_report(model: nn.Module, example_input: Tensor) -> tuple[b
     return write_dab(layers, inits, input_name, input_shape), extra
 
 
-@register_exporter("dabnn")
 def export_dabnn(model: nn.Module, example_input: Tensor) -> bytes:
     """The model as a daBNN ``.dab`` (FlatBuffers, flatbnn version 2); see the module docstring."""
     return export_dabnn_with_report(model, example_input)[0]
+
+
+@register_exporter("dabnn")
+def _export(model: nn.Module, example_input: Tensor) -> ExportResult:
+    return ExportResult(*export_dabnn_with_report(model, example_input))
 
 
 __all__ = [

@@ -26,6 +26,7 @@ Facts about the ops: docs/lce-format.md (bit 1 = -1, LSB first along channels; 5
 from __future__ import annotations
 
 import importlib.util
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from torch.nn import functional as F
 
 from biformats.bits import pack_lce_bits, unpack_sign_rows
 
-from . import ExportError, register_exporter
+from . import ExportError, ExportResult, register_exporter
 from .custom import IR, trace_ir
 
 RUNTIME = "larq (LCE)"
@@ -631,6 +632,11 @@ def export_lce_with_report(model: nn.Module, example_input: Tensor) -> tuple[byt
     return lowering.run(), lowering.report
 
 
-@register_exporter("lce")
 def export_lce(model: nn.Module, example_input: Tensor) -> bytes:
     return export_lce_with_report(model, example_input)[0]
+
+
+@register_exporter("lce")
+def _export(model: nn.Module, example_input: Tensor) -> ExportResult:
+    data, report = export_lce_with_report(model, example_input)
+    return ExportResult(data, dict(Counter(op for layer in report.layers for op in layer.extra_ops)))

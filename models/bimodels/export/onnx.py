@@ -14,13 +14,12 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from ..binarize import to_deploy
-from . import ExportError, register_exporter
+from ..binarize import binary_layers, to_deploy
+from . import ExportError, ExportResult, register_exporter
 
 OPSET = 17
 
 
-@register_exporter("onnx")
 def export_onnx(model: nn.Module, example_input: Tensor) -> bytes:
     deployed = to_deploy(model)
     buf = io.BytesIO()
@@ -43,3 +42,10 @@ def export_onnx(model: nn.Module, example_input: Tensor) -> bytes:
     data = buf.getvalue()
     onnx.checker.check_model(onnx.load_from_string(data))
     return data
+
+
+@register_exporter("onnx")
+def _export(model: nn.Module, example_input: Tensor) -> ExportResult:
+    layers = len(binary_layers(model))  # no binary kernels at all: signs and convs in FP32
+    extra = {"Where (sign in FP32)": layers, "Conv/Gemm in FP32": layers} if layers else {}
+    return ExportResult(export_onnx(model, example_input), extra)
