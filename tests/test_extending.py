@@ -50,7 +50,7 @@ def toy_algorithm():
             )
 
     yield ToyScaled.name
-    ALGORITHMS._items.pop(ToyScaled.name)
+    ALGORITHMS.unregister(ToyScaled.name)
 
 
 @pytest.fixture

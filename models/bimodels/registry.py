@@ -39,6 +39,13 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> T:
+        """Remove and return an entry (a test's toy, a plugin being reloaded)."""
+        try:
+            return self._items.pop(name)
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.names()) from None
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
