@@ -108,6 +108,7 @@ def tensors():
 
 def structured_requests(address: str, n: int, model_ids: list[str]) -> dict[str, int]:
     """Well-formed protobuf with hostile values: ids, names, metadata, tensors, counts, leases."""
+    from biagent.runtimes import list_runtimes
     from biproto import agent_pb2 as pb
     from biproto import agent_pb2_grpc as pb_grpc
 
@@ -154,7 +155,7 @@ def structured_requests(address: str, n: int, model_ids: list[str]) -> dict[str,
             None,
         ),
         ids,
-        st.one_of(st.sampled_from(["custom", "onnxruntime", "larq", "dabnn"]), text),
+        st.one_of(st.sampled_from(list_runtimes()), text),
         st.integers(-10, 2**31 - 1),
         st.integers(-10, 5),
         st.integers(-10, 2),
@@ -276,7 +277,7 @@ def inventory_files(tmp: Path, n: int) -> dict[str, int]:
     Inventory.load either loads or raises InventoryError naming the file."""
     import yaml
 
-    from bihost.inventory import Inventory, InventoryError
+    from bihost.inventory import BOARD_KEYS, Inventory, InventoryError
 
     path = tmp / "inventory.yaml"
     scalars = st.one_of(
@@ -290,23 +291,7 @@ def inventory_files(tmp: Path, n: int) -> dict[str, int]:
         ),
         max_leaves=12,
     )
-    keys = st.sampled_from(
-        [
-            "soc",
-            "arch",
-            "os",
-            "cpu",
-            "runtimes",
-            "address",
-            "transport",
-            "ssh",
-            "tls",
-            "token_file",
-            "description",
-            "expected",
-            "bogus",
-        ]
-    )
+    keys = st.sampled_from([*BOARD_KEYS, "bogus"])
     boards = st.dictionaries(
         st.one_of(st.text(max_size=20), st.integers()), st.dictionaries(keys, values, max_size=6), max_size=3
     )

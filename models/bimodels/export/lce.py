@@ -487,6 +487,9 @@ class _Lowering:
         padded = any(p for pair in pads for p in pair)
         pad_value = a["pad_value"]
         (sh, sw), (dh, dw) = a["stride"], a["dilation"]
+        (pt, pb), (pl, pr) = pads
+        h0, w0 = self.w.shape(x)[1:3]  # before padding
+        oh, ow = (h0 + pt + pb - (kh - 1) * dh - 1) // sh + 1, (w0 + pl + pr - (kw - 1) * dw - 1) // sw + 1
         # Where TF's SAME padding is PyTorch's (stride 1, or stride 2 on odd sizes), LCE pads
         # natively: pad_values 0 is true zero padding (float output), 1 counts taps as +1.
         # Elsewhere the float input is padded explicitly and a zero-padding correction map
@@ -494,7 +497,7 @@ class _Lowering:
         native_same = (
             padded
             and pad_value in (0.0, 1.0)
-            and _same_is_torch(pads, self.w.shape(x)[1:3], (kh, kw), (sh, sw), (dh, dw))
+            and _same_is_torch(pads, (h0, w0), (kh, kw), (sh, sw), (dh, dw))
         )
         if not native_same:
             x = self.pad(x, pads, -1.0 if pad_value == -1 else 0.0, f"{name}/pad")  # sign(0) = +1
@@ -515,10 +518,6 @@ class _Lowering:
             scale, shift = self.t(affine["attrs"]["scale"]), self.t(affine["attrs"]["shift"])
             m, bias = m * scale, bias * scale + shift
             self.folded.add(affine["name"])
-        if native_same:
-            oh, ow = -(-h // sh), -(-w // sw)
-        else:
-            oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
         filt = self.w.const(f"{name}/filter", pack_lce_bits(signs.transpose(0, 2, 3, 1)))
         # Multiplier 1 and bias 0 keep the op's output the exact integer dot. Folding the
         # scales in (as LCE's converter does) makes the kernel compute -m*2acc + (b + K*m),
@@ -541,12 +540,9 @@ class _Lowering:
         )
         self.w.op("LceBconv2d", ins, [y], custom=bytes(options))
 
-        if (
-            padded and pad_value == 0 and not native_same
-        ):  # +1 was computed at padded taps; zero padding wants 0
-            corr = _padding_correction(
-                signs, pads, (h - pads[0][0] - pads[0][1], w - pads[1][0] - pads[1][1]), (sh, sw), (dh, dw)
-            )
+        # VALID on an explicitly padded input: +1 was computed at padded taps; zero padding wants 0
+        if padded and pad_value == 0 and not native_same:
+            corr = _padding_correction(signs, pads, (h0, w0), (sh, sw), (dh, dw))
             y = self.binary_op(
                 self.s.BuiltinOperator.ADD,
                 y,
