@@ -1,7 +1,7 @@
 """The custom runtime's artifact: a zip of ``graph.json`` and ``tensors.npz``, written and read here.
 
-The exporter (`bimodels.export.custom`) lowers a model to the op list below and calls
-`write_artifact`; the runtime (`biagent.runtimes.custom`) calls `read_artifact` and checks
+The exporter (`bimodels.export.custom`) stores the traced IR (`bimodels.export.ir` declares
+the op list below) with `write_artifact`; the runtime (`biagent.runtimes.custom`) calls `read_artifact` and checks
 each op's attributes as it builds its graph. Bit packing is `biformats.bits` (custom layout).
 
 Artifact format, version 1 (the contract between exporter and kernels)

@@ -20,8 +20,8 @@ from torch import nn
 
 import bimodels
 from biagent.runtimes.custom_engine import load_artifact
+from biformats.bits import pack_sign_rows
 from bimodels import ExportError, binarize, create_model, example_input, export, list_algorithms
-from bimodels.export.custom import pack_sign_rows
 from bimodels.layers import DeployedBinaryLayer
 from bimodels.ste import sign
 from tests.helpers import assert_numerics, perturb_binarizers, randomize_norms

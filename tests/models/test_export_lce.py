@@ -8,7 +8,8 @@ import torch
 
 import bimodels
 from biagent.runtimes import get_runtime
-from bimodels.export.lce import export_lce_with_report, pack_lce_bits, tflite_schema
+from biformats.bits import pack_lce_bits
+from bimodels.export.lce import export_lce, tflite_schema
 from tests.helpers import assert_numerics
 
 info = get_runtime("larq").describe()
@@ -58,7 +59,8 @@ def test_lce_matches_torch(arch, algo, tmp_path):
     # Seed 2 makes LCE flip one sign on xnor-resnet18 (in the last binary layer, a decision at
     # 6e-8 of its range); torch reproduces it (test_an_lce_rounding_flip_is_explained_by_torch).
     xs = [bimodels.example_input(model, 1, seed=s) for s in (1, 2, 3)]
-    data, report = export_lce_with_report(model, xs[0])
+    report = export_lce(model, xs[0])
+    data = report.data
     ops = op_names(data)
     assert ops.count("LceBconv2d") == len(bimodels.binary_layers(model)) == ops.count("LceQuantize")
     # LCE cannot show its sign inputs: every input matches, or torch reproduces its flip
@@ -84,7 +86,8 @@ def test_argmax_agrees_on_100_inputs(tmp_path):
 def test_plus_one_padding_is_native(tmp_path):
     model = build("resnet20", "dorefa", pad_value=1.0)
     x = bimodels.example_input(model, 1, seed=4)
-    data, report = export_lce_with_report(model, x)
+    report = export_lce(model, x)
+    data = report.data
     assert report.native and report.layers
     (out,) = run_lce(data, tmp_path, [x.numpy()])
     with torch.no_grad():
@@ -108,7 +111,7 @@ def test_an_lce_rounding_flip_is_explained_by_torch(tmp_path):
 
     model = build("resnet18", "xnor")
     x = bimodels.example_input(model, 1, seed=2)
-    data, _ = export_lce_with_report(model, x)
+    data = export_lce(model, x).data
     (out,) = run_lce(data, tmp_path, [x.numpy()])
     cases = reference_cases(model, [x])
     plain = numerics.judge(0, [out], cases[0], probe="larq cannot show them")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from torch import Tensor, nn
 
@@ -31,15 +32,24 @@ class ExportResult:
 
 Exporter = Callable[[nn.Module, Tensor], ExportResult]
 EXPORTERS: Registry[Exporter] = Registry("export format")
+E = TypeVar("E", bound=Exporter)
 
 
-def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
-    """Register the exporter of a format that biformats defines (by its canonical name)."""
+def register_exporter(name: str) -> Callable[[E], E]:
+    """Register the exporter of a format that biformats defines (by its canonical name).
+
+    The exporter stays callable as it is, with its own result type (a subclass of
+    ExportResult may carry more detail: LCE's per-layer paths)."""
     if get_format(name).name != name:
         raise ValueError(
             f"register the exporter under the format's name {get_format(name).name!r}, not {name!r}"
         )
-    return EXPORTERS.register(name)
+
+    def decorator(fn: E) -> E:
+        EXPORTERS.register(name)(fn)
+        return fn
+
+    return decorator
 
 
 def list_formats() -> list[str]:

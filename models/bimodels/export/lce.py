@@ -1,6 +1,6 @@
 """Export to Larq Compute Engine: a TFLite flatbuffer with LCE's custom ops, no TensorFlow.
 
-Lowered from the traced op list of `custom.trace_ir` (torch NCHW) to TFLite (NHWC):
+Lowered from the IR (`bimodels.export.ir`, traced by `trace_ir`; torch NCHW) to TFLite (NHWC):
 the model input stays NCHW, as torch takes it, and a TRANSPOSE makes it NHWC. Each
 binarized conv becomes `LceQuantize -> LceBconv2d` with bit-packed OHWI int32 weights.
 What LCE has no op for is emitted as builtin float ops where that is exact, and reported
@@ -29,7 +29,7 @@ import importlib.util
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ from torch.nn import functional as F
 from biformats.bits import pack_lce_bits, unpack_sign_rows
 
 from . import ExportError, ExportResult, register_exporter
-from .custom import IR, trace_ir
+from .ir import IR, Node
+from .trace import trace_ir
 
 RUNTIME = "larq (LCE)"
 FLOAT_LOWEST = float(np.finfo(np.float32).min)
@@ -67,9 +68,11 @@ class LayerPath:
     extra_ops: list[str] = field(default_factory=list)
 
 
-@dataclass
-class LceReport:
-    layers: list[LayerPath] = field(default_factory=list)
+@dataclass(frozen=True)
+class LceExport(ExportResult):
+    """The .tflite and, per binarized layer, the float ops LCE needed beside its own."""
+
+    layers: tuple[LayerPath, ...] = ()
 
     @property
     def native(self) -> bool:
@@ -159,15 +162,17 @@ class _Lowering:
     def __init__(self, ir: IR, schema):
         self.ir, self.s, self.w = ir, schema, _Writer(schema)
         self.values: dict[str, int] = {}  # IR value -> tflite tensor (NHWC for 4-D)
-        self.report = LceReport()
-        consumers: dict[str, list[dict]] = {}
-        for n in ir.nodes:
-            for v in n["inputs"]:
-                consumers.setdefault(v, []).append(n)
-        self.consumers = consumers
+        self.layers: list[LayerPath] = []  # how each binarized layer was lowered
+        self.consumers = ir.readers()
         self.folded: set[str] = set()  # channel_affine nodes folded into a Bconv
 
     # -- small builders ---------------------------------------------------------------
+    @overload
+    def t(self, key: str) -> np.ndarray: ...
+
+    @overload
+    def t(self, key: None) -> None: ...
+
     def t(self, key: str | None) -> np.ndarray | None:
         return None if key is None else np.asarray(self.ir.tensors[key], np.float32)
 
@@ -215,13 +220,13 @@ class _Lowering:
     # -- the walk ---------------------------------------------------------------------
     def run(self) -> bytes:
         spec = self.ir.inputs[0]
-        shape = spec["shape"]
+        shape = spec.shape
         if len(shape) != 4:
             raise ExportError(f"{RUNTIME} export takes image models (N, C, H, W); this input is {shape}")
         x = self.w.act("input", shape)
         perm = self.w.const("input/perm", np.array([0, 2, 3, 1], np.int32))
         n, c, h, w = shape
-        self.values[spec["name"]] = self.builtin(
+        self.values[spec.name] = self.builtin(
             self.s.BuiltinOperator.TRANSPOSE,
             [x, perm],
             [n, h, w, c],
@@ -230,58 +235,56 @@ class _Lowering:
             self.s.TransposeOptionsT(),
         )
         for node in self.ir.nodes:
-            if node["name"] in self.folded:
+            if node.name in self.folded:
                 continue
-            getattr(self, f"op_{node['op']}", self.unsupported)(node)
+            getattr(self, f"op_{node.op}", self.unsupported)(node)
         outputs = [self.values[o] for o in self.ir.outputs]
         return self.w.finish([x], outputs)
 
-    def unsupported(self, node: dict) -> None:
-        raise ExportError(f"{RUNTIME} export has no lowering for op {node['op']!r} (node {node['name']})")
+    def unsupported(self, node: Node) -> None:
+        raise ExportError(f"{RUNTIME} export has no lowering for op {node.op!r} (node {node.name})")
 
-    def x(self, node: dict, i: int = 0) -> int:
-        return self.values[node["inputs"][i]]
+    def x(self, node: Node, i: int = 0) -> int:
+        return self.values[node.inputs[i]]
 
-    def set(self, node: dict, tensor: int) -> None:
-        self.values[node["outputs"][0]] = tensor
+    def set(self, node: Node, tensor: int) -> None:
+        self.values[node.output] = tensor
 
-    def op_identity(self, node):
+    def op_identity(self, node: Node):
         self.set(node, self.x(node))
 
-    def op_relu(self, node):
+    def op_relu(self, node: Node):
         self.set(
             node,
-            self.builtin(
-                self.s.BuiltinOperator.RELU, [self.x(node)], self.w.shape(self.x(node)), node["name"]
-            ),
+            self.builtin(self.s.BuiltinOperator.RELU, [self.x(node)], self.w.shape(self.x(node)), node.name),
         )
 
-    def op_hardtanh(self, node):
-        a = node["attrs"]
+    def op_hardtanh(self, node: Node):
+        a = node.attrs
         if (a["min_val"], a["max_val"]) != (-1.0, 1.0):
             raise ExportError(
-                f"{RUNTIME}: Hardtanh({a['min_val']}, {a['max_val']}) has no TFLite op (node {node['name']})"
+                f"{RUNTIME}: Hardtanh({a['min_val']}, {a['max_val']}) has no TFLite op (node {node.name})"
             )
         x = self.x(node)
-        self.set(node, self.builtin(self.s.BuiltinOperator.RELU_N1_TO_1, [x], self.w.shape(x), node["name"]))
+        self.set(node, self.builtin(self.s.BuiltinOperator.RELU_N1_TO_1, [x], self.w.shape(x), node.name))
 
-    def op_prelu(self, node):
+    def op_prelu(self, node: Node):
         x = self.x(node)
-        slope = self.t(node["attrs"]["weight"]).reshape(-1)
+        slope = self.t(node.attrs["weight"]).reshape(-1)
         c = self.w.shape(x)[-1]
-        alpha = self.w.const(f"{node['name']}/alpha", np.broadcast_to(slope, (c,)).reshape(1, 1, c).copy())
-        self.set(node, self.builtin(self.s.BuiltinOperator.PRELU, [x, alpha], self.w.shape(x), node["name"]))
+        alpha = self.w.const(f"{node.name}/alpha", np.broadcast_to(slope, (c,)).reshape(1, 1, c).copy())
+        self.set(node, self.builtin(self.s.BuiltinOperator.PRELU, [x, alpha], self.w.shape(x), node.name))
 
-    def op_add(self, node):
+    def op_add(self, node: Node):
         self.set(
-            node, self.binary_op(self.s.BuiltinOperator.ADD, self.x(node, 0), self.x(node, 1), node["name"])
+            node, self.binary_op(self.s.BuiltinOperator.ADD, self.x(node, 0), self.x(node, 1), node.name)
         )
 
-    def op_concat(self, node):
-        ins = [self.values[v] for v in node["inputs"]]
+    def op_concat(self, node: Node):
+        ins = [self.values[v] for v in node.inputs]
         shapes = [self.w.shape(i) for i in ins]
-        if len(shapes[0]) != 4 or node["attrs"]["axis"] != 1:
-            raise ExportError(f"{RUNTIME}: concat over axis {node['attrs']['axis']} (node {node['name']})")
+        if len(shapes[0]) != 4 or node.attrs["axis"] != 1:
+            raise ExportError(f"{RUNTIME}: concat over axis {node.attrs['axis']} (node {node.name})")
         out = shapes[0][:3] + [sum(s[3] for s in shapes)]
         opt = self.s.ConcatenationOptionsT()
         opt.axis = 3
@@ -291,24 +294,24 @@ class _Lowering:
                 self.s.BuiltinOperator.CONCATENATION,
                 ins,
                 out,
-                node["name"],
+                node.name,
                 self.s.BuiltinOptions.ConcatenationOptions,
                 opt,
             ),
         )
 
-    def op_channel_affine(self, node):
+    def op_channel_affine(self, node: Node):
         x = self.x(node)
-        scale = self.w.const(f"{node['name']}/scale", self.t(node["attrs"]["scale"]))
-        shift = self.w.const(f"{node['name']}/shift", self.t(node["attrs"]["shift"]))
-        y = self.binary_op(self.s.BuiltinOperator.MUL, x, scale, f"{node['name']}/mul")
-        self.set(node, self.binary_op(self.s.BuiltinOperator.ADD, y, shift, node["name"]))
+        scale = self.w.const(f"{node.name}/scale", self.t(node.attrs["scale"]))
+        shift = self.w.const(f"{node.name}/shift", self.t(node.attrs["shift"]))
+        y = self.binary_op(self.s.BuiltinOperator.MUL, x, scale, f"{node.name}/mul")
+        self.set(node, self.binary_op(self.s.BuiltinOperator.ADD, y, shift, node.name))
 
     def _pool(self, node, code: int, pad_value: float) -> None:
-        a = node["attrs"]
+        a = node.attrs
         if len(a["kernel"]) != 2 or any(d != 1 for d in a.get("dilation", [1, 1])):
-            raise ExportError(f"{RUNTIME}: pooling {a} (node {node['name']})")
-        x = self.pad(self.x(node), a["pads"], pad_value, f"{node['name']}/pad")
+            raise ExportError(f"{RUNTIME}: pooling {a} (node {node.name})")
+        x = self.pad(self.x(node), a["pads"], pad_value, f"{node.name}/pad")
         n, h, w, c = self.w.shape(x)
         kh, kw = a["kernel"]
         sh, sw = a["stride"]
@@ -321,22 +324,22 @@ class _Lowering:
             kw,
         )
         out = [n, (h - kh) // sh + 1, (w - kw) // sw + 1, c]
-        self.set(node, self.builtin(code, [x], out, node["name"], self.s.BuiltinOptions.Pool2DOptions, opt))
+        self.set(node, self.builtin(code, [x], out, node.name, self.s.BuiltinOptions.Pool2DOptions, opt))
 
-    def op_max_pool(self, node):
+    def op_max_pool(self, node: Node):
         self._pool(node, self.s.BuiltinOperator.MAX_POOL_2D, FLOAT_LOWEST)
 
-    def op_avg_pool(self, node):
-        if any(p for pair in node["attrs"]["pads"] for p in pair):
-            raise ExportError(f"{RUNTIME}: padded average pooling (node {node['name']})")
+    def op_avg_pool(self, node: Node):
+        if any(p for pair in node.attrs["pads"] for p in pair):
+            raise ExportError(f"{RUNTIME}: padded average pooling (node {node.name})")
         self._pool(node, self.s.BuiltinOperator.AVERAGE_POOL_2D, 0.0)
 
-    def op_reduce_mean(self, node):
+    def op_reduce_mean(self, node: Node):
         x = self.x(node)
-        a = node["attrs"]
+        a = node.attrs
         if len(self.w.shape(x)) != 4 or sorted(a["axes"]) != [2, 3]:
-            raise ExportError(f"{RUNTIME}: mean over axes {a['axes']} (node {node['name']})")
-        axes = self.w.const(f"{node['name']}/axes", np.array([1, 2], np.int32))
+            raise ExportError(f"{RUNTIME}: mean over axes {a['axes']} (node {node.name})")
+        axes = self.w.const(f"{node.name}/axes", np.array([1, 2], np.int32))
         n, _, _, c = self.w.shape(x)
         opt = self.s.ReducerOptionsT()
         opt.keepDims = bool(a["keepdims"])
@@ -347,31 +350,31 @@ class _Lowering:
                 self.s.BuiltinOperator.MEAN,
                 [x, axes],
                 out,
-                node["name"],
+                node.name,
                 self.s.BuiltinOptions.ReducerOptions,
                 opt,
             ),
         )
 
-    def op_flatten(self, node):
+    def op_flatten(self, node: Node):
         x = self.x(node)
         shape = self.w.shape(x)
-        a = node["attrs"]
+        a = node.attrs
         if a["start"] != 1 or a["end"] not in (-1, len(shape) - 1):
-            raise ExportError(f"{RUNTIME}: flatten({a['start']}, {a['end']}) (node {node['name']})")
+            raise ExportError(f"{RUNTIME}: flatten({a['start']}, {a['end']}) (node {node.name})")
         if len(shape) == 4 and (shape[1] != 1 or shape[2] != 1):  # back to torch's C, H, W order
-            perm = self.w.const(f"{node['name']}/perm", np.array([0, 3, 1, 2], np.int32))
+            perm = self.w.const(f"{node.name}/perm", np.array([0, 3, 1, 2], np.int32))
             n, h, w, c = shape
             x = self.builtin(
                 self.s.BuiltinOperator.TRANSPOSE,
                 [x, perm],
                 [n, c, h, w],
-                f"{node['name']}/nchw",
+                f"{node.name}/nchw",
                 self.s.BuiltinOptions.TransposeOptions,
                 self.s.TransposeOptionsT(),
             )
         new_shape = [shape[0], int(np.prod(shape[1:]))]
-        target = self.w.const(f"{node['name']}/shape", np.array(new_shape, np.int32))
+        target = self.w.const(f"{node.name}/shape", np.array(new_shape, np.int32))
         opt = self.s.ReshapeOptionsT()
         opt.newShape = new_shape
         self.set(
@@ -380,44 +383,42 @@ class _Lowering:
                 self.s.BuiltinOperator.RESHAPE,
                 [x, target],
                 new_shape,
-                node["name"],
+                node.name,
                 self.s.BuiltinOptions.ReshapeOptions,
                 opt,
             ),
         )
 
-    def op_linear(self, node):
+    def op_linear(self, node: Node):
         x = self.x(node)
         if len(self.w.shape(x)) != 2:
-            raise ExportError(
-                f"{RUNTIME}: linear on a rank-{len(self.w.shape(x))} tensor (node {node['name']})"
-            )
-        wt = self.t(node["attrs"]["weight"])
-        bias = self.t(node["attrs"]["bias"])
+            raise ExportError(f"{RUNTIME}: linear on a rank-{len(self.w.shape(x))} tensor (node {node.name})")
+        wt = self.t(node.attrs["weight"])
+        bias = self.t(node.attrs["bias"])
         bias = np.zeros(wt.shape[0], np.float32) if bias is None else bias
-        ins = [x, self.w.const(f"{node['name']}/weight", wt), self.w.const(f"{node['name']}/bias", bias)]
+        ins = [x, self.w.const(f"{node.name}/weight", wt), self.w.const(f"{node.name}/bias", bias)]
         self.set(
             node,
             self.builtin(
                 self.s.BuiltinOperator.FULLY_CONNECTED,
                 ins,
                 [self.w.shape(x)[0], wt.shape[0]],
-                node["name"],
+                node.name,
                 self.s.BuiltinOptions.FullyConnectedOptions,
                 self.s.FullyConnectedOptionsT(),
             ),
         )
 
-    def op_conv(self, node):
-        a = node["attrs"]
+    def op_conv(self, node: Node):
+        a = node.attrs
         wt = self.t(a["weight"])
         if wt.ndim != 4:
-            raise ExportError(f"{RUNTIME}: 1-D convolution (node {node['name']})")
+            raise ExportError(f"{RUNTIME}: 1-D convolution (node {node.name})")
         if a["groups"] != 1:
             raise ExportError(
-                f"{RUNTIME} export: grouped full-precision conv (groups={a['groups']}, node {node['name']})"
+                f"{RUNTIME} export: grouped full-precision conv (groups={a['groups']}, node {node.name})"
             )
-        x = self.pad(self.x(node), a["pads"], 0.0, f"{node['name']}/pad")
+        x = self.pad(self.x(node), a["pads"], 0.0, f"{node.name}/pad")
         n, h, w, _ = self.w.shape(x)
         cout, _, kh, kw = wt.shape
         (sh, sw), (dh, dw) = a["stride"], a["dilation"]
@@ -434,8 +435,8 @@ class _Lowering:
         out = [n, (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1, cout]
         ins = [
             x,
-            self.w.const(f"{node['name']}/filter", wt.transpose(0, 2, 3, 1)),
-            self.w.const(f"{node['name']}/bias", bias),
+            self.w.const(f"{node.name}/filter", wt.transpose(0, 2, 3, 1)),
+            self.w.const(f"{node.name}/bias", bias),
         ]
         self.set(
             node,
@@ -443,27 +444,23 @@ class _Lowering:
                 self.s.BuiltinOperator.CONV_2D,
                 ins,
                 out,
-                node["name"],
+                node.name,
                 self.s.BuiltinOptions.Conv2DOptions,
                 opt,
             ),
         )
 
     # -- binary conv ------------------------------------------------------------------
-    def _next_affine(self, node: dict) -> dict | None:
-        users = self.consumers.get(node["outputs"][0], [])
-        if (
-            len(users) == 1
-            and users[0]["op"] == "channel_affine"
-            and node["outputs"][0] not in self.ir.outputs
-        ):
+    def _next_affine(self, node: Node) -> Node | None:
+        users = self.consumers.get(node.output, [])
+        if len(users) == 1 and users[0].op == "channel_affine" and node.output not in self.ir.outputs:
             return users[0]
         return None
 
-    def op_binary_conv(self, node):
+    def op_binary_conv(self, node: Node):
         import flatbuffers.flexbuffers as flex
 
-        a, name = node["attrs"], node["name"]
+        a, name = node.attrs, node.name
         path = LayerPath(name)
         if a["kind"] != "conv2d":
             raise ExportError(
@@ -515,9 +512,9 @@ class _Lowering:
         bias = np.zeros(cout, np.float32) if bias is None else bias
         affine = self._next_affine(node)
         if affine is not None:
-            scale, shift = self.t(affine["attrs"]["scale"]), self.t(affine["attrs"]["shift"])
+            scale, shift = self.t(affine.attrs["scale"]), self.t(affine.attrs["shift"])
             m, bias = m * scale, bias * scale + shift
-            self.folded.add(affine["name"])
+            self.folded.add(affine.name)
         filt = self.w.const(f"{name}/filter", pack_lce_bits(signs.transpose(0, 2, 3, 1)))
         # Multiplier 1 and bias 0 keep the op's output the exact integer dot. Folding the
         # scales in (as LCE's converter does) makes the kernel compute -m*2acc + (b + K*m),
@@ -592,8 +589,8 @@ class _Lowering:
             )
         self.set(affine if affine is not None else node, y)
         if affine is not None:
-            self.values[node["outputs"][0]] = y  # nothing else reads it (checked in _next_affine)
-        self.report.layers.append(path)
+            self.values[node.output] = y  # nothing else reads it (checked in _next_affine)
+        self.layers.append(path)
 
 
 def _same_is_torch(pads, size, kernel, stride, dilation) -> bool:
@@ -620,19 +617,12 @@ def _padding_correction(signs: np.ndarray, pads, size, stride, dilation) -> np.n
     return corr[0].permute(1, 2, 0).numpy()
 
 
-def export_lce_with_report(model: nn.Module, example_input: Tensor) -> tuple[bytes, LceReport]:
-    """The .tflite bytes and, per binarized layer, the float ops LCE needed beside its own."""
+@register_exporter("lce")
+def export_lce(model: nn.Module, example_input: Tensor) -> LceExport:
+    """The model as LCE's .tflite (batch 1), with the float ops each binarized layer needed."""
     schema = tflite_schema()
     ir = trace_ir(model, example_input[:1], runtime=RUNTIME)
     lowering = _Lowering(ir, schema)
-    return lowering.run(), lowering.report
-
-
-def export_lce(model: nn.Module, example_input: Tensor) -> bytes:
-    return export_lce_with_report(model, example_input)[0]
-
-
-@register_exporter("lce")
-def _export(model: nn.Module, example_input: Tensor) -> ExportResult:
-    data, report = export_lce_with_report(model, example_input)
-    return ExportResult(data, dict(Counter(op for layer in report.layers for op in layer.extra_ops)))
+    data = lowering.run()
+    extra = dict(Counter(op for layer in lowering.layers for op in layer.extra_ops))
+    return LceExport(data, extra, tuple(lowering.layers))

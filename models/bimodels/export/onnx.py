@@ -20,7 +20,11 @@ from . import ExportError, ExportResult, register_exporter
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, example_input: Tensor) -> bytes:
+@register_exporter("onnx")
+def export_onnx(model: nn.Module, example_input: Tensor) -> ExportResult:
+    """The model as standard ONNX; with no binary kernels, its signs and convs run in FP32."""
+    layers = len(binary_layers(model))
+    extra = {"Where (sign in FP32)": layers, "Conv/Gemm in FP32": layers} if layers else {}
     deployed = to_deploy(model)
     buf = io.BytesIO()
     try:
@@ -41,11 +45,4 @@ def export_onnx(model: nn.Module, example_input: Tensor) -> bytes:
         raise ExportError(f"ONNX export failed: {exc}") from exc
     data = buf.getvalue()
     onnx.checker.check_model(onnx.load_from_string(data))
-    return data
-
-
-@register_exporter("onnx")
-def _export(model: nn.Module, example_input: Tensor) -> ExportResult:
-    layers = len(binary_layers(model))  # no binary kernels at all: signs and convs in FP32
-    extra = {"Where (sign in FP32)": layers, "Conv/Gemm in FP32": layers} if layers else {}
-    return ExportResult(export_onnx(model, example_input), extra)
+    return ExportResult(data, extra)
