@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from biagent.runtimes import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
-from biagent.runtimes.custom_engine import Graph, load_artifact
+from biagent.runtimes.custom import Graph, load_artifact
 
 
 class ToyModel(LoadedModel):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from biagent import kernels
-from biagent.runtimes import custom_ops as ops
+from biagent.runtimes.custom import ops
 from biagent.worker import openblas_coretype, thread_env
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="C kernels not built on this machine")
@@ -350,7 +350,7 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
     import json
     import zipfile
 
-    from biagent.runtimes.custom_engine import load_artifact
+    from biagent.runtimes.custom import load_artifact
 
     rng = np.random.default_rng(12)
     tensors = {"s": rng.standard_normal(4).astype(np.float32), "h": rng.standard_normal(4).astype(np.float32)}

@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 
 from biagent.runtimes import InvokeError, ModelLoadError, get_runtime
-from biagent.runtimes import custom_ops as ops
-from biagent.runtimes.custom import CustomRuntime
-from biagent.runtimes.custom_engine import load_artifact
+from biagent.runtimes.custom import CustomRuntime, load_artifact, ops
 
 
 def test_agent_custom_runtime_does_not_import_torch():
-    code = "import biagent.runtimes.custom, biagent.runtimes.custom_engine, sys; assert 'torch' not in sys.modules; print('ok')"
+    code = "import biagent.runtimes.custom, biagent.runtimes.custom.engine, sys; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 

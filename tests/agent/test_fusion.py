@@ -1,4 +1,4 @@
-"""Fused node chains (runtimes/custom_fusion.py): the same floats as the nodes one by one.
+"""Fused node chains (runtimes/custom/fusion.py): the same floats as the nodes one by one.
 
 binary_conv -> channel_affine -> add -> hardtanh runs in the conv's epilogue; every popcount
 path must give, bit for bit, what the separate nodes give.
@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from biagent import kernels
-from biagent.runtimes import custom_ops as ops
-from biagent.runtimes.custom_engine import load_artifact
-from biagent.runtimes.custom_fusion import FusedBinaryConv, FusedStemConv, StemPost
+from biagent.runtimes.custom import load_artifact, ops
+from biagent.runtimes.custom.fusion import FusedBinaryConv, FusedStemConv, StemPost
 
 from .test_bconv_kernel import ISAS, _conv, _inputs, _reference
 

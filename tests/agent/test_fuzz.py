@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import bimodels
-from biagent.runtimes.custom_engine import load_artifact
+from biagent.runtimes.custom import load_artifact
 from bihost.client import AgentClient
 from tests.fuzz import (
     custom_artifact_mutations,

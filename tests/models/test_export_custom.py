@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import bimodels
-from biagent.runtimes.custom_engine import load_artifact
+from biagent.runtimes.custom import load_artifact
 from bimodels import ExportError, binarize, create_model, example_input, export, list_algorithms
 from bimodels.export.custom import pack_sign_rows
 from bimodels.layers import DeployedBinaryLayer

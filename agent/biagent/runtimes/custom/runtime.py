@@ -1,7 +1,7 @@
 """The "custom" runtime: our own artifact format run by our own XNOR-popcount kernels.
 
 Artifacts come from `bimodels.export(model, "custom", x)`; the format is specified in
-bimodels/export/custom.py and executed by `custom_engine` (numpy + the compiled kernels of
+bimodels/export/custom.py and executed by `engine` (numpy + the compiled kernels of
 biagent.kernels, no torch). Binary convs run as one C pass each (sign, channel packing,
 popcount GEMM on AVX-512 / AVX2 / POPCNT / portable code chosen at run time, epilogue);
 the numpy kernels stay as the reference and as the fallback where nothing was compiled.
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, kernels
-from . import custom_ops
-from .base import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
-from .custom_engine import Graph, load_artifact
+from ... import __version__, kernels
+from ..base import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
+from . import ops as custom_ops
+from .engine import Graph, load_artifact
 
 
 class CustomModel(LoadedModel):

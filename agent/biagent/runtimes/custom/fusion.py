@@ -8,12 +8,12 @@ A value that anything else reads (another node, a graph output) is never fused a
   order): the successors run in the conv's epilogue (FusedBinaryConv below). This is
   a binary ResNet block's tail: batch norm, the shortcut, the activation before the next sign.
 * a binary conv (fused or not) whose output only another binary conv reads: it writes
-  that conv's packed sign bits (custom_ops.PackedActs) instead of floats, the
+  that conv's packed sign bits (ops.PackedActs) instead of floats, the
   "thresholding to packed output bits" of a binary ResNet block's first conv.
 * conv (direct stem kernel) -> channel_affine -> hardtanh -> max_pool (each optional): the
   affine and clamp run in the conv's registers, and the pool reads each block of 8 output
   channels while it is in cache (FusedStemConv below). A ResNet stem.
-* channel_affine -> hardtanh: one pass (custom_ops.ChannelAffine with clamp_to).
+* channel_affine -> hardtanh: one pass (ops.ChannelAffine with clamp_to).
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import custom_ops as ops
+from . import ops
 
 
 # -- the fused nodes ---------------------------------------------------------------------------
 class FusedBinaryConv:
-    """binary_conv with its next nodes fused (see custom_ops.PostOps): one pass over the output instead
+    """binary_conv with its next nodes fused (see ops.PostOps): one pass over the output instead
     of up to four. Falls back to the nodes one by one where the C conv does not run.
 
     bits_for: the binary conv that alone reads this output. Then only its sign bits are
-    written, straight into that conv's packed input (custom_ops.PackedActs): 1 bit instead of a float
+    written, straight into that conv's packed input (ops.PackedActs): 1 bit instead of a float
     per value, and no packing pass in the next layer."""
 
     def __init__(self, conv: ops.BinaryConv, post: ops.PostOps, bits_for: ops.BinaryConv | None = None):

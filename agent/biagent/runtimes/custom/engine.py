@@ -19,9 +19,8 @@ import numpy as np
 from biformats import FormatError
 from biformats import custom as custom_format
 
-from . import custom_fusion
-from . import custom_ops as ops
-from .base import InvokeError, ModelLoadError
+from ..base import InvokeError, ModelLoadError
+from . import fusion, ops
 
 
 @dataclass
@@ -83,7 +82,7 @@ class Graph:
 def load_artifact(data: bytes, fuse: bool = True) -> Graph:
     """Parse and validate an artifact; every failure is a ModelLoadError with a reason.
 
-    fuse: rewrite node chains into fused kernels (custom_fusion; the same floats). False
+    fuse: rewrite node chains into fused kernels (fusion.py; the same floats). False
     keeps one kernel call per node, the reference the tests compare against."""
     try:
         return _load(data, fuse)
@@ -172,7 +171,7 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
         )
         outputs.append(ValueSpec(out, shapes[out]))
     if fuse:
-        nodes = custom_fusion.fuse(nodes, [spec.name for spec in outputs], shapes, Node)
+        nodes = fusion.fuse(nodes, [spec.name for spec in outputs], shapes, Node)
     return Graph(inputs, outputs, nodes)
 
 

@@ -31,10 +31,10 @@ import numpy as np
 
 from biformats.bits import n_words, pack_rows, unpack_signs
 
-from ..kernels import _xnor
+from ...kernels import _xnor
 
-if TYPE_CHECKING:  # custom_fusion imports this module
-    from .custom_fusion import StemPost
+if TYPE_CHECKING:  # fusion imports this module
+    from .fusion import StemPost
 
 CHUNK_BYTES = 1 << 25  # ~32 MB per temporary
 COLS_BYTES = 1 << 20  # FP conv columns per block: copied, then read by sgemm while still in L2
