@@ -27,8 +27,9 @@ setup(
     ext_modules=[
         Extension(
             "biagent.kernels._xnor",
-            sources=[f"agent/biagent/kernels/{name}.c" for name in ("xnor_gemm", "bconv", "fpops")],
-            depends=["agent/biagent/kernels/bconv.h", "agent/biagent/kernels/fpops.h"],
+            # module.c is the Python glue; the other three are plain C kernels with a header each
+            sources=[f"agent/biagent/kernels/{name}.c" for name in ("module", "xnor_gemm", "bconv", "fpops")],
+            depends=[f"agent/biagent/kernels/{name}.h" for name in ("xnor_gemm", "bconv", "fpops")],
             libraries=["m"],
             extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off"],
             optional=True,

@@ -202,7 +202,7 @@ def custom_artifact_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
     """Byte flips, cuts and splices of a real custom artifact, and JSON-level edits of its graph:
     the loader raises ModelLoadError (with a reason) or loads a graph that runs or raises InvokeError."""
     from biagent.runtimes.base import InvokeError, ModelLoadError
-    from biagent.runtimes.custom_engine import load_artifact
+    from biagent.runtimes.custom import KernelSettings, load_artifact
 
     with zipfile.ZipFile(io.BytesIO(seed_artifact)) as zf:
         doc = json.loads(zf.read("graph.json"))
@@ -249,7 +249,7 @@ def custom_artifact_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
     @given(data=st.one_of(byte_edits, graph_edits))
     def prop(data):
         try:
-            graph = load_artifact(data)
+            graph = load_artifact(data, KernelSettings.from_env())
         except ModelLoadError as exc:
             assert str(exc)
             outcomes["rejected"] = outcomes.get("rejected", 0) + 1

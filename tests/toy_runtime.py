@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from biagent.runtimes import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
-from biagent.runtimes.custom_engine import Graph, load_artifact
+from biagent.runtimes.custom import Graph, KernelSettings, load_artifact
 
 
 class ToyModel(LoadedModel):
@@ -47,4 +47,4 @@ class ToyRuntime(Runtime):
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-        return ToyModel(load_artifact(data, fuse=False))
+        return ToyModel(load_artifact(data, KernelSettings.from_env(), fuse=False))

@@ -7,14 +7,21 @@ and the epilogue runs the same float32 operations in the same order.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from biagent import kernels
-from biagent.runtimes import custom_ops as ops
+from biagent.runtimes.custom import KernelSettings, ops
+from biagent.runtimes.custom.ops import binary as binary_ops
+from biagent.runtimes.custom.ops import conv as conv_ops
 from biagent.worker import openblas_coretype, thread_env
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="C kernels not built on this machine")
+
+# the kernels as the runtime would load them (BIAGENT_CUSTOM_KERNELS, BIAGENT_KERNEL_ISA)
+KERNELS = KernelSettings.from_env()
 
 ISAS = [
     isa
@@ -37,7 +44,16 @@ SHAPES = [
 ]
 
 
-def _conv(cin, cout, k, s, d, p, pv, extras, seed=0, nd=2):
+def _op(attrs, tensors, settings=KERNELS):
+    return ops.make_binary_conv(ops.BinaryLayer.from_attrs(attrs, tensors), settings)
+
+
+def _with(op, isa=None, threads=1):
+    """The same layer under other kernel settings (the op is rebuilt from its layer)."""
+    return ops.make_binary_conv(op.layer, replace(KERNELS, isa=isa or KERNELS.isa, threads=threads))
+
+
+def _conv(cin, cout, k, s, d, p, pv, extras, seed=0, nd=2, mean_abs=True, gain=None):
     rng = np.random.default_rng(seed)
     kernel = (k,) * nd
     bits = ops.pack_rows(rng.random((cout, cin * k**nd)) < 0.5)
@@ -57,16 +73,16 @@ def _conv(cin, cout, k, s, d, p, pv, extras, seed=0, nd=2):
         for key, n in (("input_shift", cin), ("weight_scale", cout), ("channel_scale", cout), ("bias", cout)):
             attrs[key] = key
             tensors[key] = rng.standard_normal(n).astype(np.float32)
-        attrs["input_scale"] = "mean_abs"
-    return ops.BinaryConv(attrs, tensors)
+        if mean_abs:
+            attrs["input_scale"] = "mean_abs"
+    if gain is not None:
+        attrs["output_gain"] = "gain"
+        tensors["gain"] = gain
+    return _op(attrs, tensors)
 
 
 def _reference(conv, x):
-    packed, linear, conv.packed, conv.packed_linear = conv.packed, conv.packed_linear, None, None
-    try:
-        return conv(x)
-    finally:
-        conv.packed, conv.packed_linear = packed, linear
+    return ops.BinaryConvReference(conv.layer, conv.settings)(x)
 
 
 def _inputs(cin, h, w, seed=1, n=2):
@@ -78,26 +94,23 @@ def _inputs(cin, h, w, seed=1, n=2):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("extras", [False, True], ids=["plain", "scales"])
-def test_every_kernel_matches_the_numpy_reference_exactly(isa, shape, extras, monkeypatch):
+def test_every_kernel_matches_the_numpy_reference_exactly(isa, shape, extras):
     cin, cout, k, s, d, p, pv, h, w = shape
     conv = _conv(cin, cout, k, s, d, p, pv, extras)
     assert conv.packed is not None
     x = _inputs(cin, h, w)
     expected = _reference(conv, x)
-    monkeypatch.setitem(ops.KERNEL, "isa", isa)
     for threads in (1, 2):
-        monkeypatch.setitem(ops.KERNEL, "threads", threads)
-        assert np.array_equal(conv(x), expected, equal_nan=True), (isa, threads)
+        assert np.array_equal(_with(conv, isa, threads)(x), expected, equal_nan=True), (isa, threads)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_conv1d_and_spatial_gain(isa, monkeypatch):
-    conv = _conv(70, 11, 5, 2, 1, 2, 0, extras=True, nd=1)
-    conv.gain = np.random.default_rng(3).standard_normal((1, 1)).astype(np.float32)
+def test_conv1d_and_spatial_gain(isa):
+    gain = np.random.default_rng(3).standard_normal((1, 1)).astype(np.float32)
+    conv = _conv(70, 11, 5, 2, 1, 2, 0, extras=True, nd=1, gain=gain)
     x = np.random.default_rng(4).standard_normal((3, 70, 29)).astype(np.float32)
     expected = _reference(conv, x)
-    monkeypatch.setitem(ops.KERNEL, "isa", isa)
-    assert np.array_equal(conv(x), expected)
+    assert np.array_equal(_with(conv, isa)(x), expected)
 
 
 def _linear(cin, cout, extras, seed=0):
@@ -108,7 +121,7 @@ def _linear(cin, cout, extras, seed=0):
         for key, n in (("input_shift", cin), ("weight_scale", cout), ("channel_scale", cout), ("bias", cout)):
             attrs[key] = key
             tensors[key] = rng.standard_normal(n).astype(np.float32)
-    return ops.BinaryConv(attrs, tensors)
+    return _op(attrs, tensors)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -117,23 +130,21 @@ def _linear(cin, cout, extras, seed=0):
 )
 @pytest.mark.parametrize("extras", [False, True], ids=["plain", "scales"])
 def test_binary_linear_runs_on_the_packed_conv_exactly(isa, cin, cout, lead, extras, monkeypatch):
-    monkeypatch.setattr(ops, "LINEAR_PACKED_MIN_OUT", 1)  # narrow ones too, here
+    monkeypatch.setattr(binary_ops, "LINEAR_PACKED_MIN_OUT", 1)  # narrow ones too, here
     lin = _linear(cin, cout, extras)
     assert lin.packed_linear is not None
     x = np.random.default_rng(2).standard_normal((*lead, cin)).astype(np.float32)
     x.reshape(-1)[:3] = [0.0, -0.0, np.nan]
     expected = _reference(lin, x)
-    monkeypatch.setitem(ops.KERNEL, "isa", isa)
     for threads in (1, 2):  # 300 rows x 512 outputs x 8 words: big enough for 2 threads
-        monkeypatch.setitem(ops.KERNEL, "threads", threads)
-        got = lin(x)
+        got = _with(lin, isa, threads)(x)
         assert got.shape == (*lead, cout) and np.array_equal(got, expected), (isa, threads)
 
 
 def test_xnor_and_narrow_linears_keep_the_gemm():
     lin = _linear(70, 130, extras=False)
     assert lin.packed_linear is not None
-    xnor = ops.BinaryConv(
+    xnor = _op(
         dict(kind="linear", k=70, weight_shape=[130, 70], weight_bits="w", input_scale="mean_abs"),
         {"w": lin.weights_rows[0]},
     )
@@ -215,12 +226,14 @@ def test_channel_fma_is_one_rounding():
         np.float32
     )
     assert np.array_equal(y, exact)  # float64 holds the product exactly; double rounding is ~1e-9 rare
-    assert np.array_equal(ops.channel_affine(x, scale, shift), exact)
+    assert np.array_equal(ops.channel_affine(x, scale, shift, KERNELS), exact)
 
 
 def test_clamp_keeps_nan_like_np_clip():
     x = np.array([-3, -1, -0.5, 0, 0.5, 1, 2, np.nan, np.inf, -np.inf], np.float32)
-    assert np.array_equal(ops.clamp(x, np.float32(-1), np.float32(1)), np.clip(x, -1, 1), equal_nan=True)
+    assert np.array_equal(
+        ops.clamp(x, np.float32(-1), np.float32(1), KERNELS), np.clip(x, -1, 1), equal_nan=True
+    )
 
 
 @pytest.mark.parametrize("isa", ["auto", "avx512", "avx2", "portable"])
@@ -228,20 +241,16 @@ def test_clamp_keeps_nan_like_np_clip():
 @pytest.mark.parametrize(
     "h, w", [(13, 11), (9, 70), (64, 70)]
 )  # 70 columns: vector blocks and a tail; 64 rows: 2 threads
-def test_max_pool_matches_numpy(isa, k, s, p, d, h, w, monkeypatch):
+def test_max_pool_matches_numpy(isa, k, s, p, d, h, w):
     x = np.random.default_rng(9).standard_normal((2, 3, h, w)).astype(np.float32)
     x[0, 1, 4, 4] = np.nan
     x[1, 2, 3, w - 1] = np.nan  # in the last column: the tail and the padding
     x[1, 0, 2, 5:9] = np.inf
-    monkeypatch.setitem(ops.KERNEL, "isa", isa)
     for threads in (1, 2):
-        ops.set_threads(threads)
-        got = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d))
-        monkeypatch.setitem(ops.KERNEL, "use_c", False)
-        expected = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d))
-        monkeypatch.setitem(ops.KERNEL, "use_c", True)
+        settings = replace(KERNELS, isa=isa, threads=threads)
+        got = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d), settings)
+        expected = ops.max_pool(x, (k, k), (s, s), [[p, p], [p, p]], (d, d), replace(settings, use_c=False))
         assert np.array_equal(got, expected, equal_nan=True), (threads, isa)
-    ops.set_threads(1)
 
 
 def test_fp_kernels_refuse_bad_buffers():
@@ -281,26 +290,24 @@ def test_im2col_matches_the_numpy_window_view(k, s, p, d):
 def test_fp_conv_c_path_matches_numpy(monkeypatch):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 6, 23, 19)).astype(np.float32)
-    conv = ops.Conv(
-        {
-            "weight": "w",
-            "bias": "b",
-            "groups": 2,
-            "stride": [2, 1],
-            "dilation": [1, 1],
-            "pads": [[3, 2], [1, 1]],
-        },
-        {
-            "w": rng.standard_normal((8, 3, 5, 3)).astype(np.float32),
-            "b": rng.standard_normal(8).astype(np.float32),
-        },
-    )
-    monkeypatch.setattr(ops, "COLS_BYTES", 2000)  # many blocks
-    monkeypatch.setattr(ops, "PARALLEL_MACS", 1)  # and the thread pool
-    monkeypatch.setitem(ops.KERNEL, "threads", 2)
+    attrs = {
+        "weight": "w",
+        "bias": "b",
+        "groups": 2,
+        "stride": [2, 1],
+        "dilation": [1, 1],
+        "pads": [[3, 2], [1, 1]],
+    }
+    tensors = {
+        "w": rng.standard_normal((8, 3, 5, 3)).astype(np.float32),
+        "b": rng.standard_normal(8).astype(np.float32),
+    }
+    conv = ops.make_conv(attrs, tensors, replace(KERNELS, threads=2))
+    monkeypatch.setattr(conv_ops, "COLS_BYTES", 2000)  # many blocks
+    monkeypatch.setattr(conv_ops, "PARALLEL_MACS", 1)  # and the thread pool
     got = conv(x)
-    monkeypatch.setitem(ops.KERNEL, "use_c", False)
-    np.testing.assert_allclose(got, conv(x), rtol=1e-6, atol=1e-6)
+    numpy_conv = ops.make_conv(attrs, tensors, replace(KERNELS, use_c=False, threads=2))
+    np.testing.assert_allclose(got, numpy_conv(x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.skipif(
@@ -323,10 +330,9 @@ def test_openmp_gemm_conv_matches_float64(cin, cout, k, s, p, h, w, monkeypatch)
     }
     wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
-    conv = ops.Conv(attrs, {"w": wt, "b": b})
+    conv = ops.make_conv(attrs, {"w": wt, "b": b}, replace(KERNELS, threads=2))
     x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
-    monkeypatch.setattr(ops, "DIRECT_MAX_CHANNELS", 0)
-    monkeypatch.setitem(ops.KERNEL, "threads", 2)
+    monkeypatch.setattr(conv_ops, "DIRECT_MAX_CHANNELS", 0)
     got = conv(x)
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
     oh, ow = got.shape[2:]
@@ -350,7 +356,7 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
     import json
     import zipfile
 
-    from biagent.runtimes.custom_engine import load_artifact
+    from biagent.runtimes.custom import load_artifact
 
     rng = np.random.default_rng(12)
     tensors = {"s": rng.standard_normal(4).astype(np.float32), "h": rng.standard_normal(4).astype(np.float32)}
@@ -383,7 +389,7 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
         with zipfile.ZipFile(buf, "w") as zf:
             zf.writestr("graph.json", json.dumps(doc))
             zf.writestr("tensors.npz", npz.getvalue())
-        return load_artifact(buf.getvalue())
+        return load_artifact(buf.getvalue(), KERNELS)
 
     fused, unfused = graph(["y"]), graph(["y", "a"])  # a graph output must stay materialised
     assert [n.op for n in fused.nodes] == ["channel_affine+hardtanh"]
@@ -424,11 +430,10 @@ def test_direct_stem_conv_matches_the_sgemm_path(cin, cout, k, s, p, d, h, w, mo
         "b": rng.standard_normal(cout).astype(np.float32),
     }
     x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
-    direct = ops.Conv(attrs, tensors)
+    direct = ops.make_conv(attrs, tensors, replace(KERNELS, threads=2))
     assert direct.direct is not None
-    monkeypatch.setitem(ops.KERNEL, "threads", 2)
     got = direct(x)
-    monkeypatch.setattr(ops, "DIRECT_MAX_CHANNELS", 0)
-    expected = ops.Conv(attrs, tensors)(x)
+    monkeypatch.setattr(conv_ops, "DIRECT_MAX_CHANNELS", 0)
+    expected = ops.make_conv(attrs, tensors, replace(KERNELS, threads=2))(x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))

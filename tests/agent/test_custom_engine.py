@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 from biagent.runtimes import InvokeError, ModelLoadError, get_runtime
-from biagent.runtimes import custom_ops as ops
-from biagent.runtimes.custom import CustomRuntime
-from biagent.runtimes.custom_engine import load_artifact
+from biagent.runtimes.custom import CustomRuntime, KernelSettings, load_artifact, ops
+from biagent.runtimes.custom.ops import binary, xnor
+
+# the kernels as the runtime would load them (BIAGENT_CUSTOM_KERNELS, BIAGENT_KERNEL_ISA)
+KERNELS = KernelSettings.from_env()
 
 
 def test_agent_custom_runtime_does_not_import_torch():
-    code = "import biagent.runtimes.custom, biagent.runtimes.custom_engine, sys; assert 'torch' not in sys.modules; print('ok')"
+    code = "import biagent.runtimes.custom, biagent.runtimes.custom.engine, sys; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
@@ -139,11 +141,11 @@ def _reference_binary_conv(x, signs, t, pad_value):
 @pytest.mark.parametrize("pad_value", [0, 1, -1])
 def test_binary_conv_matches_a_direct_reference(pad_value, tiny_chunks, monkeypatch):
     if tiny_chunks:  # every row block and popcount block boundary gets exercised
-        monkeypatch.setattr(ops, "CHUNK_BYTES", 100)
-        monkeypatch.setattr(ops, "POP_CHUNK_ELEMS", 3)
+        monkeypatch.setattr(binary, "CHUNK_BYTES", 100)
+        monkeypatch.setattr(xnor, "POP_CHUNK_ELEMS", 3)
     doc, t, signs = _binary_graph(pad_value)
     doc["outputs"] = ["bc"]
-    graph = load_artifact(_artifact(doc, t))
+    graph = load_artifact(_artifact(doc, t), KERNELS)
     x = np.random.default_rng(1).normal(size=(3, 5, 6, 7)).astype(np.float32)  # batch 3, declared 2
     x[0, 0, 0, :] = -t["bc.input_shift"][0]  # x + shift == 0 exactly: sign is +1
     (out,) = graph.run([x])
@@ -245,7 +247,7 @@ CORRUPTIONS = {
 def test_corrupt_artifacts_raise_model_load_error(case):
     mutate, message = CORRUPTIONS[case]
     with pytest.raises(ModelLoadError, match=message):
-        load_artifact(_mutated(mutate))
+        load_artifact(_mutated(mutate), KERNELS)
 
 
 def test_byte_level_corruption_only_ever_raises_model_load_error():
@@ -259,7 +261,7 @@ def test_byte_level_corruption_only_ever_raises_model_load_error():
         if trial % 3 == 0:
             corrupt = corrupt[: rng.randrange(len(corrupt))]
         try:
-            load_artifact(bytes(corrupt))
+            load_artifact(bytes(corrupt), KERNELS)
         except ModelLoadError:
             pass
 
@@ -289,7 +291,7 @@ def test_runtime_load_invoke_and_errors(tmp_path):
     model.invoke()
     (out,) = model.get_outputs()
     assert out.shape == (1, 3)
-    np.testing.assert_array_equal(out, load_artifact(path.read_bytes()).run([x])[0])
+    np.testing.assert_array_equal(out, load_artifact(path.read_bytes(), KERNELS).run([x])[0])
     model.set_inputs([x[:, :4]])
     with pytest.raises(InvokeError, match=r"input input must have shape \('N', 5, 6, 7\)"):
         model.invoke()

@@ -1,4 +1,4 @@
-"""Fused node chains (runtimes/custom_fusion.py): the same floats as the nodes one by one.
+"""Fused node chains (runtimes/custom/fusion.py): the same floats as the nodes one by one.
 
 binary_conv -> channel_affine -> add -> hardtanh runs in the conv's epilogue; every popcount
 path must give, bit for bit, what the separate nodes give.
@@ -9,16 +9,16 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from biagent import kernels
-from biagent.runtimes import custom_ops as ops
-from biagent.runtimes.custom_engine import load_artifact
-from biagent.runtimes.custom_fusion import FusedBinaryConv, FusedStemConv, StemPost
+from biagent.runtimes.custom import load_artifact, ops
+from biagent.runtimes.custom.fusion import FusedBinaryConv, FusedStemConv, StemPost
 
-from .test_bconv_kernel import ISAS, _conv, _inputs, _reference
+from .test_bconv_kernel import ISAS, KERNELS, _conv, _inputs, _reference, _with
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="C kernels not built on this machine")
 
@@ -45,7 +45,7 @@ def _residual(shape, seed=8) -> np.ndarray:
 
 
 def _separately(conv, post, x, residual):
-    return post.apply(_reference(conv, x), residual)
+    return post.apply(_reference(conv, x), residual, conv.settings)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -56,7 +56,7 @@ def _separately(conv, post, x, residual):
     ids=lambda s: "x".join(map(str, s)),
 )
 @pytest.mark.parametrize("extras", [False, True], ids=["plain", "scales"])
-def test_fused_epilogue_equals_the_nodes_one_by_one(isa, post_name, shape, extras, monkeypatch):
+def test_fused_epilogue_equals_the_nodes_one_by_one(isa, post_name, shape, extras):
     cin, cout, k, s, d, p, pv, h, w = shape
     conv = _conv(cin, cout, k, s, d, p, pv, extras)
     post = _post(cout, **POSTS[post_name])
@@ -66,10 +66,8 @@ def test_fused_epilogue_equals_the_nodes_one_by_one(isa, post_name, shape, extra
     expected = _separately(conv, post, x, residual)
     fused = FusedBinaryConv(conv, post)
     assert fused.fused()
-    monkeypatch.setitem(ops.KERNEL, "isa", isa)
     for threads in (1, 2):
-        monkeypatch.setitem(ops.KERNEL, "threads", threads)
-        got = fused(x, residual)
+        got = FusedBinaryConv(_with(conv, isa, threads), post)(x, residual)
         assert got.dtype == np.float32 and got.shape == out_shape
         assert np.array_equal(got, expected, equal_nan=True), (isa, threads)
     if post.clamp is not None:
@@ -78,18 +76,17 @@ def test_fused_epilogue_equals_the_nodes_one_by_one(isa, post_name, shape, extra
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_fused_conv1d_and_a_broadcasting_residual(isa, monkeypatch):
+def test_fused_conv1d_and_a_broadcasting_residual(isa):
     conv = _conv(70, 11, 5, 2, 1, 2, 0, extras=True, nd=1)
     post = _post(11, affine=True, residual=True, clamp=(-1.0, 1.0))
     x = np.random.default_rng(4).standard_normal((3, 70, 29)).astype(np.float32)
-    monkeypatch.setitem(ops.KERNEL, "isa", isa)
     full = _residual(_reference(conv, x).shape)
     assert np.array_equal(
-        FusedBinaryConv(conv, post)(x, full), _separately(conv, post, x, full), equal_nan=True
+        FusedBinaryConv(_with(conv, isa), post)(x, full), _separately(conv, post, x, full), equal_nan=True
     )
     row = _residual((1, 11, 1))  # broadcasts: the nodes run one by one, same result
     assert np.array_equal(
-        FusedBinaryConv(conv, post)(x, row), _separately(conv, post, x, row), equal_nan=True
+        FusedBinaryConv(_with(conv, isa), post)(x, row), _separately(conv, post, x, row), equal_nan=True
     )
 
 
@@ -190,7 +187,7 @@ def _block_artifact(outputs: list[str], residual_first: bool = False, seed: int 
 @pytest.mark.parametrize("residual_first", [False, True])
 def test_resnet_block_tails_fuse_into_the_conv(residual_first):
     data = _block_artifact(["a2", "a1"], residual_first)  # a chain's last value may be read anywhere
-    fused, plain = load_artifact(data), load_artifact(data, fuse=False)
+    fused, plain = load_artifact(data, KERNELS), load_artifact(data, KERNELS, fuse=False)
     assert [n.op for n in fused.nodes] == [
         "binary_conv+channel_affine+add+hardtanh",
         "binary_conv+channel_affine+hardtanh",
@@ -206,7 +203,7 @@ def test_resnet_block_tails_fuse_into_the_conv(residual_first):
 
 def test_a_value_read_elsewhere_is_not_fused_away():
     data = _block_artifact(["a2", "b1"])  # the first batch norm's output is a graph output too
-    fused, plain = load_artifact(data), load_artifact(data, fuse=False)
+    fused, plain = load_artifact(data, KERNELS), load_artifact(data, KERNELS, fuse=False)
     assert [n.op for n in fused.nodes] == [
         "binary_conv+channel_affine",
         "add",
@@ -230,11 +227,11 @@ STEM_POSTS = {
 }
 
 
-def _stem_post(cout: int, affine=False, clamp=None, pool=None, seed=9) -> StemPost:
+def _stem_post(cout: int, affine=False, clamp=None, pool=None, seed=9, settings=KERNELS) -> StemPost:
     rng = np.random.default_rng(seed)
     scale = rng.standard_normal(cout).astype(np.float32) if affine else None
     shift = rng.standard_normal(cout).astype(np.float32) if affine else None
-    return StemPost(scale, shift, clamp, None if pool is None else ops.MaxPool(*pool))
+    return StemPost(scale, shift, clamp, None if pool is None else ops.MaxPool(*pool, settings))
 
 
 @pytest.mark.skipif(
@@ -245,7 +242,7 @@ def _stem_post(cout: int, affine=False, clamp=None, pool=None, seed=9) -> StemPo
     "cin, cout, k, s, p, h, w",
     [(3, 64, 7, 2, 3, 37, 41), (3, 13, 3, 1, 1, 9, 50), (16, 9, 5, 3, 2, 23, 19), (3, 64, 7, 2, 3, 70, 66)],
 )  # 11M MACs: on 2 threads
-def test_fused_stem_equals_the_nodes_one_by_one(post_name, cin, cout, k, s, p, h, w, monkeypatch):
+def test_fused_stem_equals_the_nodes_one_by_one(post_name, cin, cout, k, s, p, h, w):
     rng = np.random.default_rng(14)
     attrs = {
         "weight": "w",
@@ -255,20 +252,20 @@ def test_fused_stem_equals_the_nodes_one_by_one(post_name, cin, cout, k, s, p, h
         "dilation": [1, 1],
         "pads": [[p, p], [p, p]],
     }
-    conv = ops.Conv(
-        attrs,
-        {
-            "w": rng.standard_normal((cout, cin, k, k)).astype(np.float32),
-            "b": rng.standard_normal(cout).astype(np.float32),
-        },
-    )
+    tensors = {
+        "w": rng.standard_normal((cout, cin, k, k)).astype(np.float32),
+        "b": rng.standard_normal(cout).astype(np.float32),
+    }
+    conv = ops.make_conv(attrs, tensors, KERNELS)
     assert conv.direct is not None
     post = _stem_post(cout, **STEM_POSTS[post_name])
     x = (rng.standard_normal((2, cin, h, w)) * 2).astype(np.float32)
     x[1, 0, h // 2, w // 2] = np.nan
     for threads in (1, 2):
-        monkeypatch.setitem(ops.KERNEL, "threads", threads)
-        expected = post.apply(conv(x))
+        settings = replace(KERNELS, threads=threads)
+        conv = ops.make_conv(attrs, tensors, settings)
+        post = _stem_post(cout, **STEM_POSTS[post_name], settings=settings)
+        expected = post.apply(conv(x), settings)
         got = FusedStemConv(conv, post)(x)
         assert got.shape == expected.shape
         assert np.array_equal(got, expected, equal_nan=True), threads
@@ -316,23 +313,22 @@ def _planes_reference(y, consumer) -> np.ndarray:
     "cout, pv, k, s, extras",
     [(70, 0, 3, 1, False), (13, -1, 3, 2, True), (64, 1, 1, 1, True), (128, 0, 7, 1, True)],
 )
-def test_packed_output_bits_are_what_the_next_conv_would_pack(isa, cout, pv, k, s, extras, monkeypatch):
+def test_packed_output_bits_are_what_the_next_conv_would_pack(isa, cout, pv, k, s, extras):
     producer = _conv(37, cout, 3, s, 1, 1, 0, extras=True, seed=21)
-    consumer = _conv(cout, 11, k, 1, 1, k // 2, pv, extras, seed=22)
-    consumer.mean_abs = False  # XNOR's beta needs the float input: such a pair is never fused
+    # XNOR's beta needs the float input: such a pair is never fused
+    consumer = _conv(cout, 11, k, 1, 1, k // 2, pv, extras, seed=22, mean_abs=False)
     post = _post(cout, affine=True, clamp=(-1.0, 1.0))
     x = _inputs(37, 15, 13)
     x[1, :, 3, 3] = np.nan  # NaN floats must become -1 bits
-    monkeypatch.setitem(ops.KERNEL, "isa", isa)
-    floats = FusedBinaryConv(producer, post)(x)
+    floats = FusedBinaryConv(_with(producer, isa), post)(x)
     expected_planes = _planes_reference(floats, consumer)
-    expected_out = consumer(floats)
+    expected_out = _with(consumer, isa)(floats)
     for threads in (1, 2):
-        monkeypatch.setitem(ops.KERNEL, "threads", threads)
-        packed = FusedBinaryConv(producer, post, bits_for=consumer)(x)
+        packed = FusedBinaryConv(_with(producer, isa, threads), post, bits_for=consumer)(x)
         assert isinstance(packed, ops.PackedActs) and packed.shape == floats.shape
         assert np.array_equal(packed.planes, expected_planes), (isa, threads)
-        assert np.array_equal(consumer(packed), expected_out, equal_nan=True), (isa, threads)
+        got = _with(consumer, isa, threads)(packed)
+        assert np.array_equal(got, expected_out, equal_nan=True), (isa, threads)
 
 
 def test_packed_input_planes_are_checked():
@@ -358,7 +354,7 @@ def test_packed_input_planes_are_checked():
 
 def test_a_block_whose_first_conv_feeds_only_the_second_writes_bits():
     data = _block_artifact(["a2"])
-    fused, plain = load_artifact(data), load_artifact(data, fuse=False)
+    fused, plain = load_artifact(data, KERNELS), load_artifact(data, KERNELS, fuse=False)
     assert [n.op for n in fused.nodes] == [
         "binary_conv+channel_affine+add+hardtanh+sign",
         "binary_conv+channel_affine+hardtanh",
@@ -375,16 +371,14 @@ def test_a_block_whose_first_conv_feeds_only_the_second_writes_bits():
     [(64, 64, 56), (300, 40, 13), (512, 232, 4)],
     ids=["positions-split", "positions-split-5-words", "channels-split"],
 )
-def test_two_thread_layers_equal_the_reference(isa, cin, cout, size, monkeypatch):
-    conv = _conv(cin, cout, 3, 1, 1, 1, 0, extras=True, seed=31)
-    conv.mean_abs = False
+def test_two_thread_layers_equal_the_reference(isa, cin, cout, size):
+    conv = _conv(cin, cout, 3, 1, 1, 1, 0, extras=True, seed=31, mean_abs=False)
     consumer = _conv(cout, 16, 3, 1, 1, 1, -1, extras=False, seed=32)
     post = _post(cout, affine=True, residual=True, clamp=(-1.0, 1.0))
     x = _inputs(cin, size, size, n=1)
     residual = _residual((1, cout, size, size))
     floats = _separately(conv, post, x, residual)
-    monkeypatch.setitem(ops.KERNEL, "isa", isa)
-    monkeypatch.setitem(ops.KERNEL, "threads", 2)
+    conv = _with(conv, isa, 2)
     assert np.array_equal(conv(x), _reference(conv, x))
     assert np.array_equal(FusedBinaryConv(conv, post)(x, residual), floats, equal_nan=True)
     packed = FusedBinaryConv(conv, post, bits_for=consumer)(x, residual)

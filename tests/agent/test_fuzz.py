@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import bimodels
-from biagent.runtimes.custom_engine import load_artifact
+from biagent.runtimes.custom import KernelSettings, load_artifact
 from bihost.client import AgentClient
 from tests.fuzz import (
     custom_artifact_mutations,
@@ -68,7 +68,7 @@ def test_mutated_fused_resnet_artifacts_only_raise_load_or_invoke_errors():
     torch.manual_seed(0)
     model = bimodels.binarize(bimodels.create_model("resnet20"), "bnn").eval()
     seed = bimodels.export(model, "custom", torch.randn(1, 3, 32, 32))
-    ops = {n.op for n in load_artifact(seed).nodes}
+    ops = {n.op for n in load_artifact(seed, KernelSettings.from_env()).nodes}
     assert {"binary_conv+channel_affine+add+hardtanh", "binary_conv+channel_affine+hardtanh+sign"} <= ops, ops
     outcomes = custom_artifact_mutations(seed, 200)
     assert sum(outcomes.values()) == 200 and outcomes.get("rejected") and outcomes.get("ran"), outcomes

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from biagent import kernels
-from biagent.runtimes import custom_ops
+from biagent.runtimes.custom import ops as custom_ops
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="C kernels not built on this machine")
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import bimodels
-from biagent.runtimes.custom_engine import load_artifact
+from biagent.runtimes.custom import KernelSettings, load_artifact
 from biformats.bits import pack_sign_rows
 from bimodels import ExportError, binarize, create_model, example_input, export, list_algorithms
 from bimodels.layers import DeployedBinaryLayer
@@ -27,10 +27,12 @@ from bimodels.ste import sign
 from tests.helpers import assert_numerics, perturb_binarizers, randomize_norms
 
 ALGORITHMS = list_algorithms()
+# the kernels as the runtime would load them (BIAGENT_CUSTOM_KERNELS, BIAGENT_KERNEL_ISA)
+KERNELS = KernelSettings.from_env()
 
 
 def run_custom(model: nn.Module, x: torch.Tensor, run_x: torch.Tensor | None = None) -> np.ndarray:
-    graph = load_artifact(export(model, "custom", x))
+    graph = load_artifact(export(model, "custom", x), KERNELS)
     (out,) = graph.run([(x if run_x is None else run_x).numpy()])
     return out
 
@@ -196,7 +198,7 @@ def test_fused_graph_gives_the_unfused_graphs_floats(arch, algorithm):
     model = _network(arch, algorithm)
     x = example_input(model, batch_size=1).numpy()
     data = export(model, "custom", torch.from_numpy(x))
-    fused, plain = load_artifact(data), load_artifact(data, fuse=False)
+    fused, plain = load_artifact(data, KERNELS), load_artifact(data, KERNELS, fuse=False)
     assert len(fused.nodes) < len(plain.nodes)
     np.testing.assert_array_equal(fused.run([x])[0], plain.run([x])[0])
 
@@ -204,7 +206,7 @@ def test_fused_graph_gives_the_unfused_graphs_floats(arch, algorithm):
 def test_any_batch_size_runs():
     model = _network("resnet20", "xnorpp")  # XNOR++'s spatial gain must not pin the batch
     data = export(model, "custom", example_input(model, batch_size=2))
-    graph = load_artifact(data)
+    graph = load_artifact(data, KERNELS)
     for batch in (1, 3):
         x = example_input(model, batch_size=batch, seed=batch)
         (out,) = graph.run([x.numpy()])

@@ -99,6 +99,6 @@ def test_the_custom_format_documents_every_declared_op():
 
 
 def test_the_custom_runtime_runs_every_declared_op():
-    from biagent.runtimes.custom_engine import _OPS as RUNTIME_OPS
+    from biagent.runtimes.custom.engine import _OPS as RUNTIME_OPS
 
     assert set(RUNTIME_OPS) == set(OPS)

@@ -1,10 +1,10 @@
-"""The "custom" runtime: our own artifact format run by our own XNOR-popcount kernels.
+"""The "custom" runtime's Runtime and LoadedModel classes: where the kernel settings are made.
 
-Artifacts come from `bimodels.export(model, "custom", x)`; the format is specified in
-bimodels/export/custom.py and executed by `custom_engine` (numpy + the compiled kernels of
-biagent.kernels, no torch). Binary convs run as one C pass each (sign, channel packing,
-popcount GEMM on AVX-512 / AVX2 / POPCNT / portable code chosen at run time, epilogue);
-the numpy kernels stay as the reference and as the fallback where nothing was compiled.
+`CustomRuntime.load(path, threads)` is the boundary: the agent's worker calls it with the
+thread count the job asked for, and it builds the model's KernelSettings there
+(`KernelSettings.from_env(threads)`, the only place the environment switches are read) and
+hands them to the engine, which gives them to every op. Nothing is process-wide, so two
+models loaded in one process with different thread counts each keep theirs.
 
 Threads: the runtime owns them. The agent's worker runs BLAS single-threaded for it
 (biagent.worker.OWN_THREADS), the binary kernels use `threads` OpenMP threads, and large
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, kernels
-from . import custom_ops
-from .base import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
-from .custom_engine import Graph, load_artifact
+from ... import __version__, kernels
+from ..base import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
+from . import ops
+from .engine import Graph, load_artifact
+from .settings import KernelSettings
 
 
 class CustomModel(LoadedModel):
@@ -39,8 +40,7 @@ class CustomModel(LoadedModel):
     def invoke(self) -> None:
         if self._inputs is None:
             raise InvokeError("invoke() before set_inputs()")
-        custom_ops.set_threads(self.threads)  # the kernels' setting is per process; models may share one
-        self._outputs = self.graph.run(self._inputs)
+        self._outputs = self.graph.run(self._inputs)  # the ops carry the model's settings
 
     def get_outputs(self) -> list[np.ndarray]:
         if self._outputs is None:
@@ -62,12 +62,12 @@ class ProbingCustomModel(CustomModel):
         self._signs: list[np.ndarray] = []
         recorded: set[str] = set()
         for node in graph.nodes:
-            if isinstance(node.fn, custom_ops.BinaryConv):
+            if isinstance(node.fn, ops.BinaryConv):
                 first = node.fn.shift is not None or node.inputs[0] not in recorded
                 recorded.add(node.inputs[0])
                 node.fn = self._recording(node.fn, first)
 
-    def _recording(self, conv: custom_ops.BinaryConv, record: bool):
+    def _recording(self, conv: ops.BinaryConv, record: bool):
         def run(x: np.ndarray) -> np.ndarray:
             if record:
                 shift = conv.shift
@@ -98,7 +98,7 @@ class CustomRuntime(Runtime):
             cls.name,
             True,
             version=__version__,
-            detail=_kernel_detail(),
+            detail=_kernel_detail(KernelSettings.from_env()),
             formats=cls.formats,
         )
 
@@ -114,14 +114,13 @@ class CustomRuntime(Runtime):
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read custom artifact {path}: {exc}") from exc
-        custom_ops.set_threads(threads)
-        return load_artifact(data, fuse=fuse)
+        return load_artifact(data, KernelSettings.from_env(threads), fuse=fuse)
 
 
-def _kernel_detail() -> str:
+def _kernel_detail(settings: KernelSettings) -> str:
     info = kernels.info()
     numpy_version = ".".join(np.__version__.split(".")[:2])
-    if not kernels.available() or not custom_ops.KERNEL["use_c"]:
+    if not ops.compiled(settings):
         return f"numpy XNOR-popcount reference kernels (numpy {numpy_version})"
     threads = "OpenMP" if info["openmp"] else "one thread"
     return (

@@ -1,10 +1,12 @@
-"""Load and run "custom" artifacts (the format: `biformats.custom`), numpy only.
+"""Load and run "custom" artifacts (the format: `biformats.custom`), numpy and our C kernels.
 
-`load_artifact(bytes)` validates everything before anything runs: the zip, graph.json, the
-format name and version, every op, attr and tensor (dtype and shape), and that the shapes
-chain from the declared input through every node (inferred at the declared batch size).
-Any problem is a `ModelLoadError` that names the node or tensor. `Graph.run(inputs)` then
-accepts any batch size; a failure while running is an `InvokeError` naming the node.
+`load_artifact(bytes, settings)` validates everything before anything runs: the zip,
+graph.json, the format name and version, every op, attr and tensor (dtype and shape), and
+that the shapes chain from the declared input through every node (inferred at the declared
+batch size). Any problem is a `ModelLoadError` that names the node or tensor. Every op is
+built with `settings` (KernelSettings: C or numpy, ISA, threads), so a graph carries its
+own. `Graph.run(inputs)` then accepts any batch size; a failure while running is an
+`InvokeError` naming the node.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import numpy as np
 from biformats import FormatError
 from biformats import custom as custom_format
 
-from . import custom_fusion
-from . import custom_ops as ops
-from .base import InvokeError, ModelLoadError
+from ..base import InvokeError, ModelLoadError
+from . import fusion, ops
+from .settings import KernelSettings
 
 
 @dataclass
@@ -80,25 +82,26 @@ class Graph:
 
 
 # -- loading ---------------------------------------------------------------------------
-def load_artifact(data: bytes, fuse: bool = True) -> Graph:
+def load_artifact(data: bytes, settings: KernelSettings, fuse: bool = True) -> Graph:
     """Parse and validate an artifact; every failure is a ModelLoadError with a reason.
 
-    fuse: rewrite node chains into fused kernels (custom_fusion; the same floats). False
+    settings: the kernels every op runs (the runtime builds them, see settings.py).
+    fuse: rewrite node chains into fused kernels (fusion.py; the same floats). False
     keeps one kernel call per node, the reference the tests compare against."""
     try:
-        return _load(data, fuse)
+        return _load(data, settings, fuse)
     except ModelLoadError:
         raise
     except Exception as exc:  # anything unforeseen in a malformed file is still a load error
         raise ModelLoadError(f"invalid custom artifact: {type(exc).__name__}: {exc}") from exc
 
 
-def _load(data: bytes, fuse: bool) -> Graph:
+def _load(data: bytes, settings: KernelSettings, fuse: bool) -> Graph:
     try:
         artifact = custom_format.read_artifact(data)
     except FormatError as exc:
         raise ModelLoadError(str(exc)) from exc
-    return _build(artifact.doc, artifact.tensors, fuse)
+    return _build(artifact.doc, artifact.tensors, settings, fuse)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -106,7 +109,7 @@ def _check(cond: bool, msg: str) -> None:
         raise ModelLoadError(msg)
 
 
-def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
+def _build(doc: dict, tensors: dict[str, np.ndarray], settings: KernelSettings, fuse: bool) -> Graph:
     # untrusted JSON: each value's type is checked below before it is used
     raw_inputs: Any = doc.get("inputs")
     raw_outputs: Any = doc.get("outputs")
@@ -159,7 +162,7 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
                 v in shapes, f"node {name}: input {v!r} is not produced by an earlier node or a graph input"
             )
         _check(outs[0] not in shapes, f"node {name}: output {outs[0]!r} is produced twice")
-        ctx = _Ctx(name, op, attrs, tensors)
+        ctx = _Ctx(name, op, attrs, tensors, settings)
         out_shape, fn = _OPS[op](ctx, [shapes[v] for v in ins])
         _check(all(d >= 1 for d in out_shape), f"node {name} ({op}): output shape {out_shape} is empty")
         shapes[outs[0]] = tuple(int(d) for d in out_shape)
@@ -172,15 +175,18 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], fuse: bool) -> Graph:
         )
         outputs.append(ValueSpec(out, shapes[out]))
     if fuse:
-        nodes = custom_fusion.fuse(nodes, [spec.name for spec in outputs], shapes, Node)
+        nodes = fusion.fuse(nodes, [spec.name for spec in outputs], shapes, Node)
     return Graph(inputs, outputs, nodes)
 
 
 class _Ctx:
-    """One node's attrs and tensors, with checks that name the node."""
+    """One node's attrs and tensors, with checks that name the node, and the model's settings."""
 
-    def __init__(self, name: str, op: str, attrs: dict, tensors: dict[str, np.ndarray]):
+    def __init__(
+        self, name: str, op: str, attrs: dict, tensors: dict[str, np.ndarray], settings: KernelSettings
+    ):
         self.name, self.op, self.attrs, self.tensors = name, op, attrs, tensors
+        self.settings = settings
 
     def fail(self, msg: str) -> ModelLoadError:
         return ModelLoadError(f"node {self.name} ({self.op}): {msg}")
@@ -331,7 +337,7 @@ def _op_binary_conv(ctx: _Ctx, ins):
             ok = False
         ctx.check(ok, f"output_gain of shape {gain.shape} does not broadcast over the output {out[1:]}")
         t[attrs["output_gain"]] = gain
-    return out, ops.BinaryConv(attrs, t)
+    return out, ops.make_binary_conv(ops.BinaryLayer.from_attrs(attrs, t), ctx.settings)
 
 
 def _op_conv(ctx: _Ctx, ins):
@@ -353,7 +359,7 @@ def _op_conv(ctx: _Ctx, ins):
     bias = ctx.tensor("bias", shape=(w.shape[0],), optional=True)
     t = {ctx.attrs["weight"]: w} | ({ctx.attrs["bias"]: bias} if bias is not None else {})
     out = (x[0], w.shape[0]) + _spatial_out(ctx, x[2:], w.shape[2:], stride, dilation, pads)
-    return out, ops.Conv(ctx.attrs, t)
+    return out, ops.make_conv(ctx.attrs, t, ctx.settings)
 
 
 def _op_linear(ctx: _Ctx, ins):
@@ -377,7 +383,7 @@ def _op_channel_affine(ctx: _Ctx, ins):
     ctx.check(scale.ndim == 1, f"scale must be 1-D, got {scale.shape}")
     shift = ctx.tensor("shift", shape=scale.shape)
     _channels(ctx, ins[0], scale.size)
-    return ins[0], ops.ChannelAffine(scale, shift)
+    return ins[0], ops.ChannelAffine(scale, shift, ctx.settings)
 
 
 def _op_prelu(ctx: _Ctx, ins):
@@ -403,7 +409,7 @@ def _op_hardtanh(ctx: _Ctx, ins):
     )
     lo, hi = (np.float32(v) for v in raw)
     ctx.check(bool(lo <= hi), f"min_val {lo} > max_val {hi}")
-    return ins[0], ops.Clamp(lo, hi)
+    return ins[0], ops.Clamp(lo, hi, ctx.settings)
 
 
 def _pool(ctx: _Ctx, ins, with_dilation: bool):
@@ -421,7 +427,7 @@ def _pool(ctx: _Ctx, ins, with_dilation: bool):
 
 def _op_max_pool(ctx: _Ctx, ins):
     out, (k, s, p, d) = _pool(ctx, ins, True)
-    return out, ops.MaxPool(k, s, p, d)
+    return out, ops.MaxPool(k, s, p, d, ctx.settings)
 
 
 def _op_avg_pool(ctx: _Ctx, ins):

@@ -8,64 +8,49 @@ A value that anything else reads (another node, a graph output) is never fused a
   order): the successors run in the conv's epilogue (FusedBinaryConv below). This is
   a binary ResNet block's tail: batch norm, the shortcut, the activation before the next sign.
 * a binary conv (fused or not) whose output only another binary conv reads: it writes
-  that conv's packed sign bits (custom_ops.PackedActs) instead of floats, the
+  that conv's packed sign bits (ops.PackedActs) instead of floats, the
   "thresholding to packed output bits" of a binary ResNet block's first conv.
 * conv (direct stem kernel) -> channel_affine -> hardtanh -> max_pool (each optional): the
   affine and clamp run in the conv's registers, and the pool reads each block of 8 output
   channels while it is in cache (FusedStemConv below). A ResNet stem.
-* channel_affine -> hardtanh: one pass (custom_ops.ChannelAffine with clamp_to).
+* channel_affine -> hardtanh: one pass (ops.ChannelAffine with clamp_to).
+
+Each fused node runs with the settings of the op it was built from (the model's KernelSettings).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
-from . import custom_ops as ops
+from . import ops
+from .ops import StemPost
 
 
 # -- the fused nodes ---------------------------------------------------------------------------
 class FusedBinaryConv:
-    """binary_conv with its next nodes fused (see custom_ops.PostOps): one pass over the output instead
+    """binary_conv with its next nodes fused (see ops.PostOps): one pass over the output instead
     of up to four. Falls back to the nodes one by one where the C conv does not run.
 
     bits_for: the binary conv that alone reads this output. Then only its sign bits are
-    written, straight into that conv's packed input (custom_ops.PackedActs): 1 bit instead of a float
+    written, straight into that conv's packed input (ops.PackedActs): 1 bit instead of a float
     per value, and no packing pass in the next layer."""
 
     def __init__(self, conv: ops.BinaryConv, post: ops.PostOps, bits_for: ops.BinaryConv | None = None):
         self.conv, self.post, self.bits_for = conv, post, bits_for
 
     def fused(self) -> bool:
-        return self.conv.packed is not None and self.conv.kind != "linear" and self.conv.gain is None
+        conv = self.conv  # the channel-packed C conv of a conv kind (packed), without a gain
+        return isinstance(conv, ops.BinaryConvC) and conv.packed is not None and conv.gain is None
 
     def __call__(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray | ops.PackedActs:
         if self.post.residual and residual is None:
             raise ValueError("the fused add needs its second input")
         if self.fused():
-            return self.conv._conv_packed(x, self.post, residual, self.bits_for)
-        return self.post.apply(self.conv(x), residual)
-
-
-@dataclass(frozen=True)
-class StemPost:
-    """Nodes the engine fused after a direct (stem) conv, in this order, each optional:
-    channel_affine, hardtanh, a 2-D max_pool."""
-
-    scale: np.ndarray | None = None
-    shift: np.ndarray | None = None
-    clamp: tuple[float, float] | None = None
-    pool: ops.MaxPool | None = None
-
-    def apply(self, y: np.ndarray) -> np.ndarray:
-        """The same nodes one at a time (the reference the fused kernel must equal)."""
-        if self.scale is not None and self.shift is not None:  # an affine has both
-            y = ops.channel_affine(y, self.scale, self.shift)
-        if self.clamp is not None:
-            y = ops.clamp(y, np.float32(self.clamp[0]), np.float32(self.clamp[1]))
-        return y if self.pool is None else self.pool(y)
+            return cast(ops.BinaryConvC, self.conv).run(x, self.post, residual, self.bits_for)
+        return self.post.apply(self.conv(x), residual, self.conv.settings)
 
 
 class FusedStemConv:
@@ -76,9 +61,9 @@ class FusedStemConv:
         self.conv, self.post = conv, post
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.conv.direct is not None:
+        if isinstance(self.conv, ops.ConvC) and self.conv.direct is not None:
             return self.conv.direct_call(x, self.post)
-        return self.post.apply(self.conv(x))
+        return self.post.apply(self.conv(x), self.conv.settings)
 
 
 # -- the rewrites -------------------------------------------------------------------------------
@@ -261,6 +246,6 @@ def fuse_affine_clamp(nodes: list, outputs: Iterable[str], make_node: Callable) 
             chain, readers, lambda n, node=node: _is_clamp(n) and n.inputs == [node.output]
         ):
             clamp = chain[-1].fn
-            fn = ops.ChannelAffine(node.fn.scale, node.fn.shift, (clamp.lo, clamp.hi))
+            fn = ops.ChannelAffine(node.fn.scale, node.fn.shift, node.fn.settings, (clamp.lo, clamp.hi))
             chains.append((chain, _chain_node(make_node, chain, node.inputs, fn)))
     return _rebuild(nodes, chains)
