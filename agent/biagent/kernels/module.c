@@ -62,7 +62,7 @@ done:
  * neg: (C, Hp, Wp) uint8, 1 where the (already padded) binarized input is -1.
  * out: ((oy1 - oy0) * ow, W) uint64: the im2col patch of each output position, bits in
  * (c, ky, kx) order over channels [c0, c0 + cg), LSB first, zero tail bits: the packing
- * of bimodels/export/custom.py, without materialising the float or bool patches (xnor_gemm.c).
+ * of formats/biformats/custom.py, without materialising the float or bool patches (xnor_gemm.c).
  */
 static PyObject *py_pack_patches2d(PyObject *self, PyObject *args) {
     PyObject *no, *oo;

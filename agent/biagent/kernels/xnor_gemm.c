@@ -3,7 +3,7 @@
  * and the bit-packing of 2-D conv patches that feeds it (see xnor_gemm.h).
  *
  * acts: rows x W little-endian uint64 words, w: cout x W (the layout of
- * bimodels/export/custom.py: bit 1 = -1, LSB first, zero tail bits), out: rows x cout int32.
+ * formats/biformats/custom.py: bit 1 = -1, LSB first, zero tail bits), out: rows x cout int32.
  * A 2x4 register tile keeps 8 accumulators live; the popcount is the CPU's instruction
  * where it has one (x86 POPCNT chosen at run time, AArch64 CNT always), a portable
  * bit-twiddling version elsewhere. Rows are split across OpenMP threads when built with it.

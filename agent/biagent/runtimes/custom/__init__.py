@@ -1,7 +1,7 @@
 """The "custom" runtime: our own artifact format run by our own XNOR-popcount kernels.
 
-Artifacts come from `bimodels.export(model, "custom", x)`; the format is specified in
-bimodels/export/custom.py and read by `biformats.custom`. No torch anywhere here.
+Artifacts come from `bimodels.export(model, "custom", x)`; the format is specified,
+written and read by `biformats.custom`. No torch anywhere here.
 
 * runtime.py: the Runtime and LoadedModel classes (registered as "custom" in
   biagent.runtimes.base.RUNTIMES); `load` builds the model's KernelSettings.

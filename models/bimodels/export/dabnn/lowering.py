@@ -18,9 +18,7 @@ from biformats.dabnn import DabLayer, DabTensor
 from .. import ExportError
 from ..ir import Node
 from .schedule import schedule
-from .values import Group, Refuse, Val
-
-RUNTIME = "daBNN"
+from .values import RUNTIME, Group, Refuse, Val
 
 #: names daBNN derives from layer outputs / weights for its own buffers
 _RESERVED_PREFIXES = ("binaized_for_", "pad_for_", "col_for_", "trans_")

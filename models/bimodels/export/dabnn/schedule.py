@@ -11,12 +11,10 @@ from typing import TYPE_CHECKING
 from biformats.dabnn import DabLayer
 
 from .. import ExportError
-from .values import Group
+from .values import RUNTIME, Group
 
 if TYPE_CHECKING:
     from .lowering import Lowering
-
-RUNTIME = "daBNN"
 
 
 def schedule(lw: Lowering) -> list[DabLayer]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from biformats.dabnn import DabLayer
 
+RUNTIME = "daBNN"  # how messages name the target
+
 
 class Refuse(Exception):
     """One thing daBNN cannot express (collected per kind, then raised as one ExportError)."""
