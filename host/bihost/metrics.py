@@ -3,53 +3,55 @@
 A custom collector (prometheus_client's pattern): metric families are built fresh from the
 store at every scrape, so the exporter holds no state and always shows what is on disk.
 The registry is a parameter, so tests read values from a fresh one without HTTP.
+
+What the names promise (Prometheus's conventions):
+
+* A stored measurement is a snapshot, not a running count, so its numbers are gauges:
+  ``bibench_latency_seconds{stat=...}`` and the ratios, sizes and errors of the newest *ok*
+  measurement of each series, with ``bibench_measured_timestamp_seconds`` saying when it
+  was taken. A later failed retry does not hide them: its status is exported apart
+  (``bibench_measurement_status``, ``bibench_last_measurement_timestamp_seconds``).
+* Counters only count up: ``bibench_measurements_total{board, status}`` is every
+  measurement ever filed, so repeating a campaign never resets a series.
+* A scrape reads one row per series (the store keeps that index on write), never the
+  history or the raw samples: its cost follows the number of series, not of rows.
+* The exporter reports on itself: build info, how long the scrape's store read took, and
+  whether it succeeded (a failed read still answers, with success 0).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric, SummaryMetricFamily
-from prometheus_client.samples import Sample
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .records import Measurement
-from .results import ResultsStore, latest_rows
+from . import __version__
+from .results import ResultsStore, Series
 
 log = logging.getLogger(__name__)
 
 UpProbe = Callable[[], dict[str, bool]]  # board name -> agent answers its health check
 # pad: what the binarized convs pad with (daBNN's artifacts pad with -1, the others with 0)
 RUN_LABELS = ("board", "chip", "arch", "algorithm", "runtime", "pad", "threads")
-MODEL_LABELS = (
-    "board",
-    "chip",
-    "arch",
-    "algorithm",
-    "runtime",
-    "pad",
-)  # properties of the artifact, not of threads
-QUANTILES = (("0.5", "median"), ("0.9", "p90"), ("0.99", "p99"))
+MODEL_LABELS = RUN_LABELS[:-1]  # properties of the artifact, not of threads
+LATENCY_STATS = ("min", "median", "mean", "p90", "p99", "max")  # stat label values, as stored
+METRICS_PATH = "/metrics"
 
 
-class LatencySummary(SummaryMetricFamily):
-    """A summary with precomputed quantiles: SummaryMetricFamily itself only carries _sum and _count."""
-
-    def add_run(
-        self, labels: list[str], quantiles: Iterable[tuple[str, float]], count: int, total: float | None
-    ) -> None:
-        named = dict(zip(self._labelnames, labels))
-        for q, value in quantiles:
-            self.samples.append(Sample(self.name, {**named, "quantile": q}, value))
-        if total is not None:  # without a mean there is no honest _sum
-            self.add_metric(labels, count, total)
+def _run_labels(m) -> list[str]:
+    return [m.board, m.chip, m.arch, m.algorithm, m.runtime, f"{m.pad_value:g}", str(m.threads)]
 
 
 class ResultsCollector:
-    """Exports the latest row per (board, arch, algorithm, runtime, threads) across all campaigns."""
+    """Exports the newest row (and the newest ok row) per (board, arch, algorithm, runtime,
+    threads) across all campaigns."""
 
     def __init__(self, store: ResultsStore, up_probe: UpProbe | None = None):
         self.store = store
@@ -57,10 +59,21 @@ class ResultsCollector:
 
     def describe(self) -> list[Metric]:
         # Names only, so registering never touches the store (or a board).
-        return list(self._families([], None if self.up_probe is None else {}))
+        return [
+            *self._families([], {}, None if self.up_probe is None else {}),
+            *self._self_families(0.0, True),
+        ]
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._families(latest_rows(self.store.rows()), self._probe())
+        start = time.perf_counter()
+        try:
+            series, counts, ok = self.store.latest_series(), self.store.measurement_counts(), True
+        except Exception:  # a locked or damaged store: say so in the scrape, don't fail it
+            log.exception("reading the results store failed; exporting bibench_exporter_scrape_success 0")
+            series, counts, ok = [], {}, False
+        elapsed = time.perf_counter() - start
+        yield from self._families(series, counts, self._probe())
+        yield from self._self_families(elapsed, ok)
 
     def _probe(self) -> dict[str, bool] | None:
         if self.up_probe is None:
@@ -71,10 +84,41 @@ class ResultsCollector:
             log.exception("board up probe failed; bibench_agent_up omitted from this scrape")
             return None
 
-    def _families(self, rows: list[Measurement], up: dict[str, bool] | None) -> Iterator[Metric]:
-        latency = LatencySummary(
-            "bibench_inference_latency_seconds",
-            "Inference latency of one invoke on the board (precomputed quantiles).",
+    @staticmethod
+    def _self_families(elapsed: float, ok: bool) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "bibench_exporter_build_info", "The exporter's bihost version (value 1).", labels=("version",)
+        )
+        info.add_metric([__version__], 1.0)
+        yield info
+        yield GaugeMetricFamily(
+            "bibench_exporter_scrape_duration_seconds",
+            "Time this scrape spent reading the results store.",
+            value=elapsed,
+        )
+        yield GaugeMetricFamily(
+            "bibench_exporter_scrape_success",
+            "1 if this scrape read the results store, 0 if the read failed (see the exporter's log).",
+            value=1.0 if ok else 0.0,
+        )
+
+    def _families(
+        self, series: Iterable[Series], counts: dict[tuple[str, str], int], up: dict[str, bool] | None
+    ) -> Iterator[Metric]:
+        latency = GaugeMetricFamily(
+            "bibench_latency_seconds",
+            "Latency of one invoke in the newest ok measurement of this series, by statistic over "
+            "its timed invokes (a snapshot of one measurement, not a running summary).",
+            labels=(*RUN_LABELS, "stat"),
+        )
+        invokes = GaugeMetricFamily(
+            "bibench_latency_invokes",
+            "Timed invokes behind the newest ok measurement's latency statistics.",
+            labels=RUN_LABELS,
+        )
+        measured = GaugeMetricFamily(
+            "bibench_measured_timestamp_seconds",
+            "When the newest ok measurement of this series was taken (Unix time).",
             labels=RUN_LABELS,
         )
         size = GaugeMetricFamily(
@@ -82,31 +126,52 @@ class ResultsCollector:
         )
         speedup = GaugeMetricFamily(
             "bibench_speedup_ratio",
-            "Measured fp32 latency over this model's latency, same board and runtime.",
+            "Median latency of the FP32 model of the same architecture, measured in the same "
+            "campaign on the same board with the same threads (on the first runtime that ran it), "
+            "over this model's median latency.",
             labels=RUN_LABELS,
         )
         storage = GaugeMetricFamily(
-            "bibench_storage_ratio", "fp32 model bytes over this model's bytes.", labels=MODEL_LABELS
+            "bibench_storage_ratio",
+            "FP32 model bytes over this model's bytes (each in its runtime's format).",
+            labels=MODEL_LABELS,
         )
         error = GaugeMetricFamily(
             "bibench_numerics_max_abs_error",
-            "Largest absolute difference between the runtime's output and torch's.",
+            "Largest absolute difference between the runtime's output and torch's, over the check inputs.",
             labels=RUN_LABELS,
         )
         status = GaugeMetricFamily(
             "bibench_measurement_status",
-            "1 for the latest measurement, by status.",
+            "1 for the status of the newest measurement of this series (ok or not).",
             labels=(*RUN_LABELS, "status"),
         )
+        last = GaugeMetricFamily(
+            "bibench_last_measurement_timestamp_seconds",
+            "When the newest measurement of this series, whatever its status, was filed (Unix time).",
+            labels=RUN_LABELS,
+        )
+        filed = CounterMetricFamily(
+            "bibench_measurements",
+            "Measurements filed to the results store, by board and status (retries included).",
+            labels=("board", "status"),
+        )
+        for (board, st), n in sorted(counts.items()):
+            filed.add_metric([board, st], float(n))
         seen_models: set[tuple[str, ...]] = set()
-        for m in sorted(rows, key=lambda r: r.created_at, reverse=True):  # newest first: it owns model labels
-            run = [m.board, m.chip, m.arch, m.algorithm, m.runtime, f"{m.pad_value:g}", str(m.threads)]
-            status.add_metric([*run, m.status], 1.0)
-            if m.status != "ok":
-                continue
-            quantiles = [(q, m.latency_ms[k] / 1e3) for q, k in QUANTILES if k in m.latency_ms]
-            mean = m.latency_ms.get("mean")
-            latency.add_run(run, quantiles, m.runs, None if mean is None else mean * m.runs / 1e3)
+        # newest first: the newest ok measurement of a model owns its model labels
+        for s in sorted(series, key=lambda s: s.last.created_at, reverse=True):
+            run = _run_labels(s.last)
+            status.add_metric([*run, s.last.status], 1.0)
+            last.add_metric(run, s.last.created_at)
+        good = [s.last_ok for s in series if s.last_ok is not None]
+        for m in sorted(good, key=lambda m: m.created_at, reverse=True):
+            run = _run_labels(m)
+            for stat in LATENCY_STATS:
+                if stat in m.latency_ms:
+                    latency.add_metric([*run, stat], m.latency_ms[stat] / 1e3)
+            invokes.add_metric(run, float(m.runs))
+            measured.add_metric(run, m.created_at)
             for family, value in ((speedup, m.speedup_vs_fp32), (error, m.max_abs_err)):
                 if value is not None:
                     family.add_metric(run, value)
@@ -118,7 +183,7 @@ class ResultsCollector:
                 size.add_metric(list(model), m.model_bytes)
             if m.storage_ratio is not None:
                 storage.add_metric(list(model), m.storage_ratio)
-        yield from (latency, size, speedup, storage, error, status)
+        yield from (latency, invokes, measured, size, speedup, storage, error, status, last, filed)
         if up is not None:
             agent_up = GaugeMetricFamily(
                 "bibench_agent_up", "1 if the board's agent answers its health check.", labels=("board",)
@@ -126,6 +191,29 @@ class ResultsCollector:
             for board, is_up in sorted(up.items()):
                 agent_up.add_metric([board], 1.0 if is_up else 0.0)
             yield agent_up
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # a scrape every 30 s is not news
+        pass
+
+
+def metrics_app(registry: CollectorRegistry) -> Callable:
+    """A WSGI app: the exposition at /metrics, a pointer to it at /, 404 for any other path
+    (a mistyped metrics_path must fail the scrape, not look like an empty target)."""
+    exposition = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        if path == METRICS_PATH:
+            return exposition(environ, start_response)
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"bihost metrics exporter: the exposition is at /metrics\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"no such path {path!r}; the exposition is at {METRICS_PATH}\n".encode()]
+
+    return app
 
 
 def serve_metrics(
@@ -138,4 +226,11 @@ def serve_metrics(
     """
     registry = CollectorRegistry()
     registry.register(ResultsCollector(store, up_probe))
-    return start_http_server(port, addr=host, registry=registry)
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host, port, metrics_app(registry), Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="bihost-metrics", daemon=True)
+    thread.start()
+    return server, thread

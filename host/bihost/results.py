@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from _typeshed import DataclassInstance
 
-SCHEMA_VERSION = 2  # 2: measurements.pad_value
+SCHEMA_VERSION = 3  # 2: measurements.pad_value; 3: measurement_series and measurement_counts
 FILENAME = "results.sqlite"
 LATENCY_KEYS = ("min", "median", "mean", "p90", "p99", "std", "max")
 AGENT_KEYS = ("cpu_model", "machine", "cores")
@@ -67,6 +68,24 @@ CREATE TABLE IF NOT EXISTS measurements (
     UNIQUE ({", ".join(KEY_COLUMNS)})
 );
 CREATE INDEX IF NOT EXISTS measurements_board ON measurements (board, created_at);
+CREATE INDEX IF NOT EXISTS measurements_series ON measurements
+    (board, arch, algorithm, runtime, threads, created_at);
+CREATE TABLE IF NOT EXISTS measurement_series (
+    board TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    last_id INTEGER,
+    last_ok_id INTEGER,
+    PRIMARY KEY (board, arch, algorithm, runtime, threads)
+);
+CREATE TABLE IF NOT EXISTS measurement_counts (
+    board TEXT NOT NULL,
+    status TEXT NOT NULL,
+    filed INTEGER NOT NULL,
+    PRIMARY KEY (board, status)
+);
 CREATE TABLE IF NOT EXISTS training_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     task TEXT NOT NULL, arch TEXT NOT NULL, algorithm TEXT NOT NULL, scale TEXT NOT NULL,
@@ -137,6 +156,8 @@ class ResultsStore:
             for name, sql_type in COLUMNS:
                 if name not in have:
                     db.execute(f"ALTER TABLE measurements ADD COLUMN {name} {sql_type}")
+            if version is not None and version < 3:  # index what the older store holds, once
+                _rebuild_series(db)
             if version is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif version < SCHEMA_VERSION:
@@ -180,7 +201,37 @@ class ResultsStore:
                 f"INSERT INTO measurements ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})",
                 [values[c] for c in _NAMES],
             )
+            _refresh_series(db, [values[c] for c in SERIES_COLUMNS])
+            db.execute(
+                "INSERT INTO measurement_counts (board, status, filed) VALUES (?, ?, 1) "
+                "ON CONFLICT(board, status) DO UPDATE SET filed = filed + 1",
+                (m.board, m.status),
+            )
             db.execute("COMMIT")
+
+    def latest_series(self) -> list[Series]:
+        """Per (board, arch, algorithm, runtime, threads), whatever its campaign: the newest row and
+        the newest ok row. Reads one row per series (an index kept on write), never the history,
+        and leaves raw samples out: what a scrape needs, at a cost that does not grow with time."""
+        columns = ", ".join(f"m.{c}" for c in _NAMES if c != "samples_ms")
+        found: dict[tuple, dict[str, Measurement]] = {}
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            for which in ("last_id", "last_ok_id"):
+                for r in db.execute(
+                    f"SELECT {columns}, '[]' AS samples_ms FROM measurement_series s "
+                    f"JOIN measurements m ON m.id = s.{which} ORDER BY m.created_at, m.id"
+                ):
+                    m = _unflatten(dict(r))
+                    found.setdefault((m.board, m.arch, m.algorithm, m.runtime, m.threads), {})[which] = m
+        return [Series(d["last_id"], d.get("last_ok_id")) for d in found.values() if "last_id" in d]
+
+    def measurement_counts(self) -> dict[tuple[str, str], int]:
+        """(board, status) -> measurements ever filed: only rises (a retry replacing a failed row
+        still counts both), so it is exported as a counter."""
+        with self._connect() as db:
+            rows = db.execute("SELECT board, status, filed FROM measurement_counts ORDER BY board, status")
+            return {(b, st): n for b, st, n in rows}
 
     # -- training runs (the accuracy tracks) ----------------------------------------------
     def add_training_run(self, run: TrainingRun) -> None:
@@ -357,6 +408,42 @@ class ResultsStore:
                 f"SELECT {', '.join(_NAMES)} FROM measurements {where} ORDER BY created_at, id", params
             ).fetchall()
         return [dict(r) for r in found]
+
+
+SERIES_COLUMNS = ("board", "arch", "algorithm", "runtime", "threads")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One measured series: its newest row (any status) and its newest ok row, if any."""
+
+    last: Measurement
+    last_ok: Measurement | None
+
+
+def _refresh_series(db: sqlite3.Connection, key: list[Any]) -> None:
+    """Point the series of `key` at its newest row and newest ok row (two indexed lookups)."""
+    where = " AND ".join(f"{c} = ?" for c in SERIES_COLUMNS)
+    order = "ORDER BY created_at DESC, id DESC LIMIT 1"
+    db.execute(
+        f"INSERT INTO measurement_series ({', '.join(SERIES_COLUMNS)}, last_id, last_ok_id) "
+        f"VALUES (?, ?, ?, ?, ?, (SELECT id FROM measurements WHERE {where} {order}), "
+        f"(SELECT id FROM measurements WHERE {where} AND status = 'ok' {order})) "
+        f"ON CONFLICT({', '.join(SERIES_COLUMNS)}) DO UPDATE SET last_id = excluded.last_id, "
+        "last_ok_id = excluded.last_ok_id",
+        [*key, *key, *key],
+    )
+
+
+def _rebuild_series(db: sqlite3.Connection) -> None:
+    """Fill the series index and the counts from the rows a store written before them holds."""
+    keys = db.execute(f"SELECT DISTINCT {', '.join(SERIES_COLUMNS)} FROM measurements").fetchall()
+    for key in keys:
+        _refresh_series(db, list(key))
+    db.execute(
+        "INSERT OR REPLACE INTO measurement_counts (board, status, filed) "
+        "SELECT board, status, COUNT(*) FROM measurements GROUP BY board, status"
+    )
 
 
 def latest_rows(rows, prefer_ok: bool = False) -> list[Measurement]:

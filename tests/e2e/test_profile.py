@@ -150,7 +150,7 @@ def test_two_boards_profile_results_and_metrics(start_agent, tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
-        assert "bibench_inference_latency_seconds{" in body
+        assert "bibench_latency_seconds{" in body
         assert 'board="alpha"' in body and 'board="beta"' in body and 'runtime="custom"' in body
     finally:
         server.terminate()

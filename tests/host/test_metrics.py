@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+import bihost
 from bihost.metrics import ResultsCollector, serve_metrics
 from bihost.records import Measurement
 from bihost.results import ResultsStore
@@ -66,11 +68,16 @@ def test_values_of_an_ok_row(store):
     store.add(row())
     r = registry_for(store)
     value = r.get_sample_value
-    assert value("bibench_inference_latency_seconds", {**LABELS, "quantile": "0.5"}) == pytest.approx(0.002)
-    assert value("bibench_inference_latency_seconds", {**LABELS, "quantile": "0.9"}) == pytest.approx(0.003)
-    assert value("bibench_inference_latency_seconds", {**LABELS, "quantile": "0.99"}) == pytest.approx(0.004)
-    assert value("bibench_inference_latency_seconds_count", LABELS) == 100
-    assert value("bibench_inference_latency_seconds_sum", LABELS) == pytest.approx(0.25)
+    for stat, ms in {"min": 1.0, "median": 2.0, "mean": 2.5, "p90": 3.0, "p99": 4.0, "max": 5.0}.items():
+        assert value("bibench_latency_seconds", {**LABELS, "stat": stat}) == pytest.approx(ms / 1e3), stat
+    assert value("bibench_latency_seconds", {**LABELS, "stat": "std"}) is None  # not a latency
+    assert value("bibench_latency_invokes", LABELS) == 100
+    assert value("bibench_measured_timestamp_seconds", LABELS) == 100.0
+    assert value("bibench_last_measurement_timestamp_seconds", LABELS) == 100.0
+    assert value("bibench_measurements_total", {"board": "rpi4", "status": "ok"}) == 1
+    assert value("bibench_exporter_scrape_success") == 1.0
+    assert value("bibench_exporter_scrape_duration_seconds") >= 0
+    assert value("bibench_exporter_build_info", {"version": bihost.__version__}) == 1.0
     assert value("bibench_model_size_bytes", MODEL) == 50_000
     assert value("bibench_storage_ratio", MODEL) == 8.0
     assert value("bibench_speedup_ratio", LABELS) == 3.0
@@ -90,8 +97,8 @@ def test_latest_row_wins_across_campaigns(store):
     store.add(row(campaign="a-new", created_at=20.0, latency_ms={"median": 1.0}, model_bytes=42))
     store.add(row(campaign="a-new", threads=4, created_at=5.0, latency_ms={"median": 0.5}, model_bytes=41))
     value = registry_for(store).get_sample_value
-    assert value("bibench_inference_latency_seconds", {**LABELS, "quantile": "0.5"}) == pytest.approx(0.001)
-    assert value("bibench_inference_latency_seconds", {**LABELS, "threads": "4", "quantile": "0.5"}) == 0.0005
+    assert value("bibench_latency_seconds", {**LABELS, "stat": "median"}) == pytest.approx(0.001)
+    assert value("bibench_latency_seconds", {**LABELS, "threads": "4", "stat": "median"}) == 0.0005
     assert value("bibench_model_size_bytes", MODEL) == 42  # one series per model: the newest row's
     statuses = [
         s for m in registry_for(store).collect() if m.name == "bibench_measurement_status" for s in m.samples
@@ -99,7 +106,7 @@ def test_latest_row_wins_across_campaigns(store):
     assert len(statuses) == 2
 
 
-def test_non_ok_rows_export_only_their_status(store):
+def test_a_failed_retry_keeps_the_last_good_values_and_shows_its_status_apart(store):
     store.add(row(campaign="c1", created_at=1.0))
     store.add(row(campaign="c2", created_at=2.0, status="numerics_error", max_abs_err=0.7))
     store.add(
@@ -108,26 +115,63 @@ def test_non_ok_rows_export_only_their_status(store):
     r = registry_for(store)
     assert r.get_sample_value("bibench_measurement_status", {**LABELS, "status": "numerics_error"}) == 1.0
     assert r.get_sample_value("bibench_measurement_status", {**LABELS, "status": "ok"}) is None
-    assert (
-        r.get_sample_value(
-            "bibench_measurement_status", {**LABELS, "algorithm": "xnor", "status": "unsupported"}
+    assert r.get_sample_value("bibench_last_measurement_timestamp_seconds", LABELS) == 2.0
+    # the numbers are c1's, the last good measurement, and say when it was taken
+    assert r.get_sample_value("bibench_latency_seconds", {**LABELS, "stat": "median"}) == 0.002
+    assert r.get_sample_value("bibench_numerics_max_abs_error", LABELS) == 2e-6
+    assert r.get_sample_value("bibench_measured_timestamp_seconds", LABELS) == 1.0
+    xnor = {**LABELS, "algorithm": "xnor"}
+    assert r.get_sample_value("bibench_measurement_status", {**xnor, "status": "unsupported"}) == 1
+    for name in ("bibench_latency_invokes", "bibench_speedup_ratio", "bibench_numerics_max_abs_error"):
+        assert r.get_sample_value(name, xnor) is None, name  # never ok: nothing but its status
+    assert r.get_sample_value("bibench_model_size_bytes", {**MODEL, "algorithm": "xnor"}) is None
+    counts = {("ok",): 1, ("numerics_error",): 1, ("unsupported",): 1}
+    for (st,), n in counts.items():
+        assert r.get_sample_value("bibench_measurements_total", {"board": "rpi4", "status": st}) == n
+
+
+def test_repeating_a_campaign_only_raises_the_counter(store):
+    """The counter counts filings; a retry that replaces a failed row still adds one, and the
+    gauges follow the newest row: nothing Prometheus would read as a reset."""
+    seen = []
+    filings = [("c0", "error"), ("c0", "ok"), ("c1", "ok"), ("c2", "error"), ("c2", "ok")]
+    for i, (campaign, st) in enumerate(filings):
+        store.add(row(campaign=campaign, created_at=10.0 + i, status=st, latency_ms={"median": 1.0 + i}))
+        seen.append(
+            sum(
+                registry_for(store).get_sample_value(
+                    "bibench_measurements_total", {"board": "rpi4", "status": s}
+                )
+                or 0
+                for s in ("ok", "error")
+            )
         )
-        == 1
-    )
-    for name in (
-        "bibench_inference_latency_seconds_count",
-        "bibench_speedup_ratio",
-        "bibench_numerics_max_abs_error",
-    ):
-        assert r.get_sample_value(name, LABELS) is None, name
-    assert r.get_sample_value("bibench_model_size_bytes", MODEL) is None
-
-
-def test_a_row_without_a_mean_has_quantiles_but_no_sum(store):
-    store.add(row(latency_ms={"median": 2.0}))
+    assert seen == [1, 2, 3, 4, 5]
     value = registry_for(store).get_sample_value
-    assert value("bibench_inference_latency_seconds", {**LABELS, "quantile": "0.5"}) == 0.002
-    assert value("bibench_inference_latency_seconds_sum", LABELS) is None
+    assert value("bibench_latency_seconds", {**LABELS, "stat": "median"}) == pytest.approx(0.005)
+
+
+def test_a_store_that_cannot_be_read_still_answers_with_success_0(store):
+    store.add(row())
+    store.path.write_bytes(b"not a database" * 100)
+    value = registry_for(store).get_sample_value
+    assert value("bibench_exporter_scrape_success") == 0.0
+    assert value("bibench_latency_seconds", {**LABELS, "stat": "median"}) is None
+
+
+def test_an_older_store_gets_its_series_index_when_opened(tmp_path):
+    import sqlite3
+
+    ResultsStore(tmp_path).add(row(created_at=5.0))
+    ResultsStore(tmp_path).add(row(campaign="c2", created_at=6.0, status="error"))
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:  # as schema 2 left it: no index, no counts
+        db.execute("DELETE FROM measurement_series")
+        db.execute("DELETE FROM measurement_counts")
+        db.execute("UPDATE schema_version SET version = 2")
+    value = registry_for(ResultsStore(tmp_path)).get_sample_value
+    assert value("bibench_measurement_status", {**LABELS, "status": "error"}) == 1
+    assert value("bibench_measured_timestamp_seconds", LABELS) == 5.0
+    assert value("bibench_measurements_total", {"board": "rpi4", "status": "ok"}) == 1
 
 
 def test_agent_up_from_the_probe(store):
@@ -155,18 +199,25 @@ def test_real_http_scrape(store):
     server, thread = serve_metrics(store, 0, up_probe=lambda: {"rpi4": True})
     try:
         families = _scrape(f"http://127.0.0.1:{server.server_port}/metrics")
-        latency = families["bibench_inference_latency_seconds"]
-        assert latency.type == "summary"
-        quantiles = {s.labels["quantile"]: s.value for s in latency.samples if s.name == latency.name}
-        assert quantiles == pytest.approx({"0.5": 0.002, "0.9": 0.003, "0.99": 0.004})
-        assert all({k: v for k, v in s.labels.items() if k != "quantile"} == LABELS for s in latency.samples)
+        latency = families["bibench_latency_seconds"]
+        assert latency.type == "gauge"
+        stats = {s.labels["stat"]: s.value for s in latency.samples}
+        assert stats == pytest.approx(
+            {"min": 0.001, "median": 0.002, "mean": 0.0025, "p90": 0.003, "p99": 0.004, "max": 0.005}
+        )
+        assert all({k: v for k, v in s.labels.items() if k != "stat"} == LABELS for s in latency.samples)
+        assert families["bibench_measurements"].type == "counter"
         assert families["bibench_agent_up"].samples[0].value == 1.0
         assert "python_gc_objects_collected" not in families  # a registry of our own: only our metrics
         store.add(row(threads=2))  # fresh families per scrape: a new row shows without a restart
-        latency = _scrape(f"http://127.0.0.1:{server.server_port}/metrics")[
-            "bibench_inference_latency_seconds"
-        ]
+        latency = _scrape(f"http://127.0.0.1:{server.server_port}/metrics")["bibench_latency_seconds"]
         assert {s.labels["threads"] for s in latency.samples} == {"1", "2"}
+        for path in ("/metric", "/favicon.ico", "/metrics/x"):  # a wrong metrics_path fails the scrape
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}{path}", timeout=10)
+            assert err.value.code == 404, path
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/", timeout=10) as response:
+            assert b"/metrics" in response.read()
     finally:
         server.shutdown()
         server.server_close()
@@ -212,7 +263,10 @@ def test_dashboards_load_and_query_exported_metrics(store):
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:9464"]
     dashboard = json.loads((DASHBOARDS / "grafana-bibench.json").read_text())
     assert {v["name"] for v in dashboard["templating"]["list"]} >= {"board", "arch"}
-    exported = {m.name for m in ResultsCollector(store, lambda: {}).describe()}
+    exported = {
+        m.name + ("_total" if m.type == "counter" else "")
+        for m in ResultsCollector(store, lambda: {}).describe()
+    }
     queried = {
         name
         for p in dashboard["panels"]
@@ -225,5 +279,6 @@ def test_dashboards_load_and_query_exported_metrics(store):
         "bibench_storage_ratio",
         "bibench_agent_up",
         "bibench_measurement_status",
-        "bibench_inference_latency_seconds",
+        "bibench_latency_seconds",
+        "bibench_measurements_total",
     } <= queried

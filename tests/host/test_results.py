@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from bihost.commands.results import command as results_command
 from bihost.records import Measurement
-from bihost.results import DuplicateMeasurement, ResultsSchemaError, ResultsStore
+from bihost.results import SCHEMA_VERSION, DuplicateMeasurement, ResultsSchemaError, ResultsStore
 
 # The `bihost` console entry as a subprocess runs it (main's one-line errors and exit codes).
 CLI = "import sys; from bihost.cli import main; main(sys.argv[1:])"
@@ -208,7 +208,7 @@ def test_a_version_1_store_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     (row,) = again.rows()
     assert row.campaign == "v1" and row.pad_value == 0.0
     with sqlite3.connect(tmp_path / "results.sqlite") as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     again.add(full(campaign="v2", pad_value=-1.0))
     assert {r.campaign: r.pad_value for r in again.rows(campaign="v2")} == {"v2": -1.0}
 
