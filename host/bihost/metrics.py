@@ -21,23 +21,31 @@ What the names promise (Prometheus's conventions):
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from biagent.security import is_loopback
+
 from . import __version__
+from .errors import UserError
+from .records import BoardState
 from .results import ResultsStore, Series
 
 log = logging.getLogger(__name__)
 
-UpProbe = Callable[[], dict[str, bool]]  # board name -> agent answers its health check
+# board name -> its agent answers its health check (None: in the inventory, not probed from here)
+UpProbe = Callable[[], dict[str, bool | None]]
 # pad: what the binarized convs pad with (daBNN's artifacts pad with -1, the others with 0)
 RUN_LABELS = ("board", "chip", "arch", "algorithm", "runtime", "pad", "threads")
 MODEL_LABELS = RUN_LABELS[:-1]  # properties of the artifact, not of threads
@@ -56,33 +64,54 @@ class ResultsCollector:
     def __init__(self, store: ResultsStore, up_probe: UpProbe | None = None):
         self.store = store
         self.up_probe = up_probe
+        self._last_probe: dict[str, bool | None] | None = None
 
     def describe(self) -> list[Metric]:
         # Names only, so registering never touches the store (or a board).
         return [
             *self._families([], {}, None if self.up_probe is None else {}),
+            *self._farm_families({}, None),
             *self._self_families(0.0, True),
         ]
 
     def collect(self) -> Iterator[Metric]:
         start = time.perf_counter()
         try:
-            series, counts, ok = self.store.latest_series(), self.store.measurement_counts(), True
+            series, counts = self.store.latest_series(), self.store.measurement_counts()
+            health, ok = self.store.board_states(), True
         except Exception:  # a locked or damaged store: say so in the scrape, don't fail it
             log.exception("reading the results store failed; exporting bibench_exporter_scrape_success 0")
-            series, counts, ok = [], {}, False
+            series, counts, health, ok = [], {}, {}, False
         elapsed = time.perf_counter() - start
         yield from self._families(series, counts, self._probe())
+        yield from self._farm_families(health, self._last_probe, ok)
         yield from self._self_families(elapsed, ok)
 
-    def _probe(self) -> dict[str, bool] | None:
+    def _probe(self) -> dict[str, bool | None] | None:
+        self._last_probe = None
         if self.up_probe is None:
             return None
         try:
-            return self.up_probe()
+            self._last_probe = self.up_probe()
         except Exception:  # one broken probe must not cost the whole scrape
             log.exception("board up probe failed; bibench_agent_up omitted from this scrape")
-            return None
+        return self._last_probe
+
+    @staticmethod
+    def _farm_families(
+        health: dict[str, BoardState], boards: dict[str, bool | None] | None, ok: bool = True
+    ) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "bibench_board_health",
+            "1 for the board's health state (good: scheduled; bad: stopped answering, set after "
+            "a failed health check; maintenance: set by an operator). Inventory boards never "
+            "marked are good.",
+            labels=("board", "state"),
+        )
+        if ok:  # without the store there is no honest state to show
+            for board in sorted(set(health) | set(boards or {})):
+                family.add_metric([board, health.get(board, BoardState()).state], 1.0)
+        yield family
 
     @staticmethod
     def _self_families(elapsed: float, ok: bool) -> Iterator[Metric]:
@@ -103,12 +132,18 @@ class ResultsCollector:
         )
 
     def _families(
-        self, series: Iterable[Series], counts: dict[tuple[str, str], int], up: dict[str, bool] | None
+        self, series: Iterable[Series], counts: dict[tuple[str, str], int], up: dict[str, bool | None] | None
     ) -> Iterator[Metric]:
         latency = GaugeMetricFamily(
             "bibench_latency_seconds",
             "Latency of one invoke in the newest ok measurement of this series, by statistic over "
             "its timed invokes (a snapshot of one measurement, not a running summary).",
+            labels=(*RUN_LABELS, "stat"),
+        )
+        previous = GaugeMetricFamily(
+            "bibench_previous_latency_seconds",
+            "Latency of one invoke in the ok measurement before the newest one of this series, by "
+            "statistic: what a latency regression is judged against.",
             labels=(*RUN_LABELS, "stat"),
         )
         invokes = GaugeMetricFamily(
@@ -164,6 +199,13 @@ class ResultsCollector:
             run = _run_labels(s.last)
             status.add_metric([*run, s.last.status], 1.0)
             last.add_metric(run, s.last.created_at)
+        for s in series:
+            if s.previous_ok is not None:
+                for stat in LATENCY_STATS:
+                    if stat in s.previous_ok.latency_ms:
+                        previous.add_metric(
+                            [*_run_labels(s.previous_ok), stat], s.previous_ok.latency_ms[stat] / 1e3
+                        )
         good = [s.last_ok for s in series if s.last_ok is not None]
         for m in sorted(good, key=lambda m: m.created_at, reverse=True):
             run = _run_labels(m)
@@ -183,13 +225,14 @@ class ResultsCollector:
                 size.add_metric(list(model), m.model_bytes)
             if m.storage_ratio is not None:
                 storage.add_metric(list(model), m.storage_ratio)
-        yield from (latency, invokes, measured, size, speedup, storage, error, status, last, filed)
+        yield from (latency, previous, invokes, measured, size, speedup, storage, error, status, last, filed)
         if up is not None:
             agent_up = GaugeMetricFamily(
                 "bibench_agent_up", "1 if the board's agent answers its health check.", labels=("board",)
             )
             for board, is_up in sorted(up.items()):
-                agent_up.add_metric([board], 1.0 if is_up else 0.0)
+                if is_up is not None:
+                    agent_up.add_metric([board], 1.0 if is_up else 0.0)
             yield agent_up
 
 
@@ -198,14 +241,65 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def metrics_app(registry: CollectorRegistry) -> Callable:
+class MetricsSecurityError(UserError):
+    """The exporter would serve results in a way the lab did not ask for (plaintext off loopback)."""
+
+
+@dataclass(frozen=True)
+class ServeSecurity:
+    """TLS (certificate and key, PEM) and a bearer token for /metrics; each optional.
+
+    As for the agent, plaintext is for loopback: another address needs TLS or `insecure`."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    token: str | None = None
+    insecure: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+    def check(self, host: str) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise MetricsSecurityError("TLS needs both --tls-cert and --tls-key")
+        if not self.tls and not is_loopback(host) and not self.insecure:
+            raise MetricsSecurityError(
+                f"refusing to serve metrics in plaintext on {host}: results and board names would "
+                "cross the network readable by anyone; give --tls-cert and --tls-key (and a "
+                "--token-file), or bind 127.0.0.1, or pass --insecure-serve on a network you trust"
+            )
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise MetricsSecurityError(
+                f"cannot load the TLS certificate {self.cert_file} with key {self.key_file}: {exc}"
+            ) from exc
+        return context
+
+
+def metrics_app(registry: CollectorRegistry, token: str | None = None) -> Callable:
     """A WSGI app: the exposition at /metrics, a pointer to it at /, 404 for any other path
-    (a mistyped metrics_path must fail the scrape, not look like an empty target)."""
+    (a mistyped metrics_path must fail the scrape, not look like an empty target). With a
+    `token`, /metrics answers 401 unless the request carries `Authorization: Bearer <token>`."""
     exposition = make_wsgi_app(registry)
+    expected = f"Bearer {token}".encode() if token else None
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO") or "/"
         if path == METRICS_PATH:
+            sent = environ.get("HTTP_AUTHORIZATION", "").encode()
+            if expected is not None and not hmac.compare_digest(sent, expected):
+                start_response(
+                    "401 Unauthorized",
+                    [("Content-Type", "text/plain; charset=utf-8"), ("WWW-Authenticate", "Bearer")],
+                )
+                why = "was not accepted" if sent else "is required (Authorization: Bearer <token>)"
+                return [f"a bearer token {why}\n".encode()]
             return exposition(environ, start_response)
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
@@ -217,20 +311,31 @@ def metrics_app(registry: CollectorRegistry) -> Callable:
 
 
 def serve_metrics(
-    store: ResultsStore, port: int, host: str = "127.0.0.1", up_probe: UpProbe | None = None
+    store: ResultsStore,
+    port: int,
+    host: str = "127.0.0.1",
+    up_probe: UpProbe | None = None,
+    security: ServeSecurity | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serve /metrics from a daemon thread; stop with `server.shutdown(); server.server_close()`.
 
     Uses a fresh registry holding only this collector (no process/GC metrics of the host).
-    Port 0 binds a free port: read it back from `server.server_port`.
+    Port 0 binds a free port: read it back from `server.server_port`. Plaintext off loopback
+    is refused (MetricsSecurityError) unless `security` says insecure.
     """
+    security = security or ServeSecurity()
+    security.check(host)
+    context = security.context() if security.tls else None
     registry = CollectorRegistry()
     registry.register(ResultsCollector(store, up_probe))
 
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-    server = make_server(host, port, metrics_app(registry), Server, handler_class=_QuietHandler)
+    app = metrics_app(registry, security.token)
+    server = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, name="bihost-metrics", daemon=True)
     thread.start()
     return server, thread

@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS measurement_series (
     threads INTEGER NOT NULL,
     last_id INTEGER,
     last_ok_id INTEGER,
+    prev_ok_id INTEGER,
     PRIMARY KEY (board, arch, algorithm, runtime, threads)
 );
 CREATE TABLE IF NOT EXISTS measurement_counts (
@@ -210,21 +211,25 @@ class ResultsStore:
             db.execute("COMMIT")
 
     def latest_series(self) -> list[Series]:
-        """Per (board, arch, algorithm, runtime, threads), whatever its campaign: the newest row and
-        the newest ok row. Reads one row per series (an index kept on write), never the history,
+        """Per (board, arch, algorithm, runtime, threads), whatever its campaign: the newest row, the
+        newest ok row and the ok row before it. Reads one row per series (an index kept on write), never the history,
         and leaves raw samples out: what a scrape needs, at a cost that does not grow with time."""
         columns = ", ".join(f"m.{c}" for c in _NAMES if c != "samples_ms")
         found: dict[tuple, dict[str, Measurement]] = {}
         with self._connect() as db:
             db.row_factory = sqlite3.Row
-            for which in ("last_id", "last_ok_id"):
+            for which in ("last_id", "last_ok_id", "prev_ok_id"):
                 for r in db.execute(
                     f"SELECT {columns}, '[]' AS samples_ms FROM measurement_series s "
                     f"JOIN measurements m ON m.id = s.{which} ORDER BY m.created_at, m.id"
                 ):
                     m = _unflatten(dict(r))
                     found.setdefault((m.board, m.arch, m.algorithm, m.runtime, m.threads), {})[which] = m
-        return [Series(d["last_id"], d.get("last_ok_id")) for d in found.values() if "last_id" in d]
+        return [
+            Series(d["last_id"], d.get("last_ok_id"), d.get("prev_ok_id"))
+            for d in found.values()
+            if "last_id" in d
+        ]
 
     def measurement_counts(self) -> dict[tuple[str, str], int]:
         """(board, status) -> measurements ever filed: only rises (a retry replacing a failed row
@@ -415,23 +420,27 @@ SERIES_COLUMNS = ("board", "arch", "algorithm", "runtime", "threads")
 
 @dataclass(frozen=True)
 class Series:
-    """One measured series: its newest row (any status) and its newest ok row, if any."""
+    """One measured series: its newest row (any status), its newest ok row and the ok row
+    before that, if any (what a latency regression is judged against)."""
 
     last: Measurement
     last_ok: Measurement | None
+    previous_ok: Measurement | None = None
 
 
 def _refresh_series(db: sqlite3.Connection, key: list[Any]) -> None:
-    """Point the series of `key` at its newest row and newest ok row (two indexed lookups)."""
+    """Point the series of `key` at its newest row, its newest ok row and the ok row before
+    that (three indexed lookups)."""
     where = " AND ".join(f"{c} = ?" for c in SERIES_COLUMNS)
     order = "ORDER BY created_at DESC, id DESC LIMIT 1"
     db.execute(
-        f"INSERT INTO measurement_series ({', '.join(SERIES_COLUMNS)}, last_id, last_ok_id) "
+        f"INSERT INTO measurement_series ({', '.join(SERIES_COLUMNS)}, last_id, last_ok_id, prev_ok_id) "
         f"VALUES (?, ?, ?, ?, ?, (SELECT id FROM measurements WHERE {where} {order}), "
-        f"(SELECT id FROM measurements WHERE {where} AND status = 'ok' {order})) "
+        f"(SELECT id FROM measurements WHERE {where} AND status = 'ok' {order}), "
+        f"(SELECT id FROM measurements WHERE {where} AND status = 'ok' {order} OFFSET 1)) "
         f"ON CONFLICT({', '.join(SERIES_COLUMNS)}) DO UPDATE SET last_id = excluded.last_id, "
-        "last_ok_id = excluded.last_ok_id",
-        [*key, *key, *key],
+        "last_ok_id = excluded.last_ok_id, prev_ok_id = excluded.prev_ok_id",
+        [*key, *key, *key, *key],
     )
 
 

@@ -77,6 +77,18 @@ def _profile(inv: Path, results: Path, campaign: str) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def _shipped_tls_job(target: str, ca_file: Path, token_file: Path) -> dict:
+    """The commented TLS + token job of the shipped config, uncommented, pointed at `target`."""
+    text = (DASHBOARDS / "prometheus.yml").read_text()
+    block = text.split("# --- begin tls job ---\n")[1].split("# --- end tls job ---")[0]
+    (job,) = yaml.safe_load("\n".join(line[1:] for line in block.splitlines()))
+    assert job["tls_config"]["ca_file"] and job["authorization"]["credentials_file"]
+    job["tls_config"]["ca_file"] = str(ca_file)
+    job["authorization"]["credentials_file"] = str(token_file)
+    job["static_configs"][0]["targets"] = [target]
+    return job
+
+
 def _dashboard_queries() -> list[str]:
     """Every panel's and every variable's query, with each variable set to match all."""
     dashboard = json.loads((DASHBOARDS / "grafana-bibench.json").read_text())
@@ -104,20 +116,32 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_has_data(
     results = tmp_path / "results"
     _profile(inv, results, "first")
 
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    serve = [sys.executable, "-m", "bihost.cli", "metrics", "serve", "--results", str(results)]
     exporter = subprocess.Popen(
+        [*serve, "--port", str(port), "--inventory", str(inv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # the same store behind HTTPS and a bearer token, scraped with the shipped TLS job
+    from bihost.certs import init_ca, issue
+
+    ca = init_ca(tmp_path / "pki")
+    cert = issue(tmp_path / "pki", "metrics", ["127.0.0.1"])
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text("prometheus-scrape-token-0123\n")
+    tls_exporter = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "bihost.cli",
-            "metrics",
-            "serve",
+            *serve,
             "--port",
-            str(port),
-            "--results",
-            str(results),
-            "--inventory",
-            str(inv),
+            str(tls_port),
+            "--tls-cert",
+            str(cert.cert),
+            "--tls-key",
+            str(cert.key),
+            "--token-file",
+            str(token_file),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -129,9 +153,12 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_has_data(
     )
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
     config["global"]["scrape_interval"] = config["global"]["scrape_timeout"] = "1s"
+    assert config["rule_files"] == ["rules.yml"]
+    config["rule_files"] = [str(DASHBOARDS / "rules.yml")]  # the config moves, the rules stay
     config["global"]["evaluation_interval"] = "1s"
     (job,) = config["scrape_configs"]
     job["static_configs"][0]["targets"] = [f"127.0.0.1:{port}"]
+    config["scrape_configs"].append(_shipped_tls_job(f"127.0.0.1:{tls_port}", ca.cert, token_file))
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     checked = subprocess.run(
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
@@ -163,10 +190,15 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_has_data(
         lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr
 
-        _wait(
-            "a successful scrape",
-            lambda: any(r["value"][1] == "1" for r in _query(base, 'up{job="bibench"}')),
-        )
+        for job_name in ("bibench", "bibench-tls"):
+            _wait(
+                f"a successful scrape of {job_name}",
+                lambda job_name=job_name: any(
+                    r["value"][1] == "1" for r in _query(base, f'up{{job="{job_name}"}}')
+                ),
+            )
+        tls_series = _query(base, 'bibench_latency_seconds{job="bibench-tls", stat="median"}')
+        assert {r["metric"]["runtime"] for r in tls_series} == {"onnxruntime", "custom"}
         _wait(
             "two scrapes",
             lambda: bool(_query(base, "count_over_time(bibench_exporter_scrape_success[1m]) >= 2")),
@@ -187,11 +219,26 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_has_data(
         assert float(_query(base, "sum(bibench_measurements_total)")[0]["value"][1]) == 2 * float(before)
         for expr in _dashboard_queries():
             assert _query(base, expr), f"no data for {expr} after the second campaign"
+        # every rule loaded and healthy; every recording rule has data (two ok rows per series now)
+        groups = json.loads(_get(f"{base}/api/v1/rules"))["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) == 10 and all(r["health"] == "ok" for r in rules), rules
+        for rule in (r for r in rules if r["type"] == "recording"):
+            _wait(f"data for {rule['name']}", lambda rule=rule: bool(_query(base, rule["name"])))
+        ratios = _query(base, "bibench:latency_regression_ratio")
+        assert {r["metric"]["runtime"] for r in ratios} == {"onnxruntime", "custom"}
     finally:
-        for proc in (server, exporter):
+        for proc in (server, exporter, tls_exporter):
             proc.terminate()
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_shipped_rules_pass_promtool():
+    promtool = _need("promtool")
+    for args in (["check", "rules", "rules.yml"], ["test", "rules", "rules.test.yml"]):
+        out = subprocess.run([promtool, *args], cwd=DASHBOARDS, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr

@@ -149,6 +149,8 @@ def test_repeating_a_campaign_only_raises_the_counter(store):
     assert seen == [1, 2, 3, 4, 5]
     value = registry_for(store).get_sample_value
     assert value("bibench_latency_seconds", {**LABELS, "stat": "median"}) == pytest.approx(0.005)
+    # the ok measurement before the newest (c1's 3 ms): what a latency regression is judged against
+    assert value("bibench_previous_latency_seconds", {**LABELS, "stat": "median"}) == pytest.approx(0.003)
 
 
 def test_a_store_that_cannot_be_read_still_answers_with_success_0(store):
@@ -282,3 +284,110 @@ def test_dashboards_load_and_query_exported_metrics(store):
         "bibench_latency_seconds",
         "bibench_measurements_total",
     } <= queried
+
+
+def test_board_health_is_exported_for_marked_and_inventory_boards(store):
+    store.set_board_state("rpi4", "maintenance", "fan replaced")
+    value = registry_for(
+        store, up_probe=lambda: {"rpi4": True, "local": None, "jetson": False}
+    ).get_sample_value
+    assert value("bibench_board_health", {"board": "rpi4", "state": "maintenance"}) == 1
+    assert value("bibench_board_health", {"board": "rpi4", "state": "good"}) is None
+    assert value("bibench_board_health", {"board": "local", "state": "good"}) == 1  # never marked
+    assert value("bibench_agent_up", {"board": "local"}) is None  # embedded: not probed, not "down"
+    assert value("bibench_agent_up", {"board": "jetson"}) == 0
+
+
+def test_the_up_probe_reads_the_inventory_at_every_scrape(tmp_path):
+    from bihost.commands.metrics import up_probe_for
+    from tests.conftest import free_port
+
+    inv = tmp_path / "inv.yaml"
+
+    def write(boards: dict) -> None:
+        inv.write_text(yaml.safe_dump({"version": 1, "boards": boards}))
+
+    entry = {"soc": "test", "arch": "native", "os": "linux", "runtimes": ["custom"]}
+    write({"alpha": {**entry, "address": f"127.0.0.1:{free_port()}"}})  # nothing listens there
+    probe = up_probe_for(inv, timeout_s=0.5)
+    assert probe is not None and probe() == {"alpha": False}
+    write(
+        {"alpha": {**entry, "address": f"127.0.0.1:{free_port()}"}, "local": {**entry, "address": "embedded"}}
+    )
+    assert probe() == {"alpha": False, "local": None}  # added after start: shows without a restart
+    with pytest.raises(Exception, match="inventory|yaml|YAML"):
+        inv.write_text("boards: [")
+        probe()  # the collector logs it and drops agent_up for that scrape
+
+
+def test_tls_and_a_bearer_token_guard_the_exposition(store, tmp_path):
+    import ssl
+
+    from bihost.certs import init_ca, issue
+    from bihost.metrics import ServeSecurity
+
+    ca = init_ca(tmp_path / "pki")
+    files = issue(tmp_path / "pki", "metrics", ["127.0.0.1"])
+    store.add(row())
+    token = "metrics-token-0123456789"
+    server, thread = serve_metrics(store, 0, security=ServeSecurity(str(files.cert), str(files.key), token))
+    url = f"https://127.0.0.1:{server.server_port}/metrics"
+    trusting = ssl.create_default_context(cafile=str(ca.cert))
+    try:
+        for sent, why in ((None, b"is required"), ("Bearer wrong-token-0123456789", b"was not accepted")):
+            request = urllib.request.Request(url, headers={"Authorization": sent} if sent else {})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(request, timeout=10, context=trusting)
+            assert err.value.code == 401 and why in err.value.read()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10, context=trusting) as response:
+            assert b"bibench_latency_seconds{" in response.read()
+        with pytest.raises(urllib.error.URLError):  # a client that does not trust the lab CA
+            urllib.request.urlopen(request, timeout=10, context=ssl.create_default_context())
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plaintext on the TLS port
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_plaintext_off_loopback_is_refused_unless_asked_for(store, tmp_path):
+    from bihost.metrics import MetricsSecurityError, ServeSecurity
+
+    with pytest.raises(MetricsSecurityError, match="refusing to serve metrics in plaintext on 0.0.0.0"):
+        serve_metrics(store, 0, host="0.0.0.0")
+    server, thread = serve_metrics(store, 0, host="0.0.0.0", security=ServeSecurity(insecure=True))
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "metrics",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--results",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0 and "refusing to serve metrics in plaintext" in out.stderr, out.stderr
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_dashboard_folder():
+    source = yaml.safe_load((DASHBOARDS / "provisioning" / "datasources" / "bibench.yml").read_text())
+    (ds,) = source["datasources"]
+    assert ds["type"] == "prometheus" and ds["url"].startswith("http")
+    config = yaml.safe_load((DASHBOARDS / "prometheus.yml").read_text())
+    assert ds["jsonData"]["timeInterval"] == config["global"]["scrape_interval"]
+    provider = yaml.safe_load((DASHBOARDS / "provisioning" / "dashboards" / "bibench.yml").read_text())
+    (p,) = provider["providers"]
+    assert p["type"] == "file" and p["options"]["path"]
+    dashboard = json.loads((DASHBOARDS / "grafana-bibench.json").read_text())
+    assert all(p.get("description") for p in dashboard["panels"]), "every panel says what it shows"
