@@ -59,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="allow plaintext on a non-loopback address (a network you trust)",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve the agent's own Prometheus metrics (queue, benchmarks, store, RPCs, lease) on "
+        "this port (0 picks a free one)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics endpoint (plaintext: loopback unless --insecure)",
+    )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -88,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             max_streams_per_client=args.max_streams_per_client,
             upload_idle_s=args.upload_idle_timeout,
             max_store_bytes=int(args.max_store_mb * (1 << 20)) or None,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         ).start()
     except (OSError, SecurityConfigError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -97,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     # One machine-readable line, so scripts and the host can learn a port-0 pick.
     print(f"biagent listening on {args.host}:{server.port} ({server.security})", flush=True)
+    if server.metrics_server is not None:
+        shown = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+        print(f"biagent metrics on http://{shown}:{server.metrics_port}/metrics", flush=True)
     stop.wait()
     logging.getLogger("biagent").info("stopping (graceful, 5 s)")
     server.stop(grace=5.0)

@@ -68,6 +68,14 @@ class LeaseManager:
                 return LeaseState(True)
             return self._state(False)
 
+    def current(self) -> LeaseState | None:
+        """The live lease (holder and time left, never its id), or None: for metrics."""
+        with self._lock:
+            if not self._live():
+                return None
+            state = self._state(False)
+            return LeaseState(False, "", state.holder, state.expires_in_s)
+
     def blocks(self, lease_id: str) -> LeaseState | None:
         """The live lease that a call with `lease_id` must not cross, or None."""
         with self._lock:

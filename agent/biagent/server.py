@@ -12,9 +12,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -31,6 +32,11 @@ from .runtimes import UnknownRuntime, describe_all, get_runtime
 from .security import SecurityConfigError, ServerTls, TokenInterceptor, is_loopback
 from .store import ModelStore, StoreError, StoreLock, UploadCorrupt
 from .worker import thread_env
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .metrics import AgentMetrics
 
 log = logging.getLogger("biagent")
 SERVICE_NAME = "bibench.farm.v1.Agent"
@@ -119,24 +125,36 @@ class BenchmarkSlot:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owner: int | None = None  # the handler thread that holds it
+        self._count_lock = threading.Lock()
+        self.waiting = 0  # calls in line (the agent's metrics read it)
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
 
     def acquire(self, context: grpc.ServicerContext, max_wait_s: float) -> Iterator[pb.BenchmarkEvent]:
         """Yields "queued" events until the board is ours; returns without it if the caller left
         (so check `held_by_me()` before running, and release only what was acquired)."""
         start = time.monotonic()
-        while not self._lock.acquire(timeout=0.25):
-            if not context.is_active():
-                return
-            waited = time.monotonic() - start
-            if waited > max_wait_s:
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"board busy: another benchmark has run for more than {max_wait_s:.0f} s; retry later",
+        with self._count_lock:
+            self.waiting += 1
+        try:
+            while not self._lock.acquire(timeout=0.25):
+                if not context.is_active():
+                    return
+                waited = time.monotonic() - start
+                if waited > max_wait_s:
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"board busy: another benchmark has run for more than {max_wait_s:.0f} s; retry later",
+                    )
+                yield pb.BenchmarkEvent(
+                    progress=pb.Progress(phase="queued", message=f"waiting {waited:.0f} s for the board")
                 )
-            yield pb.BenchmarkEvent(
-                progress=pb.Progress(phase="queued", message=f"waiting {waited:.0f} s for the board")
-            )
-        self._owner = threading.get_ident()
+            self._owner = threading.get_ident()
+        finally:
+            with self._count_lock:
+                self.waiting -= 1
 
     def held_by_me(self) -> bool:
         return self._lock.locked() and self._owner == threading.get_ident()
@@ -161,6 +179,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         self.cores = hwinfo.logical_cores()
         self.slot = BenchmarkSlot()
         self.leases = LeaseManager()
+        self.on_benchmark: Callable[[str], None] = lambda outcome: None  # the agent's metrics count it
         self.work_dir = Path(work_dir or store.root / "jobs")
         # Job folders of a worker that died with its agent (SIGKILL, power cut): nobody reads them.
         shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -244,14 +263,24 @@ class AgentServicer(pb_grpc.AgentServicer):
         yield from self.slot.acquire(context, self.max_queue_wait_s)
         if not self.slot.held_by_me():  # the caller left while queued: nothing acquired, nothing to release
             return
+        outcome: str | None = "error"  # None once counted
         try:
             self._check_lease(request.lease_id, context)  # a lease may have been granted while we queued
             with self.store.using(model.model_id):  # marked used; not evicted while it runs
-                yield from self._run_worker(request, model, arrays, context)
+                for event in self._run_worker(request, model, arrays, context):
+                    if event.HasField("summary") and outcome is not None:
+                        self.on_benchmark(event.summary.status or "ok")  # before the caller sees it
+                        outcome = None
+                    yield event
         except StoreError as exc:  # deleted while it waited in the queue
             context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        except GeneratorExit:  # the caller went away mid-benchmark
+            outcome = "cancelled" if outcome is not None else None
+            raise
         finally:
             self.slot.release()
+            if outcome is not None:
+                self.on_benchmark(outcome)
 
     # -- leases -----------------------------------------------------------------------
     def _check_lease(self, lease_id: str, context) -> None:
@@ -439,6 +468,8 @@ class AgentServer:
         max_store_bytes: int | None = None,
         max_streams_per_client: int | None = None,
         upload_idle_s: float = 30.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ):
         if tls is None and not insecure and not is_loopback(host):
             raise SecurityConfigError(
@@ -447,6 +478,11 @@ class AgentServer:
             )
         if not upload_idle_s > 0:
             raise ValueError(f"the upload idle timeout must be positive, got {upload_idle_s}")
+        if metrics_port is not None and not insecure and not is_loopback(metrics_host):
+            raise SecurityConfigError(
+                f"refusing to serve the agent's metrics in plaintext on {metrics_host}: keep them on "
+                "127.0.0.1 (scrape through an SSH tunnel) or pass --insecure on a network you trust"
+            )
         # One agent per store: a second would clear the first one's uploads and jobs.
         self.lock = StoreLock(Path(store_dir))
         try:
@@ -458,7 +494,23 @@ class AgentServer:
             # The limiter bounds the agent's own calls (in all and per client); the health service is
             # outside it, and the pool keeps SPARE_THREADS beyond the limit so health always answers.
             self.limiter = CallLimiter(max_streams, max_streams_per_client or max(1, max_streams // 2))
-            interceptors = ([TokenInterceptor(token)] if token else []) + [LimitInterceptor(self.limiter)]
+            self.servicer = AgentServicer(
+                self.store, self.name, max_queue_wait_s, upload_idle_s=upload_idle_s
+            )
+            interceptors: list[grpc.ServerInterceptor] = []
+            self.metrics: AgentMetrics | None = None
+            if metrics_port is not None:
+                from .metrics import OUTCOMES, AgentMetrics
+
+                metrics = self.metrics = AgentMetrics(self.servicer, self.name)
+                interceptors.append(metrics.interceptor())  # outermost: refusals are counted too
+                self.servicer.on_benchmark = lambda outcome: metrics.benchmarks.labels(
+                    outcome if outcome in OUTCOMES else "error"
+                ).inc()
+            self.metrics_address = (metrics_host, metrics_port)
+            self.metrics_server: WSGIServer | None = None
+            self.metrics_port = 0
+            interceptors += ([TokenInterceptor(token)] if token else []) + [LimitInterceptor(self.limiter)]
             self.server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=max(workers, max_streams + SPARE_THREADS)),
                 options=[
@@ -467,9 +519,6 @@ class AgentServer:
                     ("grpc.so_reuseport", 0),
                 ],  # a second agent on this port must fail, not share it
                 interceptors=interceptors,
-            )
-            self.servicer = AgentServicer(
-                self.store, self.name, max_queue_wait_s, upload_idle_s=upload_idle_s
             )
             pb_grpc.add_AgentServicer_to_server(self.servicer, self.server)
             self.health = health.HealthServicer()
@@ -493,6 +542,10 @@ class AgentServer:
             raise
 
     def start(self) -> AgentServer:
+        if self.metrics is not None:
+            host, port = self.metrics_address
+            server, _ = self.metrics.serve(port or 0, host)
+            self.metrics_server, self.metrics_port = server, server.server_port
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -501,6 +554,9 @@ class AgentServer:
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         self.lock.release()
 
     def wait(self) -> None:

@@ -123,7 +123,7 @@ def run_training(
     import torch
 
     from bimodels.tasks import get_task
-    from bimodels.training import resolve_device, run_binary, run_full_precision
+    from bimodels.training import resolve_device
 
     device = resolve_device(plan.device)
     tasks = [get_task(t) for t in plan.tasks]
@@ -137,10 +137,49 @@ def run_training(
     if plan.archs is not None and not any(task_archs(plan, t) for t in tasks):
         raise UserError(f"none of --arch {','.join(plan.archs)} fits the tasks {','.join(plan.tasks)}")
     device_label = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    if pool is not None and device.type == "cpu":
-        return _train_on_pool(plan, store, checkpoints, tasks, loaded, pool, notice)
+    todo = recipes(plan, store, checkpoints, tasks, loaded, notice)
+    store = _TrackedStore(store, todo, plan)
+    try:
+        if pool is not None and device.type == "cpu":
+            return _train_on_pool(plan, store, todo, loaded, pool, notice)
+        return _train_here(plan, store, todo, loaded, device, device_label, step, notice)
+    finally:
+        store.finish()
+
+
+class _TrackedStore:
+    """The store, recording this bench run's plan and progress as a campaign on the training
+    host (board "local", kind "bench") for the farm view; every other call passes through."""
+
+    def __init__(self, store, todo: list[Recipe], plan: BenchPlan):
+        self._store = store
+        self.campaign = f"bench-{plan.scale}-{time.strftime('%Y%m%dT%H%M%S')}"
+        each = [FP, *plan.algorithms]
+        planned = len(todo) * len(each)
+        done = sum(1 for r in todo for a in each if a in r.stored)
+        store.start_campaign(self.campaign, "local", "bench", planned, done)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def add_training_run(self, run: TrainingRun) -> None:
+        self._store.add_training_run(run)
+        self._store.campaign_step(self.campaign, "local", "bench", ok=True)
+
+    def failed(self) -> None:
+        self._store.campaign_step(self.campaign, "local", "bench", ok=False)
+
+    def finish(self) -> None:
+        self._store.finish_campaign(self.campaign, "local", "bench")
+
+
+def _train_here(
+    plan: BenchPlan, store, todo: list[Recipe], loaded, device, device_label: str, step, notice: NoticeFn
+) -> list[TrainingRun]:
+    from bimodels.training import run_binary, run_full_precision
+
     runs: list[TrainingRun] = []
-    for recipe in recipes(plan, store, checkpoints, tasks, loaded, notice):
+    for recipe in todo:
         task, arch, key, folder, stored = recipe.task, recipe.arch, recipe.key, recipe.folder, recipe.stored
         data, config = loaded[task.name], task.config(plan.scale)
         if recipe.done:
@@ -309,11 +348,10 @@ class TrainingFailed(UserError):
 
 
 def _train_on_pool(
-    plan: BenchPlan, store, checkpoints: Path, tasks, loaded, pool, notice: NoticeFn
+    plan: BenchPlan, store, todo: list[Recipe], loaded, pool, notice: NoticeFn
 ) -> list[TrainingRun]:
     from .executors import JobCrashed
 
-    todo = recipes(plan, store, checkpoints, tasks, loaded, notice)
     threads = 1
     failures: list[str] = []
 
@@ -342,6 +380,7 @@ def _train_on_pool(
             label = f"{job.task}/{job.arch}/{job.algorithm}"
             if isinstance(outcome, JobCrashed) or not outcome.ok:
                 failures.append(f"{label}: {outcome.error.splitlines()[0] if outcome.error else 'failed'}")
+                store.failed()
                 notice(f"{label}: FAILED: {failures[-1].split(': ', 1)[1]}")
                 continue
             data = loaded[job.task]

@@ -383,7 +383,7 @@ class AgentClient:
                 elif kind == "summary":
                     s = event.summary
                     lat = s.latency
-                    return BenchmarkOutcome(
+                    outcome = BenchmarkOutcome(
                         status=s.status,
                         reason=s.reason,
                         latency_s={
@@ -409,6 +409,12 @@ class AgentClient:
                         temperature_c=s.temperature_c if s.temperature_known else None,
                         affinity=s.affinity,
                     )
+                    try:  # let the agent end the call itself (cleanup, status OK), not see it cancelled
+                        for _ in call:
+                            last_event[0] = time.monotonic()
+                    except grpc.RpcError:  # the summary is what counts; a late error changes nothing
+                        pass
+                    return outcome
         except grpc.RpcError as exc:
             if stalled.is_set():
                 raise BoardError(

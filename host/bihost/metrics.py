@@ -40,7 +40,7 @@ from biagent.security import is_loopback
 from . import __version__
 from .errors import UserError
 from .records import BoardState
-from .results import ResultsStore, Series
+from .results import CampaignProgress, ResultsStore, Series
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class ResultsCollector:
         return [
             *self._families([], {}, None if self.up_probe is None else {}),
             *self._farm_families({}, None),
+            *self._campaign_families([]),
             *self._self_families(0.0, True),
         ]
 
@@ -78,13 +79,14 @@ class ResultsCollector:
         start = time.perf_counter()
         try:
             series, counts = self.store.latest_series(), self.store.measurement_counts()
-            health, ok = self.store.board_states(), True
+            health, campaigns, ok = self.store.board_states(), self.store.campaign_progress(), True
         except Exception:  # a locked or damaged store: say so in the scrape, don't fail it
             log.exception("reading the results store failed; exporting bibench_exporter_scrape_success 0")
-            series, counts, health, ok = [], {}, {}, False
+            series, counts, health, campaigns, ok = [], {}, {}, [], False
         elapsed = time.perf_counter() - start
         yield from self._families(series, counts, self._probe())
         yield from self._farm_families(health, self._last_probe, ok)
+        yield from self._campaign_families(campaigns)
         yield from self._self_families(elapsed, ok)
 
     def _probe(self) -> dict[str, bool | None] | None:
@@ -112,6 +114,43 @@ class ResultsCollector:
             for board in sorted(set(health) | set(boards or {})):
                 family.add_metric([board, health.get(board, BoardState()).state], 1.0)
         yield family
+
+    @staticmethod
+    def _campaign_families(campaigns: Iterable[CampaignProgress]) -> Iterator[Metric]:
+        labels = ("campaign", "board", "kind")
+        planned = GaugeMetricFamily(
+            "bibench_campaign_planned",
+            "Items a campaign planned on this board (profile: measurements; bench: training runs).",
+            labels=labels,
+        )
+        done = GaugeMetricFamily(
+            "bibench_campaign_done",
+            "Planned items stored so far (including those already stored at start).",
+            labels=labels,
+        )
+        failed = GaugeMetricFamily(
+            "bibench_campaign_failed",
+            "Planned items that failed in this run of the campaign (a re-run retries them).",
+            labels=labels,
+        )
+        running = GaugeMetricFamily(
+            "bibench_campaign_running",
+            "1 while the campaign has not finished on this board (also when its process died: see the last progress).",
+            labels=labels,
+        )
+        progress = GaugeMetricFamily(
+            "bibench_campaign_last_progress_timestamp_seconds",
+            "When the campaign last finished an item on this board, or started (Unix time).",
+            labels=labels,
+        )
+        for c in campaigns:
+            key = [c.campaign, c.board, c.kind]
+            planned.add_metric(key, c.planned)
+            done.add_metric(key, c.done)
+            failed.add_metric(key, c.failed)
+            running.add_metric(key, 1.0 if c.running else 0.0)
+            progress.add_metric(key, c.last_progress_at)
+        yield from (planned, done, failed, running, progress)
 
     @staticmethod
     def _self_families(elapsed: float, ok: bool) -> Iterator[Metric]:

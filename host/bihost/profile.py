@@ -23,6 +23,7 @@ from .channel import ChannelSecurity
 from .client import AgentClient, AgentIdentity, BenchmarkSettings
 from .errors import BoardError
 from .records import BoardState, Measurement
+from .results import DONE_STATUSES
 
 # (board, message, notice=False): notices (retries, waits, boards skipped or marked bad) are
 # shown to the operator even when progress is not; the rest is progress-bar material.
@@ -35,6 +36,9 @@ class Store(Protocol):
     def rows(self, campaign: str | None = None, board: str | None = None) -> list[Measurement]: ...
     def board_state(self, board: str) -> BoardState: ...
     def set_board_state(self, board: str, state: str, reason: str = "") -> None: ...
+    def start_campaign(self, campaign: str, board: str, kind: str, planned: int, done: int = 0) -> None: ...
+    def campaign_step(self, campaign: str, board: str, kind: str, ok: bool) -> None: ...
+    def finish_campaign(self, campaign: str, board: str, kind: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class BoardRun:
 
     def file(self, m: Measurement) -> None:
         self.store.add(m)
+        self.store.campaign_step(m.campaign, m.board, "profile", ok=m.status in DONE_STATUSES)
         self.rows.append(m)
         self.progress(self.target.name, f"{m.arch}/{m.algorithm}/{m.runtime}: {m.status}")
 
@@ -136,6 +141,16 @@ class BoardRun:
                 notice=True,
             )
             return []
+        planned = len(self.plan.combos())
+        self.store.start_campaign(self.plan.campaign, name, "profile", planned, done=planned - len(todo))
+        try:
+            return self._run_on_board(todo)
+        finally:
+            self.store.finish_campaign(self.plan.campaign, name, "profile")
+
+    def _run_on_board(self, todo: list[tuple[str, str, str]]) -> list[Measurement]:
+        name = self.target.name
+        state = self.store.board_state(name)
         client = AgentClient(
             self.target.address, name, security=self.target.security, stall_s=self.plan.stall_s
         )

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from _typeshed import DataclassInstance
 
-SCHEMA_VERSION = 3  # 2: measurements.pad_value; 3: measurement_series and measurement_counts
+SCHEMA_VERSION = 3  # 2: measurements.pad_value; 3: measurement_series, measurement_counts, campaign_progress
 FILENAME = "results.sqlite"
 LATENCY_KEYS = ("min", "median", "mean", "p90", "p99", "std", "max")
 AGENT_KEYS = ("cpu_model", "machine", "cores")
@@ -80,6 +80,18 @@ CREATE TABLE IF NOT EXISTS measurement_series (
     last_ok_id INTEGER,
     prev_ok_id INTEGER,
     PRIMARY KEY (board, arch, algorithm, runtime, threads)
+);
+CREATE TABLE IF NOT EXISTS campaign_progress (
+    campaign TEXT NOT NULL,
+    board TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    planned INTEGER NOT NULL,
+    done INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_progress_at REAL NOT NULL,
+    finished_at REAL,
+    PRIMARY KEY (campaign, board, kind)
 );
 CREATE TABLE IF NOT EXISTS measurement_counts (
     board TEXT NOT NULL,
@@ -230,6 +242,50 @@ class ResultsStore:
             for d in found.values()
             if "last_id" in d
         ]
+
+    # -- campaign progress (what a running `profile` or `bench` has planned and done) ---------
+    def start_campaign(self, campaign: str, board: str, kind: str, planned: int, done: int = 0) -> None:
+        """Record a campaign's plan on one board as it starts (or resumes: `done` already stored)."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO campaign_progress (campaign, board, kind, planned, done, failed, started_at, "
+                "last_progress_at, finished_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, NULL) "
+                "ON CONFLICT(campaign, board, kind) DO UPDATE SET planned = excluded.planned, "
+                "done = excluded.done, failed = 0, started_at = excluded.started_at, "
+                "last_progress_at = excluded.last_progress_at, finished_at = NULL",
+                (campaign, board, kind, planned, done, now, now),
+            )
+
+    def campaign_step(self, campaign: str, board: str, kind: str, ok: bool) -> None:
+        """One planned item finished (ok: stored as done; else it failed and a re-run retries it)."""
+        column = "done" if ok else "failed"
+        with self._connect() as db:
+            db.execute(
+                f"UPDATE campaign_progress SET {column} = {column} + 1, last_progress_at = ? "
+                "WHERE campaign = ? AND board = ? AND kind = ?",
+                (time.time(), campaign, board, kind),
+            )
+
+    def finish_campaign(self, campaign: str, board: str, kind: str) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE campaign_progress SET finished_at = ? WHERE campaign = ? AND board = ? AND kind = ?",
+                (time.time(), campaign, board, kind),
+            )
+
+    def campaign_progress(self) -> list[CampaignProgress]:
+        """Every unfinished campaign (running, or its process died) and the newest finished one
+        per (board, kind): what a farm view shows, bounded by boards, not by history."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT campaign, board, kind, planned, done, failed, started_at, last_progress_at, "
+                "finished_at FROM campaign_progress WHERE finished_at IS NULL OR rowid IN ("
+                "SELECT rowid FROM campaign_progress p WHERE finished_at IS NOT NULL AND finished_at = ("
+                "SELECT MAX(finished_at) FROM campaign_progress q WHERE q.board = p.board AND q.kind = p.kind)) "
+                "ORDER BY started_at"
+            ).fetchall()
+        return [CampaignProgress(*r) for r in rows]
 
     def measurement_counts(self) -> dict[tuple[str, str], int]:
         """(board, status) -> measurements ever filed: only rises (a retry replacing a failed row
@@ -426,6 +482,25 @@ class Series:
     last: Measurement
     last_ok: Measurement | None
     previous_ok: Measurement | None = None
+
+
+@dataclass(frozen=True)
+class CampaignProgress:
+    """A campaign's plan and progress on one board (kind: profile or bench)."""
+
+    campaign: str
+    board: str
+    kind: str
+    planned: int
+    done: int
+    failed: int
+    started_at: float
+    last_progress_at: float
+    finished_at: float | None
+
+    @property
+    def running(self) -> bool:
+        return self.finished_at is None
 
 
 def _refresh_series(db: sqlite3.Connection, key: list[Any]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.agent.test_agent_metrics import _metrics_url
 from tests.conftest import free_port
 from tests.e2e.test_profile import FAST, bihost, write_inventory
 
@@ -108,7 +109,8 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_has_data(
     prometheus, promtool = _need("prometheus"), _need("promtool")
     # a board without daBNN: its rows are "unsupported", so the not-ok panels have data too
     monkeypatch.setenv("BIAGENT_DABNN_ROOT", str(tmp_path / "no-dabnn-here"))
-    alpha = start_agent("alpha")
+    alpha = start_agent("alpha", extra=("--metrics-port", "0"))
+    agent_metrics = _metrics_url(alpha)
     inv = write_inventory(tmp_path / "inv.yaml", {"alpha": {"address": alpha.address}})
     doc = yaml.safe_load(inv.read_text())
     doc["boards"]["alpha"]["runtimes"].append("dabnn")
@@ -159,6 +161,10 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_has_data(
     (job,) = config["scrape_configs"]
     job["static_configs"][0]["targets"] = [f"127.0.0.1:{port}"]
     config["scrape_configs"].append(_shipped_tls_job(f"127.0.0.1:{tls_port}", ca.cert, token_file))
+    agent_target = agent_metrics.split("//")[1].split("/")[0]
+    config["scrape_configs"].append(
+        {"job_name": "biagent", "static_configs": [{"targets": [agent_target], "labels": {"board": "alpha"}}]}
+    )
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     checked = subprocess.run(
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
@@ -190,7 +196,7 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_has_data(
         lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr
 
-        for job_name in ("bibench", "bibench-tls"):
+        for job_name in ("bibench", "bibench-tls", "biagent"):
             _wait(
                 f"a successful scrape of {job_name}",
                 lambda job_name=job_name: any(
@@ -222,9 +228,12 @@ def test_prometheus_scrapes_the_exporter_and_every_dashboard_query_has_data(
         # every rule loaded and healthy; every recording rule has data (two ok rows per series now)
         groups = json.loads(_get(f"{base}/api/v1/rules"))["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        assert len(rules) == 10 and all(r["health"] == "ok" for r in rules), rules
+        assert len(rules) == 11 and all(r["health"] == "ok" for r in rules), rules
         for rule in (r for r in rules if r["type"] == "recording"):
             _wait(f"data for {rule['name']}", lambda rule=rule: bool(_query(base, rule["name"])))
+        ok_runs = _query(base, 'biagent_benchmarks_total{job="biagent", outcome="ok"}')
+        assert ok_runs and float(ok_runs[0]["value"][1]) >= 6  # two campaigns of three measurements
+        assert _query(base, 'biagent_build_info{job="biagent", board="alpha"}')
         ratios = _query(base, "bibench:latency_regression_ratio")
         assert {r["metric"]["runtime"] for r in ratios} == {"onnxruntime", "custom"}
     finally:

@@ -42,6 +42,10 @@ def test_quick_bench_trains_stores_and_scores(quick_bench):
         assert fp["metric"] > 0.3, fp  # each category's largest part everywhere scores 0.26
     stored = ResultsStore(results).training_runs(scale="quick")
     assert sorted(r.algorithm for r in stored) == sorted(["bnn", "fp32", "reactnet"] * len(TASK_ARCHS))
+    # the run was recorded as a campaign on the training host, for the farm view
+    (bench,) = [c for c in ResultsStore(results).campaign_progress() if c.kind == "bench"]
+    assert (bench.board, bench.planned, bench.done, bench.failed) == ("local", len(stored), len(stored), 0)
+    assert not bench.running and bench.campaign.startswith("bench-quick-")
 
 
 def test_overall_metrics_follow_by_hand_from_the_runs(quick_bench):

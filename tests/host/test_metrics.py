@@ -391,3 +391,24 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard_folder():
     assert p["type"] == "file" and p["options"]["path"]
     dashboard = json.loads((DASHBOARDS / "grafana-bibench.json").read_text())
     assert all(p.get("description") for p in dashboard["panels"]), "every panel says what it shows"
+
+
+def test_campaign_progress_is_exported_while_it_runs_and_after(store):
+    store.start_campaign("old", "rpi4", "profile", planned=4)
+    store.finish_campaign("old", "rpi4", "profile")
+    store.start_campaign("c9", "rpi4", "profile", planned=6, done=2)  # a resume: 2 already stored
+    store.campaign_step("c9", "rpi4", "profile", ok=True)
+    store.campaign_step("c9", "rpi4", "profile", ok=False)
+    store.start_campaign("b1", "local", "bench", planned=9)
+    value = registry_for(store).get_sample_value
+    c9 = {"campaign": "c9", "board": "rpi4", "kind": "profile"}
+    assert value("bibench_campaign_planned", c9) == 6
+    assert value("bibench_campaign_done", c9) == 3 and value("bibench_campaign_failed", c9) == 1
+    assert value("bibench_campaign_running", c9) == 1
+    assert value("bibench_campaign_last_progress_timestamp_seconds", c9) > 0
+    assert value("bibench_campaign_running", {"campaign": "old", "board": "rpi4", "kind": "profile"}) == 0
+    assert value("bibench_campaign_planned", {"campaign": "b1", "board": "local", "kind": "bench"}) == 9
+    store.finish_campaign("c9", "rpi4", "profile")  # now c9 is the newest finished: "old" drops out
+    value = registry_for(store).get_sample_value
+    assert value("bibench_campaign_running", c9) == 0
+    assert value("bibench_campaign_planned", {"campaign": "old", "board": "rpi4", "kind": "profile"}) is None
