@@ -39,7 +39,7 @@ from biagent.security import is_loopback
 
 from . import __version__
 from .errors import UserError
-from .records import BoardState
+from .records import BoardState, TrainingRun
 from .results import CampaignProgress, ResultsStore, Series
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class ResultsCollector:
             *self._families([], {}, None if self.up_probe is None else {}),
             *self._farm_families({}, None),
             *self._campaign_families([]),
+            *self._training_families([]),
             *self._self_families(0.0, True),
         ]
 
@@ -80,13 +81,15 @@ class ResultsCollector:
         try:
             series, counts = self.store.latest_series(), self.store.measurement_counts()
             health, campaigns, ok = self.store.board_states(), self.store.campaign_progress(), True
+            trained = self.store.training_runs()
         except Exception:  # a locked or damaged store: say so in the scrape, don't fail it
             log.exception("reading the results store failed; exporting bibench_exporter_scrape_success 0")
-            series, counts, health, campaigns, ok = [], {}, {}, [], False
+            series, counts, health, campaigns, trained, ok = [], {}, {}, [], [], False
         elapsed = time.perf_counter() - start
         yield from self._families(series, counts, self._probe())
         yield from self._farm_families(health, self._last_probe, ok)
         yield from self._campaign_families(campaigns)
+        yield from self._training_families(trained)
         yield from self._self_families(elapsed, ok)
 
     def _probe(self) -> dict[str, bool | None] | None:
@@ -153,6 +156,30 @@ class ResultsCollector:
         yield from (planned, done, failed, running, progress)
 
     @staticmethod
+    def _training_families(runs: Iterable[TrainingRun]) -> Iterator[Metric]:
+        """The accuracy tracks' runs: the newest per (task, arch, algorithm, scale, seed)."""
+        labels = ("task", "arch", "algorithm", "scale", "seed", "metric_name")
+        metric = GaugeMetricFamily(
+            "bibench_training_metric",
+            "Test-split metric of the newest training run of this (task, arch, algorithm, scale, "
+            "seed), in [0, 1] (accuracy, mAP@0.5, mIoU or Matthews correlation: label metric_name).",
+            labels=labels,
+        )
+        seconds = GaugeMetricFamily(
+            "bibench_training_seconds", "Training time of that run (resumes summed).", labels=labels
+        )
+        newest: dict[tuple, TrainingRun] = {}
+        for r in runs:
+            key = (r.task, r.arch, r.algorithm, r.scale, r.seed)
+            if key not in newest or r.created_at >= newest[key].created_at:
+                newest[key] = r
+        for r in newest.values():
+            values = [r.task, r.arch, r.algorithm, r.scale, str(r.seed), r.metric_name]
+            metric.add_metric(values, r.metric)
+            seconds.add_metric(values, r.train_seconds)
+        yield from (metric, seconds)
+
+    @staticmethod
     def _self_families(elapsed: float, ok: bool) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             "bibench_exporter_build_info", "The exporter's bihost version (value 1).", labels=("version",)
@@ -201,9 +228,9 @@ class ResultsCollector:
         speedup = GaugeMetricFamily(
             "bibench_speedup_ratio",
             "Median latency of the FP32 model of the same architecture, measured in the same "
-            "campaign on the same board with the same threads (on the first runtime that ran it), "
-            "over this model's median latency.",
-            labels=RUN_LABELS,
+            "campaign on the same board with the same threads on the runtime in label "
+            "fp32_runtime, over this model's median latency.",
+            labels=(*RUN_LABELS, "fp32_runtime"),
         )
         storage = GaugeMetricFamily(
             "bibench_storage_ratio",
@@ -253,9 +280,10 @@ class ResultsCollector:
                     latency.add_metric([*run, stat], m.latency_ms[stat] / 1e3)
             invokes.add_metric(run, float(m.runs))
             measured.add_metric(run, m.created_at)
-            for family, value in ((speedup, m.speedup_vs_fp32), (error, m.max_abs_err)):
-                if value is not None:
-                    family.add_metric(run, value)
+            if m.speedup_vs_fp32 is not None:
+                speedup.add_metric([*run, m.fp32_runtime or "unknown"], m.speedup_vs_fp32)
+            if m.max_abs_err is not None:
+                error.add_metric(run, m.max_abs_err)
             model = tuple(run[:-1])
             if model in seen_models:
                 continue

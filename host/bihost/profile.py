@@ -351,6 +351,7 @@ class BoardRun:
             row.storage_ratio = base.model_bytes / row.model_bytes if row.model_bytes else None
             if row.status == "ok" and base.latency_ms.get("median"):
                 row.speedup_vs_fp32 = base.latency_ms["median"] / row.latency_ms["median"]
+                row.fp32_runtime = base.runtime
         return row
 
 

@@ -34,6 +34,7 @@ class Measurement:
     model_bytes: int = 0
     fp32_model_bytes: int = 0
     speedup_vs_fp32: float | None = None
+    fp32_runtime: str = ""  # the runtime whose FP32 median the speedup divides ("" = no speedup)
     storage_ratio: float | None = None
     max_abs_err: float | None = None
     peak_rss_bytes: int = 0

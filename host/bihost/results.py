@@ -48,6 +48,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("model_bytes", "INTEGER NOT NULL"),
     ("fp32_model_bytes", "INTEGER NOT NULL"),
     ("speedup_vs_fp32", "REAL"),
+    ("fp32_runtime", "TEXT NOT NULL DEFAULT ''"),
     ("storage_ratio", "REAL"),
     ("max_abs_err", "REAL"),
     ("peak_rss_bytes", "INTEGER NOT NULL"),

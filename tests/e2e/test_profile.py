@@ -110,6 +110,9 @@ def test_two_boards_profile_results_and_metrics(start_agent, tmp_path):
     by = {(r["board"], r["algorithm"], r["runtime"]): r for r in rows}
     for board in ("alpha", "beta"):
         assert by[(board, "fp32", "onnxruntime")]["speedup_vs_fp32"] == pytest.approx(1.0)
+        assert {r["fp32_runtime"] for r in rows if r["board"] == board and r["status"] == "ok"} == {
+            "onnxruntime"
+        }
         packed = by[(board, "bnn", "custom")]
         assert (
             packed["storage_ratio"] > 5

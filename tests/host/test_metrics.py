@@ -45,6 +45,7 @@ def row(**kw) -> Measurement:
         model_bytes=50_000,
         fp32_model_bytes=400_000,
         speedup_vs_fp32=3.0,
+        fp32_runtime="onnxruntime",
         storage_ratio=8.0,
         max_abs_err=2e-6,
         created_at=100.0,
@@ -80,7 +81,9 @@ def test_values_of_an_ok_row(store):
     assert value("bibench_exporter_build_info", {"version": bihost.__version__}) == 1.0
     assert value("bibench_model_size_bytes", MODEL) == 50_000
     assert value("bibench_storage_ratio", MODEL) == 8.0
-    assert value("bibench_speedup_ratio", LABELS) == 3.0
+    assert (
+        value("bibench_speedup_ratio", {**LABELS, "fp32_runtime": "onnxruntime"}) == 3.0
+    )  # says its baseline
     assert value("bibench_numerics_max_abs_error", LABELS) == 2e-6
     assert value("bibench_measurement_status", {**LABELS, "status": "ok"}) == 1.0
     assert value("bibench_agent_up", {"board": "rpi4"}) is None  # no probe, no family
@@ -89,7 +92,8 @@ def test_values_of_an_ok_row(store):
 def test_a_daBNN_row_carries_its_padding_as_a_label(store):
     store.add(row(runtime="dabnn", pad_value=-1.0))
     value = registry_for(store).get_sample_value
-    assert value("bibench_speedup_ratio", {**LABELS, "runtime": "dabnn", "pad": "-1"}) == 3.0
+    dab = {**LABELS, "runtime": "dabnn", "pad": "-1", "fp32_runtime": "onnxruntime"}
+    assert value("bibench_speedup_ratio", dab) == 3.0
 
 
 def test_latest_row_wins_across_campaigns(store):
@@ -122,8 +126,9 @@ def test_a_failed_retry_keeps_the_last_good_values_and_shows_its_status_apart(st
     assert r.get_sample_value("bibench_measured_timestamp_seconds", LABELS) == 1.0
     xnor = {**LABELS, "algorithm": "xnor"}
     assert r.get_sample_value("bibench_measurement_status", {**xnor, "status": "unsupported"}) == 1
-    for name in ("bibench_latency_invokes", "bibench_speedup_ratio", "bibench_numerics_max_abs_error"):
+    for name in ("bibench_latency_invokes", "bibench_numerics_max_abs_error"):
         assert r.get_sample_value(name, xnor) is None, name  # never ok: nothing but its status
+    assert r.get_sample_value("bibench_speedup_ratio", {**xnor, "fp32_runtime": "onnxruntime"}) is None
     assert r.get_sample_value("bibench_model_size_bytes", {**MODEL, "algorithm": "xnor"}) is None
     counts = {("ok",): 1, ("numerics_error",): 1, ("unsupported",): 1}
     for (st,), n in counts.items():
@@ -272,7 +277,7 @@ def test_dashboards_load_and_query_exported_metrics(store):
     queried = {
         name
         for p in dashboard["panels"]
-        for t in p["targets"]
+        for t in p.get("targets", [])
         for name in re.findall(r"bibench_\w+", t["expr"])
     }
     assert queried and queried <= exported, queried - exported
@@ -390,7 +395,10 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard_folder():
     (p,) = provider["providers"]
     assert p["type"] == "file" and p["options"]["path"]
     dashboard = json.loads((DASHBOARDS / "grafana-bibench.json").read_text())
-    assert all(p.get("description") for p in dashboard["panels"]), "every panel says what it shows"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert all(p.get("description") for p in panels), "every panel says what it shows"
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows == ["Farm", "Campaigns", "Results", "Accuracy"]
 
 
 def test_campaign_progress_is_exported_while_it_runs_and_after(store):
@@ -412,3 +420,36 @@ def test_campaign_progress_is_exported_while_it_runs_and_after(store):
     value = registry_for(store).get_sample_value
     assert value("bibench_campaign_running", c9) == 0
     assert value("bibench_campaign_planned", {"campaign": "old", "board": "rpi4", "kind": "profile"}) is None
+
+
+def test_the_accuracy_tracks_newest_runs_are_exported(store):
+    from bihost.records import TrainingRun
+
+    def run(**kw) -> TrainingRun:
+        base = dict(
+            task="keyword_spotting",
+            arch="dfsmn",
+            algorithm="bnn",
+            scale="default",
+            seed=0,
+            config_hash="a" * 16,
+            data_version="d1",
+            data_source="espeak-ng",
+            metric_name="accuracy",
+            metric=0.9661,
+            epochs=20,
+            train_seconds=209.0,
+            device="cpu",
+            threads=2,
+            created_at=10.0,
+        )
+        return TrainingRun(**{**base, **kw})
+
+    store.add_training_run(run())
+    store.add_training_run(run(config_hash="b" * 16, metric=0.97, created_at=20.0))  # a newer recipe
+    store.add_training_run(run(algorithm="fp32", metric=0.9983, train_seconds=799.0))
+    value = registry_for(store).get_sample_value
+    key = dict(task="keyword_spotting", arch="dfsmn", scale="default", seed="0", metric_name="accuracy")
+    assert value("bibench_training_metric", {**key, "algorithm": "bnn"}) == 0.97
+    assert value("bibench_training_metric", {**key, "algorithm": "fp32"}) == 0.9983
+    assert value("bibench_training_seconds", {**key, "algorithm": "fp32"}) == 799.0

@@ -42,6 +42,7 @@ def full(**kw) -> Measurement:
         model_bytes=123_456,
         fp32_model_bytes=1_000_000,
         speedup_vs_fp32=3.5,
+        fp32_runtime="onnxruntime",
         storage_ratio=8.1,
         max_abs_err=1.5e-6,
         peak_rss_bytes=9_999_999,
