@@ -88,7 +88,10 @@ class _StateCollector:
 
         s = self.metrics.servicer
         info = GaugeMetricFamily(
-            "biagent_build_info", "The agent's version and board name (value 1).", labels=("version", "board")
+            "biagent_build_info",
+            "The agent's version and the board name it reports (value 1; label the scrape target with "
+            "board= for the dashboards).",
+            labels=("version", "name"),
         )
         queued = GaugeMetricFamily("biagent_queue_depth", "RunBenchmark calls waiting for the board.")
         running = GaugeMetricFamily("biagent_benchmark_running", "1 while a benchmark holds the board.")
@@ -113,6 +116,9 @@ class _StateCollector:
             if state is not None:
                 lease.add_metric([state.holder], 1.0)
                 lease_left.add_metric([], max(0.0, state.expires_in_s))
+            else:  # free: a 0 sample, so "no lease" is a value and not a gap
+                lease.add_metric([""], 0.0)
+                lease_left.add_metric([], 0.0)
         yield from (info, queued, running, models, size, lease, lease_left)
 
 

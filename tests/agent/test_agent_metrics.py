@@ -59,7 +59,7 @@ def test_the_agent_counts_its_rpcs_benchmarks_store_and_lease(start_agent):
     agent = start_agent("metered", extra=("--metrics-port", "0"))
     url = _metrics_url(agent)
     before = _scrape(url)
-    assert before[("biagent_build_info", (("board", "metered"), ("version", biagent.__version__)))] == 1
+    assert before[("biagent_build_info", (("name", "metered"), ("version", biagent.__version__)))] == 1
     assert before[("biagent_store_models", ())] == 0 and before[("biagent_queue_depth", ())] == 0
     assert before[("biagent_benchmarks_total", (("outcome", "ok"),))] == 0  # present from the start
 
@@ -85,7 +85,9 @@ def test_the_agent_counts_its_rpcs_benchmarks_store_and_lease(start_agent):
         assert 0 < after[("biagent_lease_remaining_seconds", ())] <= 60
         assert after[("biagent_benchmark_running", ())] == 0
         client.release_lease()
-    assert not any(k[0] == "biagent_lease_held" for k in _scrape(url))
+    free = _scrape(url)
+    assert free[("biagent_lease_held", (("holder", ""),))] == 0
+    assert not any(k[0] == "biagent_lease_held" and k[1] != (("holder", ""),) for k in free)
 
 
 def test_metrics_off_loopback_need_insecure(start_agent):
