@@ -62,16 +62,34 @@ class LocalPool:
             while queue or in_flight:
                 while queue and len(in_flight) < workers:
                     job = queue.pop(0)
-                    in_flight[pool.submit(fn, job)] = job
+                    try:
+                        in_flight[pool.submit(fn, job)] = job
+                    except BrokenProcessPool:  # a worker died since the last wait: the pool takes no more
+                        queue.insert(0, job)  # never started: it goes to the next pool
+                        return (yield from _settle(in_flight))
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
                     job = in_flight.pop(future)
                     try:
                         result = future.result()
                     except BrokenProcessPool:
-                        return [job, *in_flight.values()]
+                        return [job, *(yield from _settle(in_flight))]
                     yield job, result
         return []
+
+
+def _settle(in_flight: dict):
+    """Once the pool is broken: yield the jobs in flight that finished anyway, return the others."""
+    wait(in_flight)  # each one ends now, with its result or the broken pool's error
+    crashed = []
+    for future, job in in_flight.items():
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            crashed.append(job)
+            continue
+        yield job, result
+    return crashed
 
 
 def _reachable(address: str, timeout: float = 5.0) -> None:
