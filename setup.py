@@ -28,8 +28,11 @@ setup(
         Extension(
             "biagent.kernels._xnor",
             # module.c is the Python glue; the other three are plain C kernels with a header each
-            sources=[f"agent/biagent/kernels/{name}.c" for name in ("module", "xnor_gemm", "bconv", "fpops")],
-            depends=[f"agent/biagent/kernels/{name}.h" for name in ("xnor_gemm", "bconv", "fpops")],
+            sources=[
+                f"agent/biagent/kernels/{name}.c"
+                for name in ("module", "xnor_gemm", "bconv", "fpops", "graph")
+            ],
+            depends=[f"agent/biagent/kernels/{name}.h" for name in ("xnor_gemm", "bconv", "fpops", "graph")],
             libraries=["m"],
             extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off"],
             optional=True,

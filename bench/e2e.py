@@ -4,7 +4,8 @@
 
 Networks at batch 1: resnet18 (224x224), resnet20 and vgg_small (32x32). The binarized
 network (`--algo`) is exported to the custom and LCE formats and run by the agent's own
-runtime classes; the FP32 baselines are the same architecture without binarization, run
+runtime classes (custom twice: the whole-graph executor, and `custom_pernode`, the same
+kernels called node by node from Python); the FP32 baselines are the same architecture without binarization, run
 by ONNX Runtime and by torch. Every (contender, thread count) is its own process, timed
 in interleaved rounds (bench/timing.py), so all ratios come from one run.
 """
@@ -22,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import add_ratios, agent_spec, run_contenders, torch_spec, workdir  # noqa: E402
 
 NETWORKS = [("resnet18", 224), ("resnet20", 32), ("vgg_small", 32)]
-CONTENDERS = ("custom", "larq", "onnxruntime_fp32", "torch_fp32")
+# custom: the whole-graph executor; custom_pernode: the same kernels called node by node from Python
+CONTENDERS = ("custom", "custom_pernode", "larq", "onnxruntime_fp32", "torch_fp32")
 
 
 def measure(counts: list[int], algo: str, rounds: int) -> list[dict]:
@@ -42,6 +44,15 @@ def measure(counts: list[int], algo: str, rounds: int) -> list[dict]:
             specs = {
                 "custom": agent_spec(
                     "custom", "custom", bimodels.export(binary, "custom", x), x.numpy(), d, "custom"
+                ),
+                "custom_pernode": agent_spec(
+                    "custom",
+                    "custom",
+                    bimodels.export(binary, "custom", x),
+                    x.numpy(),
+                    d,
+                    "custom_pernode",
+                    env={"BIAGENT_CUSTOM_EXECUTOR": "python"},
                 ),
                 "larq": agent_spec("larq", "lce", bimodels.export(binary, "lce", x), x.numpy(), d, "larq"),
                 "onnxruntime_fp32": agent_spec(

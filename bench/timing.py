@@ -38,6 +38,7 @@ class Contender:
         path = workdir / f"{name}.spec.json"
         path.write_text(json.dumps(dict(spec, threads=threads)))
         env = thread_env(threads, spec.get("runtime"))
+        env.update(spec.get("env", {}))
         env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(path)],
@@ -103,12 +104,15 @@ def add_ratios(
         row[f"custom_scaling_vs_{counts[0]}t"] = first / (row["custom_ms"] / 1e3)
 
 
-def agent_spec(runtime: str, fmt: str, data: bytes, x: np.ndarray, workdir: Path, tag: str) -> dict:
-    """A contender running `data` through the agent's own runtime class (the timed call is invoke)."""
+def agent_spec(
+    runtime: str, fmt: str, data: bytes, x: np.ndarray, workdir: Path, tag: str, env: dict | None = None
+) -> dict:
+    """A contender running `data` through the agent's own runtime class (the timed call is invoke);
+    `env`: extra environment for its process (a runtime's switches)."""
     model, inp = workdir / f"{tag}.{fmt}", workdir / f"{tag}.input.npy"
     model.write_bytes(data)
     np.save(inp, x)
-    return {"kind": "agent", "runtime": runtime, "model": str(model), "input": str(inp)}
+    return {"kind": "agent", "runtime": runtime, "model": str(model), "input": str(inp), "env": env or {}}
 
 
 def torch_spec(arch: str, x: np.ndarray, workdir: Path, tag: str, seed: int = 0) -> dict:

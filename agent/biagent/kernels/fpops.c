@@ -437,3 +437,23 @@ int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const floa
     return -1;
 }
 #endif
+
+void fp_linear(const float *x, const float *w, const float *bias, int64_t rows, int64_t K, int64_t M, float *y,
+               int threads) {
+    const int64_t total = rows * M;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (total * K >= (1 << 18))
+#endif
+    for (int64_t i = 0; i < total; i++) {
+        const int64_t r = i / M, m = i % M;
+        const float *xr = x + r * K, *wm = w + m * K;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8)
+            for (int j = 0; j < 8; j++) acc[j] += xr[k + j] * wm[k + j];
+        float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (; k < K; k++) sum += xr[k] * wm[k];
+        y[i] = bias ? sum + bias[m] : sum;
+    }
+    (void)threads;
+}

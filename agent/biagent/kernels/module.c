@@ -14,6 +14,7 @@
 
 #include "bconv.h"
 #include "fpops.h"
+#include "graph.h"
 #include "xnor_gemm.h"
 
 /* -- xnor_gemm.c ---------------------------------------------------------------------- */
@@ -117,10 +118,10 @@ static int take(PyObject *obj, opt_buf *b, int ndim, Py_ssize_t itemsize, char k
     b->held = 1;
     const char *f = b->view.format ? b->view.format : "B";
     if (*f == '<' || *f == '=' || *f == '@') f++;
-    int kind_ok = kind == 'f' ? *f == 'f' : kind == 'i' ? (*f == 'i' || *f == 'l') : (*f == 'Q' || *f == 'L' || *f == 'K');
+    int kind_ok = kind == 'f' ? *f == 'f' : kind == 'd' ? *f == 'd' : kind == 'i' ? (*f == 'i' || *f == 'l') : (*f == 'Q' || *f == 'L' || *f == 'K');
     if ((ndim >= 0 && b->view.ndim != ndim) || b->view.itemsize != itemsize || !kind_ok) {
         PyErr_Format(PyExc_ValueError, ndim >= 0 ? "%s must be %d-D %s" : "%s must be (any rank %d) %s", what, ndim,
-                     kind == 'f' ? "float32" : kind == 'i' ? "int32" : "uint64");
+                     kind == 'f' ? "float32" : kind == 'd' ? "float64" : kind == 'i' ? (itemsize == 8 ? "int64" : "int32") : "uint64");
         return -1;
     }
     return 0;
@@ -504,6 +505,34 @@ done:
     return result;
 }
 
+
+static PyObject *py_linear(PyObject *self, PyObject *args) {
+    PyObject *xo, *wo, *bo, *yo;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OOOO|i", &xo, &wo, &bo, &yo, &threads)) return NULL;
+    opt_buf b[4];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], 2, 4, 'f', 0, 0, "linear: x") || take(wo, &b[1], 2, 4, 'f', 0, 0, "linear: weight") ||
+        take(bo, &b[2], 1, 4, 'f', 0, 1, "linear: bias") || take(yo, &b[3], 2, 4, 'f', 1, 0, "linear: out"))
+        goto done;
+    const Py_ssize_t rows = b[0].view.shape[0], K = b[0].view.shape[1], M = b[1].view.shape[0];
+    if (b[1].view.shape[1] != K || b[3].view.shape[0] != rows || b[3].view.shape[1] != M ||
+        (b[2].held && b[2].view.shape[0] != M)) {
+        PyErr_SetString(PyExc_ValueError, "linear: x (rows, K), weight (M, K), bias (M,) or None, out (rows, M)");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_linear((const float *)b[0].view.buf, (const float *)b[1].view.buf, b[2].held ? (const float *)b[2].view.buf : NULL,
+              rows, K, M, (float *)b[3].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 4);
+    return result;
+}
+
 static PyObject *py_conv2d_direct_supported(PyObject *self, PyObject *noargs) {
     return PyBool_FromLong(fp_conv2d_direct_supported());
 }
@@ -526,6 +555,171 @@ static PyObject *py_bconv_ceiling(PyObject *self, PyObject *args) {
     }
     if (pairs < 0) return PyErr_NoMemory();
     return PyLong_FromLongLong(pairs);
+}
+
+
+/* -- graph.c: the whole-graph executor --------------------------------------------------- */
+typedef struct {
+    graph_plan *plan;
+    Py_buffer *views; /* the tensors it reads, held for as long as the plan lives */
+    Py_ssize_t n_views;
+    int busy;         /* one arena: a plan runs one call at a time */
+} plan_capsule;
+
+static void plan_capsule_free(PyObject *cap) {
+    plan_capsule *pc = PyCapsule_GetPointer(cap, "biagent.graph_plan");
+    if (!pc) return;
+    graph_free(pc->plan);
+    for (Py_ssize_t i = 0; i < pc->n_views; i++) PyBuffer_Release(&pc->views[i]);
+    PyMem_Free(pc->views);
+    PyMem_Free(pc);
+}
+
+static int sizes_from(PyObject *seq, int64_t **out, Py_ssize_t *n, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return -1;
+    *n = PySequence_Fast_GET_SIZE(fast);
+    *out = PyMem_Malloc(sizeof(int64_t) * (size_t)(*n ? *n : 1));
+    if (!*out) { Py_DECREF(fast); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        (*out)[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if ((*out)[i] == -1 && PyErr_Occurred()) { Py_DECREF(fast); return -1; }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static PyObject *py_graph_build(PyObject *self, PyObject *args) {
+    PyObject *steps_o, *floats_o, *tensors_o, *in_o, *out_o;
+    long long arena = 0;
+    if (!PyArg_ParseTuple(args, "OOO!LOO", &steps_o, &floats_o, &PyTuple_Type, &tensors_o, &arena, &in_o, &out_o))
+        return NULL;
+    opt_buf b[2];
+    memset(b, 0, sizeof(b));
+    int64_t *in_bytes = NULL, *out_bytes = NULL;
+    Py_ssize_t n_in = 0, n_out = 0;
+    graph_tensor *tensors = NULL;
+    plan_capsule *pc = NULL;
+    PyObject *result = NULL;
+    if (take(steps_o, &b[0], 2, 8, 'i', 0, 0, "graph_build: steps") ||
+        take(floats_o, &b[1], 2, 8, 'd', 0, 0, "graph_build: floats"))
+        goto done;
+    const Py_ssize_t S = b[0].view.shape[0];
+    if (b[0].view.shape[1] != G_SLOTS || b[1].view.shape[0] != S || b[1].view.shape[1] != G_FLOATS) {
+        PyErr_Format(PyExc_ValueError, "graph_build: steps must be (S, %d) int64 and floats (S, %d) float64", G_SLOTS,
+                     G_FLOATS);
+        goto done;
+    }
+    if (sizes_from(in_o, &in_bytes, &n_in, "graph_build: input sizes") ||
+        sizes_from(out_o, &out_bytes, &n_out, "graph_build: output sizes"))
+        goto done;
+    const Py_ssize_t T = PyTuple_GET_SIZE(tensors_o);
+    pc = PyMem_Calloc(1, sizeof(*pc));
+    tensors = PyMem_Calloc((size_t)(T ? T : 1), sizeof(graph_tensor));
+    if (pc) pc->views = PyMem_Calloc((size_t)(T ? T : 1), sizeof(Py_buffer));
+    if (!pc || !tensors || !pc->views) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < T; i++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(tensors_o, i), &pc->views[i], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "graph_build: tensor %zd must be a C-contiguous buffer", i);
+            goto done;
+        }
+        pc->n_views = i + 1;
+        tensors[i].data = pc->views[i].buf;
+        tensors[i].itemsize = (int)pc->views[i].itemsize;
+        tensors[i].count = pc->views[i].itemsize ? pc->views[i].len / pc->views[i].itemsize : 0;
+    }
+    char err[256] = "";
+    pc->plan = graph_build((const int64_t *)b[0].view.buf, (const double *)b[1].view.buf, S, tensors, T, arena, in_bytes,
+                           n_in, out_bytes, n_out, err, sizeof(err));
+    if (!pc->plan) {
+        PyErr_Format(PyExc_ValueError, "graph_build: %s", err);
+        goto done;
+    }
+    result = PyCapsule_New(pc, "biagent.graph_plan", plan_capsule_free);
+    if (result) pc = NULL;
+done:
+    if (pc) {
+        graph_free(pc->plan);
+        for (Py_ssize_t i = 0; i < pc->n_views; i++) PyBuffer_Release(&pc->views[i]);
+        PyMem_Free(pc->views);
+        PyMem_Free(pc);
+    }
+    PyMem_Free(tensors);
+    PyMem_Free(in_bytes);
+    PyMem_Free(out_bytes);
+    release(b, 2);
+    return result;
+}
+
+static PyObject *py_graph_run(PyObject *self, PyObject *args) {
+    PyObject *cap, *ins, *outs;
+    const char *isa = "auto";
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OO!O!si", &cap, &PyTuple_Type, &ins, &PyTuple_Type, &outs, &isa, &threads)) return NULL;
+    plan_capsule *pc = PyCapsule_GetPointer(cap, "biagent.graph_plan");
+    if (!pc) return NULL;
+    const Py_ssize_t ni = PyTuple_GET_SIZE(ins), no = PyTuple_GET_SIZE(outs);
+    if (graph_input_bytes(pc->plan, ni) != -1 || graph_input_bytes(pc->plan, ni - 1) < 0 ||
+        graph_output_bytes(pc->plan, no) != -1 || graph_output_bytes(pc->plan, no - 1) < 0) {
+        PyErr_SetString(PyExc_ValueError, "graph_run: wrong number of inputs or outputs");
+        return NULL;
+    }
+    if (pc->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "graph_run: this plan is already running (one call at a time)");
+        return NULL;
+    }
+    Py_buffer *views = PyMem_Calloc((size_t)(ni + no), sizeof(Py_buffer));
+    const void **in_ptrs = PyMem_Calloc((size_t)ni, sizeof(void *));
+    void **out_ptrs = PyMem_Calloc((size_t)no, sizeof(void *));
+    Py_ssize_t held = 0;
+    PyObject *result = NULL;
+    if (!views || !in_ptrs || !out_ptrs) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < ni + no; i++) {
+        const int is_out = i >= ni;
+        PyObject *o = is_out ? PyTuple_GET_ITEM(outs, i - ni) : PyTuple_GET_ITEM(ins, i);
+        if (PyObject_GetBuffer(o, &views[i], PyBUF_C_CONTIGUOUS | (is_out ? PyBUF_WRITABLE : 0)) != 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "graph_run: %s %zd must be a C-contiguous%s buffer", is_out ? "output" : "input",
+                         is_out ? i - ni : i, is_out ? " writable" : "");
+            goto done;
+        }
+        held = i + 1;
+        const int64_t want = is_out ? graph_output_bytes(pc->plan, i - ni) : graph_input_bytes(pc->plan, i);
+        if (views[i].len != want) {
+            PyErr_Format(PyExc_ValueError, "graph_run: %s %zd has %zd bytes, the plan needs %lld", is_out ? "output" : "input",
+                         is_out ? i - ni : i, views[i].len, (long long)want);
+            goto done;
+        }
+        if (is_out) out_ptrs[i - ni] = views[i].buf; else in_ptrs[i] = views[i].buf;
+    }
+    int code = 0;
+    int64_t failed;
+    pc->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    failed = graph_run(pc->plan, in_ptrs, out_ptrs, isa, threads, &code);
+    Py_END_ALLOW_THREADS
+    pc->busy = 0;
+    if (failed) {
+        if (code == -2) PyErr_NoMemory();
+        else PyErr_Format(PyExc_ValueError, "graph_run: step %lld failed (%s)", (long long)(failed - 1),
+                          code == -1 ? "its kernel cannot run on this CPU" : "kernel error");
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (Py_ssize_t i = 0; i < held; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(in_ptrs);
+    PyMem_Free(out_ptrs);
+    return result;
+}
+
+static PyObject *py_graph_steps(PyObject *self, PyObject *cap) {
+    plan_capsule *pc = PyCapsule_GetPointer(cap, "biagent.graph_plan");
+    if (!pc) return NULL;
+    return PyLong_FromLongLong(graph_steps(pc->plan));
 }
 
 static PyObject *kernel_info(PyObject *self, PyObject *noargs) {
@@ -557,11 +751,16 @@ static PyMethodDef methods[] = {
      "conv2d_direct(x, weights, bias, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1, [(scale, shift, (lo, hi), "
      "((kh, kw, sh, sw, dh, dw, pt, pl), conv_oh, conv_ow))]): few-channel stem conv; the post-ops are the fused next "
      "nodes (channel_affine, hardtanh, max_pool), each optional (None)"},
+    {"linear", py_linear, METH_VARARGS, "linear(x, weight, bias, out, threads=1): x @ weight.T + bias, fixed summation order"},
     {"conv2d_direct_supported", py_conv2d_direct_supported, METH_NOARGS, "Whether conv2d_direct (and fp_gemm) run here."},
     {"fp_gemm", py_fp_gemm, METH_VARARGS,
      "fp_gemm(weights (ceil(M/8), K, 8), x (K, N), bias or None, out (M, N), threads=1): out = W x + bias on OpenMP threads"},
     {"bconv_ceiling", py_bconv_ceiling, METH_VARARGS,
      "bconv_ceiling(isa='auto', reps=1000): run the micro-kernel on an L1 tile; returns word pairs done (time it)."},
+    {"graph_build", py_graph_build, METH_VARARGS,
+     "graph_build(steps (S, 64) int64, floats (S, 4) float64, tensors tuple, arena_bytes, input_bytes, output_bytes) -> plan"},
+    {"graph_run", py_graph_run, METH_VARARGS, "graph_run(plan, inputs tuple, outputs tuple, isa, threads): every step, one call"},
+    {"graph_steps", py_graph_steps, METH_O, "The number of steps of a plan."},
     {"kernel_info", kernel_info, METH_NOARGS, "Which popcount and threading this build uses."},
     {NULL, NULL, 0, NULL},
 };

@@ -45,8 +45,15 @@ class ValueSpec:
 class Graph:
     """A validated graph, ready to run."""
 
-    def __init__(self, inputs: list[ValueSpec], outputs: list[ValueSpec], nodes: list[Node]):
+    def __init__(
+        self,
+        inputs: list[ValueSpec],
+        outputs: list[ValueSpec],
+        nodes: list[Node],
+        shapes: dict[str, tuple[int, ...]] | None = None,
+    ):
         self.inputs, self.outputs, self.nodes = inputs, outputs, nodes
+        self.shapes = dict(shapes or {})  # every value's shape at the declared batch size
         self._last_use: dict[str, int] = {}
         for i, node in enumerate(nodes):
             for v in node.inputs:
@@ -176,7 +183,7 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], settings: KernelSettings, 
         outputs.append(ValueSpec(out, shapes[out]))
     if fuse:
         nodes = fusion.fuse(nodes, [spec.name for spec in outputs], shapes, Node)
-    return Graph(inputs, outputs, nodes)
+    return Graph(inputs, outputs, nodes, shapes)
 
 
 class _Ctx:
@@ -370,7 +377,7 @@ def _op_linear(ctx: _Ctx, ins):
         w.ndim == 2 and len(x) >= 2 and x[-1] == w.shape[1], f"weight {w.shape} does not fit input shape {x}"
     )
     b = ctx.tensor("bias", shape=(w.shape[0],), optional=True)
-    return x[:-1] + (w.shape[0],), lambda v: ops.linear(v, w, b)
+    return x[:-1] + (w.shape[0],), ops.Linear(w, b, ctx.settings)
 
 
 def _channels(ctx: _Ctx, x, n: int) -> None:
@@ -392,12 +399,12 @@ def _op_prelu(ctx: _Ctx, ins):
     ctx.check(w.ndim == 1, f"weight must be 1-D, got {w.shape}")
     if w.size != 1:
         _channels(ctx, ins[0], w.size)
-    return ins[0], lambda v: ops.prelu(v, w)
+    return ins[0], ops.PRelu(w)
 
 
 def _op_relu(ctx: _Ctx, ins):
     ctx.arity(ins, 1)
-    return ins[0], lambda v: np.maximum(v, np.float32(0))
+    return ins[0], ops.Relu()
 
 
 def _op_hardtanh(ctx: _Ctx, ins):
@@ -433,10 +440,10 @@ def _op_max_pool(ctx: _Ctx, ins):
 def _op_avg_pool(ctx: _Ctx, ins):
     out, (k, s, p, _) = _pool(ctx, ins, False)
     include = ctx.get("count_include_pad", bool)
-    return out, lambda v: ops.avg_pool(v, k, s, p, include)
+    return out, ops.AvgPool(tuple(k), tuple(s), tuple((int(a), int(b)) for a, b in p), include)
 
 
-def _reduce(ctx: _Ctx, ins, fn):
+def _reduce(ctx: _Ctx, ins, kind: Literal["mean", "max"]):
     ctx.arity(ins, 1)
     (x,) = ins
     axes, keep = tuple(ctx.axes(len(x))), ctx.get("keepdims", bool)
@@ -445,7 +452,7 @@ def _reduce(ctx: _Ctx, ins, fn):
         if keep
         else tuple(d for i, d in enumerate(x) if i not in axes)
     )
-    return out, lambda v: np.asarray(fn(v, axis=axes, keepdims=keep), dtype=np.float32)
+    return out, ops.Reduce(kind, axes, keep)
 
 
 def _op_flatten(ctx: _Ctx, ins):
@@ -454,7 +461,7 @@ def _op_flatten(ctx: _Ctx, ins):
     start, end = ctx.get("start", int), ctx.get("end", int)
     ctx.check(0 <= start <= end < len(x), f"start={start}, end={end} do not fit a rank-{len(x)} input")
     out = x[:start] + (math.prod(x[start : end + 1]),) + x[end + 1 :]
-    return out, lambda v: v.reshape(v.shape[:start] + (-1,) + v.shape[end + 1 :])
+    return out, ops.Flatten(start, end)
 
 
 def _op_add(ctx: _Ctx, ins):
@@ -463,7 +470,7 @@ def _op_add(ctx: _Ctx, ins):
         out = np.broadcast_shapes(ins[0], ins[1])
     except ValueError:
         raise ctx.fail(f"input shapes {ins[0]} and {ins[1]} do not broadcast") from None
-    return out, np.add
+    return out, ops.Add()
 
 
 def _op_concat(ctx: _Ctx, ins):
@@ -477,12 +484,12 @@ def _op_concat(ctx: _Ctx, ins):
             f"input shapes {ins} differ outside axis {axis}",
         )
     out = first[:axis] + (sum(s[axis] for s in ins),) + first[axis + 1 :]
-    return out, lambda *vs: np.concatenate(vs, axis=axis)
+    return out, ops.Concat(axis)
 
 
 def _op_identity(ctx: _Ctx, ins):
     ctx.arity(ins, 1)
-    return ins[0], lambda v: v
+    return ins[0], ops.Identity()
 
 
 _OPS: dict[str, Callable[[_Ctx, list], tuple[tuple[int, ...], Callable[..., np.ndarray]]]] = {
@@ -495,8 +502,8 @@ _OPS: dict[str, Callable[[_Ctx, list], tuple[tuple[int, ...], Callable[..., np.n
     "prelu": _op_prelu,
     "max_pool": _op_max_pool,
     "avg_pool": _op_avg_pool,
-    "reduce_mean": lambda ctx, ins: _reduce(ctx, ins, np.mean),
-    "reduce_max": lambda ctx, ins: _reduce(ctx, ins, np.max),
+    "reduce_mean": lambda ctx, ins: _reduce(ctx, ins, "mean"),
+    "reduce_max": lambda ctx, ins: _reduce(ctx, ins, "max"),
     "flatten": _op_flatten,
     "add": _op_add,
     "concat": _op_concat,

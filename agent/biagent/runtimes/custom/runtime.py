@@ -19,14 +19,20 @@ import numpy as np
 
 from ... import __version__, kernels
 from ..base import InvokeError, LoadedModel, ModelLoadError, Runtime, RuntimeInfo, TensorSpec
-from . import ops
+from . import executor, ops
 from .engine import Graph, load_artifact
+from .executor import NativeGraph, Unplannable
 from .settings import KernelSettings
 
 
 class CustomModel(LoadedModel):
-    def __init__(self, graph: Graph, threads: int):
-        self.graph, self.threads = graph, threads
+    """A loaded graph, run by the whole-graph executor when `native` is given (the model's
+    plan), else node by node; `executor` says which, and why not the executor."""
+
+    def __init__(
+        self, graph: Graph, threads: int, native: NativeGraph | None = None, executor: str = "python"
+    ):
+        self.graph, self.threads, self.native, self.executor = graph, threads, native, executor
         self.inputs = [TensorSpec(s.name, s.shape, s.dtype) for s in graph.inputs]
         self.outputs = [TensorSpec(s.name, s.shape, s.dtype) for s in graph.outputs]
         self._inputs: list[np.ndarray] | None = None
@@ -40,7 +46,8 @@ class CustomModel(LoadedModel):
     def invoke(self) -> None:
         if self._inputs is None:
             raise InvokeError("invoke() before set_inputs()")
-        self._outputs = self.graph.run(self._inputs)  # the ops carry the model's settings
+        runner = self.native if self.native is not None else self.graph
+        self._outputs = runner.run(self._inputs)  # the ops carry the model's settings
 
     def get_outputs(self) -> list[np.ndarray]:
         if self._outputs is None:
@@ -103,18 +110,38 @@ class CustomRuntime(Runtime):
         )
 
     def load(self, path: Path, threads: int) -> LoadedModel:
-        return CustomModel(self._graph(path, threads, fuse=True), threads)
+        settings = KernelSettings.from_env(threads)
+        graph = self._graph(path, settings, fuse=True)
+        native, how = plan_native(graph, settings)
+        return CustomModel(graph, threads, native, how)
 
     def load_probing(self, path: Path, threads: int) -> LoadedModel:
-        return ProbingCustomModel(self._graph(path, threads, fuse=False), threads)
+        return ProbingCustomModel(self._graph(path, KernelSettings.from_env(threads), fuse=False), threads)
 
     @staticmethod
-    def _graph(path: Path, threads: int, fuse: bool) -> Graph:
+    def _graph(path: Path, settings: KernelSettings, fuse: bool) -> Graph:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read custom artifact {path}: {exc}") from exc
-        return load_artifact(data, KernelSettings.from_env(threads), fuse=fuse)
+        return load_artifact(data, settings, fuse=fuse)
+
+
+def plan_native(graph: Graph, settings: KernelSettings) -> tuple[NativeGraph | None, str]:
+    """The executor for `graph` at its declared batch size, planned now (so a graph it cannot
+    run is known at load), or None and why the model runs node by node."""
+    if not settings.executor:
+        return None, "python (BIAGENT_CUSTOM_EXECUTOR=python)"
+    if not ops.compiled(settings) or not executor.available():
+        return None, "python (the C kernels are not built or not asked for)"
+    native = NativeGraph(graph, settings.isa, settings.threads)
+    try:
+        steps, arena = native.prepare(graph.inputs[0].shape[0])
+    except Unplannable as exc:
+        return None, f"python ({exc})"
+    except ValueError as exc:  # graph_build refused a step: a planner bug, never a crash
+        return None, f"python (the executor refused the plan: {exc})"
+    return native, f"native ({steps} steps, {arena} arena bytes)"
 
 
 def _kernel_detail(settings: KernelSettings) -> str:

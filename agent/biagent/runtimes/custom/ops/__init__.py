@@ -4,7 +4,8 @@
 * xnor: packed bits, the XNOR-popcount dot (numpy reference and C), the weight layouts,
 * binary: the binary_conv op (BinaryLayer; BinaryConvReference, BinaryConvGemm, BinaryConvC),
 * conv: the full-precision conv (ConvReference, ConvC) and the stem's fused nodes,
-* elementwise: affine, clamp, prelu, linear and the pools.
+* elementwise: affine, clamp, prelu, linear and the pools,
+* simple: the parameter-only ops as classes the whole-graph planner can read.
 
 Each op takes the model's KernelSettings (settings.py) when it is built. The names below
 are what the engine, the fusion passes and the tests use; the tuning constants stay in
@@ -36,9 +37,19 @@ from .elementwise import (
     max_pool,
     prelu,
 )
+from .simple import Add, AvgPool, Concat, Flatten, Identity, Linear, PRelu, Reduce, Relu
 from .xnor import channel_packed_weights, popcount_lut8, xnor_gemm, xnor_popcount_dot
 
 __all__ = [
+    "Add",
+    "AvgPool",
+    "Concat",
+    "Flatten",
+    "Identity",
+    "Linear",
+    "PRelu",
+    "Reduce",
+    "Relu",
     "BinaryConv",
     "BinaryConvC",
     "BinaryConvGemm",
