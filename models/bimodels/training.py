@@ -6,12 +6,22 @@ atomic rename, so a crash loses at most the epoch in flight and a re-run resumes
 last finished epoch. The learning rate follows a cosine to 0 over the run, stepped per
 batch; shuffling is seeded per (seed, epoch), so a resumed run sees the same batches as an
 uninterrupted one. Only a "train" split is accepted: no training step sees the test split.
+
+Training time is the sum of the batches' wall times, not an epoch's wall time, so that a
+stall is not counted: a process stopped (SIGSTOP) or a machine paused (a VM frozen between
+sessions) keeps the wall clock running, and one such pause once made a 5-epoch fine-tune
+read 5,551 s instead of ~200 s. On the CPU a batch that took more than STALL_FACTOR times
+the epoch's median batch (and at least STALL_FLOOR_S more) is counted at the median and
+logged as a stall; on CUDA, where a batch's wall time is not its compute time, the epoch
+is timed whole.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +35,21 @@ from .tasks.base import Split, Task, TrainConfig
 
 # (epoch, epochs, batch, batches, running loss) -> None: progress bars live in the caller.
 ProgressFn = Callable[[int, int, int, int, float], None]
+
+STALL_FACTOR = 20.0  # a batch this many times slower than the epoch's median was not computing
+STALL_FLOOR_S = 1.0  # ... and at least this much slower (tiny batches vary more)
+
+log = logging.getLogger(__name__)
+
+
+def stall_free_seconds(batch_seconds: list[float]) -> tuple[float, int]:
+    """An epoch's training seconds with each stalled batch counted at the median; (seconds, stalls)."""
+    if not batch_seconds:
+        return 0.0, 0
+    median = statistics.median(batch_seconds)
+    cap = max(STALL_FACTOR * median, median + STALL_FLOOR_S)
+    stalls = sum(1 for s in batch_seconds if s > cap)
+    return sum(median if s > cap else s for s in batch_seconds), stalls
 
 
 @dataclass(frozen=True)
@@ -107,7 +132,9 @@ def train(
         total, count = 0.0, 0
         started = time.perf_counter()
         batches = math.ceil(len(split) / batch_size)
+        batch_seconds: list[float] = []
         for b in range(batches):
+            batch_started = time.perf_counter()
             x, y = split.batch(order[b * batch_size : (b + 1) * batch_size])
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = task.loss(model(x), y)
@@ -116,11 +143,23 @@ def train(
             opt.step()
             sched.step()
             total, count = total + float(loss.detach()) * len(y), count + len(y)
+            batch_seconds.append(time.perf_counter() - batch_started)  # float(loss) waited for it
             if progress is not None:
                 progress(epoch, epochs, b + 1, batches, total / count)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds += time.perf_counter() - started
+            seconds += time.perf_counter() - started
+        else:
+            epoch_seconds, stalls = stall_free_seconds(batch_seconds)
+            seconds += epoch_seconds
+            if stalls:
+                log.warning(
+                    "epoch %d: %d batch(es) stalled (process stopped or machine paused); "
+                    "counted at the median batch time, %.3f s",
+                    epoch + 1,
+                    stalls,
+                    statistics.median(batch_seconds),
+                )
         loss_value = total / max(1, count)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training diverged in epoch {epoch + 1}: loss {loss_value}")

@@ -7,6 +7,7 @@ import gzip
 import os
 import pickle
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,14 @@ from bimodels.data.cifar import write_cifar_batch
 from bimodels.data.idx import write_idx
 from bimodels.tasks import Split, TaskError, get_task, list_tasks
 from bimodels.tasks import image_classification as ic
-from bimodels.training import recalibrate_batch_norm, resolve_device, run_binary, run_full_precision, train
+from bimodels.training import (
+    recalibrate_batch_norm,
+    resolve_device,
+    run_binary,
+    run_full_precision,
+    stall_free_seconds,
+    train,
+)
 
 
 def test_idx_round_trip_and_corrupt_headers(tmp_path):
@@ -177,6 +185,49 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert done_before == 2
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_stall_free_seconds_counts_a_stalled_batch_at_the_median():
+    assert stall_free_seconds([0.1] * 9 + [100.0]) == pytest.approx((1.0, 1))
+    assert stall_free_seconds([0.1, 0.2, 0.3, 1.0]) == pytest.approx((1.6, 0))  # slow, not stalled
+    assert stall_free_seconds([]) == (0.0, 0)
+
+
+class _StallingTask:
+    """The task, but one loss call sleeps: a process stopped or a machine paused mid-batch."""
+
+    def __init__(self, task, at_call: int, seconds: float):
+        self.task, self.at_call, self.seconds, self.calls = task, at_call, seconds, 0
+
+    def loss(self, output, target):
+        self.calls += 1
+        if self.calls == self.at_call:
+            time.sleep(self.seconds)
+        return self.task.loss(output, target)
+
+
+def test_a_paused_batch_is_not_counted_as_training_time(caplog):
+    task = get_task("image_classification")
+    tr, _ = _tiny()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2))  # ~1 ms a batch
+    stalling = _StallingTask(task, at_call=3, seconds=3.0)
+    with caplog.at_level("WARNING", logger="bimodels.training"):
+        seconds, _, _ = train(
+            model,
+            stalling,
+            tr,
+            optimizer="sgd",
+            lr=0.05,
+            epochs=1,
+            batch_size=8,
+            weight_decay=0.0,
+            seed=0,
+            device=torch.device("cpu"),
+            checkpoint=None,
+        )
+    assert seconds < 2.0  # eight tiny batches, and not the 3 s pause
+    assert "1 batch(es) stalled" in caplog.text
 
 
 class _Crash(Exception):
