@@ -457,3 +457,33 @@ void fp_linear(const float *x, const float *w, const float *bias, int64_t rows, 
     }
     (void)threads;
 }
+
+void fp_conv1d(const float *x, int64_t C, int64_t L, const float *w, const float *bias, int64_t cout, int64_t groups,
+               int64_t k, int64_t stride, int64_t dilation, int64_t pad, int64_t OL, float *y, int threads) {
+    const int64_t cg = C / groups, og = cout / groups;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (cout * cg * k * OL >= (1 << 18))
+#endif
+    for (int64_t o = 0; o < cout; o++) {
+        float *yo = y + o * OL;
+        for (int64_t p = 0; p < OL; p++) yo[p] = 0.0f;
+        const int64_t g = o / og;
+        for (int64_t c = 0; c < cg; c++) {
+            const float *xc = x + (g * cg + c) * L;
+            for (int64_t t = 0; t < k; t++) {
+                const float wt = w[(o * cg + c) * k + t];
+                const int64_t off = t * dilation - pad; /* input index of output p: p * stride + off */
+                int64_t p0 = off < 0 ? (-off + stride - 1) / stride : 0;
+                int64_t p1 = L - off <= 0 ? 0 : (L - off - 1) / stride + 1; /* first p with p * stride + off >= L */
+                if (p1 > OL) p1 = OL;
+                if (stride == 1)
+                    for (int64_t p = p0; p < p1; p++) yo[p] += wt * xc[p + off];
+                else
+                    for (int64_t p = p0; p < p1; p++) yo[p] += wt * xc[p * stride + off];
+            }
+        }
+        if (bias)
+            for (int64_t p = 0; p < OL; p++) yo[p] += bias[o];
+    }
+    (void)threads;
+}

@@ -35,6 +35,11 @@ int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const floa
 /* Y (M, N) = W (M, K) x X (K, N) [+ bias (M)], W packed (ceil(M/8), K, 8); OpenMP over column tiles
  * (AVX-512; -1 where the CPU or build has none, as fp_conv2d_direct_supported says). */
 int fp_gemm(const float *wp, const float *x, const float *bias, int64_t M, int64_t K, int64_t N, float *y, int threads);
+/* A full-precision 1-D conv with zero padding and groups, per sample: x (C, L), w (cout, C / groups, k),
+ * y (cout, OL). Each output sums its (channel, tap) products in that order, then adds the bias, whatever
+ * the thread count (OpenMP over output channels). */
+void fp_conv1d(const float *x, int64_t C, int64_t L, const float *w, const float *bias, int64_t cout, int64_t groups,
+               int64_t k, int64_t stride, int64_t dilation, int64_t pad, int64_t OL, float *y, int threads);
 /* y (rows, M) = x (rows, K) . w (M, K)^T [+ bias (M)]: each dot in one fixed order (eight partial
  * sums, then the tail), whatever the thread count, so the per-node path and the whole-graph
  * executor compute the same floats. OpenMP over the outputs of large layers. */

@@ -22,6 +22,7 @@
 
 #include "bconv.h"
 #include "fpops.h"
+#include "xnor_gemm.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -273,6 +274,31 @@ static int check_step(checker *c, const int64_t *s) {
         if (!dims_ok(p, 0, 1, 1)) return fail(c, "beta: bad shape");
         return need_ref(c, s, 1, mul3(p[0], p[1], 4), 0, "beta input") || need_ref(c, s, 0, mul(p[0], 4), 0, "beta output") ||
                need_ref(c, s, 3, mul3(p[0], p[1], 4), 0, "beta scratch");
+    case G_CONV1D: { /* p: n, C, L, cout, groups, k, stride, dilation, pad, OL */
+        if (!dims_ok(p, 0, 9, 0) || !dims_ok(p, 0, 7, 1) || p[9] < 1 || p[1] % p[4] || p[3] % p[4])
+            return fail(c, "conv1d: bad geometry");
+        /* every tap read lies inside [0, L): fp_conv1d clips the output range per tap */
+        return need_ref(c, s, 1, mul(mul3(p[0], p[1], p[2]), 4), 0, "conv1d input") ||
+                       need_ref(c, s, 0, mul(mul3(p[0], p[3], p[9]), 4), 0, "conv1d output") ||
+                       need_tensor(c, s, 0, mul3(p[3], p[1] / p[4], p[5]), 4, 0, "weight") ||
+                       need_tensor(c, s, 1, p[3], 4, 1, "bias")
+                   ? -1
+                   : 0;
+    }
+    case G_BLINEAR: { /* p: rows, K, cout, W, mean_abs, gain_count (0, 1 or cout) */
+        if (!dims_ok(p, 0, 3, 1) || p[3] != (p[1] + 63) / 64 || (p[4] != 0 && p[4] != 1) ||
+            (p[5] != 0 && p[5] != 1 && p[5] != p[2]))
+            return fail(c, "binary linear: bad shape");
+        const int64_t rows = p[0], K = p[1], cout = p[2], W = p[3];
+        return need_ref(c, s, 1, mul3(rows, K, 4), 0, "binary linear input") ||
+                       need_ref(c, s, 0, mul3(rows, cout, 4), 0, "binary linear output") ||
+                       need_ref(c, s, 3, mul(rows, mul(W, 8) + mul(cout, 4)), 0, "binary linear scratch") ||
+                       need_tensor(c, s, 0, mul(cout, W), 8, 0, "weights") || need_tensor(c, s, 1, K, 4, 1, "shift") ||
+                       need_tensor(c, s, 2, cout, 4, 1, "alpha") || need_tensor(c, s, 3, cout, 4, 1, "channel scale") ||
+                       need_tensor(c, s, 4, p[5], 4, p[5] == 0, "gain") || need_tensor(c, s, 5, cout, 4, 1, "bias")
+                   ? -1
+                   : 0;
+    }
     case G_TRANSPOSE: /* p: batch, rows, cols */
         if (!dims_ok(p, 0, 2, 1)) return fail(c, "transpose: bad shape");
         return need_ref(c, s, 1, mul(mul3(p[0], p[1], p[2]), 4), 0, "transpose input") ||
@@ -470,6 +496,28 @@ static float pairwise_sum(const float *a, int64_t n, int64_t stride) {
     return pairwise_sum(a, n2, stride) + pairwise_sum(a + n2 * stride, n - n2, stride);
 }
 
+/* pairwise_sum of |a[i]| (np.abs(x) is a float32 array first: the same values). */
+static float pairwise_abs_sum(const float *a, int64_t n) {
+    if (n < 8) {
+        float res = 0.0f;
+        for (int64_t i = 0; i < n; i++) res += fabsf(a[i]);
+        return res;
+    }
+    if (n <= 128) {
+        float r[8];
+        for (int j = 0; j < 8; j++) r[j] = fabsf(a[j]);
+        int64_t i;
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++) r[j] += fabsf(a[i + j]);
+        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += fabsf(a[i]);
+        return res;
+    }
+    int64_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_abs_sum(a, n2) + pairwise_abs_sum(a + n2, n - n2);
+}
+
 /* A float32 sum over a contiguous run as np.add.reduce takes it: its iterator hands the loop
  * buffers of 8192 elements, each summed pairwise, added in order. */
 #define NUMPY_BUFSIZE 8192
@@ -506,6 +554,46 @@ static void run_reduce(const frame *f, const int64_t *s) {
                 }
                 yo[i] = m;
             }
+        }
+    }
+}
+
+/* BinaryConvGemm's linear (ops/binary.py), the same integers and the same float32 sequence:
+ * signs of x + shift packed LSB first, XNOR-popcount dots, then * alpha, * mean|x| (XNOR's beta,
+ * numpy's sum), * channel scale, * gain, + bias. */
+static void run_blinear(const frame *f, const int64_t *s, int threads) {
+    const int64_t *p = s + G_P;
+    const int64_t rows = p[0], K = p[1], cout = p[2], W = p[3];
+    const float *x = ref(f, s, 1), *shift = tensor(f, s, 1), *alpha = tensor(f, s, 2), *cs = tensor(f, s, 3),
+                *gain = tensor(f, s, 4), *bias = tensor(f, s, 5);
+    float *y = ref(f, s, 0);
+    uint64_t *acts = ref(f, s, 3);
+    int32_t *dots = (int32_t *)(acts + rows * W);
+    memset(acts, 0, sizeof(uint64_t) * (size_t)(rows * W));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < K; j++) {
+            const float v = shift ? x[r * K + j] + shift[j] : x[r * K + j];
+            if (!(v >= 0.0f)) acts[r * W + j / 64] |= (uint64_t)1 << (j % 64);
+        }
+    xnor_gemm(acts, tensor(f, s, 0), dots, rows, W, cout, K, threads);
+    for (int64_t r = 0; r < rows; r++) {
+        float beta = 0.0f;
+        if (p[4]) { /* np.abs(x).mean(axis=-1): |x| summed as numpy sums a row */
+            float sum = 0.0f;
+            for (int64_t at = 0; at < K; at += NUMPY_BUFSIZE) {
+                const int64_t len = K - at < NUMPY_BUFSIZE ? K - at : NUMPY_BUFSIZE;
+                sum += pairwise_abs_sum(x + r * K + at, len);
+            }
+            beta = sum / (float)K;
+        }
+        for (int64_t o = 0; o < cout; o++) {
+            float v = (float)dots[r * cout + o];
+            if (alpha) v *= alpha[o];
+            if (p[4]) v *= beta;
+            if (cs) v *= cs[o];
+            if (gain) v *= gain[p[5] == 1 ? 0 : o];
+            if (bias) v += bias[o];
+            y[r * cout + o] = v;
         }
     }
 }
@@ -598,6 +686,14 @@ int64_t graph_run(graph_plan *g, const void *const *inputs, void *const *outputs
             }
             break;
         }
+        case G_BLINEAR:
+            run_blinear(&f, s, threads);
+            break;
+        case G_CONV1D:
+            for (int64_t b = 0; b < p[0]; b++)
+                fp_conv1d((const float *)ref(&f, s, 1) + b * p[1] * p[2], p[1], p[2], tensor(&f, s, 0), tensor(&f, s, 1),
+                          p[3], p[4], p[5], p[6], p[7], p[8], p[9], (float *)ref(&f, s, 0) + b * p[3] * p[9], threads);
+            break;
         case G_TRANSPOSE: {
             const float *x = ref(&f, s, 1);
             float *y = ref(&f, s, 0);

@@ -27,7 +27,9 @@ enum {
     G_PRELU = 11,    /* x > 0 ? x : w * x, w per channel or one */
     G_GAIN = 12,     /* y *= gain (over the trailing axes), then + bias per channel (XNOR++) */
     G_BETA = 13,     /* XNOR's beta: per-sample mean |x| (numpy's pairwise float32 sum) */
-    G_TRANSPOSE = 14 /* (rows, cols) -> (cols, rows) */
+    G_TRANSPOSE = 14, /* (rows, cols) -> (cols, rows) */
+    G_CONV1D = 15,    /* a full-precision 1-D conv, any groups (fpops.c: fp_conv1d) */
+    G_BLINEAR = 16    /* a binary linear on the popcount GEMM (xnor_gemm.c) with XNOR's beta and a gain */
 };
 
 /* The tensors a plan reads: pointer, element count and element size, as checked by the caller. */

@@ -533,6 +533,42 @@ done:
     return result;
 }
 
+
+static PyObject *py_conv1d(PyObject *self, PyObject *args) {
+    PyObject *xo, *wo, *bo, *yo;
+    long long groups, stride, dilation, pad, pad_r;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OOOO(LLLLL)|i", &xo, &wo, &bo, &yo, &groups, &stride, &dilation, &pad, &pad_r, &threads))
+        return NULL;
+    opt_buf b[4];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], 3, 4, 'f', 0, 0, "conv1d: x") || take(wo, &b[1], 3, 4, 'f', 0, 0, "conv1d: weight") ||
+        take(bo, &b[2], 1, 4, 'f', 0, 1, "conv1d: bias") || take(yo, &b[3], 3, 4, 'f', 1, 0, "conv1d: out"))
+        goto done;
+    const Py_ssize_t *xs = b[0].view.shape, *ws = b[1].view.shape, *ys = b[3].view.shape;
+    const int64_t n = xs[0], C = xs[1], L = xs[2], cout = ws[0], k = ws[2], OL = ys[2];
+    if (groups < 1 || stride < 1 || dilation < 1 || pad < 0 || pad_r < 0 || C % groups || cout % groups ||
+        ws[1] != C / groups || ys[0] != n || ys[1] != cout || k < 1 || L + pad + pad_r < dilation * (k - 1) + 1 ||
+        OL != (L + pad + pad_r - dilation * (k - 1) - 1) / stride + 1 ||
+        (b[2].held && b[2].view.shape[0] != cout)) {
+        PyErr_SetString(PyExc_ValueError, "conv1d: x (N, C, L), weight (cout, C / groups, k), bias (cout,) or None, "
+                                          "out (N, cout, OL) with OL the padded output length");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t i = 0; i < n; i++)
+        fp_conv1d((const float *)b[0].view.buf + i * C * L, C, L, (const float *)b[1].view.buf,
+                  b[2].held ? (const float *)b[2].view.buf : NULL, cout, groups, k, stride, dilation, pad, OL,
+                  (float *)b[3].view.buf + i * cout * OL, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 4);
+    return result;
+}
+
 static PyObject *py_conv2d_direct_supported(PyObject *self, PyObject *noargs) {
     return PyBool_FromLong(fp_conv2d_direct_supported());
 }
@@ -752,6 +788,8 @@ static PyMethodDef methods[] = {
      "((kh, kw, sh, sw, dh, dw, pt, pl), conv_oh, conv_ow))]): few-channel stem conv; the post-ops are the fused next "
      "nodes (channel_affine, hardtanh, max_pool), each optional (None)"},
     {"linear", py_linear, METH_VARARGS, "linear(x, weight, bias, out, threads=1): x @ weight.T + bias, fixed summation order"},
+    {"conv1d", py_conv1d, METH_VARARGS,
+     "conv1d(x, weight, bias, out, (groups, stride, dilation, pad_l, pad_r), threads=1): a zero-padded FP conv1d"},
     {"conv2d_direct_supported", py_conv2d_direct_supported, METH_NOARGS, "Whether conv2d_direct (and fp_gemm) run here."},
     {"fp_gemm", py_fp_gemm, METH_VARARGS,
      "fp_gemm(weights (ceil(M/8), K, 8), x (K, N), bias or None, out (M, N), threads=1): out = W x + bias on OpenMP threads"},

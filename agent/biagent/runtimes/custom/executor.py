@@ -53,6 +53,8 @@ OP = {
     "gain": 12,
     "beta": 13,
     "transpose": 14,
+    "conv1d": 15,
+    "blinear": 16,
 }
 ALIGN = 64
 PLANS_KEPT = 4  # batch sizes whose plans (and arenas) a model keeps
@@ -367,6 +369,9 @@ def _concat(pl: Planner, node: Node, axis: int) -> None:
 
 def _conv(pl: Planner, node: Node, conv: ops.Conv, post: ops.StemPost | None) -> None:
     x = pl.shape(node.inputs[0])
+    if len(x) == 3 and isinstance(conv, ops.ConvC):
+        _conv1d(pl, node, conv, post)
+        return
     direct = isinstance(conv, ops.ConvC) and conv.direct is not None
     gemm = isinstance(conv, ops.ConvC) and conv.gemm_w is not None
     if len(x) != 4 or conv.groups != 1 or not (direct or gemm):
@@ -405,6 +410,21 @@ def _conv(pl: Planner, node: Node, conv: ops.Conv, post: ops.StemPost | None) ->
         _stem_post(pl, last, node.output, post)
 
 
+def _conv1d(pl: Planner, node: Node, conv: ops.ConvC, post: ops.StemPost | None) -> None:
+    """ConvC's 1-D path (fp_conv1d), any groups."""
+    if post is not None:
+        raise Unplannable("a 1-D conv with fused nodes")
+    n, c, length = pl.shape(node.inputs[0])
+    (out_len,) = out_spatial((length,), conv.pads, conv.kernel, conv.stride, conv.dilation)
+    src = pl.read(node.inputs[0])
+    out = pl.write(node.output, (n, conv.cout, out_len))
+    w = np.ascontiguousarray(conv.w.reshape(conv.cout, conv.cg, conv.kernel[0]))
+    geometry = [n, c, length, conv.cout, conv.groups, conv.kernel[0], conv.stride[0], conv.dilation[0]]
+    pl.emit(
+        _Step("conv1d", [out, src, None, None], [w, _f32(conv.bias)], [*geometry, conv.pads[0][0], out_len])
+    )
+
+
 def _stem_post(pl: Planner, src: str, final: str, post: ops.StemPost) -> None:
     """A FusedStemConv on the GEMM path: its fused nodes, one step each (StemPost.apply)."""
     stages = [
@@ -438,10 +458,13 @@ def _bconv(
     bits_for: ops.BinaryConv | None,
     post_after: ops.PostOps | None = None,
 ) -> None:
+    if isinstance(conv, ops.BinaryConvGemm) and conv.kind == "linear":
+        if post_after is not None:
+            raise Unplannable("a linear with fused nodes")
+        _blinear(pl, node, conv)
+        return
     if not isinstance(conv, ops.BinaryConvC):
-        raise Unplannable(
-            f"{type(conv).__name__} (grouped convs and narrow or XNOR linears keep the per-node path)"
-        )
+        raise Unplannable(f"{type(conv).__name__} (a grouped binary conv keeps the per-node path)")
     if conv.kind == "linear":
         _bconv_linear(pl, node, conv)
         if post_after is not None:
@@ -571,6 +594,30 @@ def _post_ops(pl: Planner, node: Node, src: str, post: ops.PostOps) -> None:
     if not stages:
         pl.values[node.output] = pl.values[src]
         pl.shapes[node.output] = pl.shapes[src]
+
+
+def _blinear(pl: Planner, node: Node, conv: ops.BinaryConvGemm) -> None:
+    """BinaryConvGemm's linear (narrow, XNOR's beta or a gain): packed rows, the popcount GEMM
+    and its float epilogue, one step."""
+    x = pl.shape(node.inputs[0])
+    rows, k = math.prod(x[:-1]), x[-1]
+    words = -(-k // 64)
+    gain = None if conv.gain is None else np.ascontiguousarray(conv.gain, dtype=np.float32).reshape(-1)
+    if gain is not None and gain.size not in (1, conv.cout):
+        raise Unplannable(f"a linear's output gain of {gain.size} values over {conv.cout} outputs")
+    src = pl.read(node.inputs[0])
+    scratch = pl.scratch(rows * (8 * words + 4 * conv.cout))
+    out = pl.write(node.output, (*x[:-1], conv.cout))
+    tensors = [
+        conv.weights_rows[0],
+        _f32(conv.shift),
+        _f32(conv.alpha),
+        _f32(conv.channel_scale),
+        gain,
+        _f32(conv.bias),
+    ]
+    ints = [rows, k, conv.cout, words, int(conv.mean_abs), 0 if gain is None else gain.size]
+    pl.emit(_Step("blinear", [out, src, None, scratch], tensors, ints))
 
 
 def _bconv_linear(pl: Planner, node: Node, conv: ops.BinaryConvC) -> None:

@@ -160,6 +160,8 @@ class ConvC(ConvReference):
 
     * few input channels (a stem): the direct kernel beats im2col + sgemm (K is tiny and the
       im2col copies the input kh*kw/stride^2 times). Weights as (ceil(C_out/8), C, kh, kw, 8).
+    * a 1-D conv (any groups): a direct loop (fp_conv1d), each output's products summed in
+      (channel, tap) order, as the whole-graph executor runs it;
     * every other 2-D conv with groups == 1: im2col + our OpenMP GEMM (weights (ceil(C_out/8),
       K, 8)), which uses every thread without a Python hand-off (OpenBLAS would run on one)
       and computes exactly what the whole-graph executor computes (executor.py), so the
@@ -201,6 +203,20 @@ class ConvC(ConvReference):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.direct is not None:
             return self.direct_call(x)
+        if len(self.kernel) == 1 and hasattr(_xnor, "conv1d"):  # any groups: the executor's loop
+            out = self.out_shape(x.shape)
+            y = np.empty((x.shape[0], self.cout, *out), np.float32)
+            (pl, pr), (s,), (d,) = self.pads[0], self.stride, self.dilation
+            w = self.w.reshape(self.cout, self.cg, self.kernel[0])
+            _xnor.conv1d(
+                np.ascontiguousarray(x, dtype=np.float32),
+                w,
+                self.bias,
+                y,
+                (self.groups, s, d, pl, pr),
+                self.settings.threads,
+            )
+            return y
         if self.gemm_w is not None:  # a 2-D conv, groups == 1: the whole-graph executor's arithmetic
             threads = self.settings.threads
             out = self.out_shape(x.shape)
