@@ -229,6 +229,29 @@ def test_reduce_mean_sums_as_numpy_does():
         np.testing.assert_array_equal(native.run([x])[0], graph.run([x])[0])
 
 
+@pytest.mark.parametrize("special", ["none", "nan", "inf", "-inf", "nan+inf"])
+def test_reduce_max_is_numpys_max_with_nan_and_infinities(special):
+    from biformats.custom import write_artifact
+
+    n = 1000
+    node = {
+        "name": "m",
+        "op": "reduce_max",
+        "inputs": ["x"],
+        "outputs": ["y"],
+        "attrs": {"axes": [2], "keepdims": False},
+    }
+    data = write_artifact([{"name": "x", "shape": [2, 3, n], "dtype": "float32"}], ["y"], [node], {})
+    graph = load_artifact(data, KernelSettings(), fuse=True)
+    x = np.random.default_rng(1).standard_normal((2, 3, n)).astype(np.float32)
+    for token in special.split("+"):
+        if token != "none":
+            x[0, 1, 517] = x[1, 2, 3] = np.float32(token)
+    got, want = NativeGraph(graph, "auto", 1).run([x])[0], np.max(x, axis=2)
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+
+
 def test_unplannable_names_the_node():
     data, _ = _export("resnet20", "bnn")
     graph = load_artifact(data, KernelSettings(), fuse=True)
