@@ -203,6 +203,7 @@ def custom_artifact_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
     the loader raises ModelLoadError (with a reason) or loads a graph that runs or raises InvokeError."""
     from biagent.runtimes.base import InvokeError, ModelLoadError
     from biagent.runtimes.custom import KernelSettings, load_artifact
+    from biagent.runtimes.custom.runtime import plan_native
 
     with zipfile.ZipFile(io.BytesIO(seed_artifact)) as zf:
         doc = json.loads(zf.read("graph.json"))
@@ -254,12 +255,75 @@ def custom_artifact_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
             assert str(exc)
             outcomes["rejected"] = outcomes.get("rejected", 0) + 1
             return
+        x = np.zeros(graph.inputs[0].shape, np.float32)
         try:
-            graph.run([np.zeros(graph.inputs[0].shape, np.float32)])
+            graph.run([x])
             outcomes["ran"] = outcomes.get("ran", 0) + 1
         except InvokeError as exc:
             assert str(exc)
             outcomes["invoke error"] = outcomes.get("invoke error", 0) + 1
+        native, how = plan_native(graph, KernelSettings.from_env())  # the whole-graph executor too
+        if native is None:
+            outcomes["executor: not planned"] = outcomes.get("executor: not planned", 0) + 1
+            assert how.startswith("python (")
+            return
+        try:
+            native.run([x])
+            outcomes["executor: ran"] = outcomes.get("executor: ran", 0) + 1
+        except InvokeError as exc:
+            assert str(exc)
+            outcomes["executor: invoke error"] = outcomes.get("executor: invoke error", 0) + 1
+
+    prop()
+    return outcomes
+
+
+def executor_plan_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
+    """Mutated plans of the whole-graph executor (kernels/graph.c): any slot of any step set to
+    a hostile value. graph_build refuses the plan with a ValueError naming the step, or the
+    plan it accepts runs to the end (or stops with a ValueError); it never crashes."""
+    from biagent.kernels import _xnor
+    from biagent.runtimes.custom import KernelSettings, load_artifact
+    from biagent.runtimes.custom.executor import SLOTS, Planner
+
+    graph = load_artifact(seed_artifact, KernelSettings.from_env())
+    planner = Planner(graph, 1)
+    planner.plan()
+    arena = planner.layout()
+    steps, floats, tensors = planner.tables()
+    in_bytes = [4 * int(np.prod(s.shape)) for s in graph.inputs]
+    out_bytes = [4 * int(np.prod(s.shape)) for s in graph.outputs]
+    x = np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
+    outcomes: dict[str, int] = {}
+    hostile = st.one_of(
+        st.sampled_from(
+            [0, 1, -1, 2, 7, 8, 63, 64, 65, 1 << 20, 1 << 31, 1 << 32, 1 << 40, -(1 << 62), (1 << 63) - 1]
+        ),
+        st.integers(-(2**63), 2**63 - 1),
+    )
+    edits = st.lists(
+        st.tuples(st.integers(0, len(steps) - 1), st.integers(0, SLOTS - 1), hostile), min_size=1, max_size=4
+    )
+
+    @_settings(n)
+    @given(edits=edits, nudge=st.booleans())
+    def prop(edits, nudge):
+        mutated = steps.copy()
+        for i, j, value in edits:
+            mutated[i, j] = mutated[i, j] + (1 if value > 0 else -1) if nudge else value
+        try:
+            plan = _xnor.graph_build(mutated, floats, tensors, arena, in_bytes, out_bytes)
+        except ValueError as exc:
+            assert "graph_build: " in str(exc)
+            outcomes["refused at build"] = outcomes.get("refused at build", 0) + 1
+            return
+        out = np.empty(out_bytes[0] // 4, np.float32)
+        try:
+            _xnor.graph_run(plan, (x,), (out,), "auto", 1)
+            outcomes["built and ran"] = outcomes.get("built and ran", 0) + 1
+        except ValueError as exc:
+            assert str(exc)
+            outcomes["built, refused at run"] = outcomes.get("built, refused at run", 0) + 1
 
     prop()
     return outcomes

@@ -175,6 +175,9 @@ def test_graph_build_refuses_plans_that_reach_out_of_bounds():
         lambda s, f: s.__setitem__((bconv, 9 + 4), s[bconv, 9]), "tensor alpha must hold"
     )  # the packed weights
     refused(lambda s, f: s.__setitem__((0, 0), 99), "unknown op 99")
+    # the fuzzer's find: a slot the op reads only in another mode (the next conv's shift, read
+    # only when writing packed bits) was not checked, and graph_run read past the tensors
+    refused(lambda s, f: s.__setitem__((bconv, 9 + 9), 1 << 31), "tensor slot 9: index 2147483648")
     refused(lambda s, f: s.__setitem__((bconv, 1), (7 << 32)), "unknown space")
     with pytest.raises(ValueError, match="output 0 has"):
         plan = _xnor.graph_build(steps, floats, tensors, arena, in_bytes, out_bytes)

@@ -12,6 +12,7 @@ from bihost.client import AgentClient
 from tests.fuzz import (
     custom_artifact_mutations,
     double_model_onnx,
+    executor_plan_mutations,
     nan_and_inf_checks,
     raw_bytes_to_every_rpc,
     silent_and_slow_clients,
@@ -59,7 +60,7 @@ def test_mutated_custom_artifacts_only_raise_load_or_invoke_errors():
     ).eval()
     seed = bimodels.export(model, "custom", torch.randn(1, 3, 5, 5))
     outcomes = custom_artifact_mutations(seed, 300)
-    assert sum(outcomes.values()) == 300 and outcomes.get("rejected"), outcomes
+    assert _cases(outcomes) == 300 and outcomes.get("rejected"), outcomes
 
 
 def test_mutated_fused_resnet_artifacts_only_raise_load_or_invoke_errors():
@@ -71,7 +72,21 @@ def test_mutated_fused_resnet_artifacts_only_raise_load_or_invoke_errors():
     ops = {n.op for n in load_artifact(seed, KernelSettings.from_env()).nodes}
     assert {"binary_conv+channel_affine+add+hardtanh", "binary_conv+channel_affine+hardtanh+sign"} <= ops, ops
     outcomes = custom_artifact_mutations(seed, 200)
-    assert sum(outcomes.values()) == 200 and outcomes.get("rejected") and outcomes.get("ran"), outcomes
+    assert _cases(outcomes) == 200 and outcomes.get("rejected") and outcomes.get("ran"), outcomes
+    assert outcomes.get("executor: ran"), outcomes  # the loadable mutants ran through the executor too
+
+
+def test_mutated_executor_plans_are_refused_or_run_never_crash():
+    torch.manual_seed(0)
+    model = bimodels.binarize(bimodels.create_model("resnet20"), "xnor").eval()
+    seed = bimodels.export(model, "custom", torch.randn(1, 3, 32, 32))
+    outcomes = executor_plan_mutations(seed, 300)
+    assert sum(outcomes.values()) == 300 and outcomes.get("refused at build"), outcomes
+
+
+def _cases(outcomes: dict[str, int]) -> int:
+    """Mutants tried (the executor's outcomes count the same mutants again)."""
+    return sum(v for k, v in outcomes.items() if not k.startswith("executor:"))
 
 
 def test_regressions_the_fuzzer_found(start_agent):

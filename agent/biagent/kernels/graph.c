@@ -214,6 +214,14 @@ static int check_pool(checker *c, const int64_t *s, int avg) {
 
 static int check_step(checker *c, const int64_t *s) {
     const int64_t *p = s + G_P;
+    /* whatever the op reads: every tensor index names a tensor, every buffer a space it starts in
+     * (each op then checks the extents it uses) */
+    for (int t = 0; t < G_TENSORS; t++)
+        if (s[9 + t] < -1 || s[9 + t] >= c->plan->n_tensors)
+            return fail(c, "tensor slot %d: index %lld is not one of the %lld tensors", t, (long long)s[9 + t],
+                        (long long)c->plan->n_tensors);
+    for (int r = 0; r < G_REFS; r++)
+        if (s[1 + 2 * r] >= 0 && need_ref(c, s, r, 0, 0, "a")) return -1;
     switch (s[0]) {
     case G_BCONV:
         return check_bconv(c, s);
