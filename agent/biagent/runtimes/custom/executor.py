@@ -11,10 +11,10 @@ and tensors it names before the plan is accepted (graph_build), and `NativeGraph
 then one native call that runs all steps with the GIL released.
 
 The steps call the kernels the per-node path calls (the binary conv with its fused
-epilogue and packed outputs, the direct stem conv, the affine, clamp and pools), so those
-give the same floats. Three differ in the last bits, by summation order: a full-precision
-linear (the per-node path uses BLAS), a conv on the GEMM path at one thread (BLAS there
-too) and a mean over a strided axis; the tests hold them to a tolerance.
+epilogue and packed outputs, the direct stem conv, the FP GEMM, fp_linear, fp_conv1d, the
+affine, clamp and pools), and the reductions sum as numpy does, so the executor computes
+the same floats bit for bit: the numerics check relies on it, since its probing instance
+runs node by node. The tests compare every architecture and algorithm exactly.
 
 What cannot be planned raises `Unplannable` with the node and the reason; the runtime
 then keeps the per-node path for that model and says why (`CustomModel.executor`).
