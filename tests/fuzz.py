@@ -284,15 +284,11 @@ def executor_plan_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
     plan it accepts runs to the end (or stops with a ValueError); it never crashes."""
     from biagent.kernels import _xnor
     from biagent.runtimes.custom import KernelSettings, load_artifact
-    from biagent.runtimes.custom.executor import SLOTS, Planner
+    from biagent.runtimes.custom.executor import SLOTS, plan_tables
 
     graph = load_artifact(seed_artifact, KernelSettings.from_env())
-    planner = Planner(graph, 1)
-    planner.plan()
-    arena = planner.layout()
-    steps, floats, tensors = planner.tables()
-    in_bytes = [4 * int(np.prod(s.shape)) for s in graph.inputs]
-    out_bytes = [4 * int(np.prod(s.shape)) for s in graph.outputs]
+    tables = plan_tables(graph, 1)
+    steps, floats, tensors, arena, in_bytes, out_bytes = tables.build_args()
     x = np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
     outcomes: dict[str, int] = {}
     hostile = st.one_of(

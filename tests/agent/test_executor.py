@@ -18,7 +18,7 @@ import bimodels
 from biagent import kernels
 from biagent.runtimes.custom import executor, load_artifact
 from biagent.runtimes.custom.engine import Graph, ValueSpec
-from biagent.runtimes.custom.executor import NativeGraph, Planner, Unplannable
+from biagent.runtimes.custom.executor import NativeGraph, Planner, Unplannable, plan_tables
 from biagent.runtimes.custom.runtime import CustomRuntime, plan_native
 from biagent.runtimes.custom.settings import KernelSettings
 
@@ -143,14 +143,8 @@ def test_invoke_errors_are_invoke_errors():
 # -- graph_build: no plan can reach out of bounds -------------------------------------------------
 def _plan_tables(arch="resnet20", algo="bnn"):
     data, x = _export(arch, algo)
-    graph = load_artifact(data, KernelSettings(), fuse=True)
-    planner = Planner(graph, 1)
-    planner.plan()
-    arena = planner.layout()
-    steps, floats, tensors = planner.tables()
-    in_bytes = [4 * int(np.prod(s.shape)) for s in graph.inputs]
-    out_bytes = [4 * int(np.prod(s.shape)) for s in graph.outputs]
-    return steps, floats, tensors, arena, in_bytes, out_bytes, x[:1]
+    tables = plan_tables(load_artifact(data, KernelSettings(), fuse=True), 1)
+    return (*tables.build_args(), x[:1])
 
 
 def test_graph_build_refuses_plans_that_reach_out_of_bounds():

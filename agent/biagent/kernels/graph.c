@@ -278,10 +278,9 @@ static int check_step(checker *c, const int64_t *s) {
                        need_tensor(c, s, 0, p[3], 4, 0, "gain") || need_tensor(c, s, 1, p[1], 4, 1, "bias")
                    ? -1
                    : 0;
-    case G_BETA: /* p: n, per_sample; in2: scratch for |x| */
+    case G_BETA: /* p: n, per_sample */
         if (!dims_ok(p, 0, 1, 1)) return fail(c, "beta: bad shape");
-        return need_ref(c, s, 1, mul3(p[0], p[1], 4), 0, "beta input") || need_ref(c, s, 0, mul(p[0], 4), 0, "beta output") ||
-               need_ref(c, s, 3, mul3(p[0], p[1], 4), 0, "beta scratch");
+        return need_ref(c, s, 1, mul3(p[0], p[1], 4), 0, "beta input") || need_ref(c, s, 0, mul(p[0], 4), 0, "beta output");
     case G_CONV1D: { /* p: n, C, L, cout, groups, k, stride, dilation, pad, OL */
         if (!dims_ok(p, 0, 9, 0) || !dims_ok(p, 0, 7, 1) || p[9] < 1 || p[1] % p[4] || p[3] % p[4])
             return fail(c, "conv1d: bad geometry");
@@ -482,57 +481,38 @@ static void run_avgpool(const frame *f, const int64_t *s) {
             }
 }
 
-/* numpy's pairwise float32 sum (its reductions over a contiguous axis), so a mean equals np.mean's. */
-static float pairwise_sum(const float *a, int64_t n, int64_t stride) {
+/* numpy's pairwise float32 sum (its reductions over a contiguous axis), of |a[i]| when `absolute`
+ * (np.abs(x) is a float32 array first: the same values), so a mean equals np.mean's. */
+static float pairwise_sum(const float *a, int64_t n, int absolute) {
+#define TERM(i) (absolute ? fabsf(a[i]) : a[i])
     if (n < 8) {
         float res = 0.0f;
-        for (int64_t i = 0; i < n; i++) res += a[i * stride];
+        for (int64_t i = 0; i < n; i++) res += TERM(i);
         return res;
     }
     if (n <= 128) {
         float r[8];
-        for (int j = 0; j < 8; j++) r[j] = a[j * stride];
+        for (int j = 0; j < 8; j++) r[j] = TERM(j);
         int64_t i;
         for (i = 8; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; j++) r[j] += a[(i + j) * stride];
+            for (int j = 0; j < 8; j++) r[j] += TERM(i + j);
         float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++) res += a[i * stride];
+        for (; i < n; i++) res += TERM(i);
         return res;
     }
+#undef TERM
     int64_t n2 = n / 2;
     n2 -= n2 % 8;
-    return pairwise_sum(a, n2, stride) + pairwise_sum(a + n2 * stride, n - n2, stride);
-}
-
-/* pairwise_sum of |a[i]| (np.abs(x) is a float32 array first: the same values). */
-static float pairwise_abs_sum(const float *a, int64_t n) {
-    if (n < 8) {
-        float res = 0.0f;
-        for (int64_t i = 0; i < n; i++) res += fabsf(a[i]);
-        return res;
-    }
-    if (n <= 128) {
-        float r[8];
-        for (int j = 0; j < 8; j++) r[j] = fabsf(a[j]);
-        int64_t i;
-        for (i = 8; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; j++) r[j] += fabsf(a[i + j]);
-        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++) res += fabsf(a[i]);
-        return res;
-    }
-    int64_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return pairwise_abs_sum(a, n2) + pairwise_abs_sum(a + n2, n - n2);
+    return pairwise_sum(a, n2, absolute) + pairwise_sum(a + n2, n - n2, absolute);
 }
 
 /* A float32 sum over a contiguous run as np.add.reduce takes it: its iterator hands the loop
  * buffers of 8192 elements, each summed pairwise, added in order. */
 #define NUMPY_BUFSIZE 8192
-static float numpy_sum(const float *a, int64_t n) {
+static float numpy_sum(const float *a, int64_t n, int absolute) {
     float res = 0.0f;
     for (int64_t at = 0; at < n; at += NUMPY_BUFSIZE)
-        res += pairwise_sum(a + at, n - at < NUMPY_BUFSIZE ? n - at : NUMPY_BUFSIZE, 1);
+        res += pairwise_sum(a + at, n - at < NUMPY_BUFSIZE ? n - at : NUMPY_BUFSIZE, absolute);
     return res;
 }
 
@@ -584,7 +564,7 @@ static void run_reduce(const frame *f, const int64_t *s) {
         float *yo = y + o * inner;
         if (p[3] == 0) {
             if (inner == 1) {
-                yo[0] = numpy_sum(xo, red) / (float)red;
+                yo[0] = numpy_sum(xo, red, 0) / (float)red;
             } else { /* numpy adds the rows in order over a strided axis */
                 for (int64_t i = 0; i < inner; i++) yo[i] = 0.0f;
                 for (int64_t r = 0; r < red; r++)
@@ -626,14 +606,7 @@ static void run_blinear(const frame *f, const int64_t *s, int threads) {
     xnor_gemm(acts, tensor(f, s, 0), dots, rows, W, cout, K, threads);
     for (int64_t r = 0; r < rows; r++) {
         float beta = 0.0f;
-        if (p[4]) { /* np.abs(x).mean(axis=-1): |x| summed as numpy sums a row */
-            float sum = 0.0f;
-            for (int64_t at = 0; at < K; at += NUMPY_BUFSIZE) {
-                const int64_t len = K - at < NUMPY_BUFSIZE ? K - at : NUMPY_BUFSIZE;
-                sum += pairwise_abs_sum(x + r * K + at, len);
-            }
-            beta = sum / (float)K;
-        }
+        if (p[4]) beta = numpy_sum(x + r * K, K, 1) / (float)K; /* np.abs(x).mean(axis=-1) */
         for (int64_t o = 0; o < cout; o++) {
             float v = (float)dots[r * cout + o];
             if (alpha) v *= alpha[o];
@@ -722,16 +695,10 @@ int64_t graph_run(graph_plan *g, const void *const *inputs, void *const *outputs
                 }
             break;
         }
-        case G_BETA: {
+        case G_BETA: { /* np.abs(x).mean(axis=(1, ...)): per sample, one division */
             const float *x = ref(&f, s, 1);
             float *y = ref(&f, s, 0);
-            /* np.abs(x).mean(axis=(1, ...)): the pairwise sum of |x| over each sample, one division */
-            for (int64_t b = 0; b < p[0]; b++) {
-                const float *xb = x + b * p[1];
-                float *absx = (float *)ref(&f, s, 3) + b * p[1];
-                for (int64_t k = 0; k < p[1]; k++) absx[k] = fabsf(xb[k]);
-                y[b] = numpy_sum(absx, p[1]) / (float)p[1];
-            }
+            for (int64_t b = 0; b < p[0]; b++) y[b] = numpy_sum(x + b * p[1], p[1], 1) / (float)p[1];
             break;
         }
         case G_BLINEAR:

@@ -61,10 +61,12 @@ class Graph:
         for spec in outputs:
             self._last_use[spec.name] = len(nodes)
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def check_inputs(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The inputs as arrays, each float32 with the declared shape at any batch size; an
+        InvokeError names the first that is not (the per-node path and the executor share it)."""
         if len(inputs) != len(self.inputs):
             raise InvokeError(f"expected {len(self.inputs)} input(s), got {len(inputs)}")
-        values: dict[str, np.ndarray] = {}
+        arrays = []
         for spec, arr in zip(self.inputs, inputs):
             arr = np.asarray(arr)
             if arr.dtype != np.float32:
@@ -74,7 +76,11 @@ class Graph:
                 raise InvokeError(
                     f"input {spec.name} must have shape {want} (any batch N >= 1), got {arr.shape}"
                 )
-            values[spec.name] = arr
+            arrays.append(arr)
+        return arrays
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        values = {spec.name: arr for spec, arr in zip(self.inputs, self.check_inputs(inputs))}
         for i, node in enumerate(self.nodes):
             try:
                 values[node.output] = node.fn(*(values[v] for v in node.inputs))

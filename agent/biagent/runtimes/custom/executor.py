@@ -488,10 +488,8 @@ def _bconv(
         if value.packed:
             raise Unplannable("XNOR's input scale on packed input")
         src_b = pl.read(name)
-        per = math.prod(x[1:])
-        scratch = pl.scratch(4 * n * per)
         beta = pl.scratch(4 * n)
-        pl.emit(_Step("beta", [beta, src_b, None, scratch], ints=[n, per]))
+        pl.emit(_Step("beta", [beta, src_b, None, None], ints=[n, math.prod(x[1:])]))
     src = pl.read(name, packed=value.packed)
     cls = table = None
     if conv.pad_value == 0 and conv.padded:
@@ -644,6 +642,32 @@ def _bconv_linear(pl: Planner, node: Node, conv: ops.BinaryConvC) -> None:
     pl.emit(_Step("transpose", [out, y, None, None], ints=[1, conv.cout, rows]))
 
 
+@dataclass(frozen=True)
+class PlanTables:
+    """A planned graph as graph_build takes it: step and float tables, tensors, sizes in bytes."""
+
+    steps: np.ndarray
+    floats: np.ndarray
+    tensors: tuple[np.ndarray, ...]
+    arena: int
+    input_bytes: list[int]
+    output_bytes: list[int]
+
+    def build_args(self) -> tuple:
+        return self.steps, self.floats, self.tensors, self.arena, self.input_bytes, self.output_bytes
+
+
+def plan_tables(graph: Graph, n: int) -> PlanTables:
+    """Plan `graph` at batch size `n` (Unplannable if a node has no step) and lay out its arena."""
+    planner = Planner(graph, n)
+    planner.plan()
+    arena = planner.layout()
+    steps, floats, tensors = planner.tables()
+    in_bytes = [4 * n * math.prod(s.shape[1:]) for s in graph.inputs]
+    out_bytes = [4 * n * math.prod(s.shape[1:]) for s in graph.outputs]
+    return PlanTables(steps, floats, tensors, arena, in_bytes, out_bytes)
+
+
 # -- the model's native graph -----------------------------------------------------------------------
 class NativeGraph:
     """A Graph run by the executor: one plan per batch size (the last PLANS_KEPT kept)."""
@@ -662,34 +686,17 @@ class NativeGraph:
         if found is not None:
             self._plans.move_to_end(n)
             return found
-        pl = Planner(self.graph, n)
-        pl.plan()
-        arena = pl.layout()
-        steps, floats, tensors = pl.tables()
-        in_bytes = [4 * n * math.prod(s.shape[1:]) for s in self.graph.inputs]
+        tables = plan_tables(self.graph, n)
+        capsule = _xnor.graph_build(*tables.build_args())
         out_shapes = [(n, *s.shape[1:]) for s in self.graph.outputs]
-        out_bytes = [4 * math.prod(s) for s in out_shapes]
-        capsule = _xnor.graph_build(steps, floats, tensors, arena, in_bytes, out_bytes)
-        found = (capsule, out_shapes, len(pl.steps), arena)
+        found = (capsule, out_shapes, len(tables.steps), tables.arena)
         self._plans[n] = found
         if len(self._plans) > PLANS_KEPT:
             self._plans.popitem(last=False)
         return found
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        if len(inputs) != len(self.graph.inputs):
-            raise InvokeError(f"expected {len(self.graph.inputs)} input(s), got {len(inputs)}")
-        arrays = []
-        for spec, arr in zip(self.graph.inputs, inputs):
-            arr = np.asarray(arr)
-            if arr.dtype != np.float32:
-                raise InvokeError(f"input {spec.name} must be float32, got {arr.dtype}")
-            if arr.ndim != len(spec.shape) or arr.shape[1:] != spec.shape[1:] or arr.shape[0] < 1:
-                want = ("N",) + spec.shape[1:]
-                raise InvokeError(
-                    f"input {spec.name} must have shape {want} (any batch N >= 1), got {arr.shape}"
-                )
-            arrays.append(np.ascontiguousarray(arr))
+        arrays = [np.ascontiguousarray(a) for a in self.graph.check_inputs(inputs)]
         n = arrays[0].shape[0]
         if any(a.shape[0] != n for a in arrays):
             raise InvokeError("all inputs must have the same batch size")
