@@ -32,6 +32,7 @@ from tests.fuzz import (  # noqa: E402
     raw_bytes_to_every_rpc,
     silent_and_slow_clients,
     structured_requests,
+    token_model_artifact,
 )
 
 
@@ -66,6 +67,7 @@ def main() -> None:
                 "custom",
                 torch.randn(1, 3, 32, 32),
             )
+            tokens = token_model_artifact()  # embedding, attention, layer norm: the Transformer steps
             with AgentClient(agent.address, "fuzzed") as client:
                 model_id = client.push(seed, "custom").model_id
                 double_id = client.push(double_model_onnx(), "onnx").model_id
@@ -78,6 +80,10 @@ def main() -> None:
                 ("mutated custom artifacts", lambda: custom_artifact_mutations(seed, args.cases)),
                 ("mutated fused resnet artifacts", lambda: custom_artifact_mutations(resnet, args.cases)),
                 ("mutated executor plans (resnet20)", lambda: executor_plan_mutations(resnet, args.cases)),
+                (
+                    "mutated executor plans (token model)",
+                    lambda: executor_plan_mutations(tokens, args.cases),
+                ),
                 ("inventory files", lambda: inventory_files(Path(tmp), args.cases)),
                 (
                     "NaN and Inf in numerics checks",

@@ -289,7 +289,11 @@ def executor_plan_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
     graph = load_artifact(seed_artifact, KernelSettings.from_env())
     tables = plan_tables(graph, 1)
     steps, floats, tensors, arena, in_bytes, out_bytes = tables.build_args()
-    x = np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
+    spec, rng = graph.inputs[0], np.random.default_rng(0)
+    if spec.dtype == "int64":  # token ids inside the table; a mutated gather may still read past it
+        x = rng.integers(0, 8, spec.shape).astype(np.int64)
+    else:
+        x = rng.standard_normal(spec.shape).astype(np.float32)
     outcomes: dict[str, int] = {}
     hostile = st.one_of(
         st.sampled_from(
@@ -323,6 +327,20 @@ def executor_plan_mutations(seed_artifact: bytes, n: int) -> dict[str, int]:
 
     prop()
     return outcomes
+
+
+def token_model_artifact(algorithm: str = "xnorpp") -> bytes:
+    """A small binarized token model (tests.helpers.TinyTransformer): every step a Transformer
+    adds to the executor (gather, strided copies, matmul, layer norm, softmax, unary)."""
+    import torch
+
+    import bimodels
+    from tests.helpers import TinyTransformer
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (1, 6))
+    model = bimodels.binarize(TinyTransformer(), algorithm, example_input=ids).eval()
+    return bimodels.export(model, "custom", ids)
 
 
 def _mutate(data: bytes, positions: list[int], value: int, cut: int | None) -> bytes:

@@ -35,3 +35,26 @@ def assert_numerics(runtime: str, artifact: bytes, fmt: str, model: nn.Module, x
 
     result = check_artifact(runtime, fmt, artifact, model, reference_cases(model, xs))
     assert result.ok, result.reason
+
+
+class TinyTransformer(nn.Module):
+    """Every op a token model adds, in one small graph: an embedding, a buffer, attention with
+    heads, GELU (tanh and erf), tanh, layer norm, arithmetic with numbers, indexing, expand.
+    Input: int64 ids (N, 6) below 50."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.q, self.k = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(6)  # over the (T = 6) attention scores
+        self.act = nn.GELU(approximate="tanh")
+        self.register_buffer("offset", torch.linspace(-1, 1, 8))
+
+    def forward(self, ids):
+        x = self.embed(ids) + self.offset + self.embed(torch.zeros_like(ids))  # (N, T, 8)
+        q = self.q(x).view(x.shape[0], x.shape[1], 2, 4).permute(0, 2, 1, 3)
+        k = self.k(x).view(x.shape[0], x.shape[1], 2, 4).transpose(1, 2)
+        att = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / 2.0, dim=-1)  # (N, 2, T, T)
+        y = self.norm(torch.nn.functional.gelu(att[:, 0]))  # (N, T, T)
+        z = (2.0 - torch.tanh(self.act(y)) * 3) + y[:, 1:5:2].mean(1, keepdim=True)  # (N, T, T)
+        return torch.cat([z[:, 0], z.unsqueeze(1).expand(-1, 2, -1, -1).flatten(1)], dim=1)

@@ -13,7 +13,7 @@ in a fixed order, so one model always gives the same bytes) with two members:
 * ``graph.json``: UTF-8 JSON::
 
       {"format": "bibench-custom", "version": 1,
-       "inputs":  [{"name": "input", "shape": [B, ...], "dtype": "float32"}],
+       "inputs":  [{"name": "input", "shape": [B, ...], "dtype": "float32" | "int64"}],
        "outputs": ["output"],
        "nodes":   [{"op": ..., "name": ..., "inputs": [value names], "outputs": [value names],
                     "attrs": {...}}, ...]}
@@ -23,8 +23,10 @@ in a fixed order, so one model always gives the same bytes) with two members:
   each reads values produced by the graph inputs or by earlier nodes and produces exactly
   one new value (names are unique). An attr that names a tensor holds its key in
   ``tensors.npz``; an optional tensor attr is ``null`` when absent. Axes in attrs are
-  non-negative and count the batch axis. Every value is a C-ordered float32 array; conv
-  and pool values are (N, C, L) or (N, C, H, W), channel-wise ops act on axis 1.
+  non-negative and count the batch axis. Every value is a C-ordered float32 array, except
+  an int64 input (token ids), which only ``embedding`` reads; conv and pool values are
+  (N, C, L) or (N, C, H, W), channel-wise ops act on axis 1. A ``constant`` has no batch
+  axis of its own: only ``add`` reads one, broadcasting it.
 
 * ``tensors.npz``: a zip (same rules) of ``<key>.npy`` members written by
   ``numpy.lib.format.write_array``, loadable with ``numpy.load``. Float tensors are
@@ -86,6 +88,30 @@ spatial axis, ``stride``/``dilation``/``kernel`` = one int per spatial axis):
 ``reduce_mean`` / ``reduce_max`` (attrs: axes, keepdims).
 ``flatten`` (attrs: start, end; axes start..end inclusive become one). ``add`` (two inputs, numpy broadcasting).
 ``concat`` (any number of inputs; attrs: axis). ``identity``.
+
+The ops below carry token models (BERT), PointNet's T-Nets, part segmentation and the SSD
+head. Shapes in attrs leave out the batch axis, which every op keeps on axis 0.
+
+``constant`` (no inputs; attrs: value) -- a value the input cannot change (a registered
+  buffer, a position embedding), folded by the exporter.
+``embedding`` (attrs: weight (vocab, dim)) -- weight[ids] for int64 ids of any shape; an id
+  outside [0, vocab) is an error, never a read.
+``layer_norm`` (attrs: normalized_shape, weight and bias of that shape or null, eps) -- over
+  the trailing axes: rstd = 1 / sqrt(var + eps) (biased variance), then, in float32,
+  y = (x * rstd + (-rstd * mean)) * weight + bias.
+``gelu`` (attrs: approximate "none" | "tanh") -- in float32 and this order:
+  (x * 0.5) * (1 + erf(x * float32(sqrt(1/2)))), or 0.5 * x * (1 + tanh(b * (x + 0.044715 *
+  x^3))) with b = float32(sqrt(2 / pi)).
+``tanh``; ``softmax`` (attrs: axis >= 1) -- e = exp(x - max), then e * float32(1 / sum(e)).
+``scalar`` (attrs: fn "add" | "sub" | "mul" | "div" | "rsub" | "rdiv", value) -- x (fn)
+  float32(value); rsub and rdiv put the value on the left.
+``matmul`` (two inputs of rank >= 3) -- numpy's matmul: the last two axes are matrices, the
+  leading ones broadcast.
+``reshape`` (attrs: shape) -- to (N, *shape), C order. ``transpose`` (attrs: perm, a
+  permutation with perm[0] = 0). ``expand`` (attrs: shape) -- broadcast to (N, *shape).
+``slice`` (attrs: axis >= 1, start, stop, step >= 1; 0 <= start < stop <= size) and
+  ``select`` (attrs: axis >= 1, index) -- x[..., start:stop:step, ...] and x[..., index, ...]
+  (the axis removed).
 
 A reader must reject an unknown format name, version or op, a missing tensor, a tensor of
 the wrong dtype or shape, and a graph whose shapes do not chain.

@@ -184,7 +184,7 @@ CORRUPTIONS = {
     ),
     "wrong format": (lambda d, t: _set(d, "format", "onnx"), "format must be 'bibench-custom'"),
     "wrong version": (lambda d, t: _set(d, "version", 2), "unsupported custom format version 2"),
-    "unknown op": (lambda d, t: _set(d["nodes"][1], "op", "softmax"), "node act: unknown op 'softmax'"),
+    "unknown op": (lambda d, t: _set(d["nodes"][1], "op", "rotate"), "node act: unknown op 'rotate'"),
     "missing tensor": (
         lambda d, t: t.pop("bc.weight_scale"),
         r"node bc \(binary_conv\): tensor 'bc.weight_scale' \(attr 'weight_scale'\) is missing",
@@ -226,8 +226,12 @@ CORRUPTIONS = {
         "node act: output 'bc' is produced twice",
     ),
     "input dtype": (
+        lambda d, t: _set(d["inputs"][0], "dtype", "int8"),
+        "input input: dtype must be one of float32, int64, got 'int8'",
+    ),
+    "token ids into a conv": (
         lambda d, t: _set(d["inputs"][0], "dtype", "int64"),
-        "input input: dtype must be 'float32'",
+        r"node bc \(binary_conv\): input 'input' is int64, it takes float32",
     ),
     "kernel too big": (
         lambda d, t: (
@@ -248,6 +252,148 @@ def test_corrupt_artifacts_raise_model_load_error(case):
     mutate, message = CORRUPTIONS[case]
     with pytest.raises(ModelLoadError, match=message):
         load_artifact(_mutated(mutate), KERNELS)
+
+
+def _token_graph():
+    """Every op a token model or a T-Net adds, chained: ids (N, 5) -> (N, 5, 2, 3)."""
+    rng = np.random.default_rng(0)
+    t = {
+        "emb": rng.standard_normal((10, 4)).astype(np.float32),
+        "pos": rng.standard_normal((5, 4)).astype(np.float32),
+        "ln.w": rng.standard_normal(4).astype(np.float32),
+        "ln.b": rng.standard_normal(4).astype(np.float32),
+    }
+
+    def node(op, name, inputs, **attrs):
+        return {"op": op, "name": name, "inputs": inputs, "outputs": [name], "attrs": attrs}
+
+    nodes = [
+        node("embedding", "e", ["ids"], weight="emb"),
+        node("constant", "c", [], value="pos"),
+        node("add", "x", ["e", "c"]),
+        node("layer_norm", "ln", ["x"], normalized_shape=[4], weight="ln.w", bias="ln.b", eps=1e-5),
+        node("reshape", "r", ["ln"], shape=[5, 2, 2]),
+        node("transpose", "q", ["r"], perm=[0, 2, 1, 3]),  # (N, 2, 5, 2)
+        node("transpose", "k", ["q"], perm=[0, 1, 3, 2]),  # (N, 2, 2, 5)
+        node("matmul", "s", ["q", "k"]),  # (N, 2, 5, 5)
+        node("scalar", "d", ["s"], fn="div", value=2.0),
+        node("softmax", "p", ["d"], axis=3),
+        node("gelu", "g", ["p"], approximate="none"),
+        node("tanh", "h", ["g"]),
+        node("select", "h0", ["h"], axis=1, index=0),  # (N, 5, 5)
+        node("slice", "sl", ["h0"], axis=2, start=0, stop=4, step=2),  # (N, 5, 2)
+        node("reshape", "u", ["sl"], shape=[5, 2, 1]),
+        node("expand", "out", ["u"], shape=[5, 2, 3]),
+    ]
+    doc = {
+        "format": "bibench-custom",
+        "version": 1,
+        "inputs": [{"name": "ids", "shape": [2, 5], "dtype": "int64"}],
+        "outputs": ["out"],
+        "nodes": nodes,
+    }
+    return doc, t
+
+
+def _token_reference(ids: np.ndarray, t: dict) -> np.ndarray:
+    """The same chain in float64 numpy (math.erf for GELU)."""
+    import math
+
+    x = t["emb"][ids].astype(np.float64) + t["pos"]
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    x = (x - mu) / np.sqrt(var + 1e-5) * t["ln.w"] + t["ln.b"]
+    q = x.reshape(len(ids), 5, 2, 2).transpose(0, 2, 1, 3)
+    s = q @ q.transpose(0, 1, 3, 2) / 2.0
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    g = 0.5 * p * (1 + np.vectorize(math.erf)(p / math.sqrt(2)))
+    h = np.tanh(g)[:, 0][:, :, 0:4:2]
+    return np.broadcast_to(h.reshape(len(ids), 5, 2, 1), (len(ids), 5, 2, 3))
+
+
+def test_the_token_ops_chain_and_compute_what_they_say():
+    doc, t = _token_graph()
+    graph = load_artifact(_artifact(doc, t), KERNELS)
+    ids = np.array([[0, 3, 9, 2, 2], [1, 1, 1, 1, 1], [9, 8, 7, 6, 5]], np.int64)
+    (out,) = graph.run([ids])
+    assert out.shape == (3, 5, 2, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, _token_reference(ids, t), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InvokeError, match="token id -1 is outside"):
+        graph.run([np.array([[0, -1, 0, 0, 0]], np.int64)])
+
+
+def _node(doc: dict, name: str) -> dict:
+    return next(n for n in doc["nodes"] if n["name"] == name)
+
+
+TOKEN_CORRUPTIONS = {
+    "float ids": (
+        lambda d, t: _set(d["inputs"][0], "dtype", "float32"),
+        r"node e \(embedding\): input 'ids' is float32",
+    ),
+    "constant with an input": (lambda d, t: _set(_node(d, "c"), "inputs", ["e"]), "node c .*takes 0 input"),
+    "embedding table": (
+        lambda d, t: _set(t, "emb", np.zeros(4, np.float32)),
+        r"node e .*weight must be \(vocab, dim\)",
+    ),
+    "norm shape": (
+        lambda d, t: _set(_node(d, "ln")["attrs"], "normalized_shape", [5]),
+        r"node ln .*normalized_shape \[5\] does not end input shape",
+    ),
+    "norm eps": (lambda d, t: _set(_node(d, "ln")["attrs"], "eps", float("nan")), "node ln .*eps.* finite"),
+    "norm weight": (
+        lambda d, t: _set(t, "ln.w", np.zeros(3, np.float32)),
+        r"tensor 'ln.w' must have shape \(4,\)",
+    ),
+    "reshape size": (
+        lambda d, t: _set(_node(d, "r")["attrs"], "shape", [5, 2, 3]),
+        "node r .*does not hold the 20 values",
+    ),
+    "perm moves batch": (
+        lambda d, t: _set(_node(d, "q")["attrs"], "perm", [1, 0, 2, 3]),
+        "node q .*keep axis 0 first",
+    ),
+    "perm repeats": (
+        lambda d, t: _set(_node(d, "q")["attrs"], "perm", [0, 1, 1, 3]),
+        "node q .*must permute",
+    ),
+    "matmul chain": (lambda d, t: _set(_node(d, "s"), "inputs", ["q", "q"]), "node s .*do not chain"),
+    "scalar fn": (lambda d, t: _set(_node(d, "d")["attrs"], "fn", "pow"), "node d .*fn must be one of"),
+    "scalar value": (
+        lambda d, t: _set(_node(d, "d")["attrs"], "value", float("inf")),
+        "node d .*finite float32",
+    ),
+    "softmax batch": (lambda d, t: _set(_node(d, "p")["attrs"], "axis", 0), "node p .*axis in 1..3"),
+    "gelu kind": (
+        lambda d, t: _set(_node(d, "g")["attrs"], "approximate", "sigmoid"),
+        "node g .*'none' or 'tanh'",
+    ),
+    "select index": (
+        lambda d, t: _set(_node(d, "h0")["attrs"], "index", 2),
+        "node h0 .*index 2 is outside axis 1 of size 2",
+    ),
+    "slice empty": (
+        lambda d, t: _set(_node(d, "sl")["attrs"], "stop", 0),
+        "node sl .*non-empty forward slice",
+    ),
+    "slice past end": (
+        lambda d, t: _set(_node(d, "sl")["attrs"], "stop", 6),
+        "node sl .*non-empty forward slice",
+    ),
+    "expand": (
+        lambda d, t: _set(_node(d, "out")["attrs"], "shape", [5, 3, 3]),
+        "node out .*does not broadcast",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TOKEN_CORRUPTIONS, ids=str)
+def test_malformed_token_ops_raise_model_load_error(case):
+    doc, t = _token_graph()
+    mutate, message = TOKEN_CORRUPTIONS[case]
+    mutate(doc, t)
+    with pytest.raises(ModelLoadError, match=message):
+        load_artifact(_artifact(doc, t), KERNELS)
 
 
 def test_byte_level_corruption_only_ever_raises_model_load_error():

@@ -26,14 +26,19 @@ pytestmark = pytest.mark.skipif(
     not (kernels.available() and executor.available()), reason="C kernels not built on this machine"
 )
 
-# every architecture the custom format expresses today; image models at a small size
+# every family of the registry; image models and point clouds at a small size, token models
+# (None) on their own example input of int64 ids
 NETWORKS = [
     ("resnet20", (3, 32, 32)),
     ("vgg_small", (3, 32, 32)),
     ("birealnet18", (3, 64, 64)),
     ("reactnet", (3, 64, 64)),
     ("pointnet_vanilla", (3, 256)),
+    ("pointnet", (3, 256)),
+    ("pointnet_part_seg", (3, 256)),
     ("dfsmn", (40, 98)),
+    ("ssd_resnet", (3, 64, 64)),
+    ("bert_tiny", None),
 ]
 
 
@@ -44,10 +49,10 @@ def _algorithms() -> list[str]:
 
 
 def _export(
-    arch: str, algo: str, shape: tuple[int, ...] = (3, 32, 32), seed: int = 0
+    arch: str, algo: str, shape: tuple[int, ...] | None = (3, 32, 32), seed: int = 0
 ) -> tuple[bytes, np.ndarray]:
     torch.manual_seed(seed)
-    x = torch.randn(3, *shape)
+    x = bimodels.example_input(arch, 3, seed=seed) if shape is None else torch.randn(3, *shape)
     model = bimodels.binarize(bimodels.create_model(arch), algo, example_input=x[:1]).eval()
     return bimodels.export(model, "custom", x[:1]), x.numpy()
 
@@ -105,8 +110,7 @@ def test_runtime_uses_the_executor_and_can_be_told_not_to(tmp_path, monkeypatch)
 
 
 def test_a_graph_it_cannot_plan_keeps_the_per_node_path_and_says_why(tmp_path):
-    # pointnet with T-Nets: transposes and batched matmul have no step (yet), and dfsmn's 1-D
-    # convs run; whatever the reason, the model still runs and names the node
+    # whatever the reason a node has no step, the model still runs and the reason names the node
     torch.manual_seed(0)
     model = bimodels.binarize(bimodels.create_model("resnet20"), "bnn").eval()
     x = torch.randn(1, 3, 32, 32)

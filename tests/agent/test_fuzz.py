@@ -17,6 +17,7 @@ from tests.fuzz import (
     raw_bytes_to_every_rpc,
     silent_and_slow_clients,
     structured_requests,
+    token_model_artifact,
 )
 
 
@@ -82,6 +83,8 @@ def test_mutated_executor_plans_are_refused_or_run_never_crash():
     seed = bimodels.export(model, "custom", torch.randn(1, 3, 32, 32))
     outcomes = executor_plan_mutations(seed, 300)
     assert sum(outcomes.values()) == 300 and outcomes.get("refused at build"), outcomes
+    tokens = executor_plan_mutations(token_model_artifact(), 300)
+    assert sum(tokens.values()) == 300 and tokens.get("refused at build"), tokens
 
 
 def _cases(outcomes: dict[str, int]) -> int:

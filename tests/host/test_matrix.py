@@ -51,8 +51,13 @@ def test_plus_one_padding_makes_lce_native_and_zero_padding_composite():
 def test_unsupported_cells_name_the_reason():
     c = cell("dfsmn", "bnn", "larq", check=False)
     assert c.status == "unsupported" and "image models" in c.reason
-    c = cell("bert_tiny", "bnn", "custom", check=False)
-    assert c.status == "unsupported" and c.reason
+    c = cell("bert_tiny", "bnn", "dabnn", check=False)
+    assert c.status == "unsupported" and "float32 input" in c.reason
+
+
+def test_the_custom_runtime_deploys_token_models_natively():
+    c = cell("bert_tiny", "xnor", "custom")
+    assert c.status == "native" and c.checked, c.reason
 
 
 def test_table_output_for_people():

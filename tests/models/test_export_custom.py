@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -19,12 +20,21 @@ import torch
 from torch import nn
 
 import bimodels
+from biagent.runtimes.base import InvokeError
 from biagent.runtimes.custom import KernelSettings, load_artifact
 from biformats.bits import pack_sign_rows
-from bimodels import ExportError, binarize, create_model, example_input, export, list_algorithms
+from bimodels import (
+    ExportError,
+    binarize,
+    create_model,
+    example_input,
+    export,
+    list_algorithms,
+    trained_like_norms,
+)
 from bimodels.layers import DeployedBinaryLayer
 from bimodels.ste import sign
-from tests.helpers import assert_numerics, perturb_binarizers, randomize_norms
+from tests.helpers import TinyTransformer, assert_numerics, perturb_binarizers, randomize_norms
 
 ALGORITHMS = list_algorithms()
 # the kernels as the runtime would load them (BIAGENT_CUSTOM_KERNELS, BIAGENT_KERNEL_ISA)
@@ -245,50 +255,78 @@ def test_artifact_layout_and_determinism():
         assert node["attrs"]["input_shift"] is not None and node["attrs"]["weight_scale"] is not None
 
 
-# -- what the format cannot express ---------------------------------------------------------
-def test_bert_tiny_is_refused_with_a_reason():
-    model = binarize(create_model("bert_tiny"), "bnn")
-    with pytest.raises(ExportError, match="float32 input"):
-        export(model, "custom", example_input(model))
-    with pytest.raises(ExportError, match="cannot trace BertClassifier"):  # even given a float input
-        export(model, "custom", example_input(model).float())
+# -- the registry's other architectures: tokens, T-Nets, part segmentation, detection ----------
+@pytest.mark.parametrize("arch", ["bert_tiny", "pointnet", "pointnet_part_seg", "ssd_resnet"])
+def test_every_architecture_exports_and_matches_torch_at_any_batch(arch):
+    """Full precision, so every op's floats are compared (no sign decision can flip)."""
+    torch.manual_seed(0)
+    model = trained_like_norms(create_model(arch), 0).eval()
+    x, run_x = example_input(model, 1, seed=1), example_input(model, 3, seed=2)
+    graph = load_artifact(export(model, "custom", x), KERNELS)
+    with torch.no_grad():
+        for inp in (x, run_x):
+            (out,) = graph.run([inp.numpy()])
+            assert out.shape == tuple(model(inp).shape)
+            assert_close(out, model(inp).numpy())
 
 
-def test_pointnet_with_tnets_is_refused_naming_the_operators():
-    model = binarize(create_model("pointnet"), "bnn")
-    with pytest.raises(ExportError) as info:
-        export(model, "custom", example_input(model))
-    msg = str(info.value)
-    assert "custom runtime cannot express Tensor.view (node view)" in msg
-    assert "torch.bmm (node bmm)" in msg and "get_attr input_tnet.identity" in msg
+def test_bert_takes_int64_tokens_and_refuses_ids_outside_its_table():
+    model = create_model("bert_tiny").eval()
+    x = example_input(model, 1)
+    graph = load_artifact(export(model, "custom", x), KERNELS)
+    assert graph.inputs[0].dtype == "int64"
+    ops = {n.op for n in graph.nodes}
+    assert {"embedding", "constant", "layer_norm", "gelu", "softmax", "matmul", "select", "tanh"} <= ops
+    with pytest.raises(InvokeError, match="must be int64, got float32"):
+        graph.run([x.numpy().astype(np.float32)])
+    bad = x.numpy().copy()
+    bad[0, 5] = 30522
+    with pytest.raises(InvokeError, match="token id 30522 is outside the embedding table's 30522 rows"):
+        graph.run([bad])
 
 
-class _Attention(nn.Module):
-    def __init__(self):
+def test_transformer_ops_export_and_match():
+    torch.manual_seed(0)
+    net = TinyTransformer().eval()
+    x = torch.randint(0, 50, (1, 6))
+    with torch.no_grad():
+        for run_x in (x, torch.randint(0, 50, (3, 6))):
+            assert_close(run_custom(net, x, run_x), net(run_x).numpy())
+
+
+class _Wrap(nn.Module):
+    def __init__(self, fn):
         super().__init__()
-        self.proj = nn.Linear(8, 8)
+        self.fn = fn
 
     def forward(self, x):
-        return torch.matmul(self.proj(x), x.transpose(1, 2))
+        return self.fn(x)
 
 
-class _Gelu(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.act = nn.GELU()
+@pytest.mark.parametrize(
+    ("fn", "says"),
+    [
+        (lambda x: x.view(-1), "Tensor.view that moves or merges the batch axis"),
+        (lambda x: x.transpose(0, 1), "Tensor.transpose that moves the batch axis"),
+        (lambda x: torch.softmax(x, 0), "torch.softmax over the batch axis"),
+        (lambda x: x[0], "indexing with 0"),
+        (lambda x: torch.cat([x, torch.zeros_like(x)], 1), "torch.cat of a constant tensor"),
+        (lambda x: x * x, "of two tensors"),
+        (lambda x: torch.cumsum(x, 1), "cannot express torch.cumsum (node cumsum)"),
+        (lambda x: torch.matmul(x, torch.ones(4, 3)), "of a rank-2 operand"),
+    ],
+)
+def test_what_the_format_cannot_express_is_refused_naming_it(fn, says):
+    with pytest.raises(ExportError, match=re.escape(says)):
+        export(_Wrap(fn), "custom", torch.randn(2, 4))
 
-    def forward(self, x):
-        return self.act(x)
 
-
-def test_unsupported_function_and_module_are_named():
+def test_an_integer_input_needs_a_runtime_that_takes_tokens():
     with pytest.raises(
         ExportError,
-        match=r"cannot express Tensor\.transpose \(node transpose\).*torch\.matmul \(node matmul\)",
+        match="takes one float32 input tensor; the example input for BertClassifier is torch.int64",
     ):
-        export(_Attention(), "custom", torch.randn(2, 4, 8))
-    with pytest.raises(ExportError, match=r"cannot express torch\.nn\.activation\.GELU \(node act\)"):
-        export(_Gelu(), "custom", torch.randn(2, 4))
+        export(create_model("bert_tiny"), "lce", example_input("bert_tiny"))
 
 
 def test_small_ops_export_and_match():

@@ -4,6 +4,11 @@
  *
  * channel_fma: y = fmaf(x, scale[c], shift[c]), one rounding, as torch's batch norm.
  * clamp:       y = min(max(x, lo), hi) with NaN kept (np.clip's semantics).
+ * unary:       GELU in torch's float32 formula and order ((x * 0.5) * (1 + erf(x * sqrt(1/2))),
+ *              or (0.5 * x) * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))), tanh, and x with a
+ *              float32 constant (+, -, *, /, either side).
+ * layer_norm, softmax: rows of the Transformer ops, shared by the per-node path and the executor
+ *              so that both compute the same floats.
  * max_pool2d:  max over each window, padding never wins (-inf), NaN propagates.
  * im2col2d:    the columns of a zero-padded conv for output rows [oy0, oy1), contiguous,
  *              (C * kh * kw, rows * OW), ready for one sgemm (numpy's strided copy of the
@@ -95,6 +100,98 @@ FP_CLONES void fp_clamp(const float *x, int64_t n, float lo, float hi, float *y,
 
 /* NaN-sticky max: once either side is NaN the result is NaN (torch's max pool propagates it). */
 static inline float nan_max(float cur, float v) { return ((cur == cur) & ((v > cur) | (v != v))) ? v : cur; }
+
+/* erff/tanhf/expf are libm's (within an ulp of exact, as torch's vectorised ones). For GELU the
+ * float32 rounding of each step is torch's, so an output torch rounds to -0.0 (x below about
+ * -3.9, where 1 + erf(...) is 0 in float32) is -0.0 here too and takes the same sign. */
+void fp_unary(const float *x, int64_t n, int kind, float value, float *y, int threads) {
+    /* sqrt(1/2) and sqrt(2) * (2 / sqrt(pi)) / 2 as doubles (C11 has no M_SQRT1_2), then rounded
+     * to float as torch's scalar_t constants are */
+    const float alpha = (float)0.70710678118654752440, half = 0.5f, one = 1.0f;
+    const float beta = (float)(1.41421356237309504880 * 1.12837916709551257390 * 0.5), kappa = 0.044715f;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1) if (n > (1 << 15))
+#endif
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i];
+        switch (kind) {
+        case FP_GELU:
+            y[i] = v * half * (one + erff(v * alpha));
+            break;
+        case FP_GELU_TANH: {
+            const float cube = v * v * v;
+            const float inner = beta * (v + kappa * cube);
+            y[i] = half * v * (one + tanhf(inner));
+            break;
+        }
+        case FP_TANH:
+            y[i] = tanhf(v);
+            break;
+        case FP_ADD:
+            y[i] = v + value;
+            break;
+        case FP_SUB:
+            y[i] = v - value;
+            break;
+        case FP_MUL:
+            y[i] = v * value;
+            break;
+        case FP_DIV:
+            y[i] = v / value;
+            break;
+        case FP_RSUB:
+            y[i] = value - v;
+            break;
+        default: /* FP_RDIV */
+            y[i] = value / v;
+        }
+    }
+}
+
+/* torch's order: mean and biased variance (here summed in double), rstd = 1 / sqrt(var + eps)
+ * rounded to float, then in float32 (x * rstd + (-rstd * mean)) * weight + bias. */
+void fp_layer_norm(const float *x, int64_t rows, int64_t cols, const float *weight, const float *bias, double eps,
+                   float *y) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *yr = y + r * cols;
+        double sum = 0.0, sq = 0.0;
+        for (int64_t j = 0; j < cols; j++) sum += xr[j];
+        const double mean = sum / (double)cols;
+        for (int64_t j = 0; j < cols; j++) sq += (xr[j] - mean) * (xr[j] - mean);
+        const double var = sq / (double)cols;
+        const float rstd = (float)(1.0 / sqrt((var > 0.0 ? var : 0.0) + eps));
+        const float shift = -rstd * (float)mean;
+        for (int64_t j = 0; j < cols; j++) {
+            float v = xr[j] * rstd;
+            v = v + shift;
+            if (weight) v = v * weight[j];
+            if (bias) v = v + bias[j];
+            yr[j] = v;
+        }
+    }
+}
+
+/* Over the middle axis of (outer, red, inner): e = exp(x - max), y = e * (1 / sum(e)), the sum
+ * in double, its reciprocal rounded to float (torch multiplies by the float reciprocal). */
+void fp_softmax(const float *x, int64_t outer, int64_t red, int64_t inner, float *y) {
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            const float *xo = x + o * red * inner + i;
+            float *yo = y + o * red * inner + i;
+            float m = xo[0];
+            for (int64_t r = 1; r < red; r++) m = nan_max(m, xo[r * inner]);
+            double sum = 0.0;
+            for (int64_t r = 0; r < red; r++) {
+                const float e = expf(xo[r * inner] - m);
+                yo[r * inner] = e;
+                sum += e;
+            }
+            const float inv = 1.0f / (float)sum;
+            for (int64_t r = 0; r < red; r++) yo[r * inner] = yo[r * inner] * inv;
+        }
+}
+
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define FP_X86 1

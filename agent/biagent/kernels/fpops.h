@@ -11,6 +11,11 @@ typedef struct {
 void fp_channel_fma(const float *x, const float *scale, const float *shift, int64_t n, int64_t c, int64_t inner,
                     const float *clamp_lo_hi, float *y, int threads);
 void fp_clamp(const float *x, int64_t n, float lo, float hi, float *y, int threads);
+enum { FP_GELU = 0, FP_GELU_TANH = 1, FP_TANH = 2, FP_ADD = 3, FP_SUB = 4, FP_MUL = 5, FP_DIV = 6, FP_RSUB = 7, FP_RDIV = 8 };
+void fp_unary(const float *x, int64_t n, int kind, float value, float *y, int threads);
+void fp_layer_norm(const float *x, int64_t rows, int64_t cols, const float *weight, const float *bias, double eps,
+                   float *y);
+void fp_softmax(const float *x, int64_t outer, int64_t red, int64_t inner, float *y);
 /* Returns 0, or -2 when out of memory. */
 /* isa: "auto" or a path to force ("avx512", "avx2", anything else: portable) for the tests. */
 int fp_max_pool2d(const float *x, int64_t planes, int64_t H, int64_t W, const fp_pool2d *p, float *y, int threads,

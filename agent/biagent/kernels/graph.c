@@ -212,6 +212,37 @@ static int check_pool(checker *c, const int64_t *s, int avg) {
     return 0;
 }
 
+/* G_STRIDED: p = dims[6], strides[6] (elements, >= 0), offset. The farthest element read is
+ * offset + sum((dims[i] - 1) * strides[i]); returns its count + 1 (bytes / 4), or -1. */
+static int64_t strided_extent(const int64_t *p) {
+    int64_t last = p[2 * G_STRIDED_DIMS];
+    for (int i = 0; i < G_STRIDED_DIMS; i++) {
+        const int64_t step = mul(p[i] - 1, p[G_STRIDED_DIMS + i]);
+        if (step < 0 || last > INT64_MAX / 8 - step) return -1;
+        last += step;
+    }
+    return last + 1;
+}
+
+static int check_strided(checker *c, const int64_t *s) {
+    const int64_t *p = s + G_P;
+    if (!dims_ok(p, 0, G_STRIDED_DIMS - 1, 1) || !dims_ok(p, G_STRIDED_DIMS, 2 * G_STRIDED_DIMS, 0))
+        return fail(c, "strided copy: bad layout");
+    int64_t count = 1;
+    for (int i = 0; i < G_STRIDED_DIMS; i++) count = mul(count, p[i]);
+    const int64_t extent = strided_extent(p);
+    if (count < 0 || extent < 0) return fail(c, "strided copy: layout overflows");
+    if (need_ref(c, s, 0, mul(count, 4), 0, "strided copy destination")) return -1;
+    if (has_ref(s, 1)) return need_ref(c, s, 1, mul(extent, 4), 0, "strided copy source");
+    const int64_t t = s[9];
+    if (t < 0) return fail(c, "strided copy has neither a source buffer nor a tensor");
+    const graph_tensor *src = &c->plan->tensors[t];
+    if (src->itemsize != 4 || src->count < extent)
+        return fail(c, "strided copy: tensor of %lld elements, the layout reads %lld", (long long)src->count,
+                    (long long)extent);
+    return 0;
+}
+
 static int check_step(checker *c, const int64_t *s) {
     const int64_t *p = s + G_P;
     /* whatever the op reads: every tensor index names a tensor, every buffer a space it starts in
@@ -292,9 +323,10 @@ static int check_step(checker *c, const int64_t *s) {
                    ? -1
                    : 0;
     }
-    case G_BLINEAR: { /* p: rows, K, cout, W, mean_abs, gain_count (0, 1 or cout) */
-        if (!dims_ok(p, 0, 3, 1) || p[3] != (p[1] + 63) / 64 || (p[4] != 0 && p[4] != 1) ||
-            (p[5] != 0 && p[5] != 1 && p[5] != p[2]))
+    case G_BLINEAR: { /* p: rows, K, cout, W, mean_abs, gain_count (0, 1, or a multiple of cout: the gain over
+                         the rows of one sample, repeating) */
+        if (!dims_ok(p, 0, 3, 1) || p[3] != (p[1] + 63) / 64 || (p[4] != 0 && p[4] != 1) || p[5] < 0 ||
+            p[5] >= DIM_MAX || (p[5] > 1 && p[5] % p[2]))
             return fail(c, "binary linear: bad shape");
         const int64_t rows = p[0], K = p[1], cout = p[2], W = p[3];
         return need_ref(c, s, 1, mul3(rows, K, 4), 0, "binary linear input") ||
@@ -310,6 +342,37 @@ static int check_step(checker *c, const int64_t *s) {
         if (!dims_ok(p, 0, 2, 1)) return fail(c, "transpose: bad shape");
         return need_ref(c, s, 1, mul(mul3(p[0], p[1], p[2]), 4), 0, "transpose input") ||
                need_ref(c, s, 0, mul(mul3(p[0], p[1], p[2]), 4), 0, "transpose output");
+    case G_STRIDED:
+        return check_strided(c, s);
+    case G_MATMUL: /* p: batches, m, k, n */
+        if (!dims_ok(p, 0, 3, 1)) return fail(c, "matmul: bad shape");
+        return need_ref(c, s, 1, mul(mul3(p[0], p[1], p[2]), 4), 0, "matmul a") ||
+               need_ref(c, s, 2, mul(mul3(p[0], p[2], p[3]), 4), 0, "matmul b") ||
+               need_ref(c, s, 3, mul3(p[2], p[3], 4), 0, "matmul scratch") ||
+               need_ref(c, s, 0, mul(mul3(p[0], p[1], p[3]), 4), 0, "matmul output");
+    case G_LAYERNORM: { /* p: rows, cols; floats: eps */
+        const double eps = c->plan->floats[c->step * G_FLOATS];
+        if (!dims_ok(p, 0, 1, 1) || !(eps >= 0.0)) return fail(c, "layer norm: bad shape or eps");
+        return need_ref(c, s, 1, mul3(p[0], p[1], 4), 0, "layer norm input") ||
+                       need_ref(c, s, 0, mul3(p[0], p[1], 4), 0, "layer norm output") ||
+                       need_tensor(c, s, 0, p[1], 4, 1, "weight") || need_tensor(c, s, 1, p[1], 4, 1, "bias")
+                   ? -1
+                   : 0;
+    }
+    case G_SOFTMAX: /* p: outer, red, inner */
+        if (!dims_ok(p, 0, 2, 1)) return fail(c, "softmax: bad shape");
+        return need_ref(c, s, 1, mul(mul3(p[0], p[1], p[2]), 4), 0, "softmax input") ||
+               need_ref(c, s, 0, mul(mul3(p[0], p[1], p[2]), 4), 0, "softmax output");
+    case G_UNARY: /* p: count, kind; floats: value */
+        if (p[0] < 1 || p[0] >= DIM_MAX * 64 || p[1] < FP_GELU || p[1] > FP_RDIV) return fail(c, "unary: bad size or kind");
+        return need_ref(c, s, 1, mul(p[0], 4), 0, "unary input") || need_ref(c, s, 0, mul(p[0], 4), 0, "unary output");
+    case G_GATHER: /* p: ids, vocab, dim */
+        if (!dims_ok(p, 0, 2, 1)) return fail(c, "gather: bad shape");
+        return need_ref(c, s, 1, mul(p[0], 8), 0, "token ids") ||
+                       need_ref(c, s, 0, mul3(p[0], p[2], 4), 0, "gather output") ||
+                       need_tensor(c, s, 0, mul(p[1], p[2]), 4, 0, "embedding table")
+                   ? -1
+                   : 0;
     default:
         return fail(c, "unknown op %lld", (long long)s[0]);
     }
@@ -612,11 +675,58 @@ static void run_blinear(const frame *f, const int64_t *s, int threads) {
             if (alpha) v *= alpha[o];
             if (p[4]) v *= beta;
             if (cs) v *= cs[o];
-            if (gain) v *= gain[p[5] == 1 ? 0 : o];
+            if (gain) v *= gain[p[5] == 1 ? 0 : (r * cout + o) % p[5]];
             if (bias) v += bias[o];
             y[r * cout + o] = v;
         }
     }
+}
+
+static void run_strided(const frame *f, const int64_t *s) {
+    const int64_t *p = s + G_P, *d = p, *st = p + G_STRIDED_DIMS;
+    const float *src = (has_ref(s, 1) ? (const float *)ref(f, s, 1) : (const float *)tensor(f, s, 0)) + p[12];
+    float *y = ref(f, s, 0);
+    int64_t k = 0;
+    for (int64_t i0 = 0; i0 < d[0]; i0++)
+        for (int64_t i1 = 0; i1 < d[1]; i1++)
+            for (int64_t i2 = 0; i2 < d[2]; i2++)
+                for (int64_t i3 = 0; i3 < d[3]; i3++)
+                    for (int64_t i4 = 0; i4 < d[4]; i4++) {
+                        const float *row = src + i0 * st[0] + i1 * st[1] + i2 * st[2] + i3 * st[3] + i4 * st[4];
+                        if (st[5] == 1) {
+                            memcpy(y + k, row, sizeof(float) * (size_t)d[5]);
+                            k += d[5];
+                        } else {
+                            for (int64_t i5 = 0; i5 < d[5]; i5++) y[k++] = row[i5 * st[5]];
+                        }
+                    }
+}
+
+/* MatMul's C path (ops/transformer.py): each b transposed to (n, k), then fp_linear, as the
+ * per-node op calls it. */
+static void run_matmul(const frame *f, const int64_t *s, int threads) {
+    const int64_t *p = s + G_P;
+    const int64_t batches = p[0], m = p[1], k = p[2], n = p[3];
+    const float *a = ref(f, s, 1), *b = ref(f, s, 2);
+    float *bt = ref(f, s, 3), *y = ref(f, s, 0);
+    for (int64_t i = 0; i < batches; i++) {
+        const float *bi = b + i * k * n;
+        for (int64_t r = 0; r < k; r++)
+            for (int64_t c = 0; c < n; c++) bt[c * k + r] = bi[r * n + c];
+        fp_linear(a + i * m * k, bt, NULL, m, k, n, y + i * m * n, threads);
+    }
+}
+
+static int run_gather(const frame *f, const int64_t *s) {
+    const int64_t *p = s + G_P;
+    const int64_t *ids = ref(f, s, 1);
+    const float *table = tensor(f, s, 0);
+    float *y = ref(f, s, 0);
+    for (int64_t i = 0; i < p[0]; i++) {
+        if (ids[i] < 0 || ids[i] >= p[1]) return -4;
+        memcpy(y + i * p[2], table + ids[i] * p[2], sizeof(float) * (size_t)p[2]);
+    }
+    return 0;
 }
 
 int64_t graph_run(graph_plan *g, const void *const *inputs, void *const *outputs, const char *isa, int threads,
@@ -718,6 +828,24 @@ int64_t graph_run(graph_plan *g, const void *const *inputs, void *const *outputs
                     for (int64_t c = 0; c < C; c++) y[b * R * C + c * R + r] = x[b * R * C + r * C + c];
             break;
         }
+        case G_STRIDED:
+            run_strided(&f, s);
+            break;
+        case G_MATMUL:
+            run_matmul(&f, s, threads);
+            break;
+        case G_LAYERNORM:
+            fp_layer_norm(ref(&f, s, 1), p[0], p[1], tensor(&f, s, 0), tensor(&f, s, 1), fl[0], ref(&f, s, 0));
+            break;
+        case G_SOFTMAX:
+            fp_softmax(ref(&f, s, 1), p[0], p[1], p[2], ref(&f, s, 0));
+            break;
+        case G_UNARY:
+            fp_unary(ref(&f, s, 1), p[0], (int)p[1], (float)fl[0], ref(&f, s, 0), threads);
+            break;
+        case G_GATHER:
+            rc = run_gather(&f, s);
+            break;
         default:
             rc = -3;
         }

@@ -29,8 +29,16 @@ enum {
     G_BETA = 13,     /* XNOR's beta: per-sample mean |x| (numpy's pairwise float32 sum) */
     G_TRANSPOSE = 14, /* (rows, cols) -> (cols, rows) */
     G_CONV1D = 15,    /* a full-precision 1-D conv, any groups (fpops.c: fp_conv1d) */
-    G_BLINEAR = 16    /* a binary linear on the popcount GEMM (xnor_gemm.c) with XNOR's beta and a gain */
+    G_BLINEAR = 16,   /* a binary linear on the popcount GEMM (xnor_gemm.c) with XNOR's beta and a gain */
+    G_STRIDED = 17,   /* a strided gather of 4-byte elements into a contiguous (up to 6-D) block: transpose,
+                         expand, slice, select, or a constant (tensor 0 when there is no input buffer) broadcast */
+    G_MATMUL = 18,    /* batched a (m, k) @ b (k, n): b transposed into scratch, then fp_linear */
+    G_LAYERNORM = 19, /* over rows (fpops.c: fp_layer_norm) */
+    G_SOFTMAX = 20,   /* over the middle axis of (outer, red, inner) (fpops.c: fp_softmax) */
+    G_UNARY = 21,     /* GELU, tanh, or x with a constant (fpops.c: fp_unary) */
+    G_GATHER = 22     /* embedding rows for int64 ids; an id outside the table fails the run (code -4) */
 };
+enum { G_STRIDED_DIMS = 6 };
 
 /* The tensors a plan reads: pointer, element count and element size, as checked by the caller. */
 typedef struct {
@@ -53,7 +61,7 @@ int64_t graph_steps(const graph_plan *plan);
 
 /* Runs every step. inputs/outputs hold the byte sizes graph_build was given (the caller checks).
  * Returns 0, or the failing step's index + 1 with its kernel's code in *code (-1: this CPU lacks the
- * ISA, -2: out of memory). */
+ * ISA, -2: out of memory, -4: a token id outside its embedding table). */
 int64_t graph_run(graph_plan *plan, const void *const *inputs, void *const *outputs, const char *isa, int threads,
                   int *code);
 #endif

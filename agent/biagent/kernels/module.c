@@ -352,6 +352,80 @@ done:
     return result;
 }
 
+static PyObject *py_unary(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    int kind = 0, threads = 1;
+    float value = 0.0f;
+    if (!PyArg_ParseTuple(args, "OifO|i", &xo, &kind, &value, &oo, &threads)) return NULL;
+    opt_buf b[2];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], -1, 4, 'f', 0, 0, "unary: x") || take(oo, &b[1], -1, 4, 'f', 1, 0, "unary: out")) goto done;
+    if (!same_shape(&b[0].view, &b[1].view) || kind < FP_GELU || kind > FP_RDIV) {
+        PyErr_SetString(PyExc_ValueError, "unary: x and out of one shape, a known kind");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_unary((const float *)b[0].view.buf, (int64_t)(b[0].view.len / 4), kind, value, (float *)b[1].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 2);
+    return result;
+}
+
+static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
+    PyObject *xo, *wo, *bo, *oo;
+    double eps;
+    if (!PyArg_ParseTuple(args, "OOOdO", &xo, &wo, &bo, &eps, &oo)) return NULL;
+    opt_buf b[4];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], 2, 4, 'f', 0, 0, "layer_norm: x") || take(wo, &b[1], 1, 4, 'f', 0, 1, "layer_norm: weight") ||
+        take(bo, &b[2], 1, 4, 'f', 0, 1, "layer_norm: bias") || take(oo, &b[3], 2, 4, 'f', 1, 0, "layer_norm: out"))
+        goto done;
+    const Py_ssize_t rows = b[0].view.shape[0], cols = b[0].view.shape[1];
+    if (!same_shape(&b[0].view, &b[3].view) || (b[1].held && b[1].view.shape[0] != cols) ||
+        (b[2].held && b[2].view.shape[0] != cols) || !(eps >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "layer_norm: x and out (rows, cols), weight and bias (cols,) or None, eps >= 0");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_layer_norm((const float *)b[0].view.buf, rows, cols, b[1].held ? (const float *)b[1].view.buf : NULL,
+                  b[2].held ? (const float *)b[2].view.buf : NULL, eps, (float *)b[3].view.buf);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 4);
+    return result;
+}
+
+static PyObject *py_softmax(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    long long outer, red, inner;
+    if (!PyArg_ParseTuple(args, "O(LLL)O", &xo, &outer, &red, &inner, &oo)) return NULL;
+    opt_buf b[2];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(xo, &b[0], -1, 4, 'f', 0, 0, "softmax: x") || take(oo, &b[1], -1, 4, 'f', 1, 0, "softmax: out")) goto done;
+    const long long n = (long long)(b[0].view.len / 4); /* outer * red * inner == n, tested without overflow */
+    if (!same_shape(&b[0].view, &b[1].view) || outer < 1 || red < 1 || inner < 1 || n % outer || (n / outer) % red ||
+        n / outer / red != inner) {
+        PyErr_SetString(PyExc_ValueError, "softmax: x and out of one shape, (outer, red, inner) its element count");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_softmax((const float *)b[0].view.buf, outer, red, inner, (float *)b[1].view.buf);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 2);
+    return result;
+}
+
 static PyObject *py_max_pool2d(PyObject *self, PyObject *args) {
     PyObject *xo, *oo;
     fp_pool2d p;
@@ -739,7 +813,9 @@ static PyObject *py_graph_run(PyObject *self, PyObject *args) {
     if (failed) {
         if (code == -2) PyErr_NoMemory();
         else PyErr_Format(PyExc_ValueError, "graph_run: step %lld failed (%s)", (long long)(failed - 1),
-                          code == -1 ? "its kernel cannot run on this CPU" : "kernel error");
+                          code == -1   ? "its kernel cannot run on this CPU"
+                          : code == -4 ? "a token id outside its embedding table"
+                                       : "kernel error");
         goto done;
     }
     result = Py_None;
@@ -780,6 +856,10 @@ static PyMethodDef methods[] = {
     {"channel_fma", py_channel_fma, METH_VARARGS,
      "channel_fma(x, scale, shift, out, clamp=None, threads=1): out = fmaf(x, scale[c], shift[c]), clamped to (lo, hi)"},
     {"clamp", py_clamp, METH_VARARGS, "clamp(x, lo, hi, out, threads=1): np.clip with NaN kept"},
+    {"unary", py_unary, METH_VARARGS,
+     "unary(x, kind, value, out, threads=1): kind 0 GELU, 1 GELU (tanh), 2 tanh, 3..8 x+v, x-v, x*v, x/v, v-x, v/x"},
+    {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x (rows, cols), weight, bias, eps, out): over each row"},
+    {"softmax", py_softmax, METH_VARARGS, "softmax(x, (outer, red, inner), out): over the middle axis"},
     {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1, isa='auto')"},
     {"im2col2d", py_im2col2d, METH_VARARGS,
      "im2col2d(x, cols, (kh, kw, sh, sw, dh, dw, pt, pl), ow, oy0, oy1, threads=1): zero-padded conv columns"},

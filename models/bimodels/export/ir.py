@@ -90,6 +90,23 @@ OPS: dict[str, OpSpec] = {
         OpSpec("add", {}, arity=2, doc="numpy broadcasting"),
         OpSpec("concat", {"axis": "int"}, arity=None),
         OpSpec("identity", {}),
+        OpSpec("constant", {"value": "tensor"}, arity=0, doc="a value the input does not change, folded"),
+        OpSpec("embedding", {"weight": "tensor"}, doc="weight[ids]: int64 ids of any shape -> (*ids, dim)"),
+        OpSpec(
+            "layer_norm",
+            {"normalized_shape": "ints", "weight": "tensor?", "bias": "tensor?", "eps": "float"},
+            doc="normalise over the trailing axes named by normalized_shape",
+        ),
+        OpSpec("gelu", {"approximate": "str"}, doc="'none' (erf) or 'tanh'"),
+        OpSpec("tanh", {}),
+        OpSpec("softmax", {"axis": "int"}),
+        OpSpec("scalar", {"fn": "str", "value": "float"}, doc="x (op) value, or value (op) x for rsub/rdiv"),
+        OpSpec("matmul", {}, arity=2, doc="numpy matmul: batched over leading axes, broadcasting"),
+        OpSpec("reshape", {"shape": "ints"}, doc="to (N, *shape): the batch axis stays"),
+        OpSpec("transpose", {"perm": "ints"}, doc="axes permuted; perm[0] is 0 (the batch axis stays)"),
+        OpSpec("expand", {"shape": "ints"}, doc="broadcast to (N, *shape)"),
+        OpSpec("slice", {"axis": "int", "start": "int", "stop": "int", "step": "int"}),
+        OpSpec("select", {"axis": "int", "index": "int"}, doc="one index of an axis, the axis removed"),
     )
 }
 
@@ -168,7 +185,8 @@ class Node:
 
 @dataclass
 class ValueInfo:
-    """A graph input: its name and the example input's shape (axis 0 is the batch axis)."""
+    """A graph input: its name, the example input's shape (axis 0 is the batch axis) and its
+    dtype ("float32", or "int64" for token ids, which only an embedding reads)."""
 
     name: str
     shape: list[int]

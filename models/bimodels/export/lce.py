@@ -621,7 +621,7 @@ def _padding_correction(signs: np.ndarray, pads, size, stride, dilation) -> np.n
 def export_lce(model: nn.Module, example_input: Tensor) -> LceExport:
     """The model as LCE's .tflite (batch 1), with the float ops each binarized layer needed."""
     schema = tflite_schema()
-    ir = trace_ir(model, example_input[:1], runtime=RUNTIME)
+    ir = trace_ir(model, example_input[:1], runtime=RUNTIME, input_dtypes=("float32",))
     lowering = _Lowering(ir, schema)
     data = lowering.run()
     extra = dict(Counter(op for layer in lowering.layers for op in layer.extra_ops))

@@ -4,11 +4,18 @@ The model is reduced with `to_deploy` and traced with torch.fx (binary layers an
 torch.nn modules are leaves); every FX node becomes one op of the IR's declared op set
 (`bimodels.export.ir`), or tracing fails with one `ExportError` naming each operator the
 target cannot express and its node. Every exporter starts here.
+
+Values the input cannot change (a registered buffer, a slice of one by a static length,
+``zeros_like(ids)`` and what is computed from it) are folded into ``constant`` nodes. Where
+the batch axis goes is read off the graph run at two batch sizes, so a reshape, transpose
+or expand is exported only when axis 0 stays the batch axis: the runtime then takes any
+batch size.
 """
 
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Any, cast, overload
 
 import numpy as np
@@ -27,6 +34,8 @@ from .ir import IR, Node, ValueInfo
 
 # -- tracing ----------------------------------------------------------------------------
 class _Tracer(fx.Tracer):
+    proxy_buffer_attributes = True  # a buffer read in forward is a get_attr node (folded later)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, DeployedBinaryLayer) or super().is_leaf_module(m, qualname)
 
@@ -58,19 +67,181 @@ def _target_name(node: fx.Node) -> str:
     return f"{getattr(fn, '__module__', None) or '?'}.{name}"
 
 
+#: calls whose result depends on their tensor argument's shape only, never its values
+_SHAPE_ONLY_FUNCTIONS = (torch.zeros_like, torch.ones_like, torch.full_like)
+_SHAPE_ONLY_METHODS = ("size", "dim")
+_SHAPE_ATTRS = ("shape", "ndim")
+
+
+def _shape_only(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _SHAPE_ONLY_METHODS
+    if node.op == "call_function":
+        if node.target is getattr:
+            return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
+        return node.target in _SHAPE_ONLY_FUNCTIONS
+    return False
+
+
+def constant_nodes(gm: fx.GraphModule) -> set[str]:
+    """The nodes whose value the model's input cannot change: buffers and parameters read as
+    values, shape queries, and anything computed from those alone."""
+    const: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" or _shape_only(node):
+            const.add(node.name)
+        elif node.op in ("call_function", "call_method", "call_module"):
+            if all(d.name in const for d in node.all_input_nodes):
+                const.add(node.name)
+    return const
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph, keeping every tensor's shape and the values of the nodes in `keep`."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[str]):
+        super().__init__(gm)
+        self.keep = keep
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, Tensor):
+            self.shapes[n.name] = tuple(out.shape)
+        if n.name in self.keep:
+            self.values[n.name] = out
+        return out
+
+
+@dataclass
+class _Batched:
+    """The graph run at batch sizes 2 and 3: where the batch axis is, and the folded values."""
+
+    shapes: tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]
+    values: tuple[dict[str, Any], dict[str, Any]]
+
+    def keeps_batch_axis(self, name: str) -> bool:
+        """Whether the value's axis 0 is the batch axis and nothing else depends on the batch."""
+        a, b = self.shapes[0].get(name), self.shapes[1].get(name)
+        return a is not None and b is not None and a[:1] == (2,) and b[:1] == (3,) and a[1:] == b[1:]
+
+
+def _run_batched(gm: fx.GraphModule, example: Tensor, keep: set[str]) -> _Batched:
+    shapes, values = [], []
+    for n in (2, 3):
+        rec = _Recorder(gm, keep)
+        x = example[:1].expand(n, *example.shape[1:]).contiguous()
+        with torch.no_grad():
+            rec.run(x)
+        shapes.append(rec.shapes)
+        values.append(rec.values)
+    return _Batched((shapes[0], shapes[1]), (values[0], values[1]))
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_SCALAR_FUNCTIONS: dict[Any, str] = {
+    operator.add: "add",
+    operator.iadd: "add",
+    torch.add: "add",
+    operator.sub: "sub",
+    torch.sub: "sub",
+    operator.mul: "mul",
+    torch.mul: "mul",
+    operator.truediv: "div",
+    torch.div: "div",
+}
+_SCALAR_METHODS = {
+    "add": "add",
+    "__add__": "add",
+    "__radd__": "add",
+    "sub": "sub",
+    "__sub__": "sub",
+    "__rsub__": "rsub",
+    "mul": "mul",
+    "__mul__": "mul",
+    "__rmul__": "mul",
+    "div": "div",
+    "__truediv__": "div",
+    "__rtruediv__": "rdiv",
+}
+
+
 class _Builder:
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, example: Tensor):
         self.gm = gm
+        self.example = example
+        self.consts = constant_nodes(gm)
+        self.emitted_consts: set[str] = set()
+        self._batched: _Batched | None = None
         self.nodes: list[Node] = []
         self.tensors: dict[str, np.ndarray] = {}
         self.alias: dict[str, str] = {}  # fx node name -> value name
         self.errors: list[str] = []
 
     # helpers ------------------------------------------------------------------------
-    def value(self, arg: Any, node: fx.Node) -> str:
+    def value(self, arg: Any, node: fx.Node, constant: bool = False) -> str:
+        """The IR value `arg` names. A folded constant is an operand only where `constant`
+        (an op that broadcasts it over the batch); it is then emitted once."""
+        if isinstance(arg, fx.Node) and arg.name in self.consts:
+            if not constant:
+                raise _Unsupported(f"{self.what(node)} of a constant tensor ({arg.name})")
+            return self.constant(arg, node)
         if not isinstance(arg, fx.Node) or arg.name not in self.alias:
             raise _Unsupported(f"{self.what(node)} with the operand {arg!r}")
         return self.alias[arg.name]
+
+    def batched(self) -> _Batched:
+        """The graph run at batch sizes 2 and 3 (once, on first need)."""
+        if self._batched is None:
+            self._batched = _run_batched(self.gm, self.example, self.consts)
+        return self._batched
+
+    def constant(self, arg: fx.Node, node: fx.Node) -> str:
+        if arg.name not in self.emitted_consts:
+            b = self.batched()
+            two, three = b.values[0].get(arg.name), b.values[1].get(arg.name)
+            if not isinstance(two, Tensor) or not isinstance(three, Tensor) or not two.is_floating_point():
+                raise _Unsupported(f"{self.what(node)} with the non-tensor operand {arg.name}")
+            if two.shape == three.shape:
+                value = two  # the batch does not change it
+            elif b.keeps_batch_axis(arg.name) and bool((two == two[:1]).all()):
+                value = two[:1]  # one row, broadcast over the batch by the reader
+            else:
+                raise _Unsupported(f"a constant that depends on the batch ({arg.name})")
+            self.nodes.append(
+                Node(
+                    "constant",
+                    arg.name,
+                    [],
+                    [arg.name],
+                    {"value": self.tensor(f"{arg.name}.value", _f32(value))},
+                )
+            )
+            self.emitted_consts.add(arg.name)
+            self.alias[arg.name] = arg.name
+        return self.alias[arg.name]
+
+    def keep_batch(self, node: fx.Node, *names: Any) -> None:
+        """Refuse a node that moves the batch axis off axis 0 or mixes it with another."""
+        b = self.batched()
+        for v in (node, *names):
+            if isinstance(v, fx.Node) and not b.keeps_batch_axis(v.name):
+                raise _Unsupported(f"{self.what(node)} that moves or merges the batch axis")
+
+    def out_shape(self, node: fx.Node) -> list[int]:
+        """The node's output shape without the batch axis."""
+        self.keep_batch(node)
+        return list(self.batched().shapes[0][node.name][1:])
+
+    def dims(self, node: Any) -> tuple[int, ...]:  # an fx.Node; fx types arguments loosely
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise _Unsupported(f"node {node.name} whose result is not a single tensor")
+        return tuple(int(d) for d in meta.shape)
 
     def what(self, node: fx.Node) -> str:
         if node.op == "call_module":
@@ -117,6 +288,8 @@ class _Builder:
         inputs: list[str] = []
         outputs: list[str] = []
         for node in self.gm.graph.nodes:
+            if node.name in self.consts:
+                continue  # emitted where a reader takes it (value(..., constant=True))
             try:
                 if node.op == "placeholder":
                     self.alias[node.name] = node.name
@@ -189,6 +362,31 @@ class _Builder:
             )
         if type(m) is nn.Flatten:
             return self.flatten(node, x, m.start_dim, m.end_dim)
+        if type(m) is nn.Embedding:
+            if m.max_norm is not None:
+                raise _Unsupported("torch.nn.Embedding with max_norm (it renormalises its weights when run)")
+            return self.emit(
+                node,
+                "embedding",
+                [self.value(x, node)],
+                weight=self.tensor(f"{node.name}.weight", _f32(m.weight)),
+            )
+        if type(m) is nn.LayerNorm:
+            return self.emit(
+                node,
+                "layer_norm",
+                [self.value(x, node)],
+                normalized_shape=[int(d) for d in m.normalized_shape],
+                weight=self.tensor(f"{node.name}.weight", _f32(m.weight)),
+                bias=self.tensor(f"{node.name}.bias", _f32(getattr(m, "bias", None))),
+                eps=float(m.eps),
+            )
+        if type(m) is nn.GELU:
+            return self.gelu(node, x, m.approximate)
+        if type(m) is nn.Tanh:
+            return self.emit(node, "tanh", [self.value(x, node)])
+        if type(m) is nn.Softmax:
+            return self.softmax(node, x, m.dim)
         raise _Unsupported(self.what(node))
 
     def conv(self, node: fx.Node, m: nn.Conv1d | nn.Conv2d) -> None:
@@ -309,12 +507,69 @@ class _Builder:
         t, op = node.target, node.op
         meth = t if op == "call_method" else None
         x = node.args[0] if node.args else None
-        if t in (operator.add, operator.iadd, torch.add) or meth in ("add", "__add__"):
-            alpha = node.kwargs.get("alpha", 1)
-            a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
-            if alpha != 1:
-                raise _Unsupported(f"{_target_name(node)} with alpha={alpha!r}")
-            return self.emit(node, "add", [self.value(a, node), self.value(b, node)])
+        fn = _SCALAR_FUNCTIONS.get(t) if op == "call_function" else _SCALAR_METHODS.get(str(meth))
+        if fn is not None:
+            return self.arithmetic(node, fn)
+        if t in (torch.matmul, torch.bmm, operator.matmul) or meth in ("matmul", "bmm", "__matmul__"):
+            a, b = node.args[0], node.args[1]
+            if len(self.dims(a)) < 3 or len(self.dims(b)) < 3:
+                raise _Unsupported(
+                    f"{_target_name(node)} of a rank-2 operand (the batch axis would be a matrix axis)"
+                )
+            self.keep_batch(node, a, b)
+            return self.emit(node, "matmul", [self.value(a, node), self.value(b, node)])
+        if (
+            t in (torch.reshape,)
+            or meth in ("view", "reshape", "unsqueeze", "squeeze")
+            or t
+            in (
+                torch.unsqueeze,
+                torch.squeeze,
+            )
+        ):
+            self.keep_batch(node, x)
+            return self.emit(node, "reshape", [self.value(x, node)], shape=self.out_shape(node))
+        if t in (torch.transpose, torch.swapaxes) or meth in ("transpose", "swapaxes"):
+            r = len(self.dims(x))
+            d0, d1 = (
+                self.axes(self.arg(node, 1, "dim0"), node, x),
+                self.axes(self.arg(node, 2, "dim1"), node, x),
+            )
+            perm = list(range(r))
+            perm[d0[0]], perm[d1[0]] = perm[d1[0]], perm[d0[0]]
+            return self.transpose(node, x, perm)
+        if t is torch.permute or meth == "permute":
+            dims: Any = (
+                node.args[1:] if meth == "permute" and len(node.args) > 2 else self.arg(node, 1, "dims")
+            )
+            r = len(self.dims(x))
+            if (
+                not isinstance(dims, (list, tuple))
+                or not all(isinstance(d, int) and -r <= d < r for d in dims)
+                or sorted(d % r for d in dims) != list(range(r))
+            ):
+                raise _Unsupported(f"{_target_name(node)} with dims {dims!r}")
+            return self.transpose(node, x, [d % r for d in dims])
+        if meth in ("expand", "expand_as"):
+            if len(self.dims(node)) != len(self.dims(x)):
+                raise _Unsupported(f"{_target_name(node)} that adds leading axes")
+            self.keep_batch(node, x)
+            return self.emit(node, "expand", [self.value(x, node)], shape=self.out_shape(node))
+        if t in (torch.softmax, F.softmax) or meth == "softmax":
+            if self.arg(node, 2, "dtype") is not None:
+                raise _Unsupported(f"{_target_name(node)} with dtype")
+            return self.softmax(node, x, self.arg(node, 1, "dim"))
+        if t is F.gelu or meth == "gelu":
+            return self.gelu(node, x, node.kwargs.get("approximate", "none"))
+        if t in (torch.tanh, F.tanh) or meth == "tanh":
+            return self.emit(node, "tanh", [self.value(x, node)])
+        if (
+            t is operator.getitem
+            and isinstance(x, fx.Node)
+            and x.name not in self.consts
+            and "custom_max_values" not in x.meta
+        ):
+            return self.index(node, x, node.args[1])
         if t in (torch.cat, torch.concat, getattr(torch, "concatenate", None)):
             tensors = self.arg(node, 0, "tensors")
             first = tensors[0] if isinstance(tensors, (list, tuple)) and tensors else None
@@ -368,6 +623,100 @@ class _Builder:
                 return None
         raise _Unsupported(_target_name(node))
 
+    def arithmetic(self, node: fx.Node, fn: str) -> None:
+        """Tensor + tensor (add), or a tensor and a Python number (scalar)."""
+        if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("rounding_mode") is not None:
+            raise _Unsupported(f"{_target_name(node)} with {dict(node.kwargs)}")
+        a: Any = node.args[0]
+        b: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+        if _number(a) and isinstance(b, fx.Node):  # torch.sub(2, x), 2 - x
+            a, b, fn = b, a, {"sub": "rsub", "div": "rdiv"}.get(fn, fn)
+        if isinstance(a, fx.Node) and _number(b):
+            if a.name in self.consts:
+                raise _Unsupported(f"{_target_name(node)} of a constant tensor ({a.name})")
+            return self.emit(node, "scalar", [self.value(a, node)], fn=fn, value=float(b))
+        if fn != "add":
+            raise _Unsupported(f"{_target_name(node)} of two tensors")
+        if (
+            isinstance(a, fx.Node)
+            and isinstance(b, fx.Node)
+            and a.name in self.consts
+            and b.name in self.consts
+        ):
+            raise _Unsupported(f"{_target_name(node)} of two constants")
+        return self.emit(
+            node, "add", [self.value(a, node, constant=True), self.value(b, node, constant=True)]
+        )
+
+    def transpose(self, node: fx.Node, x: Any, perm: list[int]) -> None:
+        if perm[0] != 0:
+            raise _Unsupported(f"{_target_name(node)} that moves the batch axis")
+        if perm == sorted(perm):
+            self.alias[node.name] = self.value(x, node)
+            return None
+        return self.emit(node, "transpose", [self.value(x, node)], perm=perm)
+
+    def softmax(self, node: fx.Node, x: Any, dim: Any) -> None:
+        if dim is None:
+            raise _Unsupported(f"{_target_name(node)} without dim")
+        axis = self.axes(dim, node, x)[0]
+        if axis == 0:
+            raise _Unsupported(f"{_target_name(node)} over the batch axis")
+        return self.emit(node, "softmax", [self.value(x, node)], axis=axis)
+
+    def gelu(self, node: fx.Node, x: Any, approximate: Any) -> None:
+        if approximate not in ("none", "tanh"):
+            raise _Unsupported(f"GELU with approximate={approximate!r}")
+        return self.emit(node, "gelu", [self.value(x, node)], approximate=str(approximate))
+
+    def index(self, node: fx.Node, x: fx.Node, idx: Any) -> None:
+        """x[...] with ints and slices after a full slice of the batch axis: one select or
+        slice node per indexed axis (right to left, so the axes to the left keep their numbers)."""
+        items = list(idx) if isinstance(idx, tuple) else [idx]
+        dims = self.dims(x)
+        if (
+            not items
+            or items[0] != slice(None)
+            or len(items) > len(dims)
+            or not all(
+                isinstance(i, slice) or (isinstance(i, int) and not isinstance(i, bool)) for i in items
+            )
+        ):
+            raise _Unsupported(f"indexing with {idx!r} (only ints and slices, the batch axis whole)")
+        steps: list[tuple[str, dict[str, int]]] = []
+        for axis in range(len(items) - 1, 0, -1):
+            i, size = items[axis], dims[axis]
+            if isinstance(i, int):
+                if not -size <= i < size:
+                    raise _Unsupported(f"index {i} out of range for axis {axis} of size {size}")
+                steps.append(("select", {"axis": axis, "index": i % size}))
+                continue
+            if not all(
+                v is None or (isinstance(v, int) and not isinstance(v, bool))
+                for v in (i.start, i.stop, i.step)
+            ):
+                raise _Unsupported(f"a slice with non-constant bounds {i!r}")
+            r = range(size)[i]
+            if r.step < 1 or len(r) == 0:
+                raise _Unsupported(f"the slice {i!r} of an axis of size {size} (reversed or empty)")
+            if (r.start, r.stop, r.step) != (0, size, 1):
+                steps.append(
+                    (
+                        "slice",
+                        {"axis": axis, "start": r.start, "stop": r.start + len(r) * r.step, "step": r.step},
+                    )
+                )
+        src = self.value(x, node)
+        if not steps:
+            self.alias[node.name] = src
+            return None
+        for k, (op, attrs) in enumerate(steps):
+            name = node.name if k == len(steps) - 1 else f"{node.name}.{k}"
+            self.nodes.append(Node(op, name, [src], [name], attrs))
+            src = name
+        self.alias[node.name] = node.name
+        return None
+
     def max_over_dim(self, node: fx.Node, x: Any) -> None:
         dim = self.arg(node, 1, "dim")
         if not isinstance(dim, int):
@@ -395,15 +744,26 @@ def _rename(nodes: list[Node], old: str, new: str) -> None:
         n.outputs = [new if v == old else v for v in n.outputs]
 
 
-def trace_ir(model: nn.Module, example_input: Tensor, runtime: str = "custom runtime") -> IR:
+_INPUT_DTYPES = {torch.float32: "float32", torch.int64: "int64"}
+
+
+def trace_ir(
+    model: nn.Module,
+    example_input: Tensor,
+    runtime: str = "custom runtime",
+    input_dtypes: tuple[str, ...] = ("float32", "int64"),
+) -> IR:
     """Reduce `model` to its deploy form and trace it into the IR.
 
-    `runtime` names the target in error messages ("larq (LCE)", "daBNN", ...).
+    `runtime` names the target in error messages ("larq (LCE)", "daBNN", ...); `input_dtypes`
+    are the input dtypes it takes (int64: token ids, read by an embedding).
     """
-    if not isinstance(example_input, Tensor) or example_input.dtype != torch.float32:
-        dtype = getattr(example_input, "dtype", type(example_input).__name__)
+    dtype = _INPUT_DTYPES.get(getattr(example_input, "dtype", None))  # type: ignore[arg-type]
+    if not isinstance(example_input, Tensor) or dtype not in input_dtypes:
+        have = getattr(example_input, "dtype", type(example_input).__name__)
+        want = " or ".join(input_dtypes)
         raise ExportError(
-            f"{runtime} takes one float32 input tensor; the example input for {type(model).__name__} is {dtype}"
+            f"{runtime} takes one {want} input tensor; the example input for {type(model).__name__} is {have}"
         )
     if example_input.dim() < 1:
         raise ExportError(f"{runtime} needs an input with a batch axis")
@@ -423,7 +783,7 @@ def trace_ir(model: nn.Module, example_input: Tensor, runtime: str = "custom run
         raise ExportError(
             f"{runtime} could not run {type(model).__name__} on the example input: {exc}"
         ) from exc
-    builder = _Builder(gm)
+    builder = _Builder(gm, example_input)
     inputs, outputs = builder.run()
     if builder.errors:
         builder.errors.sort(key=lambda e: e.startswith("a constant"))  # operators first
@@ -449,7 +809,7 @@ def trace_ir(model: nn.Module, example_input: Tensor, runtime: str = "custom run
         outputs = ["output"]
     used = {key for n in nodes for key in n.tensor_keys()}
     tensors = {k: v for k, v in builder.tensors.items() if k in used}
-    ins = [ValueInfo(inputs[0], [int(s) for s in example_input.shape])]
+    ins = [ValueInfo(inputs[0], [int(s) for s in example_input.shape], str(dtype))]
     return IR(ins, outputs, nodes, tensors)
 
 

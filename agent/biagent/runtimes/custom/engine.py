@@ -69,8 +69,8 @@ class Graph:
         arrays = []
         for spec, arr in zip(self.inputs, inputs):
             arr = np.asarray(arr)
-            if arr.dtype != np.float32:
-                raise InvokeError(f"input {spec.name} must be float32, got {arr.dtype}")
+            if arr.dtype != np.dtype(spec.dtype):
+                raise InvokeError(f"input {spec.name} must be {spec.dtype}, got {arr.dtype}")
             if arr.ndim != len(spec.shape) or arr.shape[1:] != spec.shape[1:] or arr.shape[0] < 1:
                 want = ("N",) + spec.shape[1:]
                 raise InvokeError(
@@ -95,6 +95,9 @@ class Graph:
 
 
 # -- loading ---------------------------------------------------------------------------
+INPUT_DTYPES = ("float32", "int64")  # int64: token ids, which only an embedding reads
+
+
 def load_artifact(data: bytes, settings: KernelSettings, fuse: bool = True) -> Graph:
     """Parse and validate an artifact; every failure is a ModelLoadError with a reason.
 
@@ -136,6 +139,7 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], settings: KernelSettings, 
     )
     _check(isinstance(raw_nodes, list), "graph.json 'nodes' must be a list")
     shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}  # every value is float32 but token ids (int64, read by an embedding)
     inputs = []
     for i, spec in enumerate(raw_inputs):
         _check(
@@ -148,12 +152,13 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], settings: KernelSettings, 
             f"input {name}: shape must be a list of positive ints with the batch axis first, got {shape!r}",
         )
         _check(
-            spec.get("dtype") == "float32",
-            f"input {name}: dtype must be 'float32', got {spec.get('dtype')!r}",
+            spec.get("dtype") in INPUT_DTYPES,
+            f"input {name}: dtype must be one of {', '.join(INPUT_DTYPES)}, got {spec.get('dtype')!r}",
         )
         _check(name not in shapes, f"input name {name!r} is used twice")
         shapes[name] = tuple(shape)
-        inputs.append(ValueSpec(name, tuple(shape)))
+        dtypes[name] = spec["dtype"]
+        inputs.append(ValueSpec(name, tuple(shape), spec["dtype"]))
     nodes = []
     for i, raw in enumerate(raw_nodes):
         _check(isinstance(raw, dict), f"node #{i} must be a JSON object")
@@ -175,10 +180,14 @@ def _build(doc: dict, tensors: dict[str, np.ndarray], settings: KernelSettings, 
                 v in shapes, f"node {name}: input {v!r} is not produced by an earlier node or a graph input"
             )
         _check(outs[0] not in shapes, f"node {name}: output {outs[0]!r} is produced twice")
+        want = "int64" if op == "embedding" else "float32"
+        for v in ins:
+            _check(dtypes[v] == want, f"node {name} ({op}): input {v!r} is {dtypes[v]}, it takes {want}")
         ctx = _Ctx(name, op, attrs, tensors, settings)
         out_shape, fn = _OPS[op](ctx, [shapes[v] for v in ins])
         _check(all(d >= 1 for d in out_shape), f"node {name} ({op}): output shape {out_shape} is empty")
         shapes[outs[0]] = tuple(int(d) for d in out_shape)
+        dtypes[outs[0]] = "float32"
         nodes.append(Node(op, name, list(ins), outs[0], fn))
     outputs = []
     for out in raw_outputs:
@@ -229,6 +238,26 @@ class _Ctx:
             len(v) == n and all(type(i) is int and i >= minimum for i in v),
             f"attr {key!r} must be {n} int(s) >= {minimum}, got {v!r}",
         )
+        return v
+
+    def int_list(self, key: str, minimum: int = 0) -> list[int]:
+        """A list of ints >= minimum of any length (a shape, a permutation)."""
+        v = self.get(key, list)
+        self.check(
+            all(type(i) is int and i >= minimum for i in v),
+            f"attr {key!r} must be ints >= {minimum}, got {v!r}",
+        )
+        return v
+
+    def axis(self, key: str, rank: int) -> int:
+        """An axis after the batch axis of a rank-`rank` input."""
+        v = self.get(key, int)
+        self.check(1 <= v < rank, f"attr {key!r} must be an axis in 1..{rank - 1}, got {v!r}")
+        return v
+
+    def finite(self, key: str) -> float:
+        v = float(self.get(key, (int, float)))
+        self.check(math.isfinite(v) and abs(v) <= 3.4e38, f"attr {key!r} must be a finite float32, got {v!r}")
         return v
 
     def pads(self, n: int) -> list[list[int]]:
@@ -498,6 +527,129 @@ def _op_identity(ctx: _Ctx, ins):
     return ins[0], ops.Identity()
 
 
+def _op_constant(ctx: _Ctx, ins):
+    ctx.arity(ins, 0, at_least=0)
+    value = ctx.tensor("value")
+    return value.shape, ops.Constant(value)
+
+
+def _op_embedding(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    w = ctx.tensor("weight")
+    ctx.check(w.ndim == 2 and w.shape[0] >= 1, f"weight must be (vocab, dim), got {w.shape}")
+    return ins[0] + (w.shape[1],), ops.Embedding(w)
+
+
+def _op_layer_norm(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    ns = tuple(ctx.int_list("normalized_shape", 1))
+    ctx.check(
+        1 <= len(ns) < len(x) and x[-len(ns) :] == ns,
+        f"normalized_shape {list(ns)} does not end input shape {x}",
+    )
+    eps = ctx.finite("eps")
+    ctx.check(eps >= 0, f"eps must be >= 0, got {eps}")
+    w = ctx.tensor("weight", shape=ns, optional=True)
+    b = ctx.tensor("bias", shape=ns, optional=True)
+    return x, ops.LayerNorm(len(ns), w, b, eps, ctx.settings)
+
+
+def _op_gelu(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    approximate = ctx.get("approximate", str)
+    ctx.check(approximate in ("none", "tanh"), f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return ins[0], ops.Gelu(approximate, ctx.settings)
+
+
+def _op_tanh(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    return ins[0], ops.Tanh(ctx.settings)
+
+
+def _op_softmax(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    return ins[0], ops.Softmax(ctx.axis("axis", len(ins[0])), ctx.settings)
+
+
+_SCALAR_FNS = ("add", "sub", "mul", "div", "rsub", "rdiv")
+
+
+def _op_scalar(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    fn = ctx.get("fn", str)
+    ctx.check(fn in _SCALAR_FNS, f"fn must be one of {', '.join(_SCALAR_FNS)}, got {fn!r}")
+    return ins[0], ops.Scalar(fn, ctx.finite("value"))
+
+
+def _op_matmul(ctx: _Ctx, ins):
+    ctx.arity(ins, 2)
+    a, b = ins
+    ctx.check(
+        len(a) >= 3 and len(b) >= 3, f"takes inputs of rank >= 3 (batch, ..., rows, cols), got {a} and {b}"
+    )
+    ctx.check(a[-1] == b[-2], f"input shapes {a} and {b} do not chain ({a[-1]} != {b[-2]})")
+    try:
+        lead = np.broadcast_shapes(a[:-2], b[:-2])
+    except ValueError:
+        raise ctx.fail(f"the leading axes of {a} and {b} do not broadcast") from None
+    return (*lead, a[-2], b[-1]), ops.MatMul(ctx.settings)
+
+
+def _op_reshape(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    shape = tuple(ctx.int_list("shape", 1))
+    ctx.check(
+        math.prod(shape) == math.prod(x[1:]),
+        f"shape {list(shape)} does not hold the {math.prod(x[1:])} values of {x}",
+    )
+    return (x[0], *shape), ops.Reshape(shape)
+
+
+def _op_transpose(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    perm = tuple(ctx.int_list("perm"))
+    ctx.check(
+        sorted(perm) == list(range(len(x))) and perm[:1] == (0,),
+        f"perm {list(perm)} must permute the {len(x)} axes and keep axis 0 first",
+    )
+    return tuple(x[p] for p in perm), ops.Transpose(perm)
+
+
+def _op_expand(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    shape = tuple(ctx.int_list("shape", 1))
+    ctx.check(
+        len(shape) == len(x) - 1 and all(d in (1, s) for d, s in zip(x[1:], shape)),
+        f"input shape {x} does not broadcast to (N, {', '.join(map(str, shape))})",
+    )
+    return (x[0], *shape), ops.Expand(shape)
+
+
+def _op_slice(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    axis = ctx.axis("axis", len(x))
+    start, stop, step = (ctx.get(k, int) for k in ("start", "stop", "step"))
+    ctx.check(
+        step >= 1 and 0 <= start < stop <= x[axis],
+        f"start={start}, stop={stop}, step={step} is not a non-empty forward slice of size {x[axis]}",
+    )
+    return x[:axis] + (len(range(start, stop, step)),) + x[axis + 1 :], ops.Slice(axis, start, stop, step)
+
+
+def _op_select(ctx: _Ctx, ins):
+    ctx.arity(ins, 1)
+    (x,) = ins
+    axis = ctx.axis("axis", len(x))
+    index = ctx.get("index", int)
+    ctx.check(0 <= index < x[axis], f"index {index} is outside axis {axis} of size {x[axis]}")
+    return x[:axis] + x[axis + 1 :], ops.Select(axis, index)
+
+
 _OPS: dict[str, Callable[[_Ctx, list], tuple[tuple[int, ...], Callable[..., np.ndarray]]]] = {
     "binary_conv": _op_binary_conv,
     "conv": _op_conv,
@@ -514,4 +666,17 @@ _OPS: dict[str, Callable[[_Ctx, list], tuple[tuple[int, ...], Callable[..., np.n
     "add": _op_add,
     "concat": _op_concat,
     "identity": _op_identity,
+    "constant": _op_constant,
+    "embedding": _op_embedding,
+    "layer_norm": _op_layer_norm,
+    "gelu": _op_gelu,
+    "tanh": _op_tanh,
+    "softmax": _op_softmax,
+    "scalar": _op_scalar,
+    "matmul": _op_matmul,
+    "reshape": _op_reshape,
+    "transpose": _op_transpose,
+    "expand": _op_expand,
+    "slice": _op_slice,
+    "select": _op_select,
 }

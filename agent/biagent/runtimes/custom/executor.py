@@ -35,6 +35,7 @@ from . import ops
 from .engine import Graph, Node
 from .fusion import FusedBinaryConv, FusedStemConv
 from .ops.common import out_spatial
+from .ops.transformer import UNARY
 
 SLOTS, FLOATS, P = 64, 4, 21  # kernels/graph.h: G_SLOTS, G_FLOATS, G_P
 ARENA, INPUT, OUTPUT = 0, 1, 2
@@ -55,7 +56,14 @@ OP = {
     "transpose": 14,
     "conv1d": 15,
     "blinear": 16,
+    "strided": 17,
+    "matmul": 18,
+    "layernorm": 19,
+    "softmax": 20,
+    "unary": 21,
+    "gather": 22,
 }
+STRIDED_DIMS = 6  # kernels/graph.h: G_STRIDED_DIMS
 ALIGN = 64
 PLANS_KEPT = 4  # batch sizes whose plans (and arenas) a model keeps
 
@@ -103,10 +111,11 @@ class Planner:
         self.shapes = {name: (n, *shape[1:]) for name, shape in graph.shapes.items()}
         self.buffers: list[_Buffer] = []
         self.values: dict[str, _Value] = {}
+        self.consts: dict[str, np.ndarray] = {}  # constant nodes: tensors, broadcast by their readers
         self.steps: list[_Step] = []
         for i, spec in enumerate(graph.inputs):
             shape = (n, *spec.shape[1:])
-            b = self._buffer(4 * math.prod(shape), first=-1)
+            b = self._buffer(np.dtype(spec.dtype).itemsize * math.prod(shape), first=-1)
             self.buffers[b].space = (INPUT, i)
             self.values[spec.name] = _Value(b, shape)
 
@@ -120,6 +129,8 @@ class Planner:
         return self.shapes[name]
 
     def read(self, name: str, packed: bool = False) -> int:
+        if name in self.consts:
+            raise Unplannable(f"the constant {name} is read by an op that takes no constant")
         value = self.values[name]
         if value.packed != packed:
             raise Unplannable(
@@ -153,6 +164,8 @@ class Planner:
                 _plan_node(self, node)
             except Unplannable as exc:
                 raise Unplannable(f"node {node.name} ({node.op}): {exc}") from None
+            except KeyError as exc:  # a value the executor holds no buffer for (a constant read directly)
+                raise Unplannable(f"node {node.name} ({node.op}): reads {exc}, which has no buffer") from None
         for j, spec in enumerate(self.graph.outputs):  # copied out: outputs may alias anything
             shape = self.shape(spec.name)
             src = self.read(spec.name)
@@ -255,12 +268,53 @@ def _plan_node(pl: Planner, node: Node) -> None:
         pl.read(node.inputs[0])
         pl.values[node.output] = _Value(alias.buffer, pl.shape(node.output))
     elif isinstance(fn, ops.Add):
-        a, b = (pl.shape(v) for v in node.inputs)
-        if a != b:
-            raise Unplannable(f"a broadcasting add {a} + {b}")
-        ins = [pl.read(v) for v in node.inputs]
-        out = pl.write(node.output, a)
-        pl.emit(_Step("add", [out, ins[0], ins[1], None], ints=[math.prod(a)]))
+        _add(pl, node)
+    elif isinstance(fn, ops.Constant):
+        pl.consts[node.output] = np.ascontiguousarray(fn.value, dtype=np.float32)
+        pl.shapes[node.output] = tuple(fn.value.shape)
+    elif isinstance(fn, ops.Reshape):
+        alias = pl.values[node.inputs[0]]
+        if alias.packed:
+            raise Unplannable("reshapes packed bits")
+        pl.read(node.inputs[0])
+        pl.values[node.output] = _Value(alias.buffer, pl.shape(node.output))
+    elif isinstance(fn, (ops.Transpose, ops.Expand, ops.Slice, ops.Select)):
+        _layout(pl, node, fn)
+    elif isinstance(fn, ops.MatMul):
+        _matmul(pl, node)
+    elif isinstance(fn, ops.LayerNorm):
+        x = pl.shape(node.inputs[0])
+        cols = math.prod(x[len(x) - fn.axes :])
+        w = None if fn.weight is None else _f32(fn.weight.reshape(-1))
+        b = None if fn.bias is None else _f32(fn.bias.reshape(-1))
+        src = pl.read(node.inputs[0])
+        out = pl.write(node.output, x)
+        pl.emit(
+            _Step("layernorm", [out, src, None, None], [w, b], [math.prod(x) // cols, cols], [float(fn.eps)])
+        )
+    elif isinstance(fn, ops.Softmax):
+        x = pl.shape(node.inputs[0])
+        dims = [math.prod(x[: fn.axis]), x[fn.axis], math.prod(x[fn.axis + 1 :])]
+        src = pl.read(node.inputs[0])
+        out = pl.write(node.output, x)
+        pl.emit(_Step("softmax", [out, src, None, None], ints=dims))
+    elif isinstance(fn, (ops.Gelu, ops.Tanh, ops.Scalar)):
+        if isinstance(fn, ops.Gelu):
+            kind, value = ("gelu" if fn.approximate == "none" else "gelu_tanh"), 0.0
+        elif isinstance(fn, ops.Tanh):
+            kind, value = "tanh", 0.0
+        else:
+            kind, value = fn.fn, float(np.float32(fn.value))
+        x = pl.shape(node.inputs[0])
+        src = pl.read(node.inputs[0])
+        out = pl.write(node.output, x)
+        pl.emit(_Step("unary", [out, src, None, None], ints=[math.prod(x), UNARY[kind]], floats=[value]))
+    elif isinstance(fn, ops.Embedding):
+        ids = pl.shape(node.inputs[0])
+        vocab, dim = fn.weight.shape
+        src = pl.read(node.inputs[0])
+        out = pl.write(node.output, (*ids, dim))
+        pl.emit(_Step("gather", [out, src, None, None], [_f32(fn.weight)], [math.prod(ids), vocab, dim]))
     elif isinstance(fn, ops.Concat):
         _concat(pl, node, fn.axis)
     elif isinstance(fn, ops.Linear):
@@ -282,6 +336,88 @@ def _plan_node(pl: Planner, node: Node) -> None:
         pl.emit(_Step("prelu", [out, src, None, None], [w], [x[0], c, math.prod(x[2:]), int(w.size > 1)]))
     else:
         raise Unplannable(f"no step for {type(fn).__name__}")
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> list[int]:
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return strides[::-1]
+
+
+def _strided(
+    pl: Planner, out: int, src: int | None, tensor: np.ndarray | None, dims, strides, offset: int = 0
+) -> None:
+    """One G_STRIDED step: dims and element strides padded on the left to STRIDED_DIMS."""
+    if len(dims) > STRIDED_DIMS:
+        raise Unplannable(
+            f"a layout op over {len(dims)} axes (the executor's strided copy takes {STRIDED_DIMS})"
+        )
+    pad = STRIDED_DIMS - len(dims)
+    ints = [1] * pad + list(dims) + [0] * pad + list(strides) + [offset]
+    pl.emit(_Step("strided", [out, src, None, None], [tensor], ints))
+
+
+def _layout(pl: Planner, node: Node, fn) -> None:
+    """Transpose, expand, slice and select as one strided copy each."""
+    x = pl.shape(node.inputs[0])
+    cs = _contiguous_strides(x)
+    offset = 0
+    if isinstance(fn, ops.Transpose):
+        dims, strides = [x[p] for p in fn.perm], [cs[p] for p in fn.perm]
+    elif isinstance(fn, ops.Expand):
+        dims = [x[0], *fn.shape]
+        strides = [cs[i] if x[i] == dims[i] else 0 for i in range(len(x))]
+    elif isinstance(fn, ops.Slice):
+        dims, strides = list(pl.shape(node.output)), list(cs)
+        strides[fn.axis] *= fn.step
+        offset = fn.start * cs[fn.axis]
+    else:
+        dims = [d for i, d in enumerate(x) if i != fn.axis]
+        strides = [c for i, c in enumerate(cs) if i != fn.axis]
+        offset = fn.index * cs[fn.axis]
+    src = pl.read(node.inputs[0])
+    out = pl.write(node.output, tuple(dims))
+    _strided(pl, out, src, None, dims, strides, offset)
+
+
+def _broadcast(pl: Planner, name: str, shape: tuple[int, ...]) -> int:
+    """The buffer holding value or constant `name` at `shape` (numpy broadcasting), copied out
+    where its own shape differs."""
+    if name not in pl.consts and pl.shape(name) == shape:
+        return pl.read(name)
+    have = pl.consts[name].shape if name in pl.consts else pl.shape(name)
+    if len(have) > len(shape):
+        raise Unplannable(f"{name} of shape {have} broadcast to {shape}")
+    have = (1,) * (len(shape) - len(have)) + tuple(have)
+    cs = _contiguous_strides(have)
+    strides = [c if h == d else 0 for h, c, d in zip(have, cs, shape)]
+    if name in pl.consts:
+        src, tensor = None, pl.consts[name].reshape(-1)
+    else:
+        src, tensor = pl.read(name), None
+    out = pl.scratch(4 * math.prod(shape))
+    _strided(pl, out, src, tensor, shape, strides)
+    return out
+
+
+def _add(pl: Planner, node: Node) -> None:
+    shape = pl.shape(node.output)
+    a, b = (_broadcast(pl, v, shape) for v in node.inputs)
+    out = pl.write(node.output, shape)
+    pl.emit(_Step("add", [out, a, b, None], ints=[math.prod(shape)]))
+
+
+def _matmul(pl: Planner, node: Node) -> None:
+    a, b = (pl.shape(v) for v in node.inputs)
+    if a[:-2] != b[:-2]:
+        raise Unplannable(f"a broadcasting matmul {a} @ {b}")
+    m, k, n = a[-2], a[-1], b[-1]
+    ins = [pl.read(v) for v in node.inputs]
+    scratch = pl.scratch(4 * k * n)
+    out = pl.write(node.output, (*a[:-2], m, n))
+    pl.emit(_Step("matmul", [out, ins[0], ins[1], scratch], ints=[math.prod(a[:-2]), m, k, n]))
 
 
 def _affine(pl: Planner, src_name: str, out_name: str, scale, shift, clamp) -> None:
@@ -600,9 +736,18 @@ def _blinear(pl: Planner, node: Node, conv: ops.BinaryConvGemm) -> None:
     x = pl.shape(node.inputs[0])
     rows, k = math.prod(x[:-1]), x[-1]
     words = -(-k // 64)
-    gain = None if conv.gain is None else np.ascontiguousarray(conv.gain, dtype=np.float32).reshape(-1)
-    if gain is not None and gain.size not in (1, conv.cout):
-        raise Unplannable(f"a linear's output gain of {gain.size} values over {conv.cout} outputs")
+    gain = None if conv.gain is None else np.ascontiguousarray(conv.gain, dtype=np.float32)
+    if gain is not None and gain.size not in (
+        1,
+        conv.cout,
+    ):  # over more than the channels: one sample's worth
+        try:
+            gain = np.broadcast_to(gain, (*x[1:-1], conv.cout))
+        except ValueError:
+            raise Unplannable(
+                f"a linear's output gain of shape {gain.shape} over {(*x[1:-1], conv.cout)}"
+            ) from None
+    gain = None if gain is None else np.ascontiguousarray(gain, dtype=np.float32).reshape(-1)
     src = pl.read(node.inputs[0])
     scratch = pl.scratch(rows * (8 * words + 4 * conv.cout))
     out = pl.write(node.output, (*x[:-1], conv.cout))
@@ -663,7 +808,7 @@ def plan_tables(graph: Graph, n: int) -> PlanTables:
     planner.plan()
     arena = planner.layout()
     steps, floats, tensors = planner.tables()
-    in_bytes = [4 * n * math.prod(s.shape[1:]) for s in graph.inputs]
+    in_bytes = [np.dtype(s.dtype).itemsize * n * math.prod(s.shape[1:]) for s in graph.inputs]
     out_bytes = [4 * n * math.prod(s.shape[1:]) for s in graph.outputs]
     return PlanTables(steps, floats, tensors, arena, in_bytes, out_bytes)
 

@@ -90,7 +90,8 @@ def lower(model: nn.Module, example_input: Tensor) -> Lowering:
             f"{RUNTIME} runs batch 1 only (its input is [1, H, W, C] and it has no batch axis); the "
             f"example input has batch {example_input.shape[0]}: export with a batch-1 example input"
         )
-    lowering = Lowering(trace_ir(model, example_input, runtime=RUNTIME), _algorithms(model))
+    ir = trace_ir(model, example_input, runtime=RUNTIME, input_dtypes=("float32",))
+    lowering = Lowering(ir, _algorithms(model))
     lowering.run()
     return lowering
 

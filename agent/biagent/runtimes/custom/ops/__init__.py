@@ -5,7 +5,9 @@
 * binary: the binary_conv op (BinaryLayer; BinaryConvReference, BinaryConvGemm, BinaryConvC),
 * conv: the full-precision conv (ConvReference, ConvC) and the stem's fused nodes,
 * elementwise: affine, clamp, prelu, linear and the pools,
-* simple: the parameter-only ops as classes the whole-graph planner can read.
+* simple: the parameter-only ops as classes the whole-graph planner can read,
+* layout: constants, reshape, transpose, expand, slice, select and the embedding lookup,
+* transformer: layer norm, GELU, tanh, softmax, arithmetic with a constant, batched matmul.
 
 Each op takes the model's KernelSettings (settings.py) when it is built. The names below
 are what the engine, the fusion passes and the tests use; the tuning constants stay in
@@ -37,10 +39,25 @@ from .elementwise import (
     max_pool,
     prelu,
 )
+from .layout import Constant, Embedding, Expand, Reshape, Select, Slice, Transpose
 from .simple import Add, AvgPool, Concat, Flatten, Identity, Linear, PRelu, Reduce, Relu
+from .transformer import Gelu, LayerNorm, MatMul, Scalar, Softmax, Tanh
 from .xnor import channel_packed_weights, popcount_lut8, xnor_gemm, xnor_popcount_dot
 
 __all__ = [
+    "Constant",
+    "Embedding",
+    "Expand",
+    "Gelu",
+    "LayerNorm",
+    "MatMul",
+    "Reshape",
+    "Scalar",
+    "Select",
+    "Slice",
+    "Softmax",
+    "Tanh",
+    "Transpose",
     "Add",
     "AvgPool",
     "Concat",
