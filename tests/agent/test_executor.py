@@ -259,3 +259,44 @@ def test_unplannable_names_the_node():
     graph.nodes[3].fn = object()
     with pytest.raises(Unplannable, match=re.escape(f"node {graph.nodes[3].name} (")):
         Planner(graph, 1).plan()
+
+
+@pytest.mark.parametrize("algo", ["bnn", "reactnet"])
+def test_binary_linears_over_sequences_equal_the_per_node_path_at_ragged_sizes(algo):
+    """A binary linear over (N, T, K) runs as transpose, 1x1 binary conv, transpose: the
+    transposes' 8 x 8 blocks and their ragged edges (T = 13, K = 37, 70 outputs)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(37, 70), torch.nn.Hardtanh(), torch.nn.Linear(70, 67))
+    x = torch.randn(3, 13, 37)
+    model = bimodels.binarize(net, algo, example_input=x[:1]).eval()
+    data = bimodels.export(model, "custom", x[:1])
+    graph = load_artifact(data, KernelSettings(threads=1), fuse=True)
+    native, how = plan_native(graph, KernelSettings(threads=1))
+    assert native is not None, how
+    steps = plan_tables(graph, 3).steps[:, 0].tolist()
+    assert executor.OP["transpose"] in steps, "the sequence linear is expected on the transposing path"
+    for n in (1, 3):
+        np.testing.assert_array_equal(native.run([x.numpy()[:n]])[0], graph.run([x.numpy()[:n]])[0])
+
+
+@pytest.mark.parametrize("algo", ["xnor", "xnorpp"])
+def test_every_token_step_equals_the_per_node_path(algo):
+    """tests.helpers.TinyTransformer: gather, constants broadcast into adds, strided transposes,
+    slices, selects and expands, matmul, softmax, layer norm, GELU both ways, tanh, arithmetic."""
+    from biagent.runtimes.base import InvokeError
+    from tests.helpers import TinyTransformer
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (3, 6))
+    model = bimodels.binarize(TinyTransformer(), algo, example_input=ids[:1]).eval()
+    graph = load_artifact(bimodels.export(model, "custom", ids[:1]), KernelSettings(threads=2), fuse=True)
+    native, how = plan_native(graph, KernelSettings(threads=2))
+    assert native is not None, how
+    ops = {executor.OP[k] for k in ("gather", "strided", "matmul", "softmax", "layernorm", "unary")}
+    assert ops <= set(plan_tables(graph, 3).steps[:, 0].tolist())
+    for n in (1, 3):
+        np.testing.assert_array_equal(native.run([ids.numpy()[:n]])[0], graph.run([ids.numpy()[:n]])[0])
+    bad = ids.numpy().copy()
+    bad[1, 2] = 50
+    with pytest.raises(InvokeError, match="a token id outside its embedding table"):
+        native.run([bad])

@@ -15,6 +15,8 @@ enum { FP_GELU = 0, FP_GELU_TANH = 1, FP_TANH = 2, FP_ADD = 3, FP_SUB = 4, FP_MU
 void fp_unary(const float *x, int64_t n, int kind, float value, float *y, int threads);
 void fp_layer_norm(const float *x, int64_t rows, int64_t cols, const float *weight, const float *bias, double eps,
                    float *y);
+void fp_matmul(const float *a, const float *b, int64_t batches, int64_t m, int64_t k, int64_t n, float *y,
+               int threads);
 void fp_softmax(const float *x, int64_t outer, int64_t red, int64_t inner, float *y);
 /* Returns 0, or -2 when out of memory. */
 /* isa: "auto" or a path to force ("avx512", "avx2", anything else: portable) for the tests. */

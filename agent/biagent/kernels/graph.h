@@ -32,7 +32,7 @@ enum {
     G_BLINEAR = 16,   /* a binary linear on the popcount GEMM (xnor_gemm.c) with XNOR's beta and a gain */
     G_STRIDED = 17,   /* a strided gather of 4-byte elements into a contiguous (up to 6-D) block: transpose,
                          expand, slice, select, or a constant (tensor 0 when there is no input buffer) broadcast */
-    G_MATMUL = 18,    /* batched a (m, k) @ b (k, n): b transposed into scratch, then fp_linear */
+    G_MATMUL = 18,    /* batched a (m, k) @ b (k, n) (fpops.c: fp_matmul) */
     G_LAYERNORM = 19, /* over rows (fpops.c: fp_layer_norm) */
     G_SOFTMAX = 20,   /* over the middle axis of (outer, red, inner) (fpops.c: fp_softmax) */
     G_UNARY = 21,     /* GELU, tanh, or x with a constant (fpops.c: fp_unary) */

@@ -402,6 +402,32 @@ done:
     return result;
 }
 
+static PyObject *py_matmul(PyObject *self, PyObject *args) {
+    PyObject *ao, *bo, *oo;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "OOO|i", &ao, &bo, &oo, &threads)) return NULL;
+    opt_buf b[3];
+    memset(b, 0, sizeof(b));
+    PyObject *result = NULL;
+    if (take(ao, &b[0], 3, 4, 'f', 0, 0, "matmul: a") || take(bo, &b[1], 3, 4, 'f', 0, 0, "matmul: b") ||
+        take(oo, &b[2], 3, 4, 'f', 1, 0, "matmul: out"))
+        goto done;
+    const Py_ssize_t *as = b[0].view.shape, *bs = b[1].view.shape, *os = b[2].view.shape;
+    if (bs[0] != as[0] || bs[1] != as[2] || os[0] != as[0] || os[1] != as[1] || os[2] != bs[2]) {
+        PyErr_SetString(PyExc_ValueError, "matmul: a (B, m, k), b (B, k, n), out (B, m, n)");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_matmul((const float *)b[0].view.buf, (const float *)b[1].view.buf, as[0], as[1], as[2], bs[2],
+              (float *)b[2].view.buf, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(b, 3);
+    return result;
+}
+
 static PyObject *py_softmax(PyObject *self, PyObject *args) {
     PyObject *xo, *oo;
     long long outer, red, inner;
@@ -859,6 +885,7 @@ static PyMethodDef methods[] = {
     {"unary", py_unary, METH_VARARGS,
      "unary(x, kind, value, out, threads=1): kind 0 GELU, 1 GELU (tanh), 2 tanh, 3..8 x+v, x-v, x*v, x/v, v-x, v/x"},
     {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x (rows, cols), weight, bias, eps, out): over each row"},
+    {"matmul", py_matmul, METH_VARARGS, "matmul(a (B, m, k), b (B, k, n), out (B, m, n), threads=1): sums over k in order"},
     {"softmax", py_softmax, METH_VARARGS, "softmax(x, (outer, red, inner), out): over the middle axis"},
     {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, out, (kh, kw, sh, sw, dh, dw, pt, pl), threads=1, isa='auto')"},
     {"im2col2d", py_im2col2d, METH_VARARGS,

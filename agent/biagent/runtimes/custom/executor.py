@@ -415,9 +415,8 @@ def _matmul(pl: Planner, node: Node) -> None:
         raise Unplannable(f"a broadcasting matmul {a} @ {b}")
     m, k, n = a[-2], a[-1], b[-1]
     ins = [pl.read(v) for v in node.inputs]
-    scratch = pl.scratch(4 * k * n)
     out = pl.write(node.output, (*a[:-2], m, n))
-    pl.emit(_Step("matmul", [out, ins[0], ins[1], scratch], ints=[math.prod(a[:-2]), m, k, n]))
+    pl.emit(_Step("matmul", [out, ins[0], ins[1], None], ints=[math.prod(a[:-2]), m, k, n]))
 
 
 def _affine(pl: Planner, src_name: str, out_name: str, scale, shift, clamp) -> None:

@@ -152,22 +152,19 @@ class Scalar:
 
 @dataclass(frozen=True)
 class MatMul:
-    """numpy's matmul semantics (broadcast leading axes). C: one fp_linear per matrix, so the
-    threads are the model's and the dot order is the linear layers' (numpy's BLAS would pick
-    its own thread count)."""
+    """numpy's matmul semantics (broadcast leading axes). C: fp_matmul, each output summed over k
+    in order with the model's threads (numpy's BLAS would pick its own order and thread count);
+    the executor calls the same function."""
 
     settings: KernelSettings
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if not compiled(self.settings) or not hasattr(_xnor, "linear"):
+        if not compiled(self.settings) or not hasattr(_xnor, "matmul"):
             return np.matmul(a, b)
         lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
         a3 = np.ascontiguousarray(np.broadcast_to(a, (*lead, m, k)), dtype=_F).reshape(-1, m, k)
-        bt = np.ascontiguousarray(np.broadcast_to(b, (*lead, k, n)).swapaxes(-1, -2), dtype=_F).reshape(
-            -1, n, k
-        )
+        b3 = np.ascontiguousarray(np.broadcast_to(b, (*lead, k, n)), dtype=_F).reshape(-1, k, n)
         y = np.empty((a3.shape[0], m, n), _F)
-        for i in range(a3.shape[0]):
-            _xnor.linear(a3[i], bt[i], None, y[i], self.settings.threads)
+        _xnor.matmul(a3, b3, y, self.settings.threads)
         return y.reshape(*lead, m, n)
