@@ -49,10 +49,17 @@ def test_plus_one_padding_makes_lce_native_and_zero_padding_composite():
 
 
 def test_unsupported_cells_name_the_reason():
-    c = cell("dfsmn", "bnn", "larq", check=False)
-    assert c.status == "unsupported" and "image models" in c.reason
+    c = cell("bert_tiny", "bnn", "larq", check=False)
+    assert c.status == "unsupported" and "float32 input" in c.reason
     c = cell("bert_tiny", "bnn", "dabnn", check=False)
     assert c.status == "unsupported" and "float32 input" in c.reason
+
+
+@pytest.mark.skipif(not larq_installed, reason="larq-compute-engine not installed")
+def test_lce_deploys_keyword_spotting_as_one_row_images():
+    c = cell("dfsmn", "reactnet", "larq")
+    assert c.status == "composite" and c.checked, c.reason
+    assert c.extra_ops == {"ADD (ReActNet threshold)": 8}
 
 
 def test_the_custom_runtime_deploys_token_models_natively():

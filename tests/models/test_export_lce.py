@@ -94,13 +94,47 @@ def test_plus_one_padding_is_native(tmp_path):
         assert np.abs(out - model(x).numpy()).max() <= 1e-5
 
 
-@pytest.mark.parametrize(
-    "arch, words", [("dfsmn", "image models"), ("bert_tiny", "float32"), ("pointnet", "image models")]
-)
+@pytest.mark.parametrize("arch", ["dfsmn", "pointnet_vanilla", "pointnet", "pointnet_part_seg", "ssd_resnet"])
+@pytest.mark.parametrize("algo", bimodels.list_algorithms())
+def test_lce_runs_sequences_point_clouds_and_detection(arch, algo):
+    """1-D models as images one row high, binary linears as 1 x 1 binary convs, the T-Nets'
+    reshape/transpose/matmul, part segmentation's expand, SSD's permuted heads."""
+    model = build(arch, algo)
+    xs = [bimodels.example_input(model, 1, seed=s) for s in (1, 2)]
+    report = export_lce(model, xs[0])
+    ops = op_names(report.data)
+    assert ops.count("LceBconv2d") == len(bimodels.binary_layers(model)) == ops.count("LceQuantize")
+    assert_numerics("larq", report.data, "lce", model, xs)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_maps_smaller_than_the_kernel_are_padded_explicitly(size, stride, tmp_path):
+    """LCE's own zero padding is wrong on a map smaller than the kernel (3 x 3 on 1 x 1 or 2 x 2:
+    off by up to 24); the exporter pads and corrects there instead."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, stride=stride, padding=1, bias=False))
+    model = bimodels.binarize(net, "bnn", fp_layers=[]).eval()
+    x = torch.randn(1, 16, size, size)
+    report = export_lce(model, x)
+    (out,) = run_lce(report.data, tmp_path, [x.numpy()])
+    with torch.no_grad():
+        np.testing.assert_array_equal(out, model(x).numpy())
+    corrected = any("zero-padding correction" in e for layer in report.layers for e in layer.extra_ops)
+    assert corrected == (size < 3 or size % 2 == 0 and stride == 2)
+
+
+@pytest.mark.parametrize(("arch", "words"), [("bert_tiny", "float32"), ("gelu", "no lowering for op 'gelu'")])
 def test_what_lce_cannot_express_is_refused_clearly(arch, words):
-    model = build(arch, "bnn")
+    if arch == "gelu":
+        model = bimodels.binarize(
+            torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 2)), "bnn"
+        ).eval()
+        x = torch.randn(1, 8)
+    else:
+        model, x = build(arch, "bnn"), bimodels.example_input(arch)
     with pytest.raises(bimodels.ExportError, match=words):
-        bimodels.export(model, "lce", bimodels.example_input(model))
+        bimodels.export(model, "lce", x)
 
 
 def test_an_lce_rounding_flip_is_explained_by_torch(tmp_path):
