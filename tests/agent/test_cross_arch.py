@@ -104,8 +104,7 @@ def _token_model():
 
 
 def _binary_cnn():
-    """2-D binary convs with no full-precision conv: the executor's FP 2-D conv steps are
-    AVX-512 kernels, so a plan with one cannot be built on AArch64 (graph_build says so)."""
+    """2-D binary convs and no full-precision conv."""
     from torch import nn
 
     net = nn.Sequential(
@@ -123,13 +122,23 @@ def _binary_cnn():
 @CROSS
 @pytest.mark.parametrize(
     ("arch", "algo"),
-    [("binary_cnn", "xnor"), ("dfsmn", "reactnet"), ("pointnet", "xnorpp"), ("tokens", "bnn")],
+    [
+        ("binary_cnn", "xnor"),
+        ("resnet20", "bireal"),
+        ("dfsmn", "reactnet"),
+        ("pointnet", "xnorpp"),
+        ("tokens", "bnn"),
+    ],
 )
-def test_aarch64_executor_matches_the_extension_bit_for_bit(arch, algo, tmp_path, graph_runners):
+def test_aarch64_executor_matches_the_extension_bit_for_bit(arch, algo, tmp_path, graph_runners, monkeypatch):
+    """resnet20 is planned as a board plans it: its FP convs on the GEMM (AVX-512 here, plain C
+    with fmaf there), since the direct stem kernel is x86 only."""
     import bimodels
+    from biagent.kernels import _xnor
     from biagent.runtimes.custom import KernelSettings, load_artifact
     from biagent.runtimes.custom.executor import NativeGraph, plan_tables
 
+    monkeypatch.setattr(_xnor, "conv2d_direct_supported", lambda: False)
     torch.manual_seed(0)
     fp_layers = None
     if arch == "tokens":

@@ -655,11 +655,47 @@ __attribute__((target("avx512f"))) int fp_gemm(const float *wp, const float *x, 
     }
     return 0;
 }
+int fp_gemm_supported(void) { return fp_conv2d_direct_supported(); }
+#else
+#if defined(__aarch64__)
+/* The AVX-512 GEMM's arithmetic in plain C for AArch64, which always has a fused multiply-add:
+ * each output is fmaf over k in order from 0, then + bias (or + 0), so a board computes the x86
+ * floats bit for bit (checked under qemu). Tiles of 4 rows x 16 columns fit NEON's registers. */
+int fp_gemm(const float *wp, const float *x, const float *bias, int64_t M, int64_t K, int64_t N, float *y, int threads) {
+    const int64_t tiles = (N + 15) / 16, mblocks = (M + 7) / 8;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1) if (M * K * N >= (1 << 20))
+#endif
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t n0 = t * 16, cols = N - n0 < 16 ? N - n0 : 16;
+        for (int64_t mb = 0; mb < mblocks; mb++)
+            for (int half = 0; half < 2; half++) {
+                float acc[4][16];
+                memset(acc, 0, sizeof(acc));
+                const float *w = wp + mb * K * 8 + half * 4;
+                for (int64_t k = 0; k < K; k++) {
+                    float xr[16] = {0};
+                    memcpy(xr, x + k * N + n0, sizeof(float) * (size_t)cols);
+                    for (int j = 0; j < 4; j++)
+                        for (int c = 0; c < 16; c++) acc[j][c] = fmaf(w[k * 8 + j], xr[c], acc[j][c]);
+                }
+                for (int j = 0; j < 4 && mb * 8 + half * 4 + j < M; j++) {
+                    const int64_t m = mb * 8 + half * 4 + j;
+                    const float b = bias ? bias[m] : 0.0f;
+                    for (int64_t c = 0; c < cols; c++) y[m * N + n0 + c] = acc[j][c] + b;
+                }
+            }
+    }
+    return 0;
+}
+int fp_gemm_supported(void) { return 1; }
 #else
 int fp_gemm(const float *wp, const float *x, const float *bias, int64_t M, int64_t K, int64_t N, float *y, int threads) {
     (void)wp; (void)x; (void)bias; (void)M; (void)K; (void)N; (void)y; (void)threads;
     return -1;
 }
+int fp_gemm_supported(void) { return 0; }
+#endif
 int fp_conv2d_direct_supported(void) { return 0; }
 int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const float *wt, const float *bias,
                      int64_t cout, const fp_pool2d *p, const fp_conv_post *post, float *y, int threads) {

@@ -39,9 +39,11 @@ typedef struct {
 int fp_conv2d_direct_supported(void);
 int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const float *wt, const float *bias,
                      int64_t cout, const fp_pool2d *p, const fp_conv_post *post, float *y, int threads);
-/* Y (M, N) = W (M, K) x X (K, N) [+ bias (M)], W packed (ceil(M/8), K, 8); OpenMP over column tiles
- * (AVX-512; -1 where the CPU or build has none, as fp_conv2d_direct_supported says). */
+/* Y (M, N) = W (M, K) x X (K, N) [+ bias (M)], W packed (ceil(M/8), K, 8); OpenMP over column tiles.
+ * Each output: fmaf over k in order, then + bias. AVX-512 on x86, plain C with fmaf on AArch64
+ * (the same floats); -1 where the CPU or build has neither, as fp_gemm_supported says. */
 int fp_gemm(const float *wp, const float *x, const float *bias, int64_t M, int64_t K, int64_t N, float *y, int threads);
+int fp_gemm_supported(void);
 /* A full-precision 1-D conv with zero padding and groups, per sample: x (C, L), w (cout, C / groups, k),
  * y (cout, OL). Each output sums its (channel, tap) products in that order, then adds the bias, whatever
  * the thread count (OpenMP over output channels). */

@@ -185,6 +185,7 @@ static int check_conv(checker *c, const int64_t *s) {
     if (p[15] == 0) {
         if (!fp_conv2d_direct_supported()) return fail(c, "conv: the direct kernel does not run on this CPU");
     } else {
+        if (!fp_gemm_supported()) return fail(c, "conv: the GEMM kernel does not run on this CPU");
         if (p[16] || p[17] || p[18]) return fail(c, "conv: the GEMM path has no fused epilogue");
         if (need_ref(c, s, 3, mul(mul3(K, OH, OW), 4), 0, "conv columns")) return -1;
     }

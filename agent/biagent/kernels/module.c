@@ -599,7 +599,7 @@ static PyObject *py_fp_gemm(PyObject *self, PyObject *args) {
     rc = fp_gemm((const float *)b[0].view.buf, (const float *)b[1].view.buf,
                  b[2].held ? (const float *)b[2].view.buf : NULL, M, K, N, (float *)b[3].view.buf, threads);
     Py_END_ALLOW_THREADS
-    result = kernel_result(rc, "fp_gemm: not available on this CPU (needs AVX-512)", NULL);
+    result = kernel_result(rc, "fp_gemm: not available on this CPU (needs AVX-512 or AArch64)", NULL);
 done:
     release(b, 4);
     return result;
@@ -667,6 +667,10 @@ static PyObject *py_conv1d(PyObject *self, PyObject *args) {
 done:
     release(b, 4);
     return result;
+}
+
+static PyObject *py_fp_gemm_supported(PyObject *self, PyObject *noargs) {
+    return PyBool_FromLong(fp_gemm_supported());
 }
 
 static PyObject *py_conv2d_direct_supported(PyObject *self, PyObject *noargs) {
@@ -897,7 +901,8 @@ static PyMethodDef methods[] = {
     {"linear", py_linear, METH_VARARGS, "linear(x, weight, bias, out, threads=1): x @ weight.T + bias, fixed summation order"},
     {"conv1d", py_conv1d, METH_VARARGS,
      "conv1d(x, weight, bias, out, (groups, stride, dilation, pad_l, pad_r), threads=1): a zero-padded FP conv1d"},
-    {"conv2d_direct_supported", py_conv2d_direct_supported, METH_NOARGS, "Whether conv2d_direct (and fp_gemm) run here."},
+    {"conv2d_direct_supported", py_conv2d_direct_supported, METH_NOARGS, "Whether conv2d_direct runs here (AVX-512)."},
+    {"fp_gemm_supported", py_fp_gemm_supported, METH_NOARGS, "Whether fp_gemm runs here (AVX-512, or AArch64)."},
     {"fp_gemm", py_fp_gemm, METH_VARARGS,
      "fp_gemm(weights (ceil(M/8), K, 8), x (K, N), bias or None, out (M, N), threads=1): out = W x + bias on OpenMP threads"},
     {"bconv_ceiling", py_bconv_ceiling, METH_VARARGS,

@@ -510,7 +510,7 @@ def _conv(pl: Planner, node: Node, conv: ops.Conv, post: ops.StemPost | None) ->
     direct = isinstance(conv, ops.ConvC) and conv.direct is not None
     gemm = isinstance(conv, ops.ConvC) and conv.gemm_w is not None
     if len(x) != 4 or conv.groups != 1 or not (direct or gemm):
-        raise Unplannable("a conv without a C kernel here (grouped, 1-D, or no AVX-512 build)")
+        raise Unplannable("a conv without a C kernel here (grouped, or neither AVX-512 nor AArch64)")
     oh, ow = out_spatial(x[2:], conv.pads, conv.kernel, conv.stride, conv.dilation)
     geom = [*conv.kernel, *conv.stride, *conv.dilation, conv.pads[0][0], conv.pads[1][0], oh, ow]
     head = [x[0], x[1], x[2], x[3], conv.cout]

@@ -156,7 +156,8 @@ class ConvReference(Conv):
 
 class ConvC(ConvReference):
     """The C kernels (kernels/fpops.c): im2col in C for 2-D convs (1-D ones keep the numpy
-    columns), and where the CPU has them (AVX-512) two more:
+    columns), and where the CPU has them two more (the direct stem kernel on AVX-512; the GEMM
+    on AVX-512 and AArch64, the same floats on both):
 
     * few input channels (a stem): the direct kernel beats im2col + sgemm (K is tiny and the
       im2col copies the input kh*kw/stride^2 times). Weights as (ceil(C_out/8), C, kh, kw, 8).
@@ -170,16 +171,18 @@ class ConvC(ConvReference):
 
     def __init__(self, a: dict, t: dict, settings: KernelSettings):
         super().__init__(a, t, settings)
-        if len(self.kernel) == 2 and self.groups == 1 and _xnor.conv2d_direct_supported():
+        direct_ok = _xnor.conv2d_direct_supported()
+        gemm_ok = hasattr(_xnor, "fp_gemm_supported") and _xnor.fp_gemm_supported()
+        if len(self.kernel) == 2 and self.groups == 1 and (direct_ok or gemm_ok):
             w = t[a["weight"]]
             padded = np.zeros((-(-self.cout // 8) * 8, self.cg * math.prod(self.kernel)), np.float32)
             padded[: self.cout] = w.reshape(self.cout, -1)  # K in (c, ky, kx) order
             blocks = np.ascontiguousarray(
                 padded.reshape(-1, 8, padded.shape[1]).transpose(0, 2, 1)
             )  # (blocks, K, 8)
-            if self.cg <= DIRECT_MAX_CHANNELS:
+            if self.cg <= DIRECT_MAX_CHANNELS and direct_ok:
                 self.direct = blocks.reshape(-1, self.cg, *self.kernel, 8)
-            else:
+            elif gemm_ok:  # AArch64 too (plain C with fmaf): a board's image models get the executor
                 self.gemm_w = blocks
 
     def direct_call(self, x: np.ndarray, post: StemPost | None = None) -> np.ndarray:
