@@ -355,3 +355,13 @@ def test_small_ops_export_and_match():
     assert run_custom(net, x, torch.randn(3, 4, 10)).shape == (3, 42)
     with torch.no_grad():
         assert_close(run_custom(net, x), net(x).numpy())
+
+
+class _OneBatchOnly(nn.Module):
+    def forward(self, x):
+        return x.view(1, 2, 2) + torch.ones(1, 2, 2)  # a batch size written into the model
+
+
+def test_a_model_that_takes_one_batch_size_is_refused_with_the_reason():
+    with pytest.raises(ExportError, match="does not run at batch size 2"):
+        export(_OneBatchOnly(), "custom", torch.randn(1, 4))

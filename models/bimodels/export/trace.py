@@ -132,8 +132,13 @@ def _run_batched(gm: fx.GraphModule, example: Tensor, keep: set[str]) -> _Batche
     for n in (2, 3):
         rec = _Recorder(gm, keep)
         x = example[:1].expand(n, *example.shape[1:]).contiguous()
-        with torch.no_grad():
-            rec.run(x)
+        try:
+            with torch.no_grad():
+                rec.run(x)
+        except Exception as exc:  # a model that takes one batch size only
+            raise _Unsupported(
+                f"a reshape or constant in a model that does not run at batch size {n} ({type(exc).__name__}: {exc})"
+            ) from exc
         shapes.append(rec.shapes)
         values.append(rec.values)
     return _Batched((shapes[0], shapes[1]), (values[0], values[1]))
