@@ -13,6 +13,8 @@ runtime at the same thread count, its share of this CPU's popcount ceiling (the
 micro-kernel alone on L1-resident tiles, run on as many threads at once), custom's scaling
 from the first thread count to each further one, and the ceiling's own scaling: what this
 machine gives a pure popcount loop on more cores (a shared or throttled host gives < 2x).
+Then ResNet-18's full-precision stem (3 -> 64, 7x7, stride 2, at 224x224) the same way,
+against the FMA ceiling (independent vector FMA chains in registers, fpops.c).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import add_ratios, agent_spec, popcount_ceiling, run_contenders, workdir  # noqa: E402
+from timing import add_ratios, agent_spec, fma_ceiling, popcount_ceiling, run_contenders, workdir  # noqa: E402
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, spatial size)
 RUNTIMES = {"custom": "custom", "larq": "lce", "onnxruntime": "onnx"}
@@ -40,6 +42,50 @@ def layer_model(channels: int):
     torch.manual_seed(0)
     fp = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False))
     return bimodels.binarize(fp, "bnn", fp_layers=[]).eval()
+
+
+STEM = (3, 64, 7, 2, 3, 224)  # cin, cout, kernel, stride, padding, input size
+
+
+def stem_model():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    cin, cout, k, s, p, _ = STEM
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=s, padding=p, bias=False)).eval()
+
+
+def measure_stem(counts: list[int], rounds: int) -> list[dict]:
+    """The FP stem on custom (the direct AVX-512 kernel, or im2col + fp_gemm), LCE and ORT."""
+    import torch
+
+    import bimodels
+
+    cin, cout, k, s, p, size = STEM
+    out = (size + 2 * p - k) // s + 1
+    macs = cout * cin * k * k * out * out
+    ceilings = {t: fma_ceiling(threads=t) for t in counts}
+    model, x = stem_model(), torch.randn(1, cin, size, size)
+    with workdir() as tmp:
+        specs = {
+            rt: agent_spec(rt, fmt, bimodels.export(model, fmt, x), x.numpy(), Path(tmp), rt)
+            for rt, fmt in RUNTIMES.items()
+        }
+        medians = run_contenders(specs, counts, Path(tmp), rounds)
+    rows = []
+    for t in counts:
+        row = {"shape": f"stem {cin}->{cout} {k}x{k}/{s} @ {size}x{size}", "macs": macs, "threads": t}
+        row["fma_ceiling_gflops"] = 2 * ceilings[t] / 1e9
+        add_ratios(row, medians, list(RUNTIMES), t, counts)
+        for rt in RUNTIMES:
+            row[f"{rt}_gflops"] = (
+                None if row[f"{rt}_ms"] is None else 2 * macs / (row[f"{rt}_ms"] / 1e3) / 1e9
+            )
+        if row["custom_ms"]:
+            row["fma_fraction"] = macs / (row["custom_ms"] / 1e3) / ceilings[t]
+        rows.append(row)
+    return rows
 
 
 def measure(counts: list[int], rounds: int) -> list[dict]:
@@ -88,8 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(t) for t in args.threads.split(",")]
     rows = measure(counts, args.rounds)
+    stem = measure_stem(counts, args.rounds)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"binary_layers": rows, "stem": stem}, indent=2))
         return
     nan = float("nan")
     for t in counts:
@@ -106,6 +153,13 @@ def main() -> None:
             f"onnxruntime {r['onnxruntime_ms'] or nan:.3f} ms  x{r.get('custom_vs_larq', nan):.2f} vs larq  "
             f"x{r.get('custom_vs_onnxruntime', nan):.2f} vs ORT"
             + (f"  x{scaling:.2f} vs {counts[0]}t" if scaling else "")
+        )
+    for r in stem:
+        print(
+            f"{r['threads']}t {r['shape']}  custom {r['custom_ms']:.3f} ms ({r['custom_gflops']:.0f} GFLOP/s, "
+            f"{100 * r.get('fma_fraction', nan):.0f}% of the {r['fma_ceiling_gflops']:.0f} GFLOP/s FMA ceiling)  "
+            f"larq {r['larq_ms'] or nan:.3f} ms  onnxruntime {r['onnxruntime_ms'] or nan:.3f} ms  "
+            f"x{r.get('custom_vs_onnxruntime', nan):.2f} vs ORT"
         )
 
 

@@ -122,29 +122,46 @@ def torch_spec(arch: str, x: np.ndarray, workdir: Path, tag: str, seed: int = 0)
     return {"kind": "torch", "arch": arch, "seed": seed, "input": str(inp)}
 
 
+def _ceiling(run, per_unit: float, seconds: float, threads: int) -> float:
+    """Units per second of `run(reps)` (which returns units done) on `threads` threads at once,
+    best of 5, each run sized to about seconds / 5."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reps, best = 1000, 0.0
+    while True:
+        t = time.perf_counter()
+        run(reps)
+        if time.perf_counter() - t > seconds / 5:
+            break
+        reps *= 4
+    with ThreadPoolExecutor(threads) as pool:  # the kernels release the GIL
+        for _ in range(5):
+            t = time.perf_counter()
+            done = sum(pool.map(lambda _: run(reps), range(threads)))
+            best = max(best, done * per_unit / (time.perf_counter() - t))
+    return best
+
+
 def popcount_ceiling(isa: str = "auto", seconds: float = 0.3, threads: int = 1) -> float:
     """Binary MACs per second of the custom runtime's micro-kernel on L1-resident tiles, run on
     `threads` threads at once (best of 5). Its 2-thread / 1-thread ratio is what this machine
     gives a pure popcount loop: a layer's scaling is judged against it."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from biagent.kernels import _xnor
 
     if _xnor is None:
         return float("nan")
-    reps, best = 1000, 0.0
-    while True:  # size one run to ~seconds / 5
-        t = time.perf_counter()
-        _xnor.bconv_ceiling(isa, reps)
-        if time.perf_counter() - t > seconds / 5:
-            break
-        reps *= 4
-    with ThreadPoolExecutor(threads) as pool:  # the kernel releases the GIL
-        for _ in range(5):
-            t = time.perf_counter()
-            pairs = sum(pool.map(lambda _: _xnor.bconv_ceiling(isa, reps), range(threads)))
-            best = max(best, pairs * 64 / (time.perf_counter() - t))
-    return best
+    return _ceiling(lambda reps: _xnor.bconv_ceiling(isa, reps), 64, seconds, threads)
+
+
+def fma_ceiling(seconds: float = 0.3, threads: int = 1) -> float:
+    """Float multiply-adds per second of independent vector FMA chains in registers (fpops.c:
+    fp_fma_ceiling; AVX-512, AVX2+FMA or NEON, as this build and CPU have), on `threads`
+    threads at once: what a full-precision conv (the stem) is judged against."""
+    from biagent.kernels import _xnor
+
+    if _xnor is None or not hasattr(_xnor, "fma_ceiling"):
+        return float("nan")
+    return _ceiling(_xnor.fma_ceiling, 1, seconds, threads)
 
 
 def serve(spec_path: str) -> None:

@@ -131,3 +131,10 @@ def test_kernels_refuse_mismatched_buffers():
         _xnor.matmul(np.zeros((1, 4, 8), F), np.zeros((1, 7, 2), F), np.zeros((1, 4, 2), F))
     with pytest.raises(ValueError, match="layer_norm: "):
         _xnor.layer_norm(x, np.zeros(7, F), None, 1e-5, np.zeros_like(x))
+
+
+def test_the_fma_ceiling_counts_what_it_did():
+    """bench/kernels.py times it to judge the FP stem: it must report its work and refuse nonsense."""
+    assert _xnor.fma_ceiling(10) == 10 * 12 * 16
+    with pytest.raises(ValueError, match="reps must be >= 1"):
+        _xnor.fma_ceiling(0)

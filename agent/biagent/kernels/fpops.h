@@ -44,6 +44,8 @@ int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const floa
  * (the same floats); -1 where the CPU or build has neither, as fp_gemm_supported says. */
 int fp_gemm(const float *wp, const float *x, const float *bias, int64_t M, int64_t K, int64_t N, float *y, int threads);
 int fp_gemm_supported(void);
+/* reps rounds of 192 independent fmaf chains; returns the multiply-adds done (time it). */
+int64_t fp_fma_ceiling(int64_t reps);
 /* A full-precision 1-D conv with zero padding and groups, per sample: x (C, L), w (cout, C / groups, k),
  * y (cout, OL). Each output sums its (channel, tap) products in that order, then adds the bias, whatever
  * the thread count (OpenMP over output channels). */

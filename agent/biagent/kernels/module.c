@@ -677,6 +677,20 @@ static PyObject *py_conv2d_direct_supported(PyObject *self, PyObject *noargs) {
     return PyBool_FromLong(fp_conv2d_direct_supported());
 }
 
+static PyObject *py_fma_ceiling(PyObject *self, PyObject *args) {
+    long long reps = 1000;
+    if (!PyArg_ParseTuple(args, "|L", &reps)) return NULL;
+    if (reps < 1) {
+        PyErr_SetString(PyExc_ValueError, "fma_ceiling: reps must be >= 1");
+        return NULL;
+    }
+    int64_t done;
+    Py_BEGIN_ALLOW_THREADS
+    done = fp_fma_ceiling(reps);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(done);
+}
+
 static PyObject *py_bconv_ceiling(PyObject *self, PyObject *args) {
     const char *isa = "auto";
     long long reps = 1000;
@@ -905,6 +919,8 @@ static PyMethodDef methods[] = {
     {"fp_gemm_supported", py_fp_gemm_supported, METH_NOARGS, "Whether fp_gemm runs here (AVX-512, or AArch64)."},
     {"fp_gemm", py_fp_gemm, METH_VARARGS,
      "fp_gemm(weights (ceil(M/8), K, 8), x (K, N), bias or None, out (M, N), threads=1): out = W x + bias on OpenMP threads"},
+    {"fma_ceiling", py_fma_ceiling, METH_VARARGS,
+     "fma_ceiling(reps=1000): 192 independent fmaf chains, reps rounds; returns the multiply-adds done (time it)."},
     {"bconv_ceiling", py_bconv_ceiling, METH_VARARGS,
      "bconv_ceiling(isa='auto', reps=1000): run the micro-kernel on an L1 tile; returns word pairs done (time it)."},
     {"graph_build", py_graph_build, METH_VARARGS,
