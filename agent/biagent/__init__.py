@@ -6,4 +6,4 @@ torch, so it installs on a Raspberry Pi in a minute.
 `__version__` is the project's one version: pyproject reads it, and bihost re-exports it.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
