@@ -110,11 +110,11 @@ def test_kernel_refuses_mismatched_post_buffers():
 
 
 # -- the graph rewrite ------------------------------------------------------------------------
-def _block_artifact(outputs: list[str], residual_first: bool = False, seed: int = 3) -> bytes:
+def _block_artifact(outputs: list[str], residual_first: bool = False, seed: int = 3, c: int = 70) -> bytes:
     """x -> binary conv -> batch norm -> (+ shortcut x) -> hardtanh, as an exporter writes a
-    binary ResNet block; then a second block, and a stray reader where asked."""
+    binary ResNet block; then a second block, and a stray reader where asked. c: channels."""
     rng = np.random.default_rng(seed)
-    c, k = 70, 70 * 9
+    k = c * 9
     t = {"w1": ops.pack_rows(rng.random((c, k)) < 0.5), "w2": ops.pack_rows(rng.random((c, k)) < 0.5)}
     for name in ("s1", "h1", "s2", "h2"):
         t[name] = rng.standard_normal(c).astype(np.float32)
@@ -350,6 +350,21 @@ def test_packed_input_planes_are_checked():
             *base,
             (None, None, None, None, (np.zeros((1, 1, 5, 7), np.uint64), None, 1, 1, 0), (good, 70, 5, 5)),
         )
+
+
+def test_a_narrow_conv_writes_floats_for_its_reader_to_pack():
+    """Below fusion.PACKED_OUTPUT_MIN_CHANNELS the bits epilogue costs more than it saves."""
+    from biagent.runtimes.custom.fusion import PACKED_OUTPUT_MIN_CHANNELS
+
+    data = _block_artifact(["a2"], c=PACKED_OUTPUT_MIN_CHANNELS - 16)
+    fused, plain = load_artifact(data, KERNELS), load_artifact(data, KERNELS, fuse=False)
+    assert not any(n.op.endswith("+sign") for n in fused.nodes), [n.op for n in fused.nodes]
+    x = (
+        np.random.default_rng(8)
+        .standard_normal((2, PACKED_OUTPUT_MIN_CHANNELS - 16, 9, 11))
+        .astype(np.float32)
+    )
+    assert np.array_equal(fused.run([x])[0], plain.run([x])[0])
 
 
 def test_a_block_whose_first_conv_feeds_only_the_second_writes_bits():

@@ -168,6 +168,12 @@ def _packs_2d(conv) -> bool:
     )
 
 
+#: Below this many output channels a conv writes floats and its reader packs them: measured on one
+#: 16-channel 3x3 conv at 32x32, writing the next conv's sign bits took 14.6 us against 9.95 for
+#: floats plus 2.3 for the reader's own packing (at 32 channels the two tie, at 64 the bits win).
+PACKED_OUTPUT_MIN_CHANNELS = 32
+
+
 def fuse_packed_outputs(nodes: list, outputs: Iterable[str], make_node: Callable) -> list:
     readers = _readers(nodes, outputs)
     rewritten = []
@@ -178,6 +184,7 @@ def fuse_packed_outputs(nodes: list, outputs: Iterable[str], make_node: Callable
         ok = (
             _packs_2d(conv)
             and conv.gain is None
+            and conv.cout >= PACKED_OUTPUT_MIN_CHANNELS
             and nxt is not None
             and nxt.inputs[0] == node.output
             and node.output not in nxt.inputs[1:]
