@@ -44,6 +44,25 @@ def layer_model(channels: int):
     return bimodels.binarize(fp, "bnn", fp_layers=[]).eval()
 
 
+def time_runtimes(model, x, counts: list[int], rounds: int) -> dict[str, float]:
+    """`model` exported to every runtime's format and timed side by side (bench/timing.py)."""
+    import bimodels
+
+    with workdir() as tmp:
+        specs = {
+            rt: agent_spec(rt, fmt, bimodels.export(model, fmt, x), x.numpy(), Path(tmp), rt)
+            for rt, fmt in RUNTIMES.items()
+        }
+        return run_contenders(specs, counts, Path(tmp), rounds)
+
+
+def add_rates(row: dict, macs: int, unit: str) -> None:
+    """Each runtime's `{rt}_{unit}`: 2 * MACs per second, in billions (None where it did not run)."""
+    for rt in RUNTIMES:
+        ms = row[f"{rt}_ms"]
+        row[f"{rt}_{unit}"] = None if ms is None else 2 * macs / (ms / 1e3) / 1e9
+
+
 STEM = (3, 64, 7, 2, 3, 224)  # cin, cout, kernel, stride, padding, input size
 
 
@@ -60,28 +79,17 @@ def measure_stem(counts: list[int], rounds: int) -> list[dict]:
     """The FP stem on custom (the direct AVX-512 kernel, or im2col + fp_gemm), LCE and ORT."""
     import torch
 
-    import bimodels
-
     cin, cout, k, s, p, size = STEM
     out = (size + 2 * p - k) // s + 1
     macs = cout * cin * k * k * out * out
     ceilings = {t: fma_ceiling(threads=t) for t in counts}
-    model, x = stem_model(), torch.randn(1, cin, size, size)
-    with workdir() as tmp:
-        specs = {
-            rt: agent_spec(rt, fmt, bimodels.export(model, fmt, x), x.numpy(), Path(tmp), rt)
-            for rt, fmt in RUNTIMES.items()
-        }
-        medians = run_contenders(specs, counts, Path(tmp), rounds)
+    medians = time_runtimes(stem_model(), torch.randn(1, cin, size, size), counts, rounds)
     rows = []
     for t in counts:
         row = {"shape": f"stem {cin}->{cout} {k}x{k}/{s} @ {size}x{size}", "macs": macs, "threads": t}
         row["fma_ceiling_gflops"] = 2 * ceilings[t] / 1e9
         add_ratios(row, medians, list(RUNTIMES), t, counts)
-        for rt in RUNTIMES:
-            row[f"{rt}_gflops"] = (
-                None if row[f"{rt}_ms"] is None else 2 * macs / (row[f"{rt}_ms"] / 1e3) / 1e9
-            )
+        add_rates(row, macs, "gflops")
         if row["custom_ms"]:
             row["fma_fraction"] = macs / (row["custom_ms"] / 1e3) / ceilings[t]
         rows.append(row)
@@ -91,7 +99,6 @@ def measure_stem(counts: list[int], rounds: int) -> list[dict]:
 def measure(counts: list[int], rounds: int) -> list[dict]:
     import torch
 
-    import bimodels
     from biagent import kernels
 
     ceilings = {t: popcount_ceiling(threads=t) for t in counts}
@@ -100,12 +107,7 @@ def measure(counts: list[int], rounds: int) -> list[dict]:
         model = layer_model(channels)
         x = torch.randn(1, channels, size, size)
         macs = channels * channels * 9 * size * size
-        with workdir() as tmp:
-            specs = {
-                rt: agent_spec(rt, fmt, bimodels.export(model, fmt, x), x.numpy(), Path(tmp), rt)
-                for rt, fmt in RUNTIMES.items()
-            }
-            medians = run_contenders(specs, counts, Path(tmp), rounds)
+        medians = time_runtimes(model, x, counts, rounds)
         for t in counts:
             row = {
                 "shape": f"{channels}->{channels} @ {size}x{size}",
@@ -116,10 +118,7 @@ def measure(counts: list[int], rounds: int) -> list[dict]:
                 "ceiling_scaling": ceilings[t] / ceilings[counts[0]],
             }
             add_ratios(row, medians, list(RUNTIMES), t, counts)
-            for rt in RUNTIMES:
-                row[f"{rt}_gops"] = (
-                    None if row[f"{rt}_ms"] is None else 2 * macs / (row[f"{rt}_ms"] / 1e3) / 1e9
-                )
+            add_rates(row, macs, "gops")
             if row["custom_ms"]:
                 row["ceiling_fraction"] = macs / (row["custom_ms"] / 1e3) / ceilings[t]
             rows.append(row)

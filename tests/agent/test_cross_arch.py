@@ -41,26 +41,7 @@ def _build(cc: str, harness: Path, sources: tuple[str, ...], out: Path) -> Path:
 @CROSS
 def test_aarch64_build_matches_every_x86_path(tmp_path):
     def build_and_run(cc: str, runner: list[str]) -> list[str]:
-        exe = tmp_path / cc
-        subprocess.run(
-            [
-                cc,
-                "-O3",
-                "-std=c11",
-                "-ffp-contract=off",
-                "-fopenmp",
-                f"-I{KERNELS}",
-                str(HARNESS),
-                str(KERNELS / "bconv.c"),
-                "-o",
-                str(exe),
-                "-static",
-                "-lm",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+        exe = _build(cc, HARNESS, ("bconv.c",), tmp_path / cc)
         out = subprocess.run(
             [*runner, str(exe)], check=True, capture_output=True, text=True, timeout=300
         ).stdout

@@ -242,12 +242,6 @@ class _Builder:
         self.keep_batch(node)
         return list(self.batched().shapes[0][node.name][1:])
 
-    def dims(self, node: Any) -> tuple[int, ...]:  # an fx.Node; fx types arguments loosely
-        meta = node.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape"):
-            raise _Unsupported(f"node {node.name} whose result is not a single tensor")
-        return tuple(int(d) for d in meta.shape)
-
     def what(self, node: fx.Node) -> str:
         if node.op == "call_module":
             m = type(self.gm.get_submodule(str(node.target)))
@@ -267,11 +261,15 @@ class _Builder:
         self.alias[node.name] = node.name
 
     @staticmethod
-    def rank(node: Any) -> int:  # an fx.Node; fx types arguments loosely
+    def dims(node: Any) -> tuple[int, ...]:  # an fx.Node; fx types arguments loosely
+        """The node's result shape at the example input's batch size."""
         meta = node.meta.get("tensor_meta")
         if meta is None or not hasattr(meta, "shape"):
             raise _Unsupported(f"node {node.name} whose result is not a single tensor")
-        return len(meta.shape)
+        return tuple(int(d) for d in meta.shape)
+
+    def rank(self, node: Any) -> int:
+        return len(self.dims(node))
 
     def axes(self, dims: Any, node: fx.Node, src: Any) -> list[int]:
         r = self.rank(src)

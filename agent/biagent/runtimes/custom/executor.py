@@ -261,7 +261,7 @@ def _plan_node(pl: Planner, node: Node) -> None:
         _avgpool(pl, node, fn)
     elif isinstance(fn, ops.Reduce):
         _reduce(pl, node, fn)
-    elif isinstance(fn, (ops.Flatten, ops.Identity)):
+    elif isinstance(fn, (ops.Flatten, ops.Identity, ops.Reshape)):  # the same buffer, another shape
         alias = pl.values[node.inputs[0]]
         if alias.packed:
             raise Unplannable("reshapes packed bits")
@@ -272,12 +272,6 @@ def _plan_node(pl: Planner, node: Node) -> None:
     elif isinstance(fn, ops.Constant):
         pl.consts[node.output] = np.ascontiguousarray(fn.value, dtype=np.float32)
         pl.shapes[node.output] = tuple(fn.value.shape)
-    elif isinstance(fn, ops.Reshape):
-        alias = pl.values[node.inputs[0]]
-        if alias.packed:
-            raise Unplannable("reshapes packed bits")
-        pl.read(node.inputs[0])
-        pl.values[node.output] = _Value(alias.buffer, pl.shape(node.output))
     elif isinstance(fn, (ops.Transpose, ops.Expand, ops.Slice, ops.Select)):
         _layout(pl, node, fn)
     elif isinstance(fn, ops.MatMul):
