@@ -41,6 +41,12 @@ SHAPES = [
     (64, 24, 3, 1, 1, 1, 0, 14, 14),
     (200, 8, 3, 1, 1, 1, 0, 3, 3),
     (17, 3, 3, 1, 1, 0, 0, 3, 3),
+    # channels that divide 64: several taps per word (one 16-channel 3x3 patch is 3 words)
+    (16, 24, 3, 1, 1, 1, 0, 9, 10),
+    (32, 9, 3, 2, 1, 1, -1, 11, 13),
+    (8, 16, 5, 1, 2, 2, 0, 12, 12),
+    (4, 8, 2, 2, 1, 1, 0, 7, 9),
+    (5, 9, 7, 1, 1, 3, 0, 13, 13),  # 49 padding classes: past what one or two registers hold
 ]
 
 
@@ -179,6 +185,22 @@ def test_channel_packed_weights_layout():
                 chans = neg[o, cw * 64 : (cw + 1) * 64].reshape(-1, k * k)[:, tap]
                 assert word == sum(1 << i for i, bit in enumerate(chans) if bit)
     assert not blocks[1, :, cout % 8 :].any()  # padded output channels are zero
+
+
+@pytest.mark.parametrize("cin, k, words", [(16, 3, 3), (32, 3, 5), (8, 5, 4), (4, 2, 1), (16, 1, 1)])
+def test_narrow_channels_share_words_between_taps(cin, k, words):
+    rng = np.random.default_rng(8)
+    cout, taps = 11, k * k
+    neg = rng.random((cout, cin, k, k)) < 0.5
+    blocks = ops.channel_packed_weights(ops.pack_rows(neg.reshape(cout, -1)), cin, (k, k))
+    assert blocks.shape == (2, words, 8) and ops.patch_words(cin, (k, k)) == words
+    per = min(64 // cin, taps)
+    for o in range(cout):
+        for j in range(words):
+            chans = (
+                neg[o].reshape(cin, taps)[:, j * per : (j + 1) * per].T.reshape(-1)
+            )  # tap-major, then channel
+            assert int(blocks[o // 8, j, o % 8]) == sum(1 << i for i, bit in enumerate(chans) if bit)
 
 
 def test_bad_arguments_are_value_errors_not_crashes():
@@ -403,6 +425,25 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
 
 
 @pytest.mark.skipif(
+    not (kernels.available() and kernels._xnor.fp_gemm_supported()), reason="needs the FP GEMM"
+)
+def test_a_1x1_conv_takes_the_gemm_not_the_direct_kernel():
+    # resnet20's 16-channel stride-2 shortcut: the direct kernel's phase split copies the whole
+    # input for its one tap (13 us against 4 through im2col + GEMM)
+    attrs = {
+        "weight": "w",
+        "bias": "b",
+        "groups": 1,
+        "stride": [2, 2],
+        "dilation": [1, 1],
+        "pads": [[0, 0], [0, 0]],
+    }
+    tensors = {"w": np.ones((32, 16, 1, 1), np.float32), "b": np.zeros(32, np.float32)}
+    conv = ops.make_conv(attrs, tensors, KERNELS)
+    assert conv.direct is None and conv.gemm_w is not None
+
+
+@pytest.mark.skipif(
     not (kernels.available() and kernels._xnor.conv2d_direct_supported()), reason="needs AVX-512"
 )
 @pytest.mark.parametrize(
@@ -411,7 +452,7 @@ def test_affine_then_hardtanh_is_fused_with_the_same_floats():
         (3, 64, 7, 2, 3, 1, 37, 41),
         (3, 13, 3, 1, 1, 1, 9, 50),
         (16, 9, 5, 3, 2, 2, 23, 19),
-        (1, 8, 1, 1, 0, 1, 5, 5),
+        (1, 8, 2, 1, 0, 1, 5, 5),
         (3, 64, 7, 2, 3, 1, 70, 66),
     ],
 )  # 11M MACs: on 2 threads

@@ -11,7 +11,8 @@
  *           in word c/64 at bit c%64, zero tail bits; the padded border holds +1 (bit 0,
  *           corrected exactly afterwards by an input-independent term) or -1 (pad_ones).
  *   A       (KW, Ppad) uint64, KW = kh*kw*Wc in (ky, kx, cw) order: A[j][p] is the word of
- *           output position p's patch.
+ *           output position p's patch. Where C divides 64 (16, 32 channels), 64/C taps share
+ *           a word instead, back to back in (ky, kx) order: KW = ceil(kh*kw*C/64).
  *   B       (ceil(cout/8), KW, 8) uint64: the weights, same bit layout, 8 output channels
  *           interleaved so one cache line feeds a whole register tile.
  *   dot     = K - 2 * popcount(A ^ B) summed over j, minus the zero-padding correction
@@ -118,9 +119,20 @@ __attribute__((target("avx512f,fma"), always_inline)) static inline __m512 lanes
     if (e->corr_cls) {
         const __m512i cls = _mm512_maskz_loadu_epi32(live, e->corr_cls + p);
         const __mmask16 edge = _mm512_test_epi32_mask(cls, cls);
-        if (edge)
-            d = _mm512_sub_epi32(d, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), edge, cls,
-                                                                e->corr_table + oc * e->n_cls, 4));
+        const int32_t *row = e->corr_table + oc * e->n_cls;
+        if (edge && e->n_cls <= 16) /* the row in one register, looked up by a permute: a 16-lane gather is
+                                       microcoded on AMD (44% of a 16-channel layer at 32x32, where every
+                                       tile holds a border column) */
+            d = _mm512_mask_sub_epi32(d, edge, d,
+                                      _mm512_permutexvar_epi32(cls, _mm512_maskz_loadu_epi32(
+                                                                        (__mmask16)((1u << e->n_cls) - 1), row)));
+        else if (edge && e->n_cls <= 32)
+            d = _mm512_mask_sub_epi32(
+                d, edge, d,
+                _mm512_permutex2var_epi32(_mm512_loadu_si512((const void *)row), cls,
+                                          _mm512_maskz_loadu_epi32((__mmask16)((1u << (e->n_cls - 16)) - 1), row + 16)));
+        else if (edge)
+            d = _mm512_sub_epi32(d, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), edge, cls, row, 4));
     }
     __m512 v = _mm512_cvtepi32_ps(d);
     if (e->alpha) v = _mm512_mul_ps(v, _mm512_set1_ps(e->alpha[oc]));
@@ -446,24 +458,46 @@ static void pad_border_rows(const bconv_shape *s, uint64_t *planes, int64_t cw) 
     }
 }
 
-/* A[(ky, kx, cw)][p] for output positions [p0, p1) of one j; positions from P up to p1 (the
- * last tile's padding, when p1 > P) get zeros, so tails are harmless. */
+/* Taps per word: where C divides 64, a patch's taps are packed back to back (tap t of word j at
+ * bit (t - j * per) * C), so a 16-channel 3x3 patch is 3 words instead of 9 words a quarter full:
+ * the popcount loop (the whole cost of a narrow layer) runs a third as long. Otherwise 1. */
+static int64_t taps_per_word(int64_t C, int64_t taps) {
+    const int64_t per = C < 64 && 64 % C == 0 ? 64 / C : 1;
+    return per < taps ? per : taps;
+}
+
+int64_t bconv_patch_words(int64_t C, int64_t kh, int64_t kw) {
+    const int64_t taps = kh * kw, per = taps_per_word(C, taps);
+    return per > 1 ? (taps + per - 1) / per : taps * ((C + 63) / 64);
+}
+
+/* Word j of the patches of output positions [p0, p1): A[j][p], j in (ky, kx, cw) order, or with
+ * several taps per word the OR of taps j * per .. each shifted to its bits. Positions from P
+ * up to p1 (the last tile's padding, when p1 > P) get zeros, so tails are harmless. */
 static void gather_taps(const bconv_shape *s, const uint64_t *planes, uint64_t *A, int64_t lda, int64_t j, int64_t p0,
                         int64_t p1) {
     const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr;
-    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), Wc = (s->C + 63) / 64, P = OH * OW;
-    const int64_t cw = j % Wc, tap = j / Wc, ky = tap / s->kw, kx = tap % s->kw;
+    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), P = OH * OW, taps = s->kh * s->kw;
+    const int64_t per = taps_per_word(s->C, taps), Wc = per > 1 ? 1 : (s->C + 63) / 64;
+    const int64_t cw = j % Wc, t0 = per > 1 ? j * per : j / Wc, t1 = t0 + per < taps ? t0 + per : taps;
     const uint64_t *plane = planes + cw * Hp * Wp;
-    uint64_t *dst = A + j * lda;
+    uint64_t *restrict dst = A + j * lda;
     const int64_t end = p1 < P ? p1 : P;
     int64_t p = p0, oy = p0 / OW, ox = p0 % OW;
     while (p < end) { /* a run of one output row */
         const int64_t n = OW - ox < end - p ? OW - ox : end - p;
-        const uint64_t *src = plane + (oy * s->sh + ky * s->dh) * Wp + kx * s->dw + ox * s->sw;
-        if (s->sw == 1) {
-            memcpy(dst + p, src, (size_t)n * sizeof(uint64_t));
-        } else {
-            for (int64_t i = 0; i < n; i++) dst[p + i] = src[i * s->sw];
+        for (int64_t t = t0; t < t1; t++) {
+            const int64_t ky = t / s->kw, kx = t % s->kw, shift = (t - t0) * s->C;
+            const uint64_t *restrict src = plane + (oy * s->sh + ky * s->dh) * Wp + kx * s->dw + ox * s->sw;
+            if (t == t0 && s->sw == 1) {
+                memcpy(dst + p, src, (size_t)n * sizeof(uint64_t));
+            } else if (t == t0) {
+                for (int64_t i = 0; i < n; i++) dst[p + i] = src[i * s->sw];
+            } else if (s->sw == 1) {
+                for (int64_t i = 0; i < n; i++) dst[p + i] |= src[i] << shift;
+            } else {
+                for (int64_t i = 0; i < n; i++) dst[p + i] |= src[i * s->sw] << shift;
+            }
         }
         p += n;
         ox = 0;
@@ -559,7 +593,7 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
         kc.tail = kc.tail_post;
     }
     const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr, Wc = (s->C + 63) / 64;
-    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), P = OH * OW, KW = s->kh * s->kw * Wc;
+    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), P = OH * OW, KW = bconv_patch_words(s->C, s->kh, s->kw);
     const int64_t np = kc.np, ptiles = (P + np - 1) / np, Ppad = ptiles * np, oblocks = (s->cout + NO - 1) / NO;
     const int64_t K = s->C * s->kh * s->kw;
     const bconv_bits_out *bo = e->bits;

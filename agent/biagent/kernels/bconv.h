@@ -36,6 +36,9 @@ typedef struct {
 } bconv_epilogue;
 
 int64_t bconv_out_h(const bconv_shape *s);
+/* Words of one packed patch (the weights' middle axis): kh*kw*ceil(C/64), or fewer where C
+ * divides 64 and several taps share a word (C = 16: a 3x3 patch in 3 words, not 9). */
+int64_t bconv_patch_words(int64_t C, int64_t kh, int64_t kw);
 int64_t bconv_out_w(const bconv_shape *s);
 
 /* Name of the popcount kernel `isa` resolves to on this CPU ("auto" = the best), NULL if it cannot run here. */
@@ -43,7 +46,7 @@ const char *bconv_isa(const char *isa);
 
 /* x: (n, C, H, W) float32, or NULL with planes_in: (n, ceil(C/64), H + pt + pb, W + pl + pr), this conv's
  * input already packed and padded by the previous conv (bconv_bits_out); beta: (n) per-sample scale or NULL;
- * B: (ceil(cout/8), kh*kw*Wc, 8) packed weights; out: (n, cout, OH, OW), untouched when e->bits is set.
+ * B: (ceil(cout/8), bconv_patch_words(C, kh, kw), 8) packed weights; out: (n, cout, OH, OW), untouched when e->bits is set.
  * Returns 0, -1 for an ISA this CPU lacks, -2 when out of memory. */
 int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const uint64_t *planes_in,
             const float *beta, int64_t n, const uint64_t *B, float *out, const char *isa, int threads);

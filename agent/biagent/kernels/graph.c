@@ -140,7 +140,7 @@ static int check_bconv(checker *c, const int64_t *s) {
     }
     if (need_ref(c, s, 2, mul(out_floats, 4), 1, "bconv residual") || need_ref(c, s, 3, mul(n, 4), 1, "bconv beta"))
         return -1;
-    if (need_tensor(c, s, 0, mul4((cout + 7) / 8, kh * kw, Wc, 8), 8, 0, "weights") ||
+    if (need_tensor(c, s, 0, mul3((cout + 7) / 8, mul3(kh, kw, Wc) < 0 ? -1 : bconv_patch_words(C, kh, kw), 8), 8, 0, "weights") ||
         need_tensor(c, s, 1, C, 4, 1, "input shift") || need_tensor(c, s, 4, cout, 4, 1, "alpha") ||
         need_tensor(c, s, 5, cout, 4, 1, "channel scale") || need_tensor(c, s, 6, cout, 4, 1, "bias") ||
         need_tensor(c, s, 7, cout, 4, 1, "post scale") || need_tensor(c, s, 8, cout, 4, 1, "post shift"))

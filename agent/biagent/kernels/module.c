@@ -231,9 +231,10 @@ static PyObject *py_bconv2d(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bconv2d: output planes missing");
         goto done;
     }
-    if (ws[0] != (s.cout + 7) / 8 || ws[1] != s.kh * s.kw * Wc || ws[2] != 8) {
+    const int64_t KW = bconv_patch_words(s.C, s.kh, s.kw);
+    if (ws[0] != (s.cout + 7) / 8 || ws[1] != KW || ws[2] != 8) {
         PyErr_Format(PyExc_ValueError, "bconv2d: weights must be (%lld, %lld, 8)", (long long)((s.cout + 7) / 8),
-                     (long long)(s.kh * s.kw * Wc));
+                     (long long)KW);
         goto done;
     }
     if ((b[3].held && b[3].view.shape[0] != s.C) || (b[4].held != b[9].held) || (b[4].held && b[4].view.shape[0] != P) ||

@@ -42,7 +42,7 @@ from .elementwise import (
 from .layout import Constant, Embedding, Expand, Reshape, Select, Slice, Transpose
 from .simple import Add, AvgPool, Concat, Flatten, Identity, Linear, PRelu, Reduce, Relu
 from .transformer import Gelu, LayerNorm, MatMul, Scalar, Softmax, Tanh
-from .xnor import channel_packed_weights, popcount_lut8, xnor_gemm, xnor_popcount_dot
+from .xnor import channel_packed_weights, patch_words, popcount_lut8, xnor_gemm, xnor_popcount_dot
 
 __all__ = [
     "Constant",
@@ -84,6 +84,7 @@ __all__ = [
     "avg_pool",
     "channel_affine",
     "channel_packed_weights",
+    "patch_words",
     "clamp",
     "compiled",
     "geometry2d",

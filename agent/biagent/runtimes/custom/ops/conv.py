@@ -180,7 +180,7 @@ class ConvC(ConvReference):
             blocks = np.ascontiguousarray(
                 padded.reshape(-1, 8, padded.shape[1]).transpose(0, 2, 1)
             )  # (blocks, K, 8)
-            if self.cg <= DIRECT_MAX_CHANNELS and direct_ok:
+            if self.cg <= DIRECT_MAX_CHANNELS and math.prod(self.kernel) > 1 and direct_ok:
                 self.direct = blocks.reshape(-1, self.cg, *self.kernel, 8)
             elif gemm_ok:  # AArch64 too (plain C with fmaf): a board's image models get the executor
                 self.gemm_w = blocks

@@ -88,17 +88,39 @@ def xnor_gemm(acts: np.ndarray, weights_rows: np.ndarray, k: int, threads: int) 
     return out
 
 
-def channel_packed_weights(bits: np.ndarray, cin: int, kernel: tuple[int, ...]) -> np.ndarray:
-    """Exported (C_out, W) bits in (c, *k) order -> (ceil(C_out/8), taps * Wc, 8) channel-packed blocks.
+def taps_per_word(cin: int, taps: int) -> int:
+    """Taps that share a packed word (kernels/bconv.c): where C_in divides 64, a patch's taps lie
+    back to back, so a 16-channel 3x3 patch is 3 words instead of 9 a quarter full."""
+    per = 64 // cin if cin < 64 and 64 % cin == 0 else 1
+    return min(per, taps)
 
-    The layout of kernels/bconv.c: 64 input channels per word, words in (ky, kx, cw) order,
-    8 output channels interleaved per word index; padded channels and outputs are zero bits.
+
+def patch_words(cin: int, kernel: tuple[int, ...]) -> int:
+    """Words of one packed patch: the channel-packed weights' middle axis (bconv_patch_words)."""
+    taps = math.prod(kernel)
+    per = taps_per_word(cin, taps)
+    return -(-taps // per) if per > 1 else taps * n_words(cin)
+
+
+def channel_packed_weights(bits: np.ndarray, cin: int, kernel: tuple[int, ...]) -> np.ndarray:
+    """Exported (C_out, W) bits in (c, *k) order -> (ceil(C_out/8), patch_words, 8) channel-packed blocks.
+
+    The layout of kernels/bconv.c: 64 input channels per word, words in (ky, kx, cw) order, or
+    where C_in divides 64 several taps per word, back to back in (ky, kx) order; 8 output
+    channels interleaved per word index; padded channels, taps and outputs are zero bits.
     """
-    cout, k = bits.shape[0], cin * math.prod(kernel)
-    neg = unpack_signs(bits, k).reshape(cout, cin, -1) < 0  # (C_out, C_in, taps)
-    wc = n_words(cin)
-    chan = np.zeros((-(-cout // 8) * 8, neg.shape[2], wc * 64), bool)
-    chan[:cout, :, :cin] = neg.transpose(0, 2, 1)
-    words = np.packbits(chan, axis=-1, bitorder="little").view("<u8")  # (C_out8, taps, Wc)
-    blocks = words.reshape(-1, 8, words.shape[1] * wc)  # (blocks, 8, taps * Wc)
+    cout, taps = bits.shape[0], math.prod(kernel)
+    neg = unpack_signs(bits, cin * taps).reshape(cout, cin, taps) < 0
+    cout8, per = -(-cout // 8) * 8, taps_per_word(cin, taps)
+    if per > 1:  # (C_out, words, 64 bits): tap t at bits (t % per) * C_in of word t // per
+        words_n = patch_words(cin, kernel)
+        taps_padded = np.zeros((cout8, words_n * per, cin), bool)
+        taps_padded[:cout, :taps] = neg.transpose(0, 2, 1)
+        chan = np.zeros((cout8, words_n, 64), bool)
+        chan[:, :, : per * cin] = taps_padded.reshape(cout8, words_n, per * cin)
+    else:
+        chan = np.zeros((cout8, taps, n_words(cin) * 64), bool)
+        chan[:cout, :, :cin] = neg.transpose(0, 2, 1)
+    words = np.packbits(chan, axis=-1, bitorder="little").view("<u8").reshape(cout8, -1)  # (C_out8, words)
+    blocks = words.reshape(-1, 8, words.shape[1])  # (blocks, 8, words)
     return np.ascontiguousarray(blocks.transpose(0, 2, 1)).astype(np.uint64)
