@@ -64,7 +64,9 @@ typedef struct {
     const float *res; /* this sample's (cout, P) residual, or NULL */
     uint64_t *bits;   /* this sample's output planes (e->bits), or NULL */
     const int64_t *pos_word; /* (P): the word of output position p in a bits plane */
+    const float *chan;       /* (cout, CHAN_FLOATS): the epilogue's per-channel constants (chan_table) */
 } tile_env;
+enum { CH_ALPHA, CH_CS, CH_BIAS, CH_POST_SCALE, CH_POST_SHIFT, CH_LO, CH_HI, CH_NEXT_SHIFT, CHAN_FLOATS };
 static void put_bits(const tile_env *env, int64_t o0, int64_t p0, int64_t pn, const uint8_t *nb);
 /* dots for NP positions x NO channels from (A + p0, B block o0 / NO), then the epilogue into env->out. */
 typedef void (*micro_fn)(const uint64_t *A, int64_t lda, const uint64_t *B, int64_t KW, int64_t K, int64_t o0,
@@ -134,17 +136,17 @@ __attribute__((target("avx512f,fma"), always_inline)) static inline __m512 lanes
         else if (edge)
             d = _mm512_sub_epi32(d, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), edge, cls, row, 4));
     }
-    __m512 v = _mm512_cvtepi32_ps(d);
-    if (e->alpha) v = _mm512_mul_ps(v, _mm512_set1_ps(e->alpha[oc]));
+    /* The channel's constants, neutral where the layer has none (x * 1 and x + -0 are x, signed
+     * zeros and NaNs too; min/max with infinities keep NaN): one line, no tests, no reloads. */
+    const float *c = env->chan + oc * CHAN_FLOATS;
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(c[CH_ALPHA]));
     if (env->has_beta) v = _mm512_mul_ps(v, _mm512_set1_ps(env->beta));
-    if (e->cs) v = _mm512_mul_ps(v, _mm512_set1_ps(e->cs[oc]));
-    if (e->bias) v = _mm512_add_ps(v, _mm512_set1_ps(e->bias[oc]));
-    if (!post) return v; /* a constant: the kernel without fused successors skips these tests (5-13% faster) */
-    if (e->post_scale) v = _mm512_fmadd_ps(v, _mm512_set1_ps(e->post_scale[oc]), _mm512_set1_ps(e->post_shift[oc]));
+    v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(c[CH_CS])), _mm512_set1_ps(c[CH_BIAS]));
+    if (!post) return v; /* a constant: the kernel without fused successors skips the rest */
+    v = _mm512_fmadd_ps(v, _mm512_set1_ps(c[CH_POST_SCALE]), _mm512_set1_ps(c[CH_POST_SHIFT]));
     if (env->res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, env->res + oc * P + p));
-    if (e->has_clamp) /* max_ps(a, b) is b when either is NaN: a NaN v passes both */
-        v = _mm512_min_ps(_mm512_set1_ps(e->hi), _mm512_max_ps(_mm512_set1_ps(e->lo), v));
-    return v;
+    /* max_ps(a, b) is b when either is NaN: a NaN v passes both */
+    return _mm512_min_ps(_mm512_set1_ps(c[CH_HI]), _mm512_max_ps(_mm512_set1_ps(c[CH_LO]), v));
 }
 
 /* The lanes of positions p .. p + 15 that exist (below P; a tail tile has at most 8). */
@@ -165,7 +167,7 @@ __attribute__((target("avx512f,fma"), always_inline)) static inline __mmask16 ne
     const __mmask16 live = live_lanes(p, P);
     if (!live) return 0;
     __m512 v = lanes_value(e, acc0, acc1, K, oc, p, P, live, env, 1);
-    if (e->bits->shift) v = _mm512_add_ps(v, _mm512_set1_ps(e->bits->shift[oc]));
+    v = _mm512_add_ps(v, _mm512_set1_ps(env->chan[oc * CHAN_FLOATS + CH_NEXT_SHIFT]));
     return _mm512_mask_cmp_ps_mask(live, v, _mm512_setzero_ps(), _CMP_NGE_UQ); /* NaN -> -1, as the packing */
 }
 
@@ -471,34 +473,52 @@ int64_t bconv_patch_words(int64_t C, int64_t kh, int64_t kw) {
     return per > 1 ? (taps + per - 1) / per : taps * ((C + 63) / 64);
 }
 
+/* dst[i] = OR over taps t of src[t][i * sw] << shift[t], with nt and sw constants where the
+ * caller can make them so (inlined into a switch: the loop over positions then vectorises). */
+__attribute__((always_inline)) static inline void or_taps(uint64_t *restrict dst, const uint64_t *const *src,
+                                                          const int64_t *shift, const int nt, int64_t n, const int64_t sw) {
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t w = src[0][i * sw];
+        for (int t = 1; t < nt; t++) w |= src[t][i * sw] << shift[t];
+        dst[i] = w;
+    }
+}
+
 /* Word j of the patches of output positions [p0, p1): A[j][p], j in (ky, kx, cw) order, or with
  * several taps per word the OR of taps j * per .. each shifted to its bits. Positions from P
  * up to p1 (the last tile's padding, when p1 > P) get zeros, so tails are harmless. */
+#ifdef BC_X86
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 static void gather_taps(const bconv_shape *s, const uint64_t *planes, uint64_t *A, int64_t lda, int64_t j, int64_t p0,
-                        int64_t p1) {
-    const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr;
-    const int64_t OH = bconv_out_h(s), OW = bconv_out_w(s), P = OH * OW, taps = s->kh * s->kw;
+                        int64_t p1, int64_t OW, int64_t P) {
+    const int64_t Hp = s->H + s->pt + s->pb, Wp = s->W + s->pl + s->pr, taps = s->kh * s->kw;
     const int64_t per = taps_per_word(s->C, taps), Wc = per > 1 ? 1 : (s->C + 63) / 64;
     const int64_t cw = j % Wc, t0 = per > 1 ? j * per : j / Wc, t1 = t0 + per < taps ? t0 + per : taps;
+    const int nt = (int)(t1 - t0);
     const uint64_t *plane = planes + cw * Hp * Wp;
-    uint64_t *restrict dst = A + j * lda;
-    const int64_t end = p1 < P ? p1 : P;
+    uint64_t *dst = A + j * lda;
+    const int64_t end = p1 < P ? p1 : P, sw = s->sw;
     int64_t p = p0, oy = p0 / OW, ox = p0 % OW;
+    const uint64_t *src[64];
+    int64_t shift[64], off[64];
+    for (int t = 0; t < nt; t++) {
+        const int64_t ky = (t0 + t) / s->kw, kx = (t0 + t) % s->kw;
+        off[t] = ky * s->dh * Wp + kx * s->dw;
+        shift[t] = t * s->C;
+    }
     while (p < end) { /* a run of one output row */
         const int64_t n = OW - ox < end - p ? OW - ox : end - p;
-        for (int64_t t = t0; t < t1; t++) {
-            const int64_t ky = t / s->kw, kx = t % s->kw, shift = (t - t0) * s->C;
-            const uint64_t *restrict src = plane + (oy * s->sh + ky * s->dh) * Wp + kx * s->dw + ox * s->sw;
-            if (t == t0 && s->sw == 1) {
-                memcpy(dst + p, src, (size_t)n * sizeof(uint64_t));
-            } else if (t == t0) {
-                for (int64_t i = 0; i < n; i++) dst[p + i] = src[i * s->sw];
-            } else if (s->sw == 1) {
-                for (int64_t i = 0; i < n; i++) dst[p + i] |= src[i] << shift;
-            } else {
-                for (int64_t i = 0; i < n; i++) dst[p + i] |= src[i * s->sw] << shift;
-            }
-        }
+        const uint64_t *row = plane + oy * s->sh * Wp + ox * sw;
+        for (int t = 0; t < nt; t++) src[t] = row + off[t];
+        uint64_t *d = dst + p;
+        if (nt == 1 && sw == 1) memcpy(d, src[0], (size_t)n * sizeof(uint64_t));
+        else if (nt == 4 && sw == 1) or_taps(d, src, shift, 4, n, 1);
+        else if (nt == 2 && sw == 1) or_taps(d, src, shift, 2, n, 1);
+        else if (nt == 1 && sw == 2) or_taps(d, src, shift, 1, n, 2);
+        else if (nt == 4 && sw == 2) or_taps(d, src, shift, 4, n, 2);
+        else if (nt == 2 && sw == 2) or_taps(d, src, shift, 2, n, 2);
+        else or_taps(d, src, shift, nt, n, sw);
         p += n;
         ox = 0;
         oy++;
@@ -584,6 +604,21 @@ static void clear_out_row(const bconv_shape *s, const bconv_bits_out *bo, uint64
     for (int64_t i = 0; i < bo->Wp; i++) row[i] = inside && i >= bo->pl && i < bo->pl + OW ? 0 : pad;
 }
 
+/* The epilogue's per-channel constants for the vector kernels, the missing ones neutral. */
+static void chan_table(const bconv_epilogue *e, int64_t cout, float *chan) {
+    for (int64_t o = 0; o < cout; o++) {
+        float *c = chan + o * CHAN_FLOATS;
+        c[CH_ALPHA] = e->alpha ? e->alpha[o] : 1.0f;
+        c[CH_CS] = e->cs ? e->cs[o] : 1.0f;
+        c[CH_BIAS] = e->bias ? e->bias[o] : -0.0f;
+        c[CH_POST_SCALE] = e->post_scale ? e->post_scale[o] : 1.0f;
+        c[CH_POST_SHIFT] = e->post_scale ? e->post_shift[o] : -0.0f;
+        c[CH_LO] = e->has_clamp ? e->lo : -INFINITY;
+        c[CH_HI] = e->has_clamp ? e->hi : INFINITY;
+        c[CH_NEXT_SHIFT] = e->bits && e->bits->shift ? e->bits->shift[o] : -0.0f;
+    }
+}
+
 int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const uint64_t *planes_in,
             const float *beta, int64_t n, const uint64_t *B, float *out, const char *isa, int threads) {
     kernel_choice kc;
@@ -600,13 +635,17 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
     const int64_t Wco = (s->cout + 63) / 64, bits_plane = bo ? Wco * bo->Hp * bo->Wp : 0;
     uint64_t *planes = NULL, *A = NULL;
     int64_t *pos_word = NULL;
+    float chan_stack[CHAN_FLOATS * 256], *chan = s->cout <= 256 ? chan_stack : NULL;
     if ((!planes_in && posix_memalign((void **)&planes, 64, (size_t)(Wc * Hp * Wp) * sizeof(uint64_t))) ||
         posix_memalign((void **)&A, 64, (size_t)(KW * Ppad) * sizeof(uint64_t)) ||
-        (bo && !(pos_word = malloc((size_t)P * sizeof(int64_t))))) {
+        (bo && !(pos_word = malloc((size_t)P * sizeof(int64_t)))) ||
+        (!chan && !(chan = malloc((size_t)(CHAN_FLOATS * s->cout) * sizeof(float))))) {
         free(planes);
         free(A);
+        free(pos_word);
         return -2;
     }
+    chan_table(e, s->cout, chan);
     for (int64_t oy = 0, p = 0; bo && oy < OH; oy++) /* no division per position */
         for (int64_t ox = 0; ox < OW; ox++) pos_word[p++] = (oy + bo->pt) * bo->Wp + ox + bo->pl;
     for (int64_t b = 0; b < n; b++) {
@@ -621,7 +660,7 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
 #endif
         {
             const tile_env env = {s, e, bt, beta != NULL, P, ob, e->residual ? e->residual + b * s->cout * P : NULL,
-                                  bits, pos_word};
+                                  bits, pos_word, chan};
             if (!planes_in) { /* the same branch on every thread: the worksharing below stays matched */
 #ifdef _OPENMP
 #pragma omp for schedule(static) collapse(2)
@@ -650,7 +689,7 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
                  * (Splitting the channels made every thread read the half of A the other core
                  * had just written: 64->64 @ 56 scaled x1.13 on 2 threads.) */
                 const int64_t t0 = ptiles * tid / nth, t1 = ptiles * (tid + 1) / nth;
-                for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j, t0 * np, t1 * np);
+                for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j, t0 * np, t1 * np, OW, P);
                 for (int64_t obk = 0; obk < oblocks; obk++)
                     for (int64_t t = t0; t < t1; t++) {
                         const int64_t p0 = t * np;
@@ -661,7 +700,7 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-                for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j, 0, Ppad);
+                for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j, 0, Ppad, OW, P);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -676,6 +715,7 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
     free(planes);
     free(A);
     free(pos_word);
+    if (chan != chan_stack) free(chan);
     return 0;
 }
 
@@ -699,7 +739,9 @@ int64_t bconv_ceiling(const char *isa, int64_t reps) {
     for (int64_t i = 0; i < KW * NO; i++) B[i] = (r = r * 6364136223846793005ULL + 1442695040888963407ULL);
     const bconv_shape s = {64 * KW, 1, 1, NO, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
     const bconv_epilogue e = {0};
-    const tile_env env = {&s, &e, 1.0f, 0, np, out, NULL, NULL, NULL};
+    float chan[CHAN_FLOATS * NO];
+    chan_table(&e, NO, chan);
+    const tile_env env = {&s, &e, 1.0f, 0, np, out, NULL, NULL, NULL, chan};
     for (int64_t i = 0; i < reps; i++) kc.fn(A, np, B, KW, 64 * KW, 0, 0, &env);
     free(A);
     free(B);
