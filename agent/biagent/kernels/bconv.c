@@ -604,6 +604,79 @@ static void clear_out_row(const bconv_shape *s, const bconv_bits_out *bo, uint64
     for (int64_t i = 0; i < bo->Wp; i++) row[i] = inside && i >= bo->pl && i < bo->pl + OW ? 0 : pad;
 }
 
+/* One sample of one layer, as every thread of its team sees it. */
+typedef struct {
+    const bconv_shape *s;
+    const bconv_epilogue *e;
+    const kernel_choice *kc;
+    const float *xb;       /* this sample's float input, or NULL when pb is given */
+    const uint64_t *pb;    /* its packed planes: the previous conv's, or `planes` packed here */
+    uint64_t *planes;
+    const uint64_t *B;
+    uint64_t *A;
+    tile_env env;
+    int64_t Wc, Wco, KW, K, P, OW, np, ptiles, Ppad, oblocks;
+} layer_job;
+
+/* Thread tid's contiguous share [*i0, *i1) of n items (OpenMP's static schedule). */
+static inline void share(int64_t n, int64_t tid, int64_t nth, int64_t *i0, int64_t *i1) {
+    *i0 = n * tid / nth;
+    *i1 = n * (tid + 1) / nth;
+}
+
+static inline void team_barrier(int64_t nth) {
+#ifdef _OPENMP
+    if (nth > 1) {
+#pragma omp barrier
+    }
+#else
+    (void)nth;
+#endif
+}
+
+/* The layer on thread tid of nth (nth = 1: the caller's thread, no OpenMP at all). */
+static void layer_pass(const layer_job *jb, int64_t tid, int64_t nth) {
+    const bconv_shape *s = jb->s;
+    const bconv_epilogue *e = jb->e;
+    const bconv_bits_out *bo = e->bits;
+    const int64_t KW = jb->KW, K = jb->K, P = jb->P, OW = jb->OW, np = jb->np, ptiles = jb->ptiles, Ppad = jb->Ppad;
+    int64_t i0, i1;
+    if (jb->xb) { /* pack (planes' inside rows), pad (their border rows), clear the output planes: disjoint */
+        share(jb->Wc * s->H, tid, nth, &i0, &i1);
+        for (int64_t i = i0; i < i1; i++) pack_rows(s, jb->kc->pack, jb->xb, e->shift, jb->planes, i / s->H, i % s->H);
+        share(jb->Wc, tid, nth, &i0, &i1);
+        for (int64_t cw = i0; cw < i1; cw++) pad_border_rows(s, jb->planes, cw);
+    }
+    if (bo) {
+        share(jb->Wco * bo->Hp, tid, nth, &i0, &i1);
+        for (int64_t i = i0; i < i1; i++) clear_out_row(s, bo, jb->env.bits, i / bo->Hp, i % bo->Hp);
+    }
+    team_barrier(nth);
+    if (ptiles >= 2 * nth) {
+        /* Threads split the positions: each gathers and reads only its own columns of A.
+         * (Splitting the channels made every thread read the half of A the other core
+         * had just written: 64->64 @ 56 scaled x1.13 on 2 threads.) */
+        share(ptiles, tid, nth, &i0, &i1);
+        for (int64_t j = 0; j < KW; j++) gather_taps(s, jb->pb, jb->A, Ppad, j, i0 * np, i1 * np, OW, P);
+        for (int64_t obk = 0; obk < jb->oblocks; obk++)
+            for (int64_t t = i0; t < i1; t++) {
+                const int64_t p0 = t * np;
+                const micro_fn fn = jb->kc->tail && P - p0 <= np / 2 ? jb->kc->tail : jb->kc->fn;
+                fn(jb->A + p0, Ppad, jb->B + obk * KW * NO, KW, K, obk * NO, p0, &jb->env);
+            }
+    } else { /* few positions: threads split the channels */
+        share(KW, tid, nth, &i0, &i1);
+        for (int64_t j = i0; j < i1; j++) gather_taps(s, jb->pb, jb->A, Ppad, j, 0, Ppad, OW, P);
+        team_barrier(nth);
+        share(ptiles * jb->oblocks, tid, nth, &i0, &i1);
+        for (int64_t t = i0; t < i1; t++) {
+            const int64_t obk = t / ptiles, p0 = (t % ptiles) * np;
+            const micro_fn fn = jb->kc->tail && P - p0 <= np / 2 ? jb->kc->tail : jb->kc->fn;
+            fn(jb->A + p0, Ppad, jb->B + obk * KW * NO, KW, K, obk * NO, p0, &jb->env);
+        }
+    }
+}
+
 /* The epilogue's per-channel constants for the vector kernels, the missing ones neutral. */
 static void chan_table(const bconv_epilogue *e, int64_t cout, float *chan) {
     for (int64_t o = 0; o < cout; o++) {
@@ -648,69 +721,28 @@ int bconv2d(const bconv_shape *s, const bconv_epilogue *e, const float *x, const
     chan_table(e, s->cout, chan);
     for (int64_t oy = 0, p = 0; bo && oy < OH; oy++) /* no division per position */
         for (int64_t ox = 0; ox < OW; ox++) pos_word[p++] = (oy + bo->pt) * bo->Wp + ox + bo->pl;
-    for (int64_t b = 0; b < n; b++) {
-        const float *xb = planes_in ? NULL : x + b * s->C * s->H * s->W;
-        const uint64_t *pb = planes_in ? planes_in + b * Wc * Hp * Wp : planes;
-        uint64_t *bits = bo ? bo->planes + b * bits_plane : NULL;
-        float *ob = out + b * s->cout * P;
-        const float bt = beta ? beta[b] : 1.0f;
+    layer_job jb = {s, e, &kc, NULL, NULL, planes, B, A, {0}, Wc, Wco, KW, K, P, OW, np, ptiles, Ppad, oblocks};
+    /* Small layers stay on one thread, outside OpenMP: waking a second one costs more than it
+     * saves, and even a team of one pays a futex call per barrier (three per layer here). */
 #ifdef _OPENMP
-        /* Small layers stay on one thread: waking a second one costs more than it saves. */
-#pragma omp parallel num_threads(threads > 0 ? threads : 1) if (P * s->cout * KW >= PARALLEL_PAIRS)
-#endif
-        {
-            const tile_env env = {s, e, bt, beta != NULL, P, ob, e->residual ? e->residual + b * s->cout * P : NULL,
-                                  bits, pos_word, chan};
-            if (!planes_in) { /* the same branch on every thread: the worksharing below stays matched */
-#ifdef _OPENMP
-#pragma omp for schedule(static) collapse(2)
-#endif
-                for (int64_t cw = 0; cw < Wc; cw++)
-                    for (int64_t y = 0; y < s->H; y++) pack_rows(s, kc.pack, xb, e->shift, planes, cw, y);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-                for (int64_t cw = 0; cw < Wc; cw++) pad_border_rows(s, planes, cw);
-            }
-            if (bo) {
-#ifdef _OPENMP
-#pragma omp for schedule(static) collapse(2)
-#endif
-                for (int64_t cw = 0; cw < Wco; cw++)
-                    for (int64_t y = 0; y < bo->Hp; y++) clear_out_row(s, bo, bits, cw, y);
-            }
-#ifdef _OPENMP
-            const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    const int team = threads > 1 && P * s->cout * KW >= PARALLEL_PAIRS;
 #else
-            const int64_t tid = 0, nth = 1;
+    const int team = 0;
 #endif
-            if (ptiles >= 2 * nth) {
-                /* Threads split the positions: each gathers and reads only its own columns of A.
-                 * (Splitting the channels made every thread read the half of A the other core
-                 * had just written: 64->64 @ 56 scaled x1.13 on 2 threads.) */
-                const int64_t t0 = ptiles * tid / nth, t1 = ptiles * (tid + 1) / nth;
-                for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j, t0 * np, t1 * np, OW, P);
-                for (int64_t obk = 0; obk < oblocks; obk++)
-                    for (int64_t t = t0; t < t1; t++) {
-                        const int64_t p0 = t * np;
-                        const micro_fn fn = kc.tail && P - p0 <= np / 2 ? kc.tail : kc.fn;
-                        fn(A + p0, Ppad, B + obk * KW * NO, KW, K, obk * NO, p0, &env);
-                    }
-            } else { /* few positions: threads split the channels */
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-                for (int64_t j = 0; j < KW; j++) gather_taps(s, pb, A, Ppad, j, 0, Ppad, OW, P);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-                for (int64_t t = 0; t < ptiles * oblocks; t++) {
-                    const int64_t obk = t / ptiles, p0 = (t % ptiles) * np;
-                    const micro_fn fn = kc.tail && P - p0 <= np / 2 ? kc.tail : kc.fn;
-                    fn(A + p0, Ppad, B + obk * KW * NO, KW, K, obk * NO, p0, &env);
-                }
-            }
+    for (int64_t b = 0; b < n; b++) {
+        jb.xb = planes_in ? NULL : x + b * s->C * s->H * s->W;
+        jb.pb = planes_in ? planes_in + b * Wc * Hp * Wp : planes;
+        jb.env = (tile_env){s, e, beta ? beta[b] : 1.0f, beta != NULL, P, out + b * s->cout * P,
+                            e->residual ? e->residual + b * s->cout * P : NULL, bo ? bo->planes + b * bits_plane : NULL,
+                            pos_word, chan};
+        if (!team) {
+            layer_pass(&jb, 0, 1);
+            continue;
         }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+        layer_pass(&jb, omp_get_thread_num(), omp_get_num_threads());
+#endif
     }
     free(planes);
     free(A);
