@@ -55,8 +55,9 @@ class Contender:
             raise RuntimeError(f"contender {self.name} exited (status {self.proc.wait()})")
         return json.loads(line)
 
-    def run(self, n: int) -> list[float]:
-        self.proc.stdin.write(f"{n}\n")
+    def run(self, n: int, seconds: float = 0.0) -> list[float]:
+        """Durations of at least n calls, and of calls for at least `seconds` in all."""
+        self.proc.stdin.write(f"{n} {seconds}\n")
         self.proc.stdin.flush()
         return self._reply()["seconds"]
 
@@ -66,17 +67,25 @@ class Contender:
             self.proc.wait(timeout=30)
 
 
-def interleaved_medians(contenders: list[Contender], rounds: int, per_round: int = 5) -> dict[str, float]:
+TURN_SECONDS = 0.02  # a contender's turn lasts at least this long (and at least per_round calls)
+
+
+def interleaved_medians(
+    contenders: list[Contender], rounds: int, per_round: int = 5, turn_seconds: float = TURN_SECONDS
+) -> dict[str, float]:
     """Median seconds per call of each available contender, timed in alternating rounds. Each
     turn starts with one untimed call: on a 2-core host the contender that ran just before leaves
     its thread pool spinning or asleep, and without it the first timed calls pay for that (measured:
-    bert_tiny on 2 threads read 12.8 ms for custom and 6.9 for ORT; with it, 4.6 and 4.6)."""
+    bert_tiny on 2 threads read 12.8 ms for custom and 6.9 for ORT; with it, 4.6 and 4.6). A turn
+    lasts at least `turn_seconds`, so a small network is timed warm, as a large one is: with 4
+    calls a turn, resnet20's first calls after another contender's turn (caches full of its data)
+    were most of its samples, and its median read 0.18-0.21 ms against 0.11 warm."""
     live = [c for c in contenders if c.available]
     samples: dict[str, list[float]] = {c.name: [] for c in live}
     for r in range(rounds):
         for c in live[r % len(live) :] + live[: r % len(live)]:
             c.run(1)  # untimed: wakes this contender's threads after the others' turns
-            samples[c.name] += c.run(per_round)
+            samples[c.name] += c.run(per_round, turn_seconds)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -197,8 +206,9 @@ def serve(spec_path: str) -> None:
     call()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
-        seconds = []
-        for _ in range(int(line)):
+        calls, turn = line.split()
+        seconds: list[float] = []
+        while len(seconds) < int(calls) or sum(seconds) < float(turn):
             t = time.perf_counter()
             call()
             seconds.append(time.perf_counter() - t)
