@@ -53,6 +53,37 @@ def test_aarch64_build_matches_every_x86_path(tmp_path):
     assert len(set(x86)) == 1 and set(arm) == set(x86), (x86, arm)
 
 
+@CROSS
+def test_the_whole_extension_links_for_aarch64(tmp_path):
+    # Every C function the Python glue calls must exist on AArch64 too: an x86-only one makes
+    # the extension fail to import on every ARM board (the custom runtime then runs numpy). The
+    # emulated board found fp_fma_ceiling so; this catches the next one without emulation.
+    import sysconfig
+
+    objects = []
+    for name in ("module", *(n.removesuffix(".c") for n in GRAPH_SOURCES)):
+        obj = tmp_path / f"{name}.o"
+        subprocess.run(
+            ["aarch64-linux-gnu-gcc", "-O3", "-std=c11", "-ffp-contract=off", "-fopenmp", "-fPIC"]
+            + [f"-I{sysconfig.get_paths()['include']}", "-c", str(KERNELS / f"{name}.c"), "-o", str(obj)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        objects.append(str(obj))
+    lib = tmp_path / "_xnor.so"
+    subprocess.run(
+        ["aarch64-linux-gnu-gcc", "-shared", "-fopenmp", *objects, "-o", str(lib), "-lm"], check=True
+    )
+    listing = subprocess.run(
+        ["aarch64-linux-gnu-nm", "-u", str(lib)], capture_output=True, text=True, check=True
+    )
+    strong = [line.split()[-1] for line in listing.stdout.splitlines() if line.split()[-2] == "U"]
+    # what Python, libgomp, libc and libm provide at load (the last two versioned)
+    ours = [u for u in strong if "@" not in u and not u.startswith(("Py", "_Py", "GOMP_", "omp_"))]
+    assert not ours, f"called from the extension, defined nowhere on AArch64: {ours}"
+
+
 @pytest.fixture(scope="module")
 def graph_runners(tmp_path_factory) -> list[list[str]]:
     """The executor harness built for x86 (run directly) and AArch64 (under qemu), once."""

@@ -619,39 +619,6 @@ out:
     return rc;
 }
 
-/* The FMA ceiling a full-precision conv is judged against: `reps` rounds of 12 independent
- * 16-lane multiply-add chains held in vector registers (contracted to FMA here on purpose; this
- * measures, it computes nothing). Returns the multiply-adds done; the caller times it. */
-typedef float fma_v16 __attribute__((vector_size(64)));
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-__attribute__((target_clones("avx512f", "fma", "default"))) /* by feature: arch= clones are Intel-only */
-#endif
-__attribute__((optimize("fp-contract=fast"))) int64_t
-fp_fma_ceiling(int64_t reps) {
-    fma_v16 acc[12];
-    for (int i = 0; i < 12; i++)
-        for (int j = 0; j < 16; j++) acc[i][j] = (float)(i * 16 + j) * 1e-3f;
-    const fma_v16 a = (fma_v16){0} + 0.999999f, b = (fma_v16){0} + 1e-7f;
-    for (int64_t r = 0; r < reps; r++) {
-        acc[0] = acc[0] * a + b;
-        acc[1] = acc[1] * a + b;
-        acc[2] = acc[2] * a + b;
-        acc[3] = acc[3] * a + b;
-        acc[4] = acc[4] * a + b;
-        acc[5] = acc[5] * a + b;
-        acc[6] = acc[6] * a + b;
-        acc[7] = acc[7] * a + b;
-        acc[8] = acc[8] * a + b;
-        acc[9] = acc[9] * a + b;
-        acc[10] = acc[10] * a + b;
-        acc[11] = acc[11] * a + b;
-    }
-    float sink = 0.0f;
-    for (int i = 0; i < 12; i++)
-        for (int j = 0; j < 16; j++) sink += acc[i][j];
-    return sink == sink ? reps * 12 * 16 : 0; /* the sum keeps the loop from being dropped */
-}
-
 /* Y (M, N) = W (M, K) x X (K, N) [+ bias], W packed as (ceil(M/8), K, 8). For the small FP convs
  * (1x1 downsamples) at 2+ threads: OpenBLAS runs them on one thread here (handing half to a
  * Python thread cost more than it saved), this splits column tiles over OpenMP threads that are
@@ -736,6 +703,39 @@ int fp_conv2d_direct(const float *x, int64_t C, int64_t H, int64_t W, const floa
     return -1;
 }
 #endif
+
+/* The FMA ceiling a full-precision conv is judged against: `reps` rounds of 12 independent
+ * 16-lane multiply-add chains held in vector registers (contracted to FMA here on purpose; this
+ * measures, it computes nothing). Returns the multiply-adds done; the caller times it. */
+typedef float fma_v16 __attribute__((vector_size(64)));
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+__attribute__((target_clones("avx512f", "fma", "default"))) /* by feature: arch= clones are Intel-only */
+#endif
+__attribute__((optimize("fp-contract=fast"))) int64_t
+fp_fma_ceiling(int64_t reps) {
+    fma_v16 acc[12];
+    for (int i = 0; i < 12; i++)
+        for (int j = 0; j < 16; j++) acc[i][j] = (float)(i * 16 + j) * 1e-3f;
+    const fma_v16 a = (fma_v16){0} + 0.999999f, b = (fma_v16){0} + 1e-7f;
+    for (int64_t r = 0; r < reps; r++) {
+        acc[0] = acc[0] * a + b;
+        acc[1] = acc[1] * a + b;
+        acc[2] = acc[2] * a + b;
+        acc[3] = acc[3] * a + b;
+        acc[4] = acc[4] * a + b;
+        acc[5] = acc[5] * a + b;
+        acc[6] = acc[6] * a + b;
+        acc[7] = acc[7] * a + b;
+        acc[8] = acc[8] * a + b;
+        acc[9] = acc[9] * a + b;
+        acc[10] = acc[10] * a + b;
+        acc[11] = acc[11] * a + b;
+    }
+    float sink = 0.0f;
+    for (int i = 0; i < 12; i++)
+        for (int j = 0; j < 16; j++) sink += acc[i][j];
+    return sink == sink ? reps * 12 * 16 : 0; /* the sum keeps the loop from being dropped */
+}
 
 void fp_linear(const float *x, const float *w, const float *bias, int64_t rows, int64_t K, int64_t M, float *y,
                int threads) {
