@@ -549,6 +549,9 @@ class AgentServer:
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # Import the runtimes now, off the request path: on a slow board (or an emulated one)
+        # importing onnxruntime takes seconds, which the first GetBoardInfo would otherwise pay.
+        threading.Thread(target=describe_all, daemon=True, name="runtime-imports").start()
         return self
 
     def stop(self, grace: float = 5.0) -> None:

@@ -413,7 +413,7 @@ def _train_on_pool(
 def hardware_rows(plan: BenchPlan, archs: list[str], store, notice: NoticeFn = print):
     """The store's measurements for these archs; when it holds none, profile them on the local board."""
     rows = store.rows()
-    if any(m.arch in archs and m.status == "ok" and m.algorithm != FP for m in rows):
+    if any(m.arch in archs and m.status == "ok" and m.algorithm != FP and not m.emulated for m in rows):
         return rows
     from .artifacts import ArtifactCache
     from .client import BenchmarkSettings

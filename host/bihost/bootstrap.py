@@ -24,9 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import paramiko
 
 from . import __version__
 from .client import AgentClient, AgentIdentity
@@ -36,6 +39,7 @@ from .ssh import SshEndpoint, Tunnel, connect, expand_remote, put_file, remote_h
 
 DEFAULT_DIR = "~/.bibench-agent"
 DEFAULT_PORT = 50051
+IDENTITY_TIMEOUT_S = 90.0
 # Runtimes a board lists in the inventory -> the package extra that installs them there.
 # custom ships with the agent; dabnn is a native build the board provides (BIAGENT_DABNN_ROOT).
 RUNTIME_EXTRAS = {"onnxruntime": "ort", "larq": "larq"}
@@ -185,7 +189,8 @@ def bootstrap(
         progress("waiting for the agent's health check through an SSH port forward")
         with (
             Tunnel(client, "127.0.0.1", port) as tunnel,
-            AgentClient(tunnel.address, name, timeout_s=15) as agent,
+            # a slow board's first identity call imports its runtimes: a minute, not the default
+            AgentClient(tunnel.address, name, timeout_s=IDENTITY_TIMEOUT_S) as agent,
         ):
             deadline = time.monotonic() + health_timeout_s
             while not agent.health(timeout_s=3):
@@ -193,9 +198,10 @@ def bootstrap(
                     log = run_shell(
                         client, f"tail -n 20 {q(base + '/agent.log')}", check=False, board=name
                     ).stdout
+                    _stop_agent(client, base, name)  # no half-working agent is left restarting
                     raise BoardError(
                         name,
-                        f"the agent did not answer within {health_timeout_s:.0f} s; "
+                        f"the agent did not answer within {health_timeout_s:.0f} s (stopped again); "
                         f"{base}/agent.log ends with:\n{log.strip()[-1500:]}",
                     )
                 time.sleep(0.5)
@@ -203,6 +209,32 @@ def bootstrap(
         return BootstrapReport(name, version, changed, base, port, identity)
     finally:
         client.close()
+
+
+def _stop_agent(client, base: str, name: str) -> None:
+    q = shlex.quote
+    run_shell(
+        client,
+        f"rm -f {q(base + '/run.enabled')}; "
+        f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; true',
+        board=name,
+    )
+
+
+@contextmanager
+def _step(board: str, name: str, progress: Callable[[str], None]) -> Iterator[None]:
+    """One named install step: a failure says which step, on which board, and that nothing runs."""
+    progress(name)
+    try:
+        yield
+    except BoardError as exc:
+        raise BoardError(
+            board, f"bootstrap stopped at step '{name}' (no agent left running): {exc.detail}"
+        ) from None
+    except (OSError, paramiko.SSHException) as exc:
+        raise BoardError(
+            board, f"bootstrap stopped at step '{name}' (no agent left running): {exc}", transient=True
+        ) from None
 
 
 def _install(
@@ -221,50 +253,100 @@ def _install(
     import platform
 
     q = shlex.quote
-    run_shell(
-        client,
-        f"rm -f {q(base + '/run.enabled')}; "
-        f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; '
-        f'kill "$(cat {q(base + "/supervisor.pid")} 2>/dev/null)" 2>/dev/null; true',
-        board=name,
-    )
-    same = machine == platform.machine() and python == "{}.{}".format(*sys.version_info[:2])
-    with tempfile.TemporaryDirectory(prefix="bibench-dist-") as tmp:
-        progress(f"building the agent {'wheel' if same else 'sdist'} ({version})")
-        package = build_package(root, Path(tmp), wheel=same)
-        run(client, ["mkdir", "-p", f"{base}/dist", f"{base}/store"], board=name)
-        remote = f"{base}/dist/{package.name}"
-        progress(f"copying {package.name} ({package.stat().st_size / 1e6:.1f} MB)")
-        how = put_file(client, package.read_bytes(), remote, board=name)
-        put_file(
+    with _step(name, "stopping the agent installed before", progress):
+        # `installed` goes first: an install that fails from here on never looks installed
+        run_shell(
             client,
-            SUPERVISOR.format(port=int(port), name=q(name)).encode(),
-            f"{base}/supervisor.sh",
+            f"rm -f {q(base + '/installed')} {q(base + '/run.enabled')}; "
+            f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; '
+            f'kill "$(cat {q(base + "/supervisor.pid")} 2>/dev/null)" 2>/dev/null; true',
             board=name,
-            mode=0o755,
         )
+    same = machine == platform.machine() and python == "{}.{}".format(*sys.version_info[:2])
+    if not same:
+        with _step(
+            name, f"checking the board can compile the agent's kernels ({machine}, Python {python})", progress
+        ):
+            probe = run_shell(
+                client,
+                "command -v cc || command -v gcc; "
+                'python3 -c \'import os, sysconfig; print(os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))\'',
+                check=False,
+                board=name,
+            ).stdout.split()
+            if len(probe) < 2:
+                raise BoardError(
+                    name,
+                    f"no C compiler on the board: an sdist (the board is {machine}, this host "
+                    f"{platform.machine()}) compiles the agent's kernels there; install one (Debian: apt-get install gcc)",
+                )
+            if probe[-1] != "True":
+                raise BoardError(
+                    name,
+                    f"no Python {python} headers on the board (Python.h), which the agent's kernels "
+                    "compile against; install them (Debian: apt-get install python3-dev)",
+                )
+    with tempfile.TemporaryDirectory(prefix="bibench-dist-") as tmp:
+        with _step(name, f"building the agent {'wheel' if same else 'sdist'} ({version})", progress):
+            try:
+                package = build_package(root, Path(tmp), wheel=same)
+            except UserError as exc:
+                raise BoardError(name, str(exc)) from None
+        remote = f"{base}/dist/{package.name}"
+        with _step(name, f"copying {package.name} ({package.stat().st_size / 1e6:.1f} MB)", progress):
+            run(client, ["mkdir", "-p", f"{base}/dist", f"{base}/store"], board=name)
+            how = put_file(client, package.read_bytes(), remote, board=name)
+            put_file(
+                client,
+                SUPERVISOR.format(port=int(port), name=q(name)).encode(),
+                f"{base}/supervisor.sh",
+                board=name,
+                mode=0o755,
+            )
         progress(f"copied by {'SFTP' if how == 'sftp' else 'an exec channel (the board offers no SFTP)'}")
     if run(client, ["test", "-x", f"{base}/venv/bin/python"], check=False, board=name).code != 0:
-        progress("creating the agent's virtualenv")
-        run(client, ["python3", "-m", "venv", f"{base}/venv"], board=name)
-    progress("installing the agent and its light dependencies (no torch)")
+        with _step(name, "creating the agent's virtualenv", progress):
+            run(client, ["python3", "-m", "venv", f"{base}/venv"], board=name)
     pip = [f"{base}/venv/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     extras = sorted({RUNTIME_EXTRAS[r] for r in runtimes if r in RUNTIME_EXTRAS})
     target = f"{remote}[{','.join(extras)}]" if extras else remote
-    if extras:
-        progress(f"with the runtimes the inventory lists: {', '.join(extras)}")
-    run(client, [*pip, target, *pip_args], board=name, timeout_s=1800)  # the dependencies
-    run(
-        client, [*pip, "--force-reinstall", "--no-deps", remote, *pip_args], board=name, timeout_s=1800
-    )  # this build
-    # Only the launch goes to the background, with every descriptor off the SSH channel: else the
-    # channel (and this call) would wait for the supervisor to exit.
-    run_shell(
-        client,
-        f"printf %s {q(version)} > {q(base + '/installed')} && touch {q(base + '/run.enabled')} && "
-        f"cd {q(base)} && {{ setsid nohup sh supervisor.sh > /dev/null 2>&1 < /dev/null & }}",
-        board=name,
-    )
+    listed = f", with the runtimes the inventory lists ({', '.join(extras)})" if extras else ""
+    with _step(name, f"installing the agent's light dependencies (no torch){listed}", progress):
+        run(client, [*pip, target, *pip_args], board=name, timeout_s=1800)
+    with _step(
+        name, "installing the agent" + ("" if same else " (compiling its kernels on the board)"), progress
+    ):
+        run(client, [*pip, "--force-reinstall", "--no-deps", remote, *pip_args], board=name, timeout_s=1800)
+    with _step(name, "checking the agent's compiled kernels", progress):
+        # the kernels' build is optional in setup.py (a board without a compiler still gets an
+        # agent), so a failed compile would pass unnoticed: the custom runtime would run numpy
+        found = run(
+            client,
+            [
+                f"{base}/venv/bin/python",
+                "-c",
+                "from biagent import kernels; print(kernels.info().get('bconv', ''))",
+            ],
+            check=False,
+            board=name,
+        )
+        if found.code != 0 or not found.stdout.strip():
+            raise BoardError(
+                name,
+                "the agent's C kernels did not build on the board, so the custom runtime would run "
+                f"its numpy reference; pip's build log: {base}/dist (rerun with pip_args -v). "
+                f"{(found.stderr.strip().splitlines() or [''])[-1][:300]}",
+            )
+        progress(f"custom runtime's popcount kernel on the board: {found.stdout.strip()}")
+    with _step(name, "starting the agent", progress):
+        # Only the launch goes to the background, with every descriptor off the SSH channel: else the
+        # channel (and this call) would wait for the supervisor to exit.
+        run_shell(
+            client,
+            f"printf %s {q(version)} > {q(base + '/installed')} && touch {q(base + '/run.enabled')} && "
+            f"cd {q(base)} && {{ setsid nohup sh supervisor.sh > /dev/null 2>&1 < /dev/null & }}",
+            board=name,
+        )
     progress(f"agent started under its supervisor (log: {base}/agent.log)")
 
 
@@ -274,13 +356,6 @@ def stop(
     """Stop the supervisor and the agent (the install stays; bootstrap starts it again)."""
     client = connect(endpoint, accept_new_host_key)
     try:
-        base = expand_remote(agent_dir, remote_home(client, board.name))
-        q = shlex.quote
-        run_shell(
-            client,
-            f"rm -f {q(base + '/run.enabled')}; "
-            f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; true',
-            board=board.name,
-        )
+        _stop_agent(client, expand_remote(agent_dir, remote_home(client, board.name)), board.name)
     finally:
         client.close()

@@ -31,6 +31,7 @@ def _register_commands() -> None:
         board,
         board_bootstrap,
         board_check,
+        board_emulate,
         board_health,
         certs,
         complexity,
@@ -45,6 +46,7 @@ def _register_commands() -> None:
 
     board.command.add_command(board_check.command)
     board.command.add_command(board_bootstrap.command)
+    board.command.add_command(board_emulate.command)
     board.command.add_command(board_health.health)
     board.command.add_command(board_health.maintenance)
     for module in (

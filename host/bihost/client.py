@@ -34,6 +34,7 @@ TRANSIENT_CODES = {
 }
 MAX_MESSAGE_BYTES = 64 << 20
 SERVICE_NAME = "bibench.farm.v1.Agent"
+ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv7", "armv8l")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,13 @@ class AgentIdentity:
     governor: str
     temperature_c: float | None
     runtimes: dict[str, dict] = field(default_factory=dict)  # name -> installed, version, detail, formats
+
+    def looks_emulated(self) -> bool:
+        """An ARM machine whose CPU reports x86 flags: qemu-user passes the host's /proc/cpuinfo
+        through, so an AArch64 agent under emulation shows its x86 host's CPU (a real ARM
+        board reports ARM features: fp, asimd, ...)."""
+        x86 = {"sse2", "avx", "avx2", "avx512f"}
+        return self.machine.lower() in ARM_MACHINES and bool(x86 & {f.lower() for f in self.features})
 
     def reported(self) -> dict:
         """The keys the inventory's identity check reads."""

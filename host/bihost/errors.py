@@ -20,5 +20,5 @@ class BoardError(Exception):
     """
 
     def __init__(self, board: str, message: str, transient: bool = False):
-        self.board, self.transient = board, transient
+        self.board, self.transient, self.detail = board, transient, message
         super().__init__(f"board {board}: {message}")

@@ -50,6 +50,7 @@ BOARD_KEYS = (
     "token_file",
     "description",
     "expected",
+    "emulated",
 )
 SSH_KEYS = ("host", "port", "user", "key_file", "known_hosts_file", "agent_dir")
 TLS_KEYS = ("ca", "cert", "key", "server_name")
@@ -119,6 +120,9 @@ class Board:
     token_file: str | None = None  # the agent's bearer token lives in this file (never in the inventory)
     description: str = ""
     expected: dict[str, Any] = field(default_factory=dict)  # extra identity constraints, EXPECTED_KEYS
+    # its CPU is emulated (qemu-user on an x86 host: `bihost board emulate`): its rows are marked
+    # emulated and never feed a ratio, a score, a figure or a dashboard
+    emulated: bool = False
 
     def __post_init__(self) -> None:
         name = self.name
@@ -134,6 +138,13 @@ class Board:
             _need(name, key, getattr(self, key), str, "a string")
         _choice(name, "arch", self.arch, ARCHES)
         _choice(name, "transport", self.transport, TRANSPORTS)
+        _need(name, "emulated", self.emulated, bool, "true or false")
+        if self.emulated and self.arch not in MACHINES:
+            raise InventoryError(
+                f"an emulated board names the architecture it emulates ({', '.join(MACHINES)}), not {self.arch!r}",
+                board=name,
+                key="arch",
+            )
         object.__setattr__(self, "cpu_clusters", _str_list(name, "cpu.clusters", self.cpu_clusters))
         for i, cluster in enumerate(self.cpu_clusters):
             if not CLUSTER_RE.match(cluster.strip()):
@@ -221,6 +232,7 @@ class Board:
             token_file=data.get("token_file"),
             description=_get(data, "description", ""),
             expected=_get(data, "expected", {}),
+            emulated=_get(data, "emulated", False),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,6 +253,8 @@ class Board:
             out["description"] = self.description
         if self.expected:
             out["expected"] = dict(self.expected)
+        if self.emulated:
+            out["emulated"] = True
         return out
 
 

@@ -257,8 +257,14 @@ class ResultsCollector:
             "Measurements filed to the results store, by board and status (retries included).",
             labels=("board", "status"),
         )
+        # An emulated board's rows are rehearsal: its latencies say nothing about a chip, so they
+        # are on no dashboard next to real boards (docs/emulated-board.md).
+        series = list(series)
+        emulated = {s.last.board for s in series if s.last.emulated}
+        series = [s for s in series if s.last.board not in emulated]
         for (board, st), n in sorted(counts.items()):
-            filed.add_metric([board, st], float(n))
+            if board not in emulated:
+                filed.add_metric([board, st], float(n))
         seen_models: set[tuple[str, ...]] = set()
         # newest first: the newest ok measurement of a model owns its model labels
         for s in sorted(series, key=lambda s: s.last.created_at, reverse=True):

@@ -50,6 +50,7 @@ class Target:
     address: str
     check_identity: Callable[[dict], str | None] = lambda reported: None
     security: ChannelSecurity | None = None  # TLS / token / --insecure for this board's channel
+    emulated: bool = False  # the inventory declares its CPU emulated (qemu-user)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class BoardRun:
         self.rows: list[Measurement] = []
         self.identity: AgentIdentity | None = None
         self.forced = False
+        self.emulated = target.emulated
 
     def row(
         self, arch: str, algorithm: str, runtime: str, status: str, reason: str = "", **kw
@@ -111,6 +113,7 @@ class BoardRun:
             if ident
             else {},
             forced=self.forced,
+            emulated=self.emulated,
             created_at=time.time(),
             **kw,
         )
@@ -273,6 +276,14 @@ class BoardRun:
                     "(fix inventory.yaml, or pass --force to file them anyway)",
                 )
             self.forced = True
+        if self.identity.looks_emulated() and not self.emulated:
+            self.emulated = True
+            self.progress(
+                self.target.name,
+                f"the agent runs on an emulated CPU ({self.identity.machine} reporting this host's x86 "
+                "flags): its rows are filed as emulated; declare `emulated: true` for this board in the inventory",
+                notice=True,
+            )
 
     def _fp32_baseline(self, arch: str) -> Measurement | None:
         for m in [*self.rows, *self.store.rows(self.plan.campaign, self.target.name)]:
@@ -349,7 +360,8 @@ class BoardRun:
         if base is not None:
             row.fp32_model_bytes = base.model_bytes
             row.storage_ratio = base.model_bytes / row.model_bytes if row.model_bytes else None
-            if row.status == "ok" and base.latency_ms.get("median"):
+            # an emulated CPU's latencies say nothing about a chip: no speedup from them
+            if row.status == "ok" and base.latency_ms.get("median") and not self.emulated:
                 row.speedup_vs_fp32 = base.latency_ms["median"] / row.latency_ms["median"]
                 row.fp32_runtime = base.runtime
         return row

@@ -42,6 +42,9 @@ class Measurement:
     agent_version: str = ""
     agent: dict[str, Any] = field(default_factory=dict)  # cpu_model, machine, cores
     forced: bool = False  # filed although the agent's identity disagreed with the inventory
+    # measured on an emulated CPU (qemu-user): kept for rehearsal, never in a ratio, a score,
+    # a figure or a dashboard
+    emulated: bool = False
     created_at: float = 0.0
     samples_ms: list[float] = field(default_factory=list)
 

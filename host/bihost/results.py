@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from _typeshed import DataclassInstance
 
-SCHEMA_VERSION = 3  # 2: measurements.pad_value; 3: measurement_series, measurement_counts, campaign_progress
+SCHEMA_VERSION = 4  # 2: measurements.pad_value; 3: measurement_series, measurement_counts, campaign_progress;
+# 4: measurements.emulated
 FILENAME = "results.sqlite"
 LATENCY_KEYS = ("min", "median", "mean", "p90", "p99", "std", "max")
 AGENT_KEYS = ("cpu_model", "machine", "cores")
@@ -56,6 +57,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("agent_version", "TEXT NOT NULL"),
     *((f"agent_{k}", "INTEGER" if k == "cores" else "TEXT") for k in AGENT_KEYS),
     ("forced", "INTEGER NOT NULL"),
+    ("emulated", "INTEGER NOT NULL DEFAULT 0"),
     ("created_at", "REAL NOT NULL"),
     ("samples_ms", "TEXT NOT NULL"),
     ("extra", "TEXT NOT NULL"),
@@ -433,14 +435,14 @@ class ResultsStore:
             raw = r.pop("samples_ms")
             if samples:
                 r["samples_ms"] = json.loads(raw)
-            r["forced"] = bool(r["forced"])
+            r["forced"], r["emulated"] = bool(r["forced"]), bool(r["emulated"])
             records.append(r)
         columns = [c for c in _NAMES if c != "extra" and (samples or c != "samples_ms")]
         df = pd.DataFrame.from_records(records, columns=columns)
         for column, sql in COLUMNS:  # missing values are NaN/NA, not object columns of None
             if sql == "REAL" or sql.startswith("REAL "):
                 df[column] = df[column].astype("float64")
-            elif sql.startswith("INTEGER") and column != "forced":
+            elif sql.startswith("INTEGER") and column not in ("forced", "emulated"):
                 df[column] = df[column].astype("int64" if "NOT NULL" in sql else "Int64")
         return df
 
@@ -552,7 +554,7 @@ def _flatten(m: Measurement) -> dict[str, Any]:
         d[f"latency_{k}_ms"] = latency.pop(k, None)
     for k in AGENT_KEYS:
         d[f"agent_{k}"] = agent.pop(k, None)
-    d["forced"] = int(d["forced"])
+    d["forced"], d["emulated"] = int(d["forced"]), int(d["emulated"])
     d["samples_ms"] = json.dumps(d["samples_ms"])
     d["extra"] = json.dumps({"latency_ms": latency, "agent": agent})
     if not d["created_at"]:
@@ -566,6 +568,6 @@ def _unflatten(r: dict[str, Any]) -> Measurement:
     agent = {k: r.pop(f"agent_{k}") for k in AGENT_KEYS}
     r["latency_ms"] = {k: v for k, v in latency.items() if v is not None} | extra["latency_ms"]
     r["agent"] = {k: v for k, v in agent.items() if v is not None} | extra["agent"]
-    r["forced"] = bool(r["forced"])
+    r["forced"], r["emulated"] = bool(r["forced"]), bool(r["emulated"])
     r["samples_ms"] = json.loads(r["samples_ms"])
     return Measurement(**r)

@@ -184,9 +184,13 @@ def run_shell(
     stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
     code = out.channel.recv_exit_status()
     if check and code != 0:
-        tail = (stderr.strip() or stdout.strip()).splitlines()[-3:]
+        lines = (stderr.strip() or stdout.strip()).splitlines()
+        # the lines that say what went wrong (pip's "ERROR: No matching distribution found for
+        # X") over the last ones, which can be a resolver's list of versions it skipped
+        errors = [ln for ln in lines if ln.lstrip().lower().startswith(("error", "fatal"))]
+        tail = (errors or lines)[-3:]
         raise BoardError(
-            board, f"`{command[:200]}` failed on the board (exit {code}): {' | '.join(tail)[:500]}"
+            board, f"`{command[:200]}` failed on the board (exit {code}): {' | '.join(tail)[-600:]}"
         )
     return Result(code, stdout, stderr)
 

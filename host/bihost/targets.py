@@ -83,6 +83,7 @@ def resolve_targets(
                     address,
                     partial(identity_mismatch, b),
                     security=security_for(b, path.resolve().parent, insecure),
+                    emulated=b.emulated,
                 )
             )
         if all_up:

@@ -51,6 +51,7 @@ def full(**kw) -> Measurement:
         latency_ms={"min": 1.0, "median": 1.5, "mean": 1.6, "p90": 2.0, "p99": 3.0, "std": 0.25, "max": 4.0},
         agent={"cpu_model": "Cortex-A72", "machine": "aarch64", "cores": 4, "governor": "performance"},
         forced=True,
+        emulated=True,
         created_at=1_700_000_000.25,
         samples_ms=[1.0, 1.5, 2.25],
     )

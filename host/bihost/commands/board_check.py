@@ -53,6 +53,9 @@ def command(name: str, inventory: Path | None, timeout: float, as_json: bool, in
             "temperature_c": ident.temperature_c,
         },
         "runtimes": ident.runtimes,
+        # declared in the inventory, and whether the agent's identity shows an emulated CPU
+        "emulated": board.emulated,
+        "looks_emulated": ident.looks_emulated(),
     }
     if as_json:
         print_json(data)
@@ -65,6 +68,11 @@ def command(name: str, inventory: Path | None, timeout: float, as_json: bool, in
                 ("identity", "matches inventory" if mismatch is None else f"MISMATCH: {mismatch}"),
                 ("cpu", ident.cpu_model),
                 ("machine", ident.machine),
+                *(
+                    [("emulated", "yes: its rows are rehearsal, never compared with real boards")]
+                    if board.emulated or data["looks_emulated"]
+                    else []
+                ),
                 ("cores", str(ident.cores)),
                 ("os", ident.os),
                 ("governor", ident.governor or "(not visible)"),

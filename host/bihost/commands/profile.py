@@ -251,7 +251,7 @@ def _print_rows(campaign: str, rows) -> None:
         ],
         [
             (
-                r.board,
+                f"{r.board} (emulated)" if r.emulated else r.board,
                 r.arch,
                 r.algorithm,
                 r.runtime,

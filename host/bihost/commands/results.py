@@ -146,7 +146,7 @@ def _table(rows: list[Measurement], scope: str, with_campaign: bool) -> None:
         lat = m.latency_ms
         table.append(
             [
-                m.board,
+                f"{m.board} (emulated)" if m.emulated else m.board,
                 m.chip,
                 m.arch,
                 m.algorithm,

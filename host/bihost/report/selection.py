@@ -119,6 +119,12 @@ def select(
     if dropped:
         left_out.append(f"{dropped} grid runs of older grid recipes")
 
+    emulated = [m for m in measurements_all if m.emulated]
+    if emulated:  # rehearsal rows: their latencies say nothing about a chip
+        left_out.append(
+            f"{len(emulated)} hardware rows from emulated boards ({', '.join(sorted({m.board for m in emulated}))})"
+        )
+        measurements_all = [m for m in measurements_all if not m.emulated]
     measurements = latest_measurements(measurements_all)
     if len(measurements) < len(measurements_all):
         left_out.append(

@@ -27,6 +27,7 @@ class HardwareTrack(Track):
             m
             for m in latest_measurements(ctx.measurements)
             if m.status == "ok"
+            and not m.emulated  # an emulated CPU's latency says nothing about a chip
             and m.algorithm != FP
             and m.algorithm in ctx.algorithms
             and m.arch in ctx.archs
