@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         default="127.0.0.1",
         help="address of the metrics endpoint (plaintext: loopback unless --insecure)",
     )
+    serve.add_argument(
+        "--import-runtimes",
+        action="store_true",
+        help="import the runtimes at start, in the background (a slow board's first board-info call "
+        "would wait for them); `bihost board bootstrap` starts agents with it",
+    )
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
         ).start()
+        if args.import_runtimes:
+            server.import_runtimes()
     except (OSError, SecurityConfigError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -549,8 +549,11 @@ class AgentServer:
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        # Import the runtimes now, off the request path: on a slow board (or an emulated one)
-        # importing onnxruntime takes seconds, which the first GetBoardInfo would otherwise pay.
+        return self
+
+    def import_runtimes(self) -> AgentServer:
+        """Import the runtimes now, off the request path: on a slow board (or an emulated one)
+        importing onnxruntime takes seconds that the first GetBoardInfo would otherwise pay."""
         threading.Thread(target=describe_all, daemon=True, name="runtime-imports").start()
         return self
 

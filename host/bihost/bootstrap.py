@@ -50,7 +50,7 @@ SUPERVISOR = """#!/bin/sh
 cd "$(dirname "$0")" || exit 1
 echo $$ > supervisor.pid
 while [ -e run.enabled ]; do
-  venv/bin/biagent serve --host 127.0.0.1 --port {port} --store store --name {name} >> agent.log 2>&1 &
+  venv/bin/biagent serve --host 127.0.0.1 --port {port} --store store --name {name} --import-runtimes >> agent.log 2>&1 &
   echo $! > agent.pid
   wait $!
   [ -e run.enabled ] && sleep 2

@@ -190,20 +190,24 @@ def build_rootfs(
         staging.mkdir(parents=True)
         progress(f"building a Debian {recipe.suite} {recipe.arch} root file system (once per recipe)")
         started = time.monotonic()
-        proc = subprocess.run(
-            [
-                "debootstrap",
-                f"--arch={recipe.arch}",
-                "--variant=minbase",
-                f"--include={','.join(recipe.packages)}",
-                recipe.suite,
-                str(staging / "rootfs"),
-                recipe.mirror,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
+        binfmt = ensure_binfmt()  # debootstrap's second stage runs the target's programs
+        try:
+            proc = subprocess.run(
+                [
+                    "debootstrap",
+                    f"--arch={recipe.arch}",
+                    "--variant=minbase",
+                    f"--include={','.join(recipe.packages)}",
+                    recipe.suite,
+                    str(staging / "rootfs"),
+                    recipe.mirror,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
+        finally:
+            binfmt.release()
         if proc.returncode:
             log = (proc.stdout + proc.stderr).strip()[-1500:]
             shutil.rmtree(staging, ignore_errors=True)
@@ -236,6 +240,15 @@ AllowTcpForwarding yes
 Subsystem sftp internal-sftp
 LogLevel ERROR
 """
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started the board dies, so a
+    killed `bihost board emulate` or test run leaves no board behind (unshare passes it on)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @dataclass
@@ -340,6 +353,7 @@ class EmulatedBoard:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout_s

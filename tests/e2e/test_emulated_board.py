@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,50 @@ def test_an_emulated_arm_board_bootstraps_from_the_sdist_and_profiles_apart(boar
         assert f"{NAME} (emulated)" in table.stdout, table.stdout
     finally:
         bihost(*bootstrap, "--stop")
+
+
+def test_board_emulate_runs_an_inventory_board_until_its_process_ends(board, tmp_path):
+    # `board` (the module's board) only guarantees the root file system is built and cached
+    inv, state, ssh_port = tmp_path / "inv.yaml", tmp_path / "state", free_port()
+    entry = {"soc": "emulated AArch64 (qemu-user)", "arch": "arm64", "os": "linux", "emulated": True}
+    inv.write_text(yaml.safe_dump({"version": 1, "boards": {NAME: {**entry, "runtimes": ["custom"]}}}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bihost.cli", "board", "emulate", NAME, "--inventory", str(inv)]
+        + ["--dir", str(state), "--ssh-port", str(ssh_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert "emulated AArch64 board up" in _read_until(proc, "board up"), "the board did not come up"
+        ssh = yaml.safe_load(inv.read_text())["boards"][NAME]["ssh"]  # written for it
+        assert ssh["host"] == "127.0.0.1" and ssh["port"] == ssh_port and ssh["user"] == "root"
+        login = subprocess.run(
+            ["ssh", "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={tmp_path / 'kh'}"]
+            + ["-i", ssh["key_file"], "-p", str(ssh_port), "root@127.0.0.1", "uname -m"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert login.stdout.strip() == "aarch64", login.stderr
+    finally:
+        proc.kill()  # no chance to clean up: the board must still go (it dies with its parent)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", ssh_port)) != 0:
+                break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the emulated board outlived the process that ran it")
+
+
+def _read_until(proc: subprocess.Popen, text: str, timeout_s: float = 600) -> str:
+    seen, deadline = "", time.monotonic() + timeout_s
+    while text not in seen and time.monotonic() < deadline and proc.stdout is not None:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    return seen

@@ -85,6 +85,17 @@ def test_a_host_without_the_tools_is_told_what_to_install(monkeypatch):
         emulated.require_host()
 
 
+def test_board_add_registers_an_emulated_board(tmp_path):
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "boards": {}}))
+    out = bihost(
+        "board", "add", "rehearsal", "--address", "127.0.0.1:50051", "--arch", "arm64", "--transport", "ssh",
+        "--emulated", "--inventory", str(path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert Inventory.load(path).get("rehearsal").emulated
+
+
 def test_board_emulate_refuses_a_board_that_is_not_declared_emulated(tmp_path):
     path = tmp_path / "inv.yaml"
     path.write_text(yaml.safe_dump({"version": 1, "boards": {"pi": {"soc": "bcm2711", "arch": "arm64"}}}))

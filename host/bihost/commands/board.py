@@ -100,6 +100,11 @@ def show(name: str, inventory_path: Path | None, as_json: bool) -> None:
     "--transport", type=click.Choice(TRANSPORTS), default=None, help="How the host reaches it (grpc)."
 )
 @click.option("--description", default=None, help="Free text.")
+@click.option(
+    "--emulated/--not-emulated",
+    default=None,
+    help="Its CPU is emulated (qemu-user; `bihost board emulate`): rows marked, kept out of every ratio.",
+)
 @click.option("--replace", is_flag=True, help="Overwrite a board that already has an address.")
 @inventory_option
 def add(
@@ -112,6 +117,7 @@ def add(
     clusters: tuple[str, ...],
     transport: str | None,
     description: str | None,
+    emulated: bool | None,
     replace: bool,
     inventory_path: Path | None,
 ) -> None:
@@ -127,6 +133,7 @@ def add(
         "description": description,
         "runtimes": list(runtimes) or None,
         "cpu_clusters": list(clusters) or None,
+        "emulated": emulated,
     }
     changes = {k: v for k, v in given.items() if v is not None}
     with Inventory.editing(path) as inv:
