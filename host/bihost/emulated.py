@@ -243,12 +243,13 @@ LogLevel ERROR
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started the board dies, so a
-    killed `bihost board emulate` or test run leaves no board behind (unshare passes it on)."""
+    """In the child before exec: killed when the process that started the board dies, so a
+    killed `bihost board emulate` or test run leaves no board behind. SIGKILL, because unshare
+    ignores SIGTERM while its child runs; its own death then ends the child (--kill-child)."""
     import ctypes
 
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 @dataclass
