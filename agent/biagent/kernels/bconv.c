@@ -634,12 +634,20 @@ static inline void team_barrier(int64_t nth) {
 #endif
 }
 
+/* Output channel block obk at positions p0 .. p0 + np: the micro-kernel (its short-tail form
+ * for a last tile of at most np / 2 positions) and its epilogue. */
+static inline void run_tile(const layer_job *jb, int64_t obk, int64_t p0) {
+    const int64_t np = jb->np, KW = jb->KW;
+    const micro_fn fn = jb->kc->tail && jb->P - p0 <= np / 2 ? jb->kc->tail : jb->kc->fn;
+    fn(jb->A + p0, jb->Ppad, jb->B + obk * KW * NO, KW, jb->K, obk * NO, p0, &jb->env);
+}
+
 /* The layer on thread tid of nth (nth = 1: the caller's thread, no OpenMP at all). */
 static void layer_pass(const layer_job *jb, int64_t tid, int64_t nth) {
     const bconv_shape *s = jb->s;
     const bconv_epilogue *e = jb->e;
     const bconv_bits_out *bo = e->bits;
-    const int64_t KW = jb->KW, K = jb->K, P = jb->P, OW = jb->OW, np = jb->np, ptiles = jb->ptiles, Ppad = jb->Ppad;
+    const int64_t KW = jb->KW, P = jb->P, OW = jb->OW, np = jb->np, ptiles = jb->ptiles, Ppad = jb->Ppad;
     int64_t i0, i1;
     if (jb->xb) { /* pack (planes' inside rows), pad (their border rows), clear the output planes: disjoint */
         share(jb->Wc * s->H, tid, nth, &i0, &i1);
@@ -659,21 +667,13 @@ static void layer_pass(const layer_job *jb, int64_t tid, int64_t nth) {
         share(ptiles, tid, nth, &i0, &i1);
         for (int64_t j = 0; j < KW; j++) gather_taps(s, jb->pb, jb->A, Ppad, j, i0 * np, i1 * np, OW, P);
         for (int64_t obk = 0; obk < jb->oblocks; obk++)
-            for (int64_t t = i0; t < i1; t++) {
-                const int64_t p0 = t * np;
-                const micro_fn fn = jb->kc->tail && P - p0 <= np / 2 ? jb->kc->tail : jb->kc->fn;
-                fn(jb->A + p0, Ppad, jb->B + obk * KW * NO, KW, K, obk * NO, p0, &jb->env);
-            }
+            for (int64_t t = i0; t < i1; t++) run_tile(jb, obk, t * np);
     } else { /* few positions: threads split the channels */
         share(KW, tid, nth, &i0, &i1);
         for (int64_t j = i0; j < i1; j++) gather_taps(s, jb->pb, jb->A, Ppad, j, 0, Ppad, OW, P);
         team_barrier(nth);
         share(ptiles * jb->oblocks, tid, nth, &i0, &i1);
-        for (int64_t t = i0; t < i1; t++) {
-            const int64_t obk = t / ptiles, p0 = (t % ptiles) * np;
-            const micro_fn fn = jb->kc->tail && P - p0 <= np / 2 ? jb->kc->tail : jb->kc->fn;
-            fn(jb->A + p0, Ppad, jb->B + obk * KW * NO, KW, K, obk * NO, p0, &jb->env);
-        }
+        for (int64_t t = i0; t < i1; t++) run_tile(jb, t / ptiles, (t % ptiles) * np);
     }
 }
 
