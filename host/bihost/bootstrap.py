@@ -211,12 +211,18 @@ def bootstrap(
         client.close()
 
 
-def _stop_agent(client, base: str, name: str) -> None:
+def _stop_agent(client, base: str, name: str, reinstalling: bool = False) -> None:
+    """Stop the agent (its supervisor then ends its loop). Before a reinstall, also forget the
+    install (`installed`: a failed one never looks installed) and end the supervisor now."""
     q = shlex.quote
+    forget = f"rm -f {q(base + '/installed')}; " if reinstalling else ""
+    supervisor = (
+        f'kill "$(cat {q(base + "/supervisor.pid")} 2>/dev/null)" 2>/dev/null; ' if reinstalling else ""
+    )
     run_shell(
         client,
-        f"rm -f {q(base + '/run.enabled')}; "
-        f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; true',
+        f"{forget}rm -f {q(base + '/run.enabled')}; "
+        f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; {supervisor}true',
         board=name,
     )
 
@@ -254,14 +260,7 @@ def _install(
 
     q = shlex.quote
     with _step(name, "stopping the agent installed before", progress):
-        # `installed` goes first: an install that fails from here on never looks installed
-        run_shell(
-            client,
-            f"rm -f {q(base + '/installed')} {q(base + '/run.enabled')}; "
-            f'kill "$(cat {q(base + "/agent.pid")} 2>/dev/null)" 2>/dev/null; '
-            f'kill "$(cat {q(base + "/supervisor.pid")} 2>/dev/null)" 2>/dev/null; true',
-            board=name,
-        )
+        _stop_agent(client, base, name, reinstalling=True)
     same = machine == platform.machine() and python == "{}.{}".format(*sys.version_info[:2])
     if not same:
         with _step(

@@ -29,6 +29,7 @@ FILENAME = "results.sqlite"
 LATENCY_KEYS = ("min", "median", "mean", "p90", "p99", "std", "max")
 AGENT_KEYS = ("cpu_model", "machine", "cores")
 DONE_STATUSES = ("ok", "unsupported")  # what --resume skips; failures are retried
+FLAG_COLUMNS = ("forced", "emulated")  # booleans, stored as 0/1
 
 # (column, SQL type) in table order; `extra` keeps latency/agent keys beyond the named columns.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -435,14 +436,14 @@ class ResultsStore:
             raw = r.pop("samples_ms")
             if samples:
                 r["samples_ms"] = json.loads(raw)
-            r["forced"], r["emulated"] = bool(r["forced"]), bool(r["emulated"])
+            r.update({c: bool(r[c]) for c in FLAG_COLUMNS})
             records.append(r)
         columns = [c for c in _NAMES if c != "extra" and (samples or c != "samples_ms")]
         df = pd.DataFrame.from_records(records, columns=columns)
         for column, sql in COLUMNS:  # missing values are NaN/NA, not object columns of None
             if sql == "REAL" or sql.startswith("REAL "):
                 df[column] = df[column].astype("float64")
-            elif sql.startswith("INTEGER") and column not in ("forced", "emulated"):
+            elif sql.startswith("INTEGER") and column not in FLAG_COLUMNS:
                 df[column] = df[column].astype("int64" if "NOT NULL" in sql else "Int64")
         return df
 
@@ -554,7 +555,7 @@ def _flatten(m: Measurement) -> dict[str, Any]:
         d[f"latency_{k}_ms"] = latency.pop(k, None)
     for k in AGENT_KEYS:
         d[f"agent_{k}"] = agent.pop(k, None)
-    d["forced"], d["emulated"] = int(d["forced"]), int(d["emulated"])
+    d.update({c: int(d[c]) for c in FLAG_COLUMNS})
     d["samples_ms"] = json.dumps(d["samples_ms"])
     d["extra"] = json.dumps({"latency_ms": latency, "agent": agent})
     if not d["created_at"]:
@@ -568,6 +569,6 @@ def _unflatten(r: dict[str, Any]) -> Measurement:
     agent = {k: r.pop(f"agent_{k}") for k in AGENT_KEYS}
     r["latency_ms"] = {k: v for k, v in latency.items() if v is not None} | extra["latency_ms"]
     r["agent"] = {k: v for k, v in agent.items() if v is not None} | extra["agent"]
-    r["forced"], r["emulated"] = bool(r["forced"]), bool(r["emulated"])
+    r.update({c: bool(r[c]) for c in FLAG_COLUMNS})
     r["samples_ms"] = json.loads(r["samples_ms"])
     return Measurement(**r)

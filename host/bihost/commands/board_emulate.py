@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from .board import inventory_file, inventory_option
 
 DEFAULT_SSH_PORT = 2222
 DEFAULT_AGENT_ADDRESS = "127.0.0.1:50051"  # the agent as the board sees it (reached through SSH)
@@ -18,9 +19,7 @@ DEFAULT_AGENT_ADDRESS = "127.0.0.1:50051"  # the agent as the board sees it (rea
 
 @click.command("emulate")
 @click.argument("name")
-@click.option(
-    "--inventory", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Inventory file."
-)
+@inventory_option
 @click.option(
     "--dir",
     "directory",
@@ -35,7 +34,7 @@ DEFAULT_AGENT_ADDRESS = "127.0.0.1:50051"  # the agent as the board sees it (rea
     show_default=True,
     help="Loopback port of its sshd, when the inventory entry has no ssh settings yet.",
 )
-def command(name: str, inventory: Path | None, directory: Path | None, ssh_port: int) -> None:
+def command(name: str, inventory_path: Path | None, directory: Path | None, ssh_port: int) -> None:
     """Run the emulated board NAME (`emulated: true`, `arch: arm64` in the inventory) until
     Ctrl-C: a Debian arm64 root file system under qemu-user with its own sshd on 127.0.0.1,
     built once and cached. An entry without ssh settings gets them (root, a key made here,
@@ -44,10 +43,11 @@ def command(name: str, inventory: Path | None, directory: Path | None, ssh_port:
     are filed as emulated and never feed a ratio, a score, a figure or a dashboard. Needs root,
     debootstrap and qemu-user-static."""
     from ..emulated import EmulatedBoard, build_rootfs, cache_dir, require_host
-    from ..inventory import Inventory, SshSettings, default_inventory_path
+    from ..inventory import Inventory, SshSettings
     from ..output import console
+    from ..ssh import endpoint_for
 
-    path = Path(inventory or default_inventory_path())
+    path = inventory_file(inventory_path)
     board = Inventory.load(path).get(name)
     if not board.emulated or board.arch != "arm64":
         raise UserError(
@@ -77,9 +77,8 @@ def command(name: str, inventory: Path | None, directory: Path | None, ssh_port:
             f"board {name}: an emulated board listens on 127.0.0.1 and logs in with ssh.key_file "
             f"(its .pub is the authorized key); the entry has host {ssh.host!r}, key_file {ssh.key_file!r}"
         )
-    public = (path.resolve().parent / Path(ssh.key_file).expanduser()).with_name(
-        Path(ssh.key_file).name + ".pub"
-    )
+    key_file = endpoint_for(board, path.resolve().parent).key_files[0]  # as bootstrap resolves it
+    public = Path(key_file + ".pub")
     if not public.exists():
         raise UserError(f"board {name}: {public} (the public half of ssh.key_file) is missing")
     rootfs = build_rootfs(
